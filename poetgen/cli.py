@@ -1,0 +1,300 @@
+"""The `poetgen` command line: parse options, call the core, print results.
+
+Errors a user can fix (PoetgenError) become one-line messages with exit code 1; `--debug` shows the
+traceback instead. Ctrl-C during training saves `last` and exits with 130.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from poetgen import __version__
+from poetgen.config import (ModelConfig, TrainConfig, load_toml, model_config_from_dict,
+                            parse_duration, split_fields, to_dict)
+from poetgen.errors import ConfigError, PoetgenError
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class PoetgenGroup(click.Group):
+    """Turns PoetgenError into ClickException (one line, exit 1) unless --debug is on."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except PoetgenError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=PoetgenGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.version_option(__version__, prog_name="poetgen")
+@click.pass_context
+def cli(ctx, debug):
+    """Character-level LSTM poetry generator: train on a corpus, then sample poems.
+
+    \b
+    Quick start:
+      poetgen train corpus.txt --time-budget 10m   # writes checkpoints/corpus/
+      poetgen sample --temp 0.8 --n 3              # newest checkpoint under checkpoints/
+      poetgen eval checkpoints/corpus val.txt      # bits per character on a file
+      poetgen info checkpoints/corpus              # what a checkpoint holds
+
+    A corpus is UTF-8 text, one poem (or paragraph) per line. Run `poetgen COMMAND --help` for
+    the options of each command.
+    """
+    ctx.ensure_object(dict)["debug"] = debug
+
+
+# ----------------------------------------------------------------------------------------------
+# train
+
+_TRAIN_FLAGS = {  # flag name -> (config field, type, help)
+    "--hidden-size": ("hidden_size", int, "LSTM cell size."),
+    "--num-layers": ("num_layers", int, "Stacked LSTM layers."),
+    "--embed-size": ("embed_size", int, "Character embedding width."),
+    "--proj-size": ("proj_size", int, "LSTM output projection size (0 = none)."),
+    "--dropout": ("dropout", float, "Dropout on embeddings, between layers and before the softmax."),
+    "--softmax": ("softmax", click.Choice(["adaptive", "full"]), "Output layer."),
+    "--bptt": ("bptt", int, "Characters per truncated-BPTT chunk."),
+    "--batch-size": ("batch_size", int, "Parallel streams per step."),
+    "--lr": ("lr", float, "Peak learning rate (AdamW, warm-up then cosine decay)."),
+    "--weight-decay": ("weight_decay", float, "AdamW weight decay."),
+    "--clip": ("clip", float, "Max gradient norm."),
+    "--epochs": ("epochs", float, "Stop after this many passes over the corpus."),
+    "--max-steps": ("max_steps", int, "Stop after this many optimizer steps."),
+    "--eval-every": ("eval_every", int, "Steps between validation + checkpoint."),
+    "--min-count": ("min_count", int, "Rarer characters map to the unknown token."),
+    "--max-vocab": ("max_vocab", int, "Keep at most this many characters (0 = all)."),
+    "--val-fraction": ("val_fraction", float, "Share of lines held out when --val is not given."),
+    "--seed": ("seed", int, "Random seed (weights, dropout)."),
+}
+
+
+def _train_options(f):
+    for flag, (name, typ, help_text) in reversed(_TRAIN_FLAGS.items()):
+        default = getattr(ModelConfig(), name, None)
+        default = getattr(TrainConfig(), name, default)
+        f = click.option(flag, name, type=typ, default=None,
+                         help=f"{help_text} [default: {default}]")(f)
+    return f
+
+
+@cli.command()
+@click.argument("corpus", type=click.Path(path_type=Path))
+@click.option("--val", "val_path", type=click.Path(path_type=Path),
+              help="Validation text. Default: a fixed share of CORPUS's lines (--val-fraction).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path),
+              help="Run directory for best/last checkpoints and metrics.csv. [default: checkpoints/CORPUS-NAME]")
+@click.option("--config", "config_file", type=click.Path(path_type=Path),
+              help="TOML file of settings (field names as in `poetgen info`); flags override it.")
+@click.option("--time-budget", default=None,
+              help="Stop after this much training time, e.g. 90s, 10m, 1h. [default: 10m if no "
+                   "--epochs/--max-steps is given]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None,
+              help="Where to train. [default: auto = cuda, else mps, else cpu]")
+@click.option("--tie-weights/--no-tie-weights", default=None,
+              help="Share input and output embeddings (needs --softmax full).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@_train_options
+@click.pass_context
+def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_weights, resume,
+          **flags):
+    """Train a model on CORPUS (UTF-8 text, one poem per line).
+
+    \b
+    Examples:
+      poetgen train corpus.txt                          # 10 minutes with the default model
+      poetgen train tang_train.txt --val tang_val.txt --time-budget 1h --out checkpoints/tang
+      poetgen train corpus.txt --out checkpoints/tang --resume   # continue after Ctrl-C
+
+    Shows a progress bar; at every evaluation prints validation bits per character (bpc, lower is
+    better) and a short sample, and saves best.safetensors (lowest val bpc) and last.safetensors.
+    Ctrl-C saves `last` and exits; --resume continues exactly where it stopped.
+    """
+    from poetgen import checkpoint as ckpt_mod
+    from poetgen.corpus import Vocab, encode_tensor, read_text, split_lines
+    from poetgen.train import TrainingInterrupted
+    from poetgen.train import train as run_training
+
+    values = load_toml(config_file) if config_file else {}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if tie_weights is not None:
+        values["tie_weights"] = tie_weights
+    if device is not None:
+        values["device"] = device
+    limits_given = any(k in values for k in ("epochs", "max_steps", "time_budget")) or time_budget
+    if time_budget is not None:
+        values["time_budget"] = parse_duration(time_budget)
+    if limits_given:  # explicit limits replace the default 10-minute budget
+        for k in ("epochs", "max_steps", "time_budget"):
+            values.setdefault(k, 0)
+    out_dir = out_dir or Path("checkpoints") / corpus.stem
+    text = read_text(corpus)
+    if resume:
+        meta = ckpt_mod.read_meta(out_dir / "last.safetensors")
+        model_values, train_values = split_fields(values)
+        if model_values:
+            raise ConfigError(f"--resume keeps the model as it was; drop "
+                              f"{', '.join(sorted(model_values))} or start a new --out directory")
+        model_config = model_config_from_dict(meta["config"])
+        config = TrainConfig(**{**meta["train_config"], **train_values})
+        vocab = Vocab.from_list(meta["vocab"])
+    else:
+        model_values, train_values = split_fields(values)
+        model_config, config = ModelConfig(**model_values), TrainConfig(**train_values)
+        model_config.validate()
+        config.validate()
+        vocab = None
+    if val_path:
+        train_text, val_text = text, read_text(val_path)
+    else:
+        train_text, val_text = split_lines(text, config.val_fraction)
+    vocab = vocab or Vocab.build(train_text, config.min_count, config.max_vocab)
+    train_ids, val_ids = encode_tensor(vocab, train_text), encode_tensor(vocab, val_text)
+
+    from poetgen.progress import TrainProgress
+
+    progress = TrainProgress(err, config)
+    try:
+        result = run_training(train_ids, val_ids, vocab, model_config, config, out_dir,
+                              resume=resume, callbacks=progress.callbacks())
+    except TrainingInterrupted as e:
+        progress.close()
+        err.print(f"[yellow]Interrupted at step {e.step}: saved {e.checkpoint}.[/] "
+                  f"Continue with: poetgen train {corpus} --out {out_dir} --resume")
+        ctx.exit(130)
+    finally:
+        progress.close()
+    err.print(f"Done: {result.steps} steps, best val bpc {result.best_val_bpc:.4f}, "
+              f"checkpoints in {result.run_dir}/ (best.safetensors, last.safetensors, metrics.csv)")
+
+
+# ----------------------------------------------------------------------------------------------
+# sample
+
+_CHECKPOINT_HELP = ("Checkpoint file or run directory, or `default` for the bundled model. "
+                    "[default: $POETGEN_CHECKPOINT, else the newest under ./checkpoints]")
+
+
+@cli.command()
+@click.option("--checkpoint", "-c", default=None, help=_CHECKPOINT_HELP)
+@click.option("--temp", "temperature", type=float, default=0.8, show_default=True,
+              help="Sampling temperature (> 0): lower is safer, higher is wilder.")
+@click.option("--top-k", type=int, default=0, show_default=True,
+              help="Sample only from the k likeliest characters (0 = off).")
+@click.option("--top-p", type=float, default=1.0, show_default=True,
+              help="Sample from the smallest set of characters holding this much probability.")
+@click.option("--prime", default="", help="Text the poem starts with; the model continues it.")
+@click.option("--n", "n", type=click.IntRange(1, 10_000), default=1, show_default=True,
+              help="Number of samples (generated together in one batch).")
+@click.option("--max-chars", type=click.IntRange(1), default=200, show_default=True,
+              help="Stop a sample after this many characters if it has not ended.")
+@click.option("--no-stop", is_flag=True, help="Do not stop at the end of a poem (newline).")
+@click.option("--seed", type=int, default=None, help="Random seed; the same seed gives the same text.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per sample on stdout.")
+def sample(checkpoint, temperature, top_k, top_p, prime, n, max_chars, no_stop, seed, as_json):
+    """Generate text from a trained model.
+
+    \b
+    Examples:
+      poetgen sample --temp 0.8 --n 5
+      poetgen sample --prime 春风 --seed 7 --json
+    """
+    from poetgen import checkpoint as ckpt_mod
+    from poetgen.sample import check_sampling_args, generate
+
+    check_sampling_args(temperature, top_k, top_p)
+    ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
+    _check_prime(prime, ck.vocab, ck.path)
+    samples = generate(ck.model, ck.vocab, n=n, max_chars=max_chars, temperature=temperature,
+                       top_k=top_k, top_p=top_p, prime=prime, seed=seed,
+                       stop_at_newline=not no_stop)
+    for s in samples:
+        if as_json:
+            click.echo(json.dumps({"text": s.text, "mean_logprob": round(s.mean_logprob, 4),
+                                   "seed": s.seed}, ensure_ascii=False))
+        else:
+            click.echo(s.text)
+
+
+def _check_prime(prime: str, vocab, path) -> None:
+    missing = vocab.unknown(prime)
+    if missing:
+        raise ConfigError(f"--prime has characters the model at {path} never saw: "
+                          f"{' '.join(repr(c) for c in missing)}; remove or replace them")
+
+
+# ----------------------------------------------------------------------------------------------
+# eval and info
+
+
+@cli.command("eval")
+@click.argument("checkpoint")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def eval_cmd(checkpoint, file, as_json):
+    """Bits per character and perplexity of CHECKPOINT on FILE.
+
+    FILE is read as one stream with the model state carried across lines, as in training, in
+    pieces (any size fits in memory). CHECKPOINT may be `default`.
+    """
+    from poetgen import checkpoint as ckpt_mod
+    from poetgen.evaluate import evaluate_file
+
+    ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
+    r = evaluate_file(ck.model, ck.vocab, file)
+    if r.chars == 0:
+        raise PoetgenError(f"{file}: the file is empty; nothing to evaluate")
+    figures = {"checkpoint": str(ck.path), "file": str(file), "bpc": round(r.bpc, 4),
+               "perplexity": round(r.perplexity, 2), "chars": r.chars, "unknown_chars": r.unknown}
+    if as_json:
+        click.echo(json.dumps(figures, ensure_ascii=False))
+    else:
+        click.echo(f"{file}: {r.bpc:.4f} bits/char, perplexity {r.perplexity:.2f} over {r.chars:,} "
+                   f"characters ({r.unknown:,} outside the vocabulary)")
+
+
+@cli.command()
+@click.argument("checkpoint", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def info(checkpoint, as_json):
+    """What a checkpoint holds: config, size, vocabulary, training summary."""
+    from poetgen import checkpoint as ckpt_mod
+
+    ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
+    training = ck.meta.get("training", {})
+    summary = {"checkpoint": str(ck.path), "parameters": ck.model.num_parameters(),
+               "vocab_size": len(ck.vocab), "file_bytes": ck.path.stat().st_size,
+               "config": to_dict(ck.model.config), "train_config": ck.meta.get("train_config", {}),
+               "training": training}
+    if as_json:
+        click.echo(json.dumps(summary, ensure_ascii=False))
+        return
+    table = Table(title=str(ck.path), show_header=False)
+    table.add_row("parameters", f"{summary['parameters']:,}")
+    table.add_row("vocabulary", f"{len(ck.vocab):,} characters")
+    for k, v in summary["config"].items():
+        table.add_row(k, str(v))
+    for k in ("step", "epochs", "elapsed", "val_bpc", "best_val_bpc", "train_chars"):
+        if k in training:
+            v = training[k]
+            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else f"{v:,}")
+    out.print(table)
+
+
+def main() -> None:
+    cli(prog_name="poetgen")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

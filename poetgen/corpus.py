@@ -1,0 +1,203 @@
+"""Reading text, building the character vocabulary, and cutting the token stream into batches.
+
+The documented corpus format is one poem (document) per line; any UTF-8 text works. The newline is
+an ordinary token: it is how the model learns where a poem ends, and what the sampler stops on.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from poetgen.errors import CorpusError
+
+NEWLINE = "\n"
+UNK = "\ufffd"  # stands for every character outside the vocabulary (U+FFFD REPLACEMENT CHARACTER)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def iter_text(path: str | Path, chunk_bytes: int = 1 << 20) -> Iterator[str]:
+    """Yield the file's text in chunks, decoded strictly as UTF-8, with newlines normalised.
+
+    Streaming keeps memory bounded for `poetgen eval` on big files. `\\r\\n` and lone `\\r` become
+    `\\n`; a leading byte-order mark is dropped. Invalid bytes raise CorpusError naming the line and
+    byte offset, since "not UTF-8" alone does not help anyone find a bad byte in a 5 MB file.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CorpusError(f"{p}: file not found; check the path")
+    if p.is_dir():
+        raise CorpusError(f"{p}: is a directory; give a UTF-8 text file")
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    offset = 0  # bytes consumed before the current chunk
+    line = 1  # line number at the start of the current chunk
+    pending_cr = False
+    first = True
+    with p.open("rb") as f:
+        while True:
+            raw = f.read(chunk_bytes)
+            try:
+                text = decoder.decode(raw, final=not raw)
+            except UnicodeDecodeError as e:
+                bad = offset + e.start
+                at_line = line + raw[: e.start].count(b"\n")
+                col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) if b"\n" in raw[: e.start] else None
+                where = f"line {at_line}" + (f", column {col + 1}" if col is not None else "")
+                raise CorpusError(
+                    f"{p}: not valid UTF-8 at byte {bad} ({where}): {e.reason} "
+                    f"(byte 0x{raw[e.start]:02x}); re-save the file as UTF-8, e.g. "
+                    f"`iconv -f GB18030 -t UTF-8 {p.name} > fixed.txt`") from None
+            offset += len(raw)
+            line += raw.count(b"\n")
+            if first and text.startswith("\ufeff"):
+                text = text[1:]
+            first = first and not text
+            if pending_cr:
+                text = "\r" + text
+            pending_cr = text.endswith("\r") and bool(raw)
+            if pending_cr:
+                text = text[:-1]
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+            if text:
+                yield text
+            if not raw:
+                return
+
+
+def read_text(path: str | Path) -> str:
+    """The whole file as one normalised string; fails clearly if it holds no text."""
+    text = "".join(iter_text(path))
+    if not text.strip():
+        raise CorpusError(f"{path}: the file is empty or only whitespace; a corpus needs text, "
+                          "one poem (or paragraph) per line")
+    return text
+
+
+def split_lines(text: str, val_fraction: float) -> tuple[str, str]:
+    """Hold out about `val_fraction` of the lines, chosen by a hash of each line's text.
+
+    Hashing (not position) makes the split deterministic, independent of line order, and keeps
+    duplicate lines on the same side. A text with too few lines for that falls back to holding
+    out its tail.
+    """
+    lines = text.splitlines(keepends=True)
+    bucket = int(val_fraction * 10_000)
+    train, val = [], []
+    for ln in lines:
+        (val if zlib.crc32(ln.encode("utf-8")) % 10_000 < bucket else train).append(ln)
+    if not train or not val:
+        cut = max(1, int(len(text) * (1 - val_fraction)))
+        return text[:cut], text[cut:]
+    return "".join(train), "".join(val)
+
+
+# --------------------------------------------------------------------------------------------
+# Vocabulary
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Characters by descending frequency (ids in that order suit the adaptive softmax), then UNK."""
+
+    chars: tuple[str, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "_index", {c: i for i, c in enumerate(self.chars)})
+
+    @classmethod
+    def build(cls, text: str, min_count: int = 1, max_size: int = 0) -> "Vocab":
+        counts = Counter(text)
+        counts.pop(UNK, None)
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        kept = [c for c, n in ranked if n >= min_count]
+        if max_size:
+            kept = kept[: max(1, max_size - 1)]  # one place is the unknown token's
+        return cls(tuple(kept) + (UNK,))
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    def __contains__(self, ch: str) -> bool:
+        return ch in self._index and ch != UNK
+
+    @property
+    def unk_id(self) -> int:
+        return len(self.chars) - 1
+
+    @property
+    def newline_id(self) -> int | None:
+        return self._index.get(NEWLINE)
+
+    def id(self, ch: str) -> int:
+        return self._index.get(ch, self.unk_id)
+
+    def encode(self, text: str) -> list[int]:
+        get, unk = self._index.get, self.unk_id
+        return [get(c, unk) for c in text]
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+    def unknown(self, text: str) -> list[str]:
+        """Distinct characters of `text` the vocabulary lacks, in order of first appearance."""
+        return list(dict.fromkeys(c for c in text if c not in self))
+
+    def to_json(self) -> str:
+        return json.dumps(list(self.chars), ensure_ascii=False)
+
+    @classmethod
+    def from_list(cls, chars: list[str]) -> "Vocab":
+        if not chars or chars[-1] != UNK or len(set(chars)) != len(chars):
+            raise ValueError("a vocabulary is a list of distinct characters ending with U+FFFD")
+        return cls(tuple(chars))
+
+
+def encode_tensor(vocab: Vocab, text: str) -> torch.Tensor:
+    return torch.tensor(vocab.encode(text), dtype=torch.long)
+
+
+# --------------------------------------------------------------------------------------------
+# Batching for truncated backpropagation through time
+
+
+def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Cut a 1-D token stream into `batch_size` contiguous streams, one per column.
+
+    With the stream a b c d e f g h i j k l m n o p q r s t u v w x and batch_size 4:
+
+        ┌ a g m s ┐
+        │ b h n t │    Each column is one stream. Training reads the rows in chunks of `bptt`
+        │ c i o u │    (here 2: rows ab, cd, ef); chunk k of column j continues chunk k-1 of
+        │ d j p v │    column j, so the LSTM state left by one chunk is the right state to start
+        │ e k q w │    the next: it is carried over (detached, so gradients stop at the chunk
+        └ f l r x ┘    boundary: that is the "truncated" in truncated BPTT).
+
+    The tail that does not fill a whole row is dropped (fewer than `batch_size` tokens).
+    """
+    rows = ids.numel() // batch_size
+    if rows < 2:
+        raise CorpusError(f"the text has {ids.numel()} characters, too few for batch size "
+                          f"{batch_size}; use a smaller --batch-size or a longer corpus")
+    return ids[: rows * batch_size].view(batch_size, rows).t().contiguous()  # (rows, batch)
+
+
+def num_chunks(data: torch.Tensor, bptt: int) -> int:
+    """Chunks in one pass over batchified `data` (each needs one extra row for its targets)."""
+    return (data.size(0) - 2) // bptt + 1
+
+
+def get_chunk(data: torch.Tensor, index: int, bptt: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and next-character targets of chunk `index`, each (seq_len, batch)."""
+    start = index * bptt
+    seq_len = min(bptt, data.size(0) - 1 - start)
+    return data[start : start + seq_len], data[start + 1 : start + 1 + seq_len]

@@ -1,0 +1,58 @@
+"""Training progress for the terminal: a tqdm bar, and a rich line at every evaluation."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+from tqdm import tqdm
+
+from poetgen.config import TrainConfig
+from poetgen.train import Callbacks, EvalInfo, StepInfo
+
+
+class TrainProgress:
+    """Bar over steps when a step or epoch limit is known, else over seconds of the time budget."""
+
+    def __init__(self, console: Console, config: TrainConfig):
+        self.console, self.config = console, config
+        self.bar: tqdm | None = None
+        self.by_time = False
+
+    def callbacks(self) -> Callbacks:
+        return Callbacks(on_start=self.start, on_step=self.step, on_eval=self.evaluated)
+
+    def start(self, info: dict) -> None:
+        self.console.print(
+            f"Training on {info['device']}: {info['parameters']:,} parameters, vocabulary "
+            f"{info['vocab']:,}, {info['train_chars']:,} training / {info['val_chars']:,} "
+            f"validation characters" + (f", resuming at step {info['start_step']}"
+                                        if info["start_step"] else ""))
+        self.by_time = info["total_steps"] is None
+        total = round(info["time_budget"]) if self.by_time else info["total_steps"]
+        self.bar = tqdm(total=total, initial=0 if self.by_time else info["start_step"],
+                        unit="s" if self.by_time else "step", dynamic_ncols=True,
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
+
+    def step(self, info: StepInfo) -> None:
+        if self.bar is None:
+            return
+        if self.by_time:
+            self.bar.n = min(self.bar.total, int(info.elapsed))
+        else:
+            self.bar.n = info.step
+        self.bar.set_postfix_str(f"step {info.step} loss {info.loss:.3f} "
+                                 f"bpc {info.loss / 0.6931471805599453:.3f} lr {info.lr:.1e} "
+                                 f"{info.chars_per_s:,.0f} chars/s", refresh=False)
+        self.bar.refresh()
+
+    def evaluated(self, info: EvalInfo) -> None:
+        best = " [green](best)[/]" if info.val_bpc <= info.best_val_bpc else ""
+        with tqdm.external_write_mode():
+            self.console.print(f"step {info.step}: val bpc [bold]{info.val_bpc:.4f}[/]{best}, "
+                               f"train bpc {info.train_bpc:.4f}")
+            self.console.print(f"  [dim]sample:[/] {escape(info.sample)}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,109 @@
+"""Free sampling: temperature, top-k and top-p (nucleus) decoding of a batch of texts.
+
+Generation carries the LSTM state from character to character, so each new character costs one
+LSTM step whatever the length so far (the prefix is never re-run). A poem starts from the model's
+burned-in start state (see model.burn_in_start_state), the state the model saw at poem starts
+while training, rather than from zeros.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+
+import torch
+
+from poetgen.corpus import NEWLINE, Vocab
+from poetgen.errors import ConfigError
+from poetgen.model import CharLSTM, State
+
+
+@dataclass
+class Sample:
+    text: str  # the prime followed by the generated characters (without the final newline)
+    logprob: float  # sum of the model's log-probabilities (nats, temperature 1) of generated chars
+    num_chars: int  # generated characters scored in `logprob` (the end-of-poem newline included)
+    seed: int
+
+    @property
+    def mean_logprob(self) -> float:
+        return self.logprob / max(1, self.num_chars)
+
+
+def new_seed() -> int:
+    return secrets.randbelow(2**31)
+
+
+def check_sampling_args(temperature: float, top_k: int, top_p: float) -> None:
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ConfigError(f"temperature must be a positive number, got {temperature}; try 0.8")
+    if top_k < 0:
+        raise ConfigError(f"top-k must be 0 (off) or positive, got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ConfigError(f"top-p must be in (0, 1], got {top_p}")
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set to -inf all but the top-k logits and the smallest set holding top-p of the mass. (N, V)."""
+    if top_k and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        drop = cum - torch.softmax(sorted_logits, dim=-1) >= top_p  # keep the token crossing top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def prime_model(model: CharLSTM, ids: list[int], batch: int) -> tuple[torch.Tensor, State]:
+    """Run the start state through `ids`; return the last output (B, P) and the state."""
+    state = model.start_state(batch)
+    out = state[0][-1]  # the top layer's output after the poem-start newline predicts char one
+    if ids:
+        x = torch.tensor(ids, device=out.device).view(-1, 1).expand(-1, batch)
+        outputs, state = model(x, state)
+        out = outputs[-1]
+    return out, state
+
+
+@torch.no_grad()
+def generate(model: CharLSTM, vocab: Vocab, n: int = 1, max_chars: int = 200,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, prime: str = "",
+             seed: int | None = None, stop_at_newline: bool = True) -> list[Sample]:
+    """Sample `n` texts in one batch; each ends at a newline (end of poem) or after `max_chars`."""
+    check_sampling_args(temperature, top_k, top_p)
+    if max_chars < 1:
+        raise ConfigError(f"max-chars must be at least 1, got {max_chars}")
+    model.eval()
+    seed = new_seed() if seed is None else seed
+    device = model.start_h.device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out, state = prime_model(model, vocab.encode(prime), n)
+    newline = vocab.newline_id if stop_at_newline else None
+    chosen = torch.empty(max_chars, n, dtype=torch.long, device=device)
+    logprob = torch.zeros(n, device=device)
+    length = torch.full((n,), max_chars, device=device)  # generated chars counted per sample
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    for t in range(max_chars):
+        logp = model.log_probs(out)  # (n, V)
+        logp[:, vocab.unk_id] = float("-inf")  # never write the unknown-character token
+        logits = filter_logits(logp / temperature, top_k, top_p)
+        token = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=gen).squeeze(1)
+        chosen[t] = token
+        logprob += torch.where(done, 0.0, logp.gather(1, token[:, None]).squeeze(1))
+        if newline is not None:
+            ended = (token == newline) & ~done
+            length = torch.where(ended, t + 1, length)
+            done |= ended
+            if done.all():
+                break
+        outputs, state = model(token.view(1, n), state)
+        out = outputs[0]
+    samples = []
+    for j in range(n):
+        k = int(length[j])
+        text = vocab.decode(chosen[:k, j].tolist())
+        samples.append(Sample(prime + text.removesuffix(NEWLINE), float(logprob[j]), k, seed))
+    return samples

@@ -1,0 +1,329 @@
+"""Training: truncated BPTT over contiguous streams, AdamW, warm-up + cosine decay, clipping.
+
+The loop is the classic one from pytorch/examples' word_language_model:
+
+    for each chunk of `bptt` rows of the batchified stream (see corpus.batchify):
+        state = detach(state)             # keep the values, cut the graph: truncated BPTT
+        outputs, state = model(x, state)  # the state flows on into the next chunk
+        loss(outputs, y).backward(); clip the gradient norm; optimizer step
+
+Everything a resumed run needs is in `last.safetensors`: weights, optimizer moments, the carried
+LSTM state and the RNG state. The data position and learning rate follow from the step count and
+the elapsed time, so a run interrupted and resumed ends with the same weights as one that was not.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from poetgen.checkpoint import load_checkpoint, save_checkpoint
+from poetgen.config import ModelConfig, TrainConfig, to_dict
+from poetgen.corpus import NEWLINE, Vocab, batchify, get_chunk, num_chunks
+from poetgen.errors import CheckpointError, NonFiniteLossError
+from poetgen.evaluate import evaluate_ids
+from poetgen.model import CharLSTM, burn_in_start_state
+from poetgen.sample import generate
+
+METRICS_FIELDS = ["step", "train_loss", "train_bpc", "val_bpc", "lr", "chars_per_s", "elapsed_s"]
+LN2 = math.log(2)
+
+
+class TrainingInterrupted(Exception):
+    """Raised after SIGINT/SIGTERM once `last` is saved; the CLI exits with code 130."""
+
+    def __init__(self, checkpoint: Path, step: int):
+        super().__init__(f"interrupted at step {step}; saved {checkpoint}")
+        self.checkpoint, self.step = checkpoint, step
+
+
+@dataclass
+class StepInfo:
+    step: int
+    total_steps: int | None  # None when only a time budget bounds the run
+    loss: float  # nats per character, this step
+    lr: float
+    chars_per_s: float
+    elapsed: float
+
+
+@dataclass
+class EvalInfo:
+    step: int
+    val_bpc: float
+    best_val_bpc: float
+    train_bpc: float
+    sample: str
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    best_val_bpc: float
+    last_val_bpc: float
+    run_dir: Path
+    parameters: int
+    chars_per_s: float
+    elapsed: float
+
+
+@dataclass
+class Callbacks:
+    on_start: Callable[[dict], None] = lambda info: None
+    on_step: Callable[[StepInfo], None] = lambda info: None
+    on_eval: Callable[[EvalInfo], None] = lambda info: None
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from poetgen.errors import ConfigError
+
+        raise ConfigError("--device cuda: no CUDA GPU is available here; use --device auto or cpu")
+    return torch.device(name)
+
+
+def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine decay to lr * min_lr_ratio at progress 1."""
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * warm * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def run_progress(cfg: TrainConfig, step: int, elapsed: float, chunks_per_epoch: int) -> float:
+    """How far through the run we are (0..1): the nearest of the step, epoch and time limits."""
+    fractions = [0.0]
+    if cfg.max_steps:
+        fractions.append(step / cfg.max_steps)
+    if cfg.epochs:
+        fractions.append(step / (cfg.epochs * chunks_per_epoch))
+    if cfg.time_budget:
+        fractions.append(elapsed / cfg.time_budget)
+    return max(fractions)
+
+
+def make_optimizer(model: CharLSTM, cfg: TrainConfig) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """AdamW moments and step counts as flat named tensors (safetensors holds no pickles)."""
+    out = {}
+    for index, state in opt.state_dict()["state"].items():
+        for key, value in state.items():
+            out[f"optim.{index}.{key}"] = torch.as_tensor(value).clone()
+    return out
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    state_dict = opt.state_dict()
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    state_dict["state"] = state
+    opt.load_state_dict(state_dict)
+
+
+def corpus_fingerprint(ids: torch.Tensor) -> str:
+    return hashlib.sha256(ids.numpy().tobytes()).hexdigest()[:16]
+
+
+def burn_in_ids(train_ids: torch.Tensor, vocab: Vocab, length: int = 2048) -> torch.Tensor:
+    """The last `length` training characters, ending just after the last newline."""
+    ids = train_ids
+    newline = vocab.newline_id
+    if newline is not None:
+        ends = (ids == newline).nonzero()
+        if ends.numel():
+            ids = ids[: int(ends[-1]) + 1]
+    return ids[-length:]
+
+
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps, so a step is never torn."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))  # a second press is final
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_config: ModelConfig,
+          config: TrainConfig, run_dir: str | Path, resume: bool = False,
+          callbacks: Callbacks | None = None) -> TrainResult:
+    """Train (or resume) a model on `train_ids`, validating on `val_ids`, saving into `run_dir`."""
+    cb = callbacks or Callbacks()
+    run_dir = Path(run_dir)
+    config.validate()
+    device = pick_device(config.device)
+    last_path, best_path = run_dir / "last.safetensors", run_dir / "best.safetensors"
+    fingerprint = corpus_fingerprint(train_ids)
+
+    torch.manual_seed(config.seed)
+    if resume:
+        ckpt = load_checkpoint(last_path, device=device, with_extra=True)
+        if ckpt.meta.get("training", {}).get("corpus") != fingerprint:
+            raise CheckpointError(f"{last_path}: was trained on a different corpus or vocabulary; "
+                                  "resume with the same CORPUS, or start a new --out directory")
+        model, training = ckpt.model, ckpt.meta["training"]
+        step, elapsed, best = training["step"], training["elapsed"], training["best_val_bpc"]
+    else:
+        if last_path.exists():
+            raise CheckpointError(f"{run_dir} already holds a run; pass --resume to continue it, "
+                                  "or choose another --out directory")
+        model = CharLSTM(replace(model_config, vocab_size=len(vocab))).to(device)
+        step, elapsed, best = 0, 0.0, math.inf
+    model.train()
+    optimizer = make_optimizer(model, config)
+    data = batchify(train_ids, config.batch_size).to(device)  # (rows, B)
+    chunks = num_chunks(data, config.bptt)
+    state = model.zero_state(config.batch_size)
+    if resume:
+        restore_optimizer(optimizer, {k: v.to(device) for k, v in ckpt.extra.items()})
+        state = (ckpt.extra["train_h"].to(device), ckpt.extra["train_c"].to(device))
+        torch.set_rng_state(ckpt.extra["rng"])
+    val_ids = val_ids.cpu()
+    burn_ids = burn_in_ids(train_ids, vocab)
+    metrics_path = run_dir / "metrics.csv"
+    _prepare_metrics(metrics_path, keep_until=step if resume else -1)
+
+    total_steps = None
+    if config.max_steps or config.epochs:
+        limits = [config.max_steps or math.inf, (config.epochs * chunks) or math.inf]
+        total_steps = int(min(limits))
+    use_amp = device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    cb.on_start({"device": str(device), "parameters": model.num_parameters(), "vocab": len(vocab),
+                 "train_chars": train_ids.numel(), "val_chars": val_ids.numel(),
+                 "chunks_per_epoch": chunks, "total_steps": total_steps, "start_step": step,
+                 "time_budget": config.time_budget})
+
+    def meta(val_bpc: float) -> dict:
+        return {"train_config": to_dict(config),
+                "training": {"step": step, "elapsed": elapsed, "best_val_bpc": best,
+                             "val_bpc": val_bpc, "corpus": fingerprint,
+                             "epochs": step / chunks, "train_chars": int(train_ids.numel())}}
+
+    def save_last(val_bpc: float) -> None:
+        extra = optimizer_tensors(optimizer)
+        extra.update(train_h=state[0], train_c=state[1], rng=torch.get_rng_state())
+        save_checkpoint(last_path, model, vocab, meta(val_bpc), extra)
+
+    def validate_and_save() -> float:
+        nonlocal best
+        burn_in_start_state(model, burn_ids)
+        val_bpc = evaluate_ids(model, [val_ids]).bpc
+        if val_bpc < best:
+            best = val_bpc
+            save_checkpoint(best_path, model, vocab, meta(val_bpc))
+        save_last(val_bpc)
+        return val_bpc
+
+    window_chars, window_start = 0, time.perf_counter()
+    chars_per_s, recent_loss, last_val = 0.0, math.nan, math.nan
+    with _StopFlag() as stop:
+        while True:
+            progress = run_progress(config, step, elapsed, chunks)
+            if progress >= 1.0:
+                break
+            t0 = time.perf_counter()
+            index = step % chunks
+            if index == 0:
+                state = model.zero_state(config.batch_size)  # a new pass starts the streams afresh
+            lr = learning_rate(config, step, progress)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = get_chunk(data, index, config.bptt)
+            state = (state[0].detach(), state[1].detach())
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                outputs, state = model(x, state)
+                loss = model.loss(outputs, y)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"the training loss became {loss.item()} at step {step + 1}; "
+                    f"{last_path if last_path.exists() else 'no checkpoint'} is left as it was. "
+                    "Lower --lr (e.g. halve it) or --clip, then --resume")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+            optimizer.step()
+            step += 1
+            recent_loss = loss.item()
+            elapsed += time.perf_counter() - t0
+            window_chars += x.numel()
+            now = time.perf_counter()
+            if now - window_start >= 2.0:
+                chars_per_s = window_chars / (now - window_start)
+                window_chars, window_start = 0, now
+            cb.on_step(StepInfo(step, total_steps, recent_loss, lr, chars_per_s, elapsed))
+
+            finished = run_progress(config, step, elapsed, chunks) >= 1.0
+            if stop.signal is not None:
+                save_last(last_val)
+                raise TrainingInterrupted(last_path, step)
+            if step % config.eval_every == 0 or finished:
+                t_eval = time.perf_counter()
+                last_val = validate_and_save()
+                sample = generate(model, vocab, n=1, max_chars=config.sample_chars,
+                                  temperature=0.8, seed=config.seed + step)[0].text
+                model.train()
+                _append_metrics(metrics_path, [step, recent_loss, recent_loss / LN2, last_val, lr,
+                                               chars_per_s, elapsed])
+                cb.on_eval(EvalInfo(step, last_val, best, recent_loss / LN2, sample))
+                window_start += time.perf_counter() - t_eval  # evaluation is not training speed
+            if finished:
+                break
+    return TrainResult(step, best, last_val, run_dir, model.num_parameters(), chars_per_s, elapsed)
+
+
+def _prepare_metrics(path: Path, keep_until: int) -> None:
+    """Start metrics.csv, or on resume drop rows logged after the checkpoint we resume from."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    if keep_until >= 0 and path.exists():
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, METRICS_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _append_metrics(path: Path, row: list) -> None:
+    with path.open("a", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])

@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny synthetic corpus and a tiny model trained on it (once per session).
+
+Tests never depend on ../shared; those that read the real corpora skip when it is absent.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from poetgen.config import ModelConfig, TrainConfig
+from poetgen.corpus import Vocab, encode_tensor
+from poetgen.train import train
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+HAN = "春江花月夜山水风云雨雪天地人心秋声明光长空日落红南北东西来去不知何处归"
+
+
+def make_poems(n: int, seed: int = 0, line_len: int = 5, lines: int = 4) -> str:
+    """Poem-shaped lines (句，句。…) from a small alphabet, so tiny models learn them quickly."""
+    rng = random.Random(seed)
+    poems = []
+    for _ in range(n):
+        verse = []
+        for i in range(lines):
+            verse.append("".join(rng.choice(HAN) for _ in range(line_len)) + ("，" if i % 2 == 0 else "。"))
+        poems.append("".join(verse))
+    return "\n".join(poems) + "\n"
+
+
+@pytest.fixture(scope="session")
+def tiny_text() -> str:
+    return make_poems(60)
+
+
+@pytest.fixture
+def corpus_file(tmp_path, tiny_text) -> Path:
+    p = tmp_path / "poems.txt"
+    p.write_text(tiny_text, encoding="utf-8")
+    return p
+
+
+TINY_MODEL = dict(embed_size=16, hidden_size=32, num_layers=2, cutoffs=(20,))
+TINY_TRAIN = dict(batch_size=4, bptt=16, lr=1e-2, warmup_steps=5, eval_every=20, time_budget=0,
+                  max_steps=40, device="cpu", seed=0, sample_chars=10)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_text):
+    """A tiny model trained for 40 steps; returns its run directory."""
+    run_dir = tmp_path_factory.mktemp("run")
+    vocab = Vocab.build(tiny_text)
+    ids = encode_tensor(vocab, tiny_text)
+    train(ids, ids[:200], vocab, ModelConfig(**TINY_MODEL), TrainConfig(**TINY_TRAIN), run_dir)
+    return run_dir
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    torch.set_num_threads(1)  # small tensors: threads only add noise and contention

@@ -1,0 +1,99 @@
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from poetgen.corpus import (UNK, Vocab, batchify, get_chunk, iter_text, num_chunks, read_text,
+                            split_lines)
+from poetgen.errors import CorpusError
+
+VOCAB_TEXT = "床前明月光，疑是地上霜。\nHello, world! 🌙\n"
+
+
+@pytest.mark.parametrize("text", ["", "a", "月", "床前明月光，疑是地上霜。\n", "🌙🌕 moon", "\n\n", "Hello, world! 🌙"])
+def test_vocab_round_trip(text):
+    vocab = Vocab.build(VOCAB_TEXT + text)
+    assert vocab.decode(vocab.encode(text)) == text
+
+
+@pytest.mark.parametrize("text, unknown", [("李白", ["李", "白"]), ("月X月", ["X"]), ("😀", ["😀"]), ("", [])])
+def test_unknown_characters_map_to_unk(text, unknown):
+    vocab = Vocab.build(VOCAB_TEXT)
+    assert vocab.unknown(text) == unknown
+    decoded = vocab.decode(vocab.encode(text))
+    assert decoded.count(UNK) == sum(text.count(c) for c in unknown)
+
+
+def test_vocab_order_and_limits():
+    vocab = Vocab.build("aaab bc\n")
+    assert vocab.chars[0] == "a" and vocab.chars[-1] == UNK  # by frequency; UNK last
+    assert "\n" in vocab and vocab.newline_id is not None
+    assert Vocab.build("aaabbc", min_count=2).chars == ("a", "b", UNK)
+    assert Vocab.build("aaabbc", max_size=2).chars == ("a", UNK)
+    again = Vocab.from_list(list(vocab.chars))
+    assert again == vocab
+
+
+@given(st.text())
+def test_vocab_round_trip_property(text):
+    vocab = Vocab.build(text)
+    assert vocab.decode(vocab.encode(text)) == text
+
+
+def test_read_errors(tmp_path):
+    with pytest.raises(CorpusError, match="not found"):
+        read_text(tmp_path / "missing.txt")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    with pytest.raises(CorpusError, match="empty"):
+        read_text(tmp_path / "empty.txt")
+    (tmp_path / "blank.txt").write_bytes(b" \n\t\n")
+    with pytest.raises(CorpusError, match="empty or only whitespace"):
+        read_text(tmp_path / "blank.txt")
+    with pytest.raises(CorpusError, match="directory"):
+        read_text(tmp_path)
+
+
+def test_invalid_utf8_names_line_and_byte(tmp_path):
+    p = tmp_path / "gbk.txt"
+    p.write_bytes("第一行\n".encode() + "第二行".encode("gbk") + b"\n")
+    with pytest.raises(CorpusError) as e:
+        read_text(p)
+    msg = str(e.value)
+    assert "byte 10" in msg and "line 2" in msg and "UTF-8" in msg and "gbk.txt" in msg
+
+
+def test_invalid_utf8_across_chunks(tmp_path):
+    p = tmp_path / "bad.txt"
+    p.write_bytes(b"a\nbb\n" * 100 + b"\xff")
+    with pytest.raises(CorpusError, match="byte 500 \\(line 201"):
+        list(iter_text(p, chunk_bytes=7))
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 1 << 20])
+def test_newlines_normalised_even_across_chunks(tmp_path, chunk):
+    p = tmp_path / "crlf.txt"
+    p.write_bytes("\ufeff春\r\n江\r花\n月\r\n".encode())
+    assert "".join(iter_text(p, chunk_bytes=chunk)) == "春\n江\n花\n月\n"
+
+
+def test_split_lines_is_deterministic_and_disjoint():
+    text = "".join(f"line {i}\n" for i in range(1000))
+    train, val = split_lines(text, 0.1)
+    assert split_lines(text, 0.1) == (train, val)
+    assert 50 < val.count("\n") < 150
+    assert not set(train.splitlines()) & set(val.splitlines())
+    assert split_lines("one line only", 0.1)[1]  # falls back to a tail split
+
+
+def test_batchify_layout():
+    data = batchify(torch.arange(26), 4)  # 'a'..'z' -> 4 streams of 6, 2 dropped
+    assert data.shape == (6, 4)
+    assert data[:, 1].tolist() == list(range(6, 12))  # each column is contiguous
+    x, y = get_chunk(data, 0, 2)
+    assert x.tolist() == [[0, 6, 12, 18], [1, 7, 13, 19]]
+    assert torch.equal(y, data[1:3])
+    assert num_chunks(data, 2) == 3  # rows 0-1, 2-3, 4 (its target is row 5)
+    x, y = get_chunk(data, 2, 2)
+    assert x.shape == (1, 4) and torch.equal(y[0], data[5])
+    with pytest.raises(CorpusError, match="too few"):
+        batchify(torch.arange(5), 4)

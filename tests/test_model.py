@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from poetgen.config import ModelConfig
+from poetgen.corpus import Vocab, batchify, encode_tensor, get_chunk
+from poetgen.model import CharLSTM
+
+from conftest import make_poems
+
+
+@pytest.mark.parametrize("cfg", [dict(), dict(softmax="full"), dict(softmax="full", tie_weights=True),
+                                 dict(proj_size=16), dict(softmax="full", tie_weights=True, proj_size=16)])
+def test_shapes_and_log_probs(cfg):
+    m = CharLSTM(ModelConfig(vocab_size=50, embed_size=8, hidden_size=32, num_layers=2, cutoffs=(20,), **cfg))
+    x = torch.randint(0, 50, (7, 3))
+    out, (h, c) = m(x, m.zero_state(3))
+    P = cfg.get("proj_size") or 32
+    assert out.shape == (7, 3, P) and h.shape == (2, 3, P) and c.shape == (2, 3, 32)
+    logp = m.log_probs(out)
+    assert logp.shape == (7, 3, 50)
+    assert torch.allclose(logp.exp().sum(-1), torch.ones(7, 3), atol=1e-5)
+    # loss() and log_probs() agree
+    y = torch.randint(0, 50, (7, 3))
+    nll = -logp.gather(-1, y[..., None]).mean()
+    assert torch.allclose(m.loss(out, y), nll, atol=1e-5)
+
+
+def test_init_forget_bias_and_orthogonal_recurrence():
+    m = CharLSTM(ModelConfig(vocab_size=30, hidden_size=16, num_layers=2, cutoffs=()))
+    H = 16
+    for layer in range(2):
+        b = getattr(m.lstm, f"bias_ih_l{layer}") + getattr(m.lstm, f"bias_hh_l{layer}")
+        assert torch.all(b[H:2 * H] == 1) and torch.all(b[:H] == 0) and torch.all(b[2 * H:] == 0)
+        w = getattr(m.lstm, f"weight_hh_l{layer}")
+        for g in range(4):
+            block = w[g * H:(g + 1) * H]
+            assert torch.allclose(block @ block.T, torch.eye(H), atol=1e-5)
+
+
+def test_state_carries_across_chunks():
+    """Two chunks with the state carried equal one long pass; a reset state does not."""
+    torch.manual_seed(0)
+    m = CharLSTM(ModelConfig(vocab_size=40, hidden_size=24, embed_size=8, cutoffs=())).eval()
+    data = batchify(torch.randint(0, 40, (4 * 21,)), 4)
+    whole, _ = m(data[:20], m.zero_state(4))
+    x1, _ = get_chunk(data, 0, 10)
+    x2, _ = get_chunk(data, 1, 10)
+    out1, state = m(x1, m.zero_state(4))
+    out2, _ = m(x2, (state[0].detach(), state[1].detach()))
+    assert torch.allclose(torch.cat([out1, out2]), whole, atol=1e-6)
+    reset, _ = m(x2, m.zero_state(4))
+    assert not torch.allclose(reset, out2, atol=1e-3)
+
+
+def test_clipping_bounds_gradient_norm():
+    torch.manual_seed(0)
+    m = CharLSTM(ModelConfig(vocab_size=40, hidden_size=24, embed_size=8, cutoffs=()))
+    x = torch.randint(0, 40, (10, 4))
+    out, _ = m(x, m.zero_state(4))
+    (m.loss(out, x) * 1000).backward()  # a huge loss -> a huge gradient
+    before = torch.nn.utils.clip_grad_norm_(m.parameters(), 0.5)
+    after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in m.parameters()]))
+    assert before > 5 and after <= 0.5 + 1e-4
+
+
+def test_tiny_model_overfits_tiny_corpus():
+    torch.manual_seed(0)
+    text = make_poems(8)
+    vocab = Vocab.build(text)
+    data = batchify(encode_tensor(vocab, text), 2)
+    m = CharLSTM(ModelConfig(vocab_size=len(vocab), embed_size=16, hidden_size=64, cutoffs=()))
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    x, y = data[:-1], data[1:]
+    losses = []
+    for _ in range(150):
+        out, _ = m(x, m.zero_state(2))
+        loss = m.loss(out, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.25 * losses[0], (losses[0], losses[-1])

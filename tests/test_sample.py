@@ -1,0 +1,59 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from poetgen.checkpoint import load_checkpoint
+from poetgen.errors import ConfigError
+from poetgen.sample import filter_logits, generate
+
+
+@pytest.fixture(scope="module")
+def ck(tiny_run):
+    return load_checkpoint(tiny_run / "best.safetensors")
+
+
+def test_seed_reproducible_and_batch_independent_of_n(ck):
+    a = generate(ck.model, ck.vocab, n=3, max_chars=40, seed=5)
+    b = generate(ck.model, ck.vocab, n=3, max_chars=40, seed=5)
+    c = generate(ck.model, ck.vocab, n=3, max_chars=40, seed=6)
+    assert [s.text for s in a] == [s.text for s in b]
+    assert [s.text for s in a] != [s.text for s in c]
+    assert all(s.seed == 5 for s in a)
+
+
+def test_stops_at_end_of_poem_and_respects_max_chars(ck):
+    for s in generate(ck.model, ck.vocab, n=8, max_chars=200, seed=1):
+        assert "\n" not in s.text and s.num_chars <= 200
+    short = generate(ck.model, ck.vocab, n=4, max_chars=3, seed=1, stop_at_newline=False)
+    assert all(len(s.text) == 3 for s in short)
+
+
+def test_prime_is_kept_and_top_k_1_is_greedy(ck):
+    a = generate(ck.model, ck.vocab, n=2, max_chars=12, prime="春江", top_k=1, seed=1)
+    b = generate(ck.model, ck.vocab, n=2, max_chars=12, prime="春江", top_k=1, seed=2)
+    assert a[0].text.startswith("春江") and a[0].text == a[1].text == b[0].text
+
+
+def test_never_writes_unknown_token(ck):
+    text = "".join(s.text for s in generate(ck.model, ck.vocab, n=16, max_chars=60, temperature=5.0, seed=0))
+    assert "\ufffd" not in text
+
+
+@pytest.mark.parametrize("kwargs", [dict(temperature=0), dict(temperature=-1), dict(temperature=float("nan")),
+                                    dict(top_k=-1), dict(top_p=0), dict(top_p=1.5), dict(max_chars=0)])
+def test_bad_sampling_arguments(ck, kwargs):
+    with pytest.raises(ConfigError):
+        generate(ck.model, ck.vocab, **kwargs)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-20, 20), min_size=2, max_size=30), st.integers(0, 40), st.floats(0.01, 1.0))
+def test_filter_logits_keeps_the_best_and_respects_k(values, k, p):
+    logits = torch.tensor([values])
+    kept = torch.isfinite(filter_logits(logits, k, p))
+    assert kept[0, logits.argmax()]  # the likeliest character always survives
+    if k:
+        assert kept.sum() <= max(k, (logits == logits.max()).sum())
+    probs = torch.softmax(logits, -1)
+    assert probs[kept].sum() >= min(p, 1.0) - 1e-5 or kept.sum() < len(values)
