@@ -186,6 +186,38 @@ _CHECKPOINT_HELP = ("Checkpoint file or run directory, or `default` for the bund
                     "[default: $POETGEN_CHECKPOINT, else the newest under ./checkpoints]")
 
 
+def constraint_options(f):
+    """Options shared by `sample` and the REPL's settings: form, rhyme, tones, fixed characters."""
+    options = [
+        click.option("--form", default=None,
+                     help="Write a Tang poem of this form: 五绝 五律 七绝 七律 (or 5x4 5x8 7x4 7x8). "
+                          "Form, rhyme and tones are then guaranteed."),
+        click.option("--rhyme", type=click.Choice(["pingshui", "modern", "off"]), default="pingshui",
+                     show_default=True, help="Rhyme scheme: 平水韵, 中华新韵 (pinyin), or none."),
+        click.option("--rhyme-group", default=None,
+                     help="Rhyme in this group (e.g. 下平十一尤, 十唐) or in the group of this character. "
+                          "[default: chosen by the first rhyme]"),
+        click.option("--tones", type=click.Choice(["loose", "strict", "off"]), default="loose",
+                     show_default=True,
+                     help="平仄 templates: loose frees positions 1, 3 (, 5) but avoids 孤平 and 三平尾; "
+                          "strict follows the template everywhere."),
+        click.option("--acrostic", default="", help="藏头: the first characters of the lines, e.g. 春江花月."),
+        click.option("--pattern", default="",
+                     help="Fixed characters per line, ? for free, lines split by / , e.g. '??春??/?????'."),
+        click.option("--no-repeat", is_flag=True, help="No character twice in a poem."),
+        click.option("--ban", default="", help="Characters never to use."),
+        click.option("--best-of", type=click.IntRange(1, 1000), default=1, show_default=True,
+                     help="Sample this many candidates per poem; keep the likeliest per character."),
+        click.option("--beam", type=click.IntRange(0, 1000), default=0,
+                     help="Beam search of this width instead of sampling (0 = off)."),
+        click.option("--novel", type=click.Path(path_type=Path), default=None,
+                     help="Redo poems that copy a verse line of this corpus verbatim."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 @cli.command()
 @click.option("--checkpoint", "-c", default=None, help=_CHECKPOINT_HELP)
 @click.option("--temp", "temperature", type=float, default=0.8, show_default=True,
@@ -198,17 +230,22 @@ _CHECKPOINT_HELP = ("Checkpoint file or run directory, or `default` for the bund
 @click.option("--n", "n", type=click.IntRange(1, 10_000), default=1, show_default=True,
               help="Number of samples (generated together in one batch).")
 @click.option("--max-chars", type=click.IntRange(1), default=200, show_default=True,
-              help="Stop a sample after this many characters if it has not ended.")
+              help="Stop a sample after this many characters if it has not ended (free text).")
 @click.option("--no-stop", is_flag=True, help="Do not stop at the end of a poem (newline).")
 @click.option("--seed", type=int, default=None, help="Random seed; the same seed gives the same text.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per sample on stdout.")
-def sample(checkpoint, temperature, top_k, top_p, prime, n, max_chars, no_stop, seed, as_json):
-    """Generate text from a trained model.
+@constraint_options
+def sample(checkpoint, temperature, top_k, top_p, prime, n, max_chars, no_stop, seed, as_json,
+           **constraints):
+    """Generate text or poems from a trained model.
 
     \b
     Examples:
       poetgen sample --temp 0.8 --n 5
       poetgen sample --prime 春风 --seed 7 --json
+      poetgen sample --form 七绝 --rhyme pingshui --tones strict
+      poetgen sample --form 五律 --acrostic 春江花月 --best-of 8
+      poetgen sample --form 5x4 --pattern '??春??' --rhyme-group 下平七阳
     """
     from poetgen import checkpoint as ckpt_mod
     from poetgen.sample import check_sampling_args, generate
@@ -216,15 +253,58 @@ def sample(checkpoint, temperature, top_k, top_p, prime, n, max_chars, no_stop, 
     check_sampling_args(temperature, top_k, top_p)
     ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
     _check_prime(prime, ck.vocab, ck.path)
-    samples = generate(ck.model, ck.vocab, n=n, max_chars=max_chars, temperature=temperature,
-                       top_k=top_k, top_p=top_p, prime=prime, seed=seed,
-                       stop_at_newline=not no_stop)
-    for s in samples:
-        if as_json:
-            click.echo(json.dumps({"text": s.text, "mean_logprob": round(s.mean_logprob, 4),
-                                   "seed": s.seed}, ensure_ascii=False))
-        else:
-            click.echo(s.text)
+    spec = poem_spec(constraints, prime)
+    if spec is None:
+        samples = generate(ck.model, ck.vocab, n=n, max_chars=max_chars, temperature=temperature,
+                           top_k=top_k, top_p=top_p, prime=prime, seed=seed,
+                           stop_at_newline=not no_stop)
+        rows = [{"text": s.text, "mean_logprob": round(s.mean_logprob, 4), "seed": s.seed}
+                for s in samples]
+    else:
+        from poetgen.constrain import compile_spec, generate_poems
+
+        compiled = compile_spec(spec, ck.vocab)
+        novel = novel_lines(constraints["novel"]) if constraints["novel"] else None
+        poems = generate_poems(ck.model, compiled, n=n, temperature=temperature, top_k=top_k,
+                               top_p=top_p, seed=seed, best_of=constraints["best_of"],
+                               beam=constraints["beam"], novel_lines=novel)
+        rows = [{"text": p.text, "mean_logprob": round(p.mean_logprob, 4), "seed": p.seed,
+                 "form": spec.form.name, "template": p.template, "rhyme_group": p.rhyme_group}
+                for p in poems]
+    for row in rows:
+        click.echo(json.dumps(row, ensure_ascii=False) if as_json else row["text"])
+
+
+_CONSTRAINT_DEFAULTS = {"rhyme": "pingshui", "rhyme_group": None, "tones": "loose", "acrostic": "",
+                        "pattern": "", "no_repeat": False, "ban": "", "best_of": 1, "beam": 0,
+                        "novel": None}
+
+
+def poem_spec(constraints: dict, prime: str = ""):
+    """A PoemSpec from the constraint options, or None for free text (no --form)."""
+    from poetgen.constrain import PoemSpec
+
+    if not constraints.get("form"):
+        given = [k.replace("_", "-") for k, v in constraints.items()
+                 if k != "form" and v != _CONSTRAINT_DEFAULTS.get(k)]
+        if given:
+            raise ConfigError(f"--{given[0]} needs --form (五绝 五律 七绝 七律)")
+        return None
+    return PoemSpec.make(constraints["form"],
+                         rhyme=None if constraints["rhyme"] == "off" else constraints["rhyme"],
+                         rhyme_group=constraints["rhyme_group"], tones=constraints["tones"],
+                         acrostic=constraints["acrostic"], pattern=constraints["pattern"],
+                         prime=prime, no_repeat=constraints["no_repeat"], banned=constraints["ban"])
+
+
+def novel_lines(path: Path) -> set[str]:
+    from poetgen.corpus import iter_text
+    from poetgen.prosody import split_verse
+
+    lines: set[str] = set()
+    for text in iter_text(path):
+        lines.update(split_verse(text))
+    return lines
 
 
 def _check_prime(prime: str, vocab, path) -> None:
@@ -290,6 +370,47 @@ def info(checkpoint, as_json):
             v = training[k]
             table.add_row(k, f"{v:.4f}" if isinstance(v, float) else f"{v:,}")
     out.print(table)
+
+
+# ----------------------------------------------------------------------------------------------
+# check
+
+
+@cli.command()
+@click.argument("poem")
+@click.option("--rhyme", type=click.Choice(["pingshui", "modern"]), default="pingshui",
+              show_default=True, help="Rhyme scheme to judge by.")
+@click.option("--tones", type=click.Choice(["loose", "strict", "off"]), default="loose",
+              show_default=True, help="How strictly to judge 平仄 (see `sample --help`).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per poem.")
+def check(poem, rhyme, tones, as_json):
+    """Check a poem's form, rhyme and tones; POEM is the text, or a file with one poem per line.
+
+    \b
+    Examples:
+      poetgen check 白日依山尽，黄河入海流。欲穷千里目，更上一层楼。
+      poetgen check poems.txt --json
+
+    Shows every character with its pinyin, 平/仄 and rhyme group, names the form, the best-matching
+    tonal template and rhyme group, and lists every violation. Exits 0 if all poems pass, else 1.
+    """
+    from poetgen.check import check_poem
+    from poetgen.corpus import read_text
+    from poetgen.render import render_report
+
+    path = Path(poem)
+    if len(poem) < 256 and path.is_file():
+        poems = [p for p in read_text(path).splitlines() if p.strip()]
+    else:
+        poems = [poem]
+    reports = [check_poem(p, rhyme=rhyme, tones=tones) for p in poems]
+    for r in reports:
+        if as_json:
+            click.echo(json.dumps(r.to_dict(), ensure_ascii=False))
+        else:
+            out.print(render_report(r))
+    if not all(r.ok for r in reports):
+        sys.exit(1)
 
 
 def main() -> None:

@@ -1,0 +1,454 @@
+"""Constrained decoding: poems whose form, rhyme and tones are right by construction.
+
+At every step the logits are masked to the characters allowed there, so any model at any
+temperature writes a correct poem. What is allowed at step t:
+
+    layout      a Han character inside a verse line, '，' or '。' at a line end, '\\n' at the end
+    tones       the 平/仄 the template asks for at this position (loose mode frees 一三五)
+    rhyme       at rhyme positions, a character sharing a group with the poem's earlier rhymes
+    fixed       acrostic heads, --pattern characters, the prime
+    banned      --ban characters, and with --no-repeat every character already used
+
+Which of the four templates a poem follows is not chosen up front: each poem keeps the set of
+templates its characters so far agree with (`alive`), and the mask is the union over that set,
+so the model's own preferences pick the template. A character of two readings (多音字) keeps all
+its rhyme groups as candidates (`cand`) until a later rhyme narrows them. The sets only shrink to
+what the chosen character allows, so a step always has at least one allowed character: dead ends
+can come only from --no-repeat exhausting a tiny vocabulary, and such poems are redone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from poetgen.corpus import NEWLINE, Vocab
+from poetgen.errors import ConstraintError
+from poetgen.model import CharLSTM
+from poetgen.prosody import (COMMA, PERIOD, PING, ZE, Form, Template, free_positions, get_form,
+                             han_only, is_han, scheme, split_verse, templates)
+from poetgen.sample import check_sampling_args, filter_logits, new_seed, prime_model
+
+ANY, NONE = 2, 3  # tone requirement codes besides 0 = 平 and 1 = 仄
+
+
+@dataclass
+class PoemSpec:
+    form: Form
+    rhyme: str | None = "pingshui"  # pingshui | modern | None (no rhyme constraint)
+    rhyme_group: str | None = None  # a group name or a character whose group to rhyme in
+    tones: str = "loose"  # off | loose | strict
+    acrostic: str = ""  # line heads (punctuation and spaces are ignored)
+    pattern: str = ""  # e.g. "??春??/?????": fixed characters, '?' free, lines split by / or ，。
+    prime: str = ""  # the poem's opening, continued by the model
+    no_repeat: bool = False  # no character twice in a poem
+    banned: str = ""  # characters never to use
+
+    @classmethod
+    def make(cls, form: str | Form, **kw) -> "PoemSpec":
+        return cls(form if isinstance(form, Form) else get_form(form), **kw)
+
+    @property
+    def tone_scheme(self) -> str:
+        return self.rhyme or "pingshui"  # tones follow the rhyme scheme; classical by default
+
+
+@dataclass
+class Compiled:
+    """A spec compiled against one vocabulary: tensors indexed by step t and vocabulary id."""
+
+    spec: PoemSpec
+    vocab: Vocab
+    steps: int
+    static: torch.Tensor  # (T, V) bool: layout, fixed and banned characters
+    tone_req: torch.Tensor  # (K, T) long: 0 平, 1 仄, 2 any, 3 not a verse position
+    tone_ok: torch.Tensor  # (4, V) bool: chars that can be 平, 仄, any Han, (nothing)
+    rhymes_at: torch.Tensor  # (K, T) bool: template k rhymes at step t
+    member: torch.Tensor  # (V, G) bool: char -> rhyme groups
+    alive0: torch.Tensor  # (K,) bool: templates the fixed characters allow
+    cand0: torch.Tensor  # (G,) bool: rhyme groups still possible before any rhyme
+    group_names: list[str]
+    templates: list[Template | None]
+    positions: list[tuple[int, int]] = field(default_factory=list)  # step -> (line, col), col -1 = punct
+
+
+def _fixed_chars(spec: PoemSpec) -> dict[tuple[int, int], str]:
+    """(line, col) -> character, from the prime, the acrostic and the pattern."""
+    f = spec.form
+    fixed: dict[tuple[int, int], str] = {}
+
+    def put(pos, ch, what):
+        if pos in fixed and fixed[pos] != ch:
+            raise ConstraintError(f"{what} puts {ch!r} at line {pos[0] + 1}, character {pos[1] + 1}, "
+                                  f"where another constraint already puts {fixed[pos]!r}")
+        fixed[pos] = ch
+
+    heads = han_only(spec.acrostic)
+    if spec.acrostic and not heads:
+        raise ConstraintError(f"--acrostic {spec.acrostic!r} holds no Chinese character")
+    if len(heads) > f.lines:
+        raise ConstraintError(f"--acrostic has {len(heads)} characters but a {f.name} has "
+                              f"{f.lines} lines; give at most {f.lines}")
+    for i, ch in enumerate(heads):
+        put((i, 0), ch, "--acrostic")
+    if spec.pattern:
+        rows = [r for r in spec.pattern.replace("/", "|").replace(COMMA, "|").replace(PERIOD, "|")
+                .replace(",", "|").replace("\n", "|").split("|") if r.strip()]
+        if len(rows) > f.lines:
+            raise ConstraintError(f"--pattern has {len(rows)} lines but a {f.name} has {f.lines}")
+        for i, row in enumerate(rows):
+            row = row.strip()
+            if len(row) != f.chars_per_line:
+                raise ConstraintError(f"--pattern line {i + 1} {row!r} has {len(row)} characters; "
+                                      f"a {f.name} line has {f.chars_per_line} (use ? for a free one)")
+            for j, ch in enumerate(row):
+                if ch not in "?？_＿*":
+                    if not is_han(ch):
+                        raise ConstraintError(f"--pattern line {i + 1}: {ch!r} is not a Chinese "
+                                              "character or ? (free)")
+                    put((i, j), ch, "--pattern")
+    if spec.prime:
+        layout = f.layout()
+        if len(spec.prime) > len(layout):
+            raise ConstraintError(f"--prime is longer than a whole {f.name}")
+        line = col = 0
+        for k, (ch, want) in enumerate(zip(spec.prime, layout)):
+            if want == "X":
+                if not is_han(ch):
+                    raise ConstraintError(f"--prime {spec.prime!r}: character {k + 1} should be a "
+                                          f"Chinese character in a {f.name} (layout {layout})")
+                put((line, col), ch, "--prime")
+                col += 1
+            else:
+                if ch != want:
+                    raise ConstraintError(f"--prime {spec.prime!r}: character {k + 1} should be "
+                                          f"{want!r} in a {f.name} (layout {layout})")
+                line, col = line + 1, 0
+    return fixed
+
+
+def compile_spec(spec: PoemSpec, vocab: Vocab, device: torch.device | str = "cpu") -> Compiled:
+    """Build the masks once, and refuse impossible constraint sets before any generation."""
+    f = spec.form
+    if spec.tones not in ("off", "loose", "strict"):
+        raise ConstraintError(f"tones must be off, loose or strict, not {spec.tones!r}")
+    for ch, name in ((COMMA, "'，'"), (PERIOD, "'。'"), (NEWLINE, "the newline (end of poem)")):
+        if ch not in vocab:
+            raise ConstraintError(f"the model's vocabulary has no {name}; it was not trained on "
+                                  "one-poem-per-line Chinese verse, so it cannot write a "
+                                  f"{f.name}")
+    V = len(vocab)
+    rs = scheme(spec.rhyme) if spec.rhyme else None
+    ts = scheme(spec.tone_scheme)
+    fixed = _fixed_chars(spec)
+    for (i, j), ch in fixed.items():
+        if ch not in vocab:
+            raise ConstraintError(f"{ch!r} (line {i + 1}, character {j + 1}) is not in the model's "
+                                  "vocabulary, so it cannot be written; choose another character")
+    banned = set(spec.banned) - {" ", ",", "，"}
+    clash = sorted({ch for ch in fixed.values() if ch in banned})
+    if clash:
+        raise ConstraintError(f"{' '.join(clash)} is both required and banned")
+    if spec.no_repeat:
+        seen: dict[str, int] = {}
+        for ch in fixed.values():
+            seen[ch] = seen.get(ch, 0) + 1
+        twice = sorted(c for c, n in seen.items() if n > 1)
+        if twice:
+            raise ConstraintError(f"--no-repeat, but the fixed characters repeat {' '.join(twice)}")
+
+    chars = vocab.chars
+    han = torch.tensor([is_han(c) and c not in banned for c in chars])
+    tone_of = [ts.tone(c) if is_han(c) else None for c in chars]
+    tone_ok = torch.stack([
+        han & torch.tensor([t in (PING, "both") for t in tone_of]),
+        han & torch.tensor([t in (ZE, "both") for t in tone_of]),
+        han,
+        torch.zeros(V, dtype=torch.bool),
+    ])
+    group_names = rs.group_names if rs else []
+    gindex = {g: k for k, g in enumerate(group_names)}
+    member = torch.zeros(V, max(1, len(group_names)), dtype=torch.bool)
+    if rs:
+        for v, c in enumerate(chars):
+            for g in rs.groups(c) if is_han(c) else ():
+                member[v, gindex[g]] = True
+
+    # Steps: the layout, then the newline.
+    positions: list[tuple[int, int]] = []
+    static_rows: list[torch.Tensor] = []
+    for i in range(f.lines):
+        for j in range(f.chars_per_line):
+            positions.append((i, j))
+            row = han.clone()
+            if (i, j) in fixed:
+                row = torch.zeros(V, dtype=torch.bool)
+                row[vocab.id(fixed[(i, j)])] = True
+            static_rows.append(row)
+        positions.append((i, -1))
+        static_rows.append(_one_hot(V, vocab.id(COMMA if i % 2 == 0 else PERIOD)))
+    positions.append((f.lines, -1))
+    static_rows.append(_one_hot(V, vocab.newline_id))
+    static = torch.stack(static_rows)
+    T = len(positions)
+
+    tpls: list[Template | None] = templates(f) if spec.tones != "off" else [None]
+    K = len(tpls)
+    tone_req = torch.full((K, T), NONE, dtype=torch.long)
+    rhymes_at = torch.zeros(K, T, dtype=torch.bool)
+    for k, tpl in enumerate(tpls):
+        for t, (i, j) in enumerate(positions):
+            if j < 0:
+                continue
+            if tpl is None:
+                tone_req[k, t] = ANY
+            else:
+                free = free_positions(f.chars_per_line, tpl.line_types[i], spec.tones)
+                need = tpl.lines[i][j]
+                last = j == f.chars_per_line - 1
+                tone_req[k, t] = ANY if (j in free and not last) else (0 if need == PING else 1)
+            line_end = j == f.chars_per_line - 1
+            rhymes_at[k, t] = bool(rs) and line_end and (
+                i % 2 == 1 or (i == 0 and tpl is not None and tpl.first_line_rhymes))
+
+    # Rhyme groups possible before any rhyme is written.
+    cand0 = torch.zeros(max(1, len(group_names)), dtype=torch.bool)
+    if rs:
+        allowed_groups = rs.level_groups if spec.tones != "off" else set(group_names)
+        if spec.rhyme_group:
+            wanted = rs.resolve_group(spec.rhyme_group)
+            if spec.tones != "off" and not wanted & allowed_groups:
+                raise ConstraintError(f"rhyme group {spec.rhyme_group!r} is an oblique (仄) group, "
+                                      "but the tonal templates rhyme in level (平) groups; choose a "
+                                      "level group or use --tones off")
+            allowed_groups = allowed_groups & wanted
+        for g in allowed_groups:
+            cand0[gindex[g]] = True
+
+    # Which templates can the fixed characters live with?
+    alive0 = torch.ones(K, dtype=torch.bool)
+    reasons: list[str] = []
+    for k in range(K):
+        reason = _template_conflict(k, tpls[k], positions, fixed, vocab, tone_req, tone_ok,
+                                    rhymes_at, member, cand0, static, group_names)
+        if reason:
+            alive0[k] = False
+            reasons.append(reason)
+    if not alive0.any():
+        raise ConstraintError(reasons[0] if len(set(reasons)) == 1 else
+                              "no tonal template fits the constraints: " + "; ".join(sorted(set(reasons))))
+    # Rhymes every surviving template shares narrow the candidates up front.
+    for t, (i, j) in enumerate(positions):
+        if (i, j) in fixed and bool(rhymes_at[alive0, t].all()) and rs:
+            cand0 &= member[vocab.id(fixed[(i, j)])]
+    return Compiled(spec, vocab, T, static.to(device), tone_req.to(device), tone_ok.to(device),
+                    rhymes_at.to(device), member.to(device), alive0.to(device), cand0.to(device),
+                    group_names, tpls, positions)
+
+
+def _one_hot(V: int, index: int) -> torch.Tensor:
+    row = torch.zeros(V, dtype=torch.bool)
+    row[index] = True
+    return row
+
+
+def _template_conflict(k, tpl, positions, fixed, vocab, tone_req, tone_ok, rhymes_at, member, cand0,
+                       static, group_names) -> str | None:
+    """Why template k cannot hold these constraints, or None if it can."""
+    cand = cand0.clone()
+    where = {pos: t for t, pos in enumerate(positions)}
+    for (i, j), ch in sorted(fixed.items()):
+        t, v = where[(i, j)], vocab.id(ch)
+        if not tone_ok[tone_req[k, t], v]:
+            need = PING if tone_req[k, t] == 0 else ZE
+            return (f"{ch!r} at line {i + 1}, character {j + 1} cannot be {need} as the tonal "
+                    f"template needs; use another character, --tones loose, or --tones off")
+        if rhymes_at[k, t]:
+            cand = cand & member[v]
+            if not cand.any():
+                return (f"{ch!r} at line {i + 1}, character {j + 1} is at a rhyme position but "
+                        "does not rhyme with the other fixed rhymes or the rhyme group")
+    if group_names and not cand.any():
+        return "no rhyme group is left to rhyme in"
+    for t in range(static.size(0)):
+        ok = static[t] & tone_ok[tone_req[k, t]] if tone_req[k, t] != NONE else static[t]
+        if rhymes_at[k, t]:
+            ok = ok & (member.float() @ cand.float() > 0)
+        if not ok.any():
+            i, j = positions[t]
+            what = "rhyming " if rhymes_at[k, t] else ""
+            return (f"the model's vocabulary has no {what}character that fits line {i + 1}, "
+                    f"character {j + 1}; choose another rhyme group or loosen --tones")
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+
+
+@dataclass
+class Poem:
+    text: str
+    logprob: float  # model log-probability (nats, temperature 1) of the poem and its end
+    num_chars: int
+    seed: int
+    template: str | None  # the tonal template it follows (None with --tones off)
+    rhyme_group: str | None
+
+    @property
+    def mean_logprob(self) -> float:
+        return self.logprob / max(1, self.num_chars)
+
+
+class _Hyps:
+    """Constraint state of a batch of partial poems; rows can be reordered (beam search)."""
+
+    def __init__(self, c: Compiled, n: int, device):
+        V = len(c.vocab)
+        self.alive = c.alive0.expand(n, -1).clone()  # (n, K)
+        self.cand = c.cand0.expand(n, -1).clone()  # (n, G)
+        self.used = torch.zeros(n, V, dtype=torch.bool, device=device)
+        self.tokens = torch.zeros(n, c.steps, dtype=torch.long, device=device)
+        self.logprob = torch.zeros(n, device=device)
+        self.failed = torch.zeros(n, dtype=torch.bool, device=device)
+
+    def select(self, rows: torch.Tensor) -> None:
+        for name in ("alive", "cand", "used", "tokens", "logprob", "failed"):
+            setattr(self, name, getattr(self, name)[rows])
+
+
+def _allowed(c: Compiled, h: _Hyps, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, V) allowed characters at step t, and (n, K, V) allowed per template."""
+    per_template = c.tone_ok[c.tone_req[:, t]] if c.tone_req[0, t] != NONE else \
+        torch.ones_like(c.tone_ok[c.tone_req[:, t]])  # (K, V)
+    per = per_template[None] & c.static[t][None, None]  # (1, K, V)
+    if c.rhymes_at[:, t].any():
+        rhyme_ok = (h.cand.float() @ c.member.T.float()) > 0  # (n, V)
+        per = per & torch.where(c.rhymes_at[:, t][None, :, None], rhyme_ok[:, None, :], True)
+    per = per & h.alive[:, :, None]
+    if c.spec.no_repeat and c.tone_req[0, t] != NONE:
+        per = per & ~h.used[:, None, :]
+    return per.any(1), per
+
+
+def _advance(c: Compiled, h: _Hyps, t: int, token: torch.Tensor, per: torch.Tensor) -> None:
+    """Record `token` (n,) at step t: prune templates, narrow rhyme candidates."""
+    n = token.numel()
+    rows = torch.arange(n, device=token.device)
+    h.tokens[:, t] = token
+    h.alive = per[rows, :, token]  # templates under which this character was allowed
+    rhymes = c.rhymes_at[:, t]
+    if rhymes.any():
+        # A character allowed both as a rhyme and not (e.g. line 1's end, 'both' tone) is read as
+        # not rhyming when some template allows that: the narrower reading keeps more freedom.
+        nonrhyme_alive = (h.alive & ~rhymes).any(1, keepdim=True)
+        h.alive = torch.where(nonrhyme_alive, h.alive & ~rhymes, h.alive)
+        is_rhyme = (h.alive & rhymes).any(1)
+        narrowed = h.cand & c.member[token]
+        h.cand = torch.where(is_rhyme[:, None], narrowed, h.cand)
+    h.used[rows, token] = True
+
+
+@torch.no_grad()
+def generate_poems(model: CharLSTM, compiled: Compiled, n: int = 1, temperature: float = 1.0,
+                   top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                   best_of: int = 1, beam: int = 0, novel_lines: set[str] | None = None,
+                   max_rounds: int = 8) -> list[Poem]:
+    """`n` poems that satisfy `compiled`'s constraints.
+
+    best_of: sample that many candidates per poem and keep the likeliest (model log-probability
+    per character). beam: beam search of that width instead of sampling; returns its n best.
+    novel_lines: verse lines that must not be copied (poems that copy one are redone).
+    """
+    check_sampling_args(temperature, top_k, top_p)
+    seed = new_seed() if seed is None else seed
+    model.eval()
+    if beam:
+        if n > beam:
+            raise ConstraintError(f"--beam {beam} keeps {beam} candidates; ask for at most that many poems")
+        poems = _beam(model, compiled, beam, seed)
+        poems = [p for p in poems if not _copies(p.text, novel_lines)]
+        if len(poems) < n:
+            raise ConstraintError("beam search found no poem that avoids the --novel corpus; "
+                                  "sample instead (drop --beam)")
+        return poems[:n]
+    result: list[Poem | None] = [None] * n
+    gen = torch.Generator(device=model.start_h.device).manual_seed(seed)
+    for _ in range(max_rounds):
+        todo = [i for i, p in enumerate(result) if p is None]
+        if not todo:
+            break
+        cands = _sample(model, compiled, len(todo) * best_of, temperature, top_k, top_p, gen, seed)
+        for slot, i in enumerate(todo):
+            group = [p for p in cands[slot * best_of:(slot + 1) * best_of]
+                     if p is not None and not _copies(p.text, novel_lines)]
+            if group:
+                result[i] = max(group, key=lambda p: p.mean_logprob)
+    missing = sum(p is None for p in result)
+    if missing:
+        why = "every try copied a line of the --novel corpus" if novel_lines else \
+            "--no-repeat ran out of characters"
+        raise ConstraintError(f"{missing} poem(s) could not be finished in {max_rounds} tries: {why}; "
+                              "raise --temp or relax the constraints")
+    return result  # type: ignore[return-value]
+
+
+def _copies(text: str, novel_lines: set[str] | None) -> bool:
+    return bool(novel_lines) and any(line in novel_lines for line in split_verse(text))
+
+
+def _sample(model, c: Compiled, n, temperature, top_k, top_p, gen, seed) -> list[Poem | None]:
+    device = model.start_h.device
+    out, state = prime_model(model, [], n)
+    h = _Hyps(c, n, device)
+    for t in range(c.steps):
+        logp = model.log_probs(out)  # (n, V)
+        allowed, per = _allowed(c, h, t)
+        h.failed |= ~allowed.any(1)
+        allowed = torch.where(h.failed[:, None], c.static[t][None], allowed)  # keep going; redone later
+        logits = filter_logits((logp / temperature).masked_fill(~allowed, float("-inf")), top_k, top_p)
+        token = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen).squeeze(1)
+        h.logprob += logp.gather(1, token[:, None]).squeeze(1)
+        _advance(c, h, t, token, per)
+        h.alive = torch.where(h.failed[:, None], c.alive0[None], h.alive)
+        if t + 1 < c.steps:
+            outputs, state = model(token.view(1, n), state)
+            out = outputs[0]
+    return [None if h.failed[j] else _poem(c, h, j, seed) for j in range(n)]
+
+
+def _beam(model, c: Compiled, width: int, seed: int) -> list[Poem]:
+    device = model.start_h.device
+    out, state = prime_model(model, [], width)
+    h = _Hyps(c, width, device)
+    h.logprob[1:] = float("-inf")  # all beams start identical: expand only the first
+    V = len(c.vocab)
+    for t in range(c.steps):
+        logp = model.log_probs(out)
+        allowed, per = _allowed(c, h, t)
+        scores = (h.logprob[:, None] + logp).masked_fill(~allowed, float("-inf"))
+        top = torch.topk(scores.view(-1), width)
+        rows, token = top.indices // V, top.indices % V
+        keep = torch.isfinite(top.values)
+        rows, token = rows[keep], token[keep]
+        h.select(rows)
+        per = per[rows]
+        h.logprob = top.values[keep]
+        _advance(c, h, t, token, per)
+        state = (state[0][:, rows], state[1][:, rows])
+        if t + 1 < c.steps:
+            outputs, state = model(token.view(1, -1), state)
+            out = outputs[0]
+    order = torch.argsort(h.logprob, descending=True)
+    return [_poem(c, h, int(j), seed) for j in order]
+
+
+def _poem(c: Compiled, h: _Hyps, j: int, seed: int) -> Poem:
+    ids = h.tokens[j].tolist()
+    text = c.vocab.decode(ids[:-1])  # without the final newline
+    alive = [k for k in range(len(c.templates)) if h.alive[j, k]]
+    tpl = c.templates[alive[0]] if alive and c.templates[alive[0]] is not None else None
+    groups = [c.group_names[g] for g in range(len(c.group_names)) if h.cand[j, g]] if c.group_names else []
+    return Poem(text, float(h.logprob[j]), len(ids), seed, tpl.name if tpl else None,
+                "/".join(groups) if c.spec.rhyme and len(groups) <= 3 else None)

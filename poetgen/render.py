@@ -1,0 +1,45 @@
+"""Rich rendering of a checked poem: characters with pinyin, 平仄 and rhyme marks, coloured.
+
+Shared by `poetgen check` and the REPL's `:check`, so both show the same thing.
+"""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from poetgen.check import Report
+
+TONE_STYLE = {"平": "green", "仄": "blue", "both": "yellow", None: "dim"}
+TONE_MARK = {"平": "平", "仄": "仄", "both": "中", None: "?"}
+
+
+def render_report(report: Report) -> Group:
+    width = max((len(line) for line in report.lines), default=0)
+    table = Table(show_header=False, box=None, padding=(0, 1))
+    table.add_column(style="dim", justify="right")
+    for _ in range(width):
+        table.add_column(justify="center")
+    for i, line in enumerate(report.lines):
+        chars, pinyin, tones = [], [], []
+        for info in line:
+            bad = "bold red" if not info.ok else ""
+            chars.append(Text(info.char, style=bad or ("bold underline" if info.rhyme else "")))
+            pinyin.append(Text(info.pinyin, style="cyan"))
+            mark = TONE_MARK[info.tone] + ("韵" if info.rhyme else "")
+            tones.append(Text(mark, style=bad or TONE_STYLE[info.tone]))
+        table.add_row(str(i + 1), *chars)
+        table.add_row("", *pinyin)
+        table.add_row("", *tones)
+    head = Text()
+    head.append(f"{report.form or 'not a regular form'}", style="bold")
+    if report.template:
+        head.append(f"  {report.template}")
+    if report.rhyme_group:
+        head.append(f"  韵 {report.rhyme_group} ({report.scheme})")
+    head.append(f"  tones {report.tones}")
+    verdict = Text("✓ no violations", style="green") if report.ok else Text(
+        "\n".join(f"✗ {v}" for v in report.violations), style="red")
+    legend = Text("平 level  仄 oblique  中 either reading  ? unknown  韵 rhyme position", style="dim")
+    return Group(head, table, verdict, legend)
