@@ -100,8 +100,10 @@ def check_poem(text: str, rhyme: str = "pingshui", tones: str = "loose") -> Repo
     best = None
     for tpl in candidates:
         judged = _judge(lines, form, tpl, rs, tones)
-        if best is None or judged[0] < best[0]:
-            best = judged
+        # On a tie, prefer a first line that rhymes: 间 in 朝辞白帝彩云间 reads both ways.
+        key = (judged[0], not (tpl and tpl.first_line_rhymes))
+        if best is None or key < best_key:
+            best, best_key = judged, key
     _, tpl, group, messages, marks, tone_violations, rhyme_ok = best
     report.template = tpl.name if tpl else None
     report.rhyme_group = group

@@ -320,28 +320,111 @@ def _check_prime(prime: str, vocab, path) -> None:
 
 @cli.command("eval")
 @click.argument("checkpoint")
-@click.argument("file", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def eval_cmd(checkpoint, file, as_json):
-    """Bits per character and perplexity of CHECKPOINT on FILE.
+@click.argument("file", type=click.Path(path_type=Path), required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per line).")
+@click.option("--generate", type=click.IntRange(1), default=None,
+              help="Also write this many constrained poems per form and measure them.")
+@click.option("--form", "forms", default="五绝,五律,七绝,七律", show_default=True,
+              help="Forms for --generate, comma-separated.")
+@click.option("--temp", "temperature", type=float, default=0.8, show_default=True,
+              help="Sampling temperature for --generate.")
+@click.option("--tones", type=click.Choice(["loose", "strict", "off"]), default="loose",
+              show_default=True, help="Tone constraint for --generate.")
+@click.option("--best-of", type=click.IntRange(1, 1000), default=1, show_default=True,
+              help="Candidates per poem for --generate.")
+@click.option("--corpus", "copy_corpus", type=click.Path(path_type=Path), default=None,
+              help="Training corpus: measure how much the poems copy from it.")
+@click.option("--real", "real_file", type=click.Path(path_type=Path), default=None,
+              help="Real poems (one per line, e.g. tang_val.txt) measured the same way, side by side.")
+@click.option("--novel", type=click.Path(path_type=Path), default=None,
+              help="Redo generated poems that copy a verse line of this corpus.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed for --generate.")
+def eval_cmd(checkpoint, file, as_json, generate, forms, temperature, tones, best_of, copy_corpus,
+             real_file, novel, seed):
+    """Bits per character of CHECKPOINT on FILE, and/or metrics of generated poems.
 
     FILE is read as one stream with the model state carried across lines, as in training, in
     pieces (any size fits in memory). CHECKPOINT may be `default`.
+
+    \b
+    Examples:
+      poetgen eval default tang_val.txt
+      poetgen eval default --generate 200 --real tang_val.txt --corpus tang_train.txt
     """
     from poetgen import checkpoint as ckpt_mod
-    from poetgen.evaluate import evaluate_file
 
+    if file is None and generate is None:
+        raise ConfigError("give a FILE to score, or --generate N to measure generated poems")
     ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
-    r = evaluate_file(ck.model, ck.vocab, file)
-    if r.chars == 0:
-        raise PoetgenError(f"{file}: the file is empty; nothing to evaluate")
-    figures = {"checkpoint": str(ck.path), "file": str(file), "bpc": round(r.bpc, 4),
-               "perplexity": round(r.perplexity, 2), "chars": r.chars, "unknown_chars": r.unknown}
-    if as_json:
-        click.echo(json.dumps(figures, ensure_ascii=False))
-    else:
-        click.echo(f"{file}: {r.bpc:.4f} bits/char, perplexity {r.perplexity:.2f} over {r.chars:,} "
-                   f"characters ({r.unknown:,} outside the vocabulary)")
+    if file is not None:
+        from poetgen.evaluate import evaluate_file
+
+        r = evaluate_file(ck.model, ck.vocab, file)
+        if r.chars == 0:
+            raise PoetgenError(f"{file}: the file is empty; nothing to evaluate")
+        figures = {"checkpoint": str(ck.path), "file": str(file), "bpc": round(r.bpc, 4),
+                   "perplexity": round(r.perplexity, 2), "chars": r.chars, "unknown_chars": r.unknown}
+        if as_json:
+            click.echo(json.dumps(figures, ensure_ascii=False))
+        else:
+            click.echo(f"{file}: {r.bpc:.4f} bits/char, perplexity {r.perplexity:.2f} over "
+                       f"{r.chars:,} characters ({r.unknown:,} outside the vocabulary)")
+    if generate is not None:
+        rows = generation_metrics(ck, generate, forms, temperature, tones, best_of, copy_corpus,
+                                  real_file, novel, seed)
+        if as_json:
+            for row in rows:
+                click.echo(json.dumps(row.as_dict(), ensure_ascii=False))
+        else:
+            out.print(metrics_table(rows))
+
+
+def generation_metrics(ck, n, forms, temperature, tones, best_of, copy_corpus, real_file, novel, seed):
+    from poetgen.check import detect_form
+    from poetgen.constrain import PoemSpec, compile_spec, generate_poems
+    from poetgen.corpus import read_text
+    from poetgen.metrics import CopyIndex, mean_logprobs, poem_metrics
+    from poetgen.prosody import get_form, split_verse
+
+    copy_index = CopyIndex(copy_corpus) if copy_corpus else None
+    novel_set = novel_lines(novel) if novel else None
+    real = read_text(real_file).splitlines() if real_file else []
+    rows = []
+    for name in [f.strip() for f in forms.split(",") if f.strip()]:
+        form = get_form(name)
+        compiled = compile_spec(PoemSpec.make(form, tones=tones), ck.vocab)
+        poems = generate_poems(ck.model, compiled, n=n, temperature=temperature, seed=seed,
+                               best_of=best_of, novel_lines=novel_set)
+        texts = [p.text for p in poems]
+        rows.append(poem_metrics(texts, form.name, "model", copy_index,
+                                 [p.mean_logprob for p in poems]))
+        if real:
+            mine = [p for p in real if detect_form(split_verse(p)) == form][:n]
+            known = [p for p in mine if not ck.vocab.unknown(p)]
+            rows.append(poem_metrics(mine, form.name, Path(real_file).name, copy_index,
+                                     mean_logprobs(ck.model, ck.vocab, known)))
+    return rows
+
+
+def metrics_table(rows) -> Table:
+    """Metrics down, one column per (form, source): narrow enough for a terminal."""
+    table = Table(title="Generated poems next to real ones")
+    table.add_column("metric")
+    for row in rows:
+        table.add_column(f"{row.form}\n{row.source}", justify="right")
+    metrics = [("poems", "poems", "{}"), ("form ok", "form_ok", "%"),
+               ("rhyme 平水韵", "rhyme_pingshui", "%"), ("rhyme 新韵", "rhyme_modern", "%"),
+               ("tones (loose)", "tones_loose", "%"), ("tones (strict)", "tones_strict", "%"),
+               ("distinct-1", "distinct_1", "{:.3f}"), ("distinct-2", "distinct_2", "{:.3f}"),
+               ("copied lines", "copy_lines", "%"), ("copied run ≥4", "copy_run4", "%"),
+               ("longest copy", "longest_copy", "{}"), ("log-prob/char", "mean_logprob", "{:.3f}")]
+    for title, key, fmt in metrics:
+        cells = []
+        for row in rows:
+            v = getattr(row, key)
+            cells.append("–" if v is None else f"{100 * v:.1f}%" if fmt == "%" else fmt.format(v))
+        table.add_row(title, *cells)
+    return table
 
 
 @cli.command()

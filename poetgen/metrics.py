@@ -1,0 +1,112 @@
+"""Generation metrics: how poems (the model's, or real ones) fare on form, rhyme, tones, variety
+and copying, so model and human poems can sit side by side in one table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from poetgen.check import check_poem, distinct_n
+from poetgen.corpus import NEWLINE, Vocab, iter_text
+from poetgen.model import CharLSTM
+from poetgen.prosody import split_verse
+
+MIN_COPY = 4  # copied runs shorter than this are ordinary phrasing, not copying
+
+
+class CopyIndex:
+    """Verse lines and every run of MIN_COPY..7 characters inside them, from a training corpus.
+
+    Runs are kept as hashes of short strings, so a 1.5M-character corpus takes ~100 MB.
+    """
+
+    def __init__(self, path):
+        self.lines: set[str] = set()
+        self.runs: set[int] = set()
+        for text in iter_text(path):
+            for line in split_verse(text):
+                self.lines.add(line)
+                for k in range(MIN_COPY, len(line) + 1):
+                    for i in range(len(line) - k + 1):
+                        self.runs.add(hash(line[i:i + k]))
+
+    def longest_run(self, poem: str) -> int:
+        """Longest run of characters, inside one verse line, that occurs in the corpus (0 if < MIN_COPY)."""
+        best = 0
+        for line in split_verse(poem):
+            for k in range(len(line), max(best, MIN_COPY - 1), -1):
+                if any(hash(line[i:i + k]) in self.runs for i in range(len(line) - k + 1)):
+                    best = k
+                    break
+        return best
+
+
+@torch.no_grad()
+def mean_logprobs(model: CharLSTM, vocab: Vocab, poems: list[str], batch: int = 64) -> list[float]:
+    """Per-character log-probability of each poem and its end (newline) from the poem-start state."""
+    model.eval()
+    out: list[float] = []
+    for s in range(0, len(poems), batch):
+        texts = [p + NEWLINE for p in poems[s:s + batch]]
+        T = max(len(t) for t in texts)
+        ids = torch.full((T, len(texts)), vocab.newline_id or 0, dtype=torch.long)
+        mask = torch.zeros(T, len(texts), dtype=torch.bool)
+        for j, t in enumerate(texts):
+            ids[: len(t), j] = torch.tensor(vocab.encode(t))
+            mask[: len(t), j] = True
+        state = model.start_state(len(texts))
+        outputs, _ = model(ids, state)
+        predictors = torch.cat([state[0][-1:], outputs[:-1]])  # (T, B, P)
+        logp = model.log_probs(predictors).gather(-1, ids[..., None]).squeeze(-1)
+        total = (logp * mask).sum(0) / mask.sum(0)
+        out.extend(total.tolist())
+    return out
+
+
+@dataclass
+class PoemMetrics:
+    source: str  # "model" or a file name
+    form: str
+    poems: int
+    form_ok: float  # share with the right number of lines and characters
+    rhyme_pingshui: float  # share whose rhyme positions share a 平水韵 group
+    rhyme_modern: float  # ... a 中华新韵 group
+    tones_loose: float  # share with no tone violation against the best template (loose)
+    tones_strict: float
+    distinct_1: float
+    distinct_2: float
+    copy_lines: float | None  # share of verse lines found verbatim in the training corpus
+    copy_run4: float | None  # share of poems with a copied run of >= 4 characters
+    longest_copy: int | None  # longest copied run over all poems
+    mean_logprob: float | None  # nats per character under the model
+
+    def as_dict(self) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+def poem_metrics(poems: list[str], form: str, source: str, copy_index: CopyIndex | None = None,
+                 logprobs: list[float] | None = None) -> PoemMetrics:
+    n = max(1, len(poems))
+    checked = [check_poem(p, "pingshui", "loose") for p in poems]
+    share = lambda flags: sum(flags) / n  # noqa: E731
+    lines = [line for p in poems for line in split_verse(p)]
+    copy_lines = copy_run = longest = None
+    if copy_index is not None:
+        copy_lines = sum(line in copy_index.lines for line in lines) / max(1, len(lines))
+        runs = [copy_index.longest_run(p) for p in poems]
+        copy_run, longest = share(r >= MIN_COPY for r in runs), max(runs, default=0)
+    return PoemMetrics(
+        source=source, form=form, poems=len(poems),
+        form_ok=share(r.form == form for r in checked),
+        rhyme_pingshui=share(r.form == form and r.rhyme_ok for r in checked),
+        rhyme_modern=share(r.form == form and check_poem(p, "modern", "off").rhyme_ok
+                           for p, r in zip(poems, checked)),
+        tones_loose=share(r.form == form and r.tone_violations == 0 for r in checked),
+        tones_strict=share(r.form == form and check_poem(p, "pingshui", "strict").tone_violations == 0
+                           for p, r in zip(poems, checked)),
+        distinct_1=distinct_n(poems, 1), distinct_2=distinct_n(poems, 2),
+        copy_lines=copy_lines, copy_run4=copy_run, longest_copy=longest,
+        mean_logprob=sum(logprobs) / len(logprobs) if logprobs else None,
+    )
