@@ -48,6 +48,8 @@ def cli(ctx, debug):
       poetgen sample --temp 0.8 --n 3              # newest checkpoint under checkpoints/
       poetgen eval checkpoints/corpus val.txt      # bits per character on a file
       poetgen info checkpoints/corpus              # what a checkpoint holds
+      poetgen sample --form 七绝 --acrostic 春江花月   # a poem with guaranteed form and rhyme
+      poetgen repl                                 # write poems together with the model
 
     A corpus is UTF-8 text, one poem (or paragraph) per line. Run `poetgen COMMAND --help` for
     the options of each command.
@@ -494,6 +496,37 @@ def check(poem, rhyme, tones, as_json):
             out.print(render_report(r))
     if not all(r.ok for r in reports):
         sys.exit(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# repl
+
+
+@cli.command()
+@click.option("--checkpoint", "-c", default=None, help=_CHECKPOINT_HELP)
+@click.option("--form", default="七绝", show_default=True,
+              help="Starting form (change it in the session with :form).")
+@click.option("--seed", type=int, default=None, help="Seed the session's generations.")
+@click.pass_context
+def repl(ctx, checkpoint, form, seed):
+    """Write poems together with the model, interactively.
+
+    Type the start of a poem and the model completes it; :line 3 rewrites line 3 only, :pick lets
+    you choose each next character from the model's top choices, :check shows 平仄 and rhyme,
+    :save FILE keeps a poem. Type :help inside for every command. Ctrl-D quits.
+
+    When stdin is not a terminal, commands are read line by line (scriptable):
+
+    \b
+      printf '春风\n:line 2\n:check\n:save poems.txt\n' | poetgen repl
+    """
+    from poetgen import checkpoint as ckpt_mod
+    from poetgen.prosody import get_form
+    from poetgen.repl import Settings, run
+
+    ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
+    settings = Settings(form=get_form(form).name, seed=seed)
+    ctx.exit(run(ck.model, ck.vocab, out, click.get_text_stream("stdin"), settings))
 
 
 def main() -> None:

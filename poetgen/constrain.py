@@ -452,3 +452,105 @@ def _poem(c: Compiled, h: _Hyps, j: int, seed: int) -> Poem:
     groups = [c.group_names[g] for g in range(len(c.group_names)) if h.cand[j, g]] if c.group_names else []
     return Poem(text, float(h.logprob[j]), len(ids), seed, tpl.name if tpl else None,
                 "/".join(groups) if c.spec.rhyme and len(groups) <= 3 else None)
+
+
+class Stepper:
+    """One text written a character at a time, for the REPL's :pick.
+
+    With `compiled`, every choice offered obeys the poem's constraints and forced steps
+    (punctuation, fixed characters) are taken automatically; without, it is free text that ends
+    at a newline or after `max_chars`.
+    """
+
+    def __init__(self, model: CharLSTM, vocab: Vocab, compiled: Compiled | None = None,
+                 prime: str = "", max_chars: int = 200):
+        self.model, self.vocab, self.c, self.max_chars = model.eval(), vocab, compiled, max_chars
+        device = model.start_h.device
+        self.h = _Hyps(compiled, 1, device) if compiled else None
+        prime_ids = [] if compiled else vocab.encode(prime)
+        self.out, self.state = prime_model(model, prime_ids, 1)
+        self.tokens: list[int] = list(prime_ids)
+        self._undo: list[tuple] = []
+        self._skip_forced()
+
+    @property
+    def done(self) -> bool:
+        if self.c is not None:
+            return len(self.tokens) >= self.c.steps
+        return len(self.tokens) >= self.max_chars or (
+            bool(self.tokens) and self.tokens[-1] == self.vocab.newline_id)
+
+    @property
+    def text(self) -> str:
+        return self.vocab.decode(self.tokens).removesuffix(NEWLINE)
+
+    @torch.no_grad()
+    def _allowed(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.c is None:
+            allowed = torch.ones(len(self.vocab), dtype=torch.bool)
+            allowed[self.vocab.unk_id] = False
+            return allowed, None
+        allowed, per = _allowed(self.c, self.h, len(self.tokens))
+        return allowed[0], per
+
+    @torch.no_grad()
+    def choices(self, k: int = 9, temperature: float = 1.0) -> list[tuple[str, float]]:
+        """The k likeliest allowed next characters with their probabilities (after masking)."""
+        if self.done:
+            return []
+        allowed, _ = self._allowed()
+        logits = (self.model.log_probs(self.out)[0] / temperature).masked_fill(~allowed, float("-inf"))
+        probs = torch.softmax(logits, -1)
+        top = torch.topk(probs, min(k, int(allowed.sum())))
+        return [(self.vocab.chars[i], float(p)) for p, i in zip(top.values, top.indices)]
+
+    @torch.no_grad()
+    def push(self, ch: str) -> None:
+        if self.done:
+            raise ConstraintError("the poem is finished")
+        allowed, per = self._allowed()
+        v = self.vocab.id(ch) if ch in self.vocab else None
+        if v is None or not allowed[v]:
+            raise ConstraintError(f"{ch!r} is not allowed here" + (
+                " (not in the model's vocabulary)" if v is None else " by the form, rhyme or tones"))
+        self._undo.append((self.out, self.state, list(self.tokens),
+                           None if self.h is None else {k: getattr(self.h, k).clone() for k in
+                                                        ("alive", "cand", "used", "tokens", "logprob", "failed")}))
+        self._step(v, per)
+        self._skip_forced()
+
+    def undo(self) -> bool:
+        if not self._undo:
+            return False
+        self.out, self.state, self.tokens, saved = self._undo.pop()
+        if saved is not None:
+            for k, v in saved.items():
+                setattr(self.h, k, v)
+        return True
+
+    @torch.no_grad()
+    def finish(self, temperature: float = 0.8, seed: int | None = None) -> str:
+        """Let the model write the rest (within the constraints)."""
+        gen = torch.Generator(device=self.out.device).manual_seed(new_seed() if seed is None else seed)
+        while not self.done:
+            allowed, per = self._allowed()
+            logits = (self.model.log_probs(self.out)[0] / temperature).masked_fill(~allowed, float("-inf"))
+            v = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
+            self._step(v, per)
+        return self.text
+
+    def _step(self, v: int, per) -> None:
+        token = torch.tensor([v], device=self.out.device)
+        if self.c is not None:
+            _advance(self.c, self.h, len(self.tokens), token, per)
+        self.tokens.append(v)
+        outputs, self.state = self.model(token.view(1, 1), self.state)
+        self.out = outputs[0]
+
+    def _skip_forced(self) -> None:
+        """Take steps where only one character is allowed (punctuation, fixed characters)."""
+        while self.c is not None and not self.done:
+            allowed, per = self._allowed()
+            if int(allowed.sum()) != 1:
+                return
+            self._step(int(allowed.nonzero()[0]), per)

@@ -44,8 +44,13 @@ class CopyIndex:
 
 
 @torch.no_grad()
-def mean_logprobs(model: CharLSTM, vocab: Vocab, poems: list[str], batch: int = 64) -> list[float]:
-    """Per-character log-probability of each poem and its end (newline) from the poem-start state."""
+def mean_logprobs(model: CharLSTM, vocab: Vocab, poems: list[str], batch: int = 64,
+                  from_zero: bool = False) -> list[float]:
+    """Per-character log-probability of each poem and its end (newline), each poem read alone.
+
+    Poems start from the learned poem-start state, or from zeros with `from_zero` (to measure
+    what the start state is worth).
+    """
     model.eval()
     out: list[float] = []
     for s in range(0, len(poems), batch):
@@ -56,7 +61,7 @@ def mean_logprobs(model: CharLSTM, vocab: Vocab, poems: list[str], batch: int = 
         for j, t in enumerate(texts):
             ids[: len(t), j] = torch.tensor(vocab.encode(t))
             mask[: len(t), j] = True
-        state = model.start_state(len(texts))
+        state = model.zero_state(len(texts)) if from_zero else model.start_state(len(texts))
         outputs, _ = model(ids, state)
         predictors = torch.cat([state[0][-1:], outputs[:-1]])  # (T, B, P)
         logp = model.log_probs(predictors).gather(-1, ids[..., None]).squeeze(-1)

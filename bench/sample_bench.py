@@ -1,0 +1,51 @@
+"""Sampling speed: characters/s for one stream and for a batch of 64, and the time of one
+constrained 七律 with every constraint on (rhyme, tones, acrostic, no-repeat).
+
+    python bench/sample_bench.py [CHECKPOINT]      # default: the newest under checkpoints/
+
+Prints one JSON line; medians over repeats.
+"""
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from poetgen.checkpoint import load_checkpoint, resolve  # noqa: E402
+from poetgen.constrain import PoemSpec, compile_spec, generate_poems  # noqa: E402
+from poetgen.sample import generate  # noqa: E402
+
+
+def timed(fn, repeats=5):
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main():
+    ck = load_checkpoint(resolve(sys.argv[1] if len(sys.argv) > 1 else None))
+    m, v = ck.model, ck.vocab
+    chars = 200
+    one = timed(lambda: generate(m, v, n=1, max_chars=chars, seed=0, stop_at_newline=False))
+    batch = timed(lambda: generate(m, v, n=64, max_chars=chars, seed=0, stop_at_newline=False))
+    spec = PoemSpec.make("七律", rhyme="pingshui", tones="loose", acrostic="春江花月夜山风雨",
+                         no_repeat=True)
+    compile_s = timed(lambda: compile_spec(spec, v), repeats=3)
+    compiled = compile_spec(spec, v)
+    poem = timed(lambda: generate_poems(m, compiled, n=1, seed=0))
+    print(json.dumps({
+        "checkpoint": str(ck.path), "threads": torch.get_num_threads(),
+        "free_chars_per_s_1_stream": round(chars / one), "free_chars_per_s_batch_64": round(64 * chars / batch),
+        "qilv_all_constraints_compile_s": round(compile_s, 3), "qilv_all_constraints_generate_s": round(poem, 3),
+    }, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""What the poem-start state is worth: val bpc of each poem read alone from zeros, from the
+learned start state, and of the whole file as one stream (state carried from poem to poem).
+
+    python bench/start_state.py CHECKPOINT [VAL_FILE]
+"""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from poetgen.checkpoint import load_checkpoint, resolve  # noqa: E402
+from poetgen.corpus import read_text  # noqa: E402
+from poetgen.evaluate import evaluate_file  # noqa: E402
+from poetgen.metrics import mean_logprobs  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora"
+
+
+def per_poem_bpc(ck, poems, from_zero):
+    means = mean_logprobs(ck.model, ck.vocab, poems, from_zero=from_zero)
+    lengths = [len(p) + 1 for p in poems]
+    return -sum(m * n for m, n in zip(means, lengths)) / sum(lengths) / math.log(2)
+
+
+def main():
+    ck = load_checkpoint(resolve(sys.argv[1] if len(sys.argv) > 1 else None))
+    val = sys.argv[2] if len(sys.argv) > 2 else str(SHARED / "tang_val.txt")
+    poems = [p for p in read_text(val).splitlines() if p]
+    print(json.dumps({
+        "checkpoint": str(ck.path), "file": val, "poems": len(poems),
+        "per_poem_bpc_zero_state": round(per_poem_bpc(ck, poems, True), 4),
+        "per_poem_bpc_start_state": round(per_poem_bpc(ck, poems, False), 4),
+        "stream_bpc_carried": round(evaluate_file(ck.model, ck.vocab, val).bpc, 4),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The REPL: scripted sessions through CliRunner, and one real terminal session (pty)."""
+
+import os
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from poetgen.check import check_poem
+from poetgen.cli import cli
+from poetgen.prosody import split_verse
+
+from test_constrain import common_vocab, synthetic_poems
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A small model over common Tang characters, trained briefly via the CLI."""
+    d = tmp_path_factory.mktemp("repl")
+    corpus = d / "poems.txt"
+    corpus.write_text(synthetic_poems(200), encoding="utf-8")
+    r = CliRunner().invoke(cli, ["train", str(corpus), "--out", str(d / "run"), "--hidden-size", "32",
+                                 "--embed-size", "16", "--batch-size", "8", "--bptt", "32",
+                                 "--max-steps", "20", "--eval-every", "20"])
+    assert r.exit_code == 0, r.output
+    return d / "run" / "best.safetensors"
+
+
+def repl(checkpoint, script, *args):
+    return CliRunner().invoke(cli, ["repl", "--checkpoint", str(checkpoint), *args], input=script)
+
+
+def test_scripted_session(checkpoint, tmp_path):
+    saved = tmp_path / "poems.txt"
+    saved.write_text("一首旧诗", encoding="utf-8")  # no final newline: the append must add one
+    script = "\n".join([":form 五绝", ":temp 0.7", ":tones strict", ":seed 3", "春风",
+                        ":line 3", ":check", f":save {saved}", ":undo", ":history", ":quit"]) + "\n"
+    r = repl(checkpoint, script)
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    assert "[form 五绝 · rhyme pingshui · tones strict · temp 0.7" in out
+    poems = [line for line in out.splitlines() if line.count("，") == 2 and line.endswith("。")]
+    first, rewritten = poems[0], poems[1]
+    assert first.startswith("春风") and check_poem(first, tones="strict").ok
+    a, b = split_verse(first), split_verse(rewritten)
+    assert a[:2] == b[:2] and a[3] == b[3]  # only line 3 may change
+    assert check_poem(rewritten, tones="strict").ok
+    assert "no violations" in out and "平" in out
+    assert saved.read_text(encoding="utf-8") == f"一首旧诗\n{rewritten}\n"
+    assert "1. " + first in out and "2. " + rewritten in out
+
+
+def test_pick_then_done(checkpoint):
+    r = repl(checkpoint, ":form 七绝\n:pick\n1\n\n:undo\n2\n:done\n:quit\n")
+    assert r.exit_code == 0, r.output
+    final = [line for line in r.stdout.splitlines() if line.count("，") == 2 and line.endswith("。")][-1]
+    assert check_poem(final).ok
+    assert "1:" in r.stdout and "%" in r.stdout
+
+
+def test_bad_commands_keep_the_session_going(checkpoint):
+    script = ":temp -1\n:form 九言\n:tones bogus\n:line 9\n:frobnicate\n:save\n:n 0\n春风\n\n"
+    r = repl(checkpoint, script)
+    assert r.exit_code == 0  # Ctrl-D (end of input) exits 0
+    errors = [line for line in r.stdout.splitlines() if line.startswith("error:")]
+    assert len(errors) == 7, r.stdout
+    assert "temp needs a number > 0" in errors[0] and "unknown form" in errors[1]
+    assert "unknown command :frobnicate" in r.stdout
+    assert any(line.startswith("春风") for line in r.stdout.splitlines())  # still writes poems
+
+
+def test_unknown_characters_and_free_mode(checkpoint):
+    r = repl(checkpoint, "鑫\n:mode free\n春\n:quit\n")
+    assert "never saw 鑫" in r.stdout
+    assert any(line.startswith("春") for line in r.stdout.splitlines()[2:])
+
+
+def test_real_terminal_session(checkpoint, tmp_path):
+    """In a pty: prompt, a poem, Ctrl-C during a long generation, Ctrl-D exits with 0."""
+    pexpect = pytest.importorskip("pexpect")
+    env = dict(os.environ, XDG_DATA_HOME=str(tmp_path), OMP_NUM_THREADS="1", TERM="dumb")
+    child = pexpect.spawn(sys.executable, ["-m", "poetgen", "repl", "--checkpoint", str(checkpoint)],
+                          env=env, encoding="utf-8", timeout=60)
+    child.expect("poetgen> ")
+    child.sendline("春风")
+    child.expect("春风[^\r\n]*。")
+    child.expect("poetgen> ")
+    child.sendline(":n 100")
+    child.expect("poetgen> ")
+    child.sendline(":form off")
+    child.expect("poetgen> ")
+    child.sendline(":mode free")
+    child.expect("poetgen> ")
+    child.sendline(":help")
+    child.expect(":pick")
+    child.expect("poetgen> ")
+    # 100 free texts of 50,000 characters take a while: Ctrl-C cancels and returns to the prompt.
+    child.sendline(":max 50000")
+    child.expect("poetgen> ")
+    child.sendline("春" * 5)
+    time.sleep(1.0)
+    child.sendintr()
+    child.expect("cancelled")
+    child.expect("poetgen> ")
+    child.sendline(":temp 0.5")
+    child.expect("temp 0.5")
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert (tmp_path / "poetgen" / "history").exists()  # line history persists across sessions
