@@ -529,6 +529,123 @@ def repl(ctx, checkpoint, form, seed):
     ctx.exit(run(ck.model, ck.vocab, out, click.get_text_stream("stdin"), settings))
 
 
+# ----------------------------------------------------------------------------------------------
+# corpus
+
+
+@cli.group()
+def corpus():
+    """Build training text from chinese-poetry JSON, inspect corpora, fetch known sources."""
+
+
+@corpus.command("build")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_path", required=True, type=click.Path(path_type=Path),
+              help="Output text file, one poem per line (with --val-fraction: OUT_train / OUT_val).")
+@click.option("--form", "forms", default=None,
+              help="Keep only regular verse of these forms, e.g. 5x4,5x8,7x4,7x8 (or 五绝,七律).")
+@click.option("--simplified", is_flag=True, help="Convert traditional to simplified (OpenCC t2s).")
+@click.option("--dedupe", is_flag=True, help="Drop poems identical to an earlier one.")
+@click.option("--strip-notes", is_flag=True, help="Remove notes such as （一作…） and keep the poem.")
+@click.option("--min-count", type=click.IntRange(0), default=0,
+              help="Drop poems with a character seen fewer times in the kept poems.")
+@click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=0.0,
+              help="Hold out this share as OUT_val (poems sharing a verse line stay together).")
+def corpus_build(sources, out_path, forms, simplified, dedupe, strip_notes, min_count, val_fraction):
+    """Build OUT from SOURCES: chinese-poetry JSON files or folders, or plain text files.
+
+    \b
+    Example (the shared Tang corpus from the raw collection):
+      poetgen corpus build ../shared/corpora/chinese-poetry -o corpora/tang.txt \\
+          --form 5x4,5x8,7x4,7x8 --simplified --dedupe
+    """
+    from tqdm import tqdm
+
+    from poetgen.corpus_tools import build_corpus
+    from poetgen.prosody import get_form
+
+    wanted = {get_form(f.strip()).code for f in forms.split(",") if f.strip()} if forms else None
+    with tqdm(unit=" poems", desc="reading", file=sys.stderr, dynamic_ncols=True) as bar:
+        report = build_corpus(list(sources), out_path, wanted, simplified, dedupe, strip_notes,
+                              min_count, val_fraction, progress=lambda n: bar.update(1))
+    table = Table(title=f"{report.read:,} poems read")
+    table.add_column("result")
+    table.add_column("poems", justify="right")
+    table.add_row("[green]kept[/]", f"{report.kept:,}")
+    for reason, n in report.dropped.most_common():
+        table.add_row(f"dropped: {reason}", f"{n:,}")
+    for form, n in sorted(report.forms.items()):
+        table.add_row(f"  kept {form}", f"{n:,}")
+    err.print(table)
+    for path, n in report.outputs.items():
+        click.echo(f"wrote {path} ({n:,} poems)")
+
+
+@corpus.command("stats")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def corpus_stats_cmd(file, as_json):
+    """Characters, lines, vocabulary, coverage, forms and quatrain rhyme rate of FILE."""
+    from poetgen.corpus_tools import corpus_stats
+
+    stats = corpus_stats(file)
+    if as_json:
+        click.echo(json.dumps(stats, ensure_ascii=False))
+        return
+    table = Table(title=str(file), show_header=False)
+    for key, label in [("characters", "characters (with newlines)"), ("lines", "lines"),
+                       ("vocabulary", "distinct characters"),
+                       ("chars_for_99pct", "characters covering 99% of tokens"),
+                       ("chars_for_99_9pct", "characters covering 99.9% of tokens")]:
+        table.add_row(label, f"{stats[key]:,}")
+    for form, n in stats["forms"].items():
+        table.add_row(f"form {form}", f"{n:,}")
+    if stats["quatrains"]:
+        table.add_row("quatrains rhyming (平水韵, lines 2/4)",
+                      f"{100 * stats['quatrain_rhyme_rate_pingshui']:.1f}%")
+    out.print(table)
+
+
+@corpus.command("fetch")
+@click.argument("name")
+@click.option("--url", default=None, help="Download from here instead of the manifest's address.")
+@click.option("--sha256", default=None, help="Expected checksum (with --url).")
+@click.option("--dest", type=click.Path(path_type=Path), default=Path("corpora"), show_default=True,
+              help="Folder for the download and the built text.")
+@click.option("--manifest", "manifest_path", type=click.Path(path_type=Path), default=None,
+              help="Manifest of known sources. [default: corpora/manifest.toml]")
+def corpus_fetch(name, url, sha256, dest, manifest_path):
+    """Download a known source NAME (see corpora/manifest.toml) and build DEST/NAME.txt.
+
+    Resumes an interrupted download (run it again), verifies the sha256, then builds the text.
+    """
+    from tqdm import tqdm
+
+    from poetgen.corpus_tools import build_corpus, download, extract_members, manifest
+
+    entry = dict(manifest(manifest_path).get(name) or {}) if not url else {}
+    if not url and not entry:
+        known = ", ".join(sorted(manifest(manifest_path)))
+        raise ConfigError(f"unknown source {name!r}; known: {known} (or give --url)")
+    if url:
+        entry = {"url": url, "sha256": sha256, "members": "*.json",
+                 "build": {"forms": "5x4,5x8,7x4,7x8", "simplified": True, "dedupe": True}}
+    archive = dest / "downloads" / Path(entry["url"]).name
+
+    def bar(total, initial):
+        return tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc=archive.name,
+                    file=sys.stderr, dynamic_ncols=True)
+
+    if not archive.exists():
+        download(entry["url"], archive, entry.get("sha256"), bar)
+    raw = extract_members(archive, entry["members"], dest / "raw" / name)
+    b = entry.get("build", {})
+    forms = {f.strip() for f in b["forms"].split(",")} if b.get("forms") else None
+    report = build_corpus(raw, dest / f"{name}.txt", forms, b.get("simplified", False),
+                          b.get("dedupe", False), b.get("strip_notes", False))
+    click.echo(f"wrote {dest / f'{name}.txt'} ({report.kept:,} of {report.read:,} poems)")
+
+
 def main() -> None:
     cli(prog_name="poetgen")
 

@@ -1,0 +1,442 @@
+"""Corpus tools: build one-poem-per-line training text from chinese-poetry JSON or plain text,
+summarise a corpus, and fetch known sources with resumable, checksummed downloads.
+
+The regular-verse filter is the one documented in ../shared/corpora/README.md, so a build from
+the raw chinese-poetry files reproduces the shared `tang.txt` (see README for the comparison).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tarfile
+import tempfile
+import tomllib
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from poetgen.corpus import iter_text
+from poetgen.errors import CorpusError
+from poetgen.prosody import COMMA, PERIOD, is_han, split_verse
+
+# --------------------------------------------------------------------------------------------
+# Reading sources
+
+
+def _json_file_key(p: Path):
+    m = re.search(r"(\d+)", p.name)
+    return (p.name.split(".")[0], int(m.group(1)) if m else -1, p.name)
+
+
+def source_files(sources: list[Path]) -> list[Path]:
+    """Expand folders to their *.json and *.txt files, JSON files in numeric order (poet.tang.N)."""
+    files: list[Path] = []
+    for src in sources:
+        if src.is_dir():
+            found = [p for p in src.iterdir() if p.suffix in (".json", ".txt") and
+                     p.name not in ("README.txt",) and not p.name.startswith("authors")]
+            files.extend(sorted(found, key=_json_file_key))
+        elif src.exists():
+            files.append(src)
+        else:
+            raise CorpusError(f"{src}: not found; give chinese-poetry JSON files, a folder of them, "
+                              "or plain text files")
+    if not files:
+        raise CorpusError(f"no .json or .txt files in {', '.join(map(str, sources))}")
+    return files
+
+
+def iter_json_array(path: Path, chunk: int = 1 << 16) -> Iterator[dict]:
+    """Objects of a top-level JSON array, parsed one at a time (memory ~ one object, not the file).
+
+    A malformed file is reported with its line and column, as an editor would show them.
+    """
+    decoder = json.JSONDecoder()
+    pieces = iter_text(path, chunk)
+    buf, pos, line_base = "", 0, 1  # line_base: line number of buf[0]
+
+    def fill() -> bool:
+        nonlocal buf, pos, line_base
+        nxt = next(pieces, None)
+        if nxt is None:
+            return False
+        line_base += buf.count("\n", 0, pos)
+        buf, pos = buf[pos:] + nxt, 0
+        return True
+
+    def fail(at: int, what: str) -> CorpusError:
+        line = line_base + buf.count("\n", 0, at)
+        col = at - (buf.rfind("\n", 0, at) + 1) + 1
+        return CorpusError(f"{path}: malformed JSON at line {line}, column {col}: {what}; "
+                           "fix or remove the file")
+
+    started = False
+    while True:
+        while True:  # skip whitespace (and commas between poems)
+            while pos < len(buf) and buf[pos] in " \t\n" + ("," if started else ""):
+                pos += 1
+            if pos < len(buf) or not fill():
+                break
+        if pos >= len(buf):
+            raise fail(pos, "the file ends before the closing ']'" if started else "no JSON array")
+        if not started:
+            if buf[pos] != "[":
+                raise fail(pos, "expected a JSON array of poems ('[')")
+            started, pos = True, pos + 1
+            continue
+        if buf[pos] == "]":
+            return
+        while True:
+            try:
+                obj, end = decoder.raw_decode(buf, pos)
+                break
+            except json.JSONDecodeError as e:
+                if not fill():
+                    raise fail(e.pos, e.msg) from None
+        if not isinstance(obj, dict):
+            raise fail(pos, f"expected a poem object, found {type(obj).__name__}")
+        yield obj
+        pos = end
+
+
+def iter_poems(files: list[Path]) -> Iterator[tuple[str, str]]:
+    """(source name, poem text) from JSON (paragraphs joined) or text files (one poem per line)."""
+    for path in files:
+        if path.suffix == ".json":
+            for obj in iter_json_array(path):
+                paragraphs = obj.get("paragraphs")
+                if not isinstance(paragraphs, list):
+                    raise CorpusError(f"{path}: a poem without a 'paragraphs' list "
+                                      f"(id {obj.get('id', '?')}); is this chinese-poetry JSON?")
+                yield path.name, "".join(str(p) for p in paragraphs)
+        else:
+            pending = ""
+            for text in iter_text(path):
+                lines = (pending + text).split("\n")
+                pending = lines.pop()
+                for line in lines:
+                    yield path.name, line.strip()
+            if pending.strip():
+                yield path.name, pending.strip()
+
+
+# --------------------------------------------------------------------------------------------
+# Filtering
+
+_NOTES = re.compile(r"（[^（）]*）|\([^()]*\)|〖[^〖〗]*〗|\[[^\[\]]*\]")
+_PUNCT = set("，。？！；：、")
+
+
+def strip_notes(text: str) -> str:
+    """Remove editorial notes: （一作…） (…) 〖1〗 [補字], keeping the poem."""
+    prev = None
+    while prev != text:  # nested notes
+        prev, text = text, _NOTES.sub("", text)
+    return text
+
+
+def regular_form(text: str) -> tuple[str | None, str | None]:
+    """(form code like '5x4', None) if `text` is regular verse, else (None, reason)."""
+    if not text:
+        return None, "empty"
+    if any(not (is_han(c) or c in (COMMA, PERIOD)) for c in text) or "囗" in text:
+        return None, "odd characters"
+    if not text.endswith(PERIOD):
+        return None, "does not end with 。"
+    if re.search(r"[，。]{2}", text) or text.startswith((COMMA, PERIOD)):
+        return None, "doubled punctuation"
+    lines = split_verse(text)
+    if len(lines) not in (4, 8):
+        return None, "line count not 4 or 8"
+    lengths = {len(x) for x in lines}
+    if len(lengths) != 1:
+        return None, "mixed line lengths"
+    n = lengths.pop()
+    if n not in (5, 7):
+        return None, "uniform but not 5 or 7 characters"
+    canonical = "".join(x + (COMMA if i % 2 == 0 else PERIOD) for i, x in enumerate(lines))
+    if text != canonical:
+        return None, "non-canonical punctuation"
+    return f"{n}x{len(lines)}", None
+
+
+@dataclass
+class BuildReport:
+    read: int = 0
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    forms: Counter = field(default_factory=Counter)
+    outputs: dict[str, int] = field(default_factory=dict)  # path -> poems written
+
+
+def build_corpus(sources: list[Path], out: Path, forms: set[str] | None = None,
+                 simplified: bool = False, dedupe: bool = False, notes: bool = False,
+                 min_count: int = 0, val_fraction: float = 0.0,
+                 progress: Callable[[int], None] = lambda n: None) -> BuildReport:
+    """Filter sources into `out` (and `<stem>_train` / `<stem>_val` with a val fraction).
+
+    Two streaming passes: the first filters into a temporary file and counts characters and verse
+    lines; the second applies --min-count and the split. The split groups poems that share a
+    verse line (duplicates and variants), so a poem and its variant never straddle train and val.
+    """
+    files = source_files(sources)
+    convert = _opencc() if simplified else None
+    report = BuildReport()
+    seen: set[bytes] = set()
+    counts: Counter = Counter()
+    parent: dict[str, str] = {}  # union-find over verse lines, for the split
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as tmp:
+        for _, text in iter_poems(files):
+            report.read += 1
+            progress(report.read)
+            if convert:
+                text = convert(text)
+            if notes:
+                text = strip_notes(text)
+            text = re.sub(r"\s+", "", text)
+            if forms is not None:
+                form, reason = regular_form(text)
+                if reason:
+                    report.dropped[reason] += 1
+                    continue
+                if form not in forms:
+                    report.dropped[f"form {form} not selected"] += 1
+                    continue
+            elif not text:
+                report.dropped["empty"] += 1
+                continue
+            if dedupe:
+                key = hashlib.blake2b(text.encode(), digest_size=16).digest()
+                if key in seen:
+                    report.dropped["duplicate"] += 1
+                    continue
+                seen.add(key)
+            if min_count:
+                counts.update(text)
+            if val_fraction:
+                lines = [x for x in split_verse(text) if len(x) >= 5] or [text]
+                for line in lines[1:]:
+                    a, b = find(lines[0]), find(line)
+                    if a != b:
+                        parent[b] = a
+                find(lines[0])
+            tmp.write(text + "\n")
+        tmp.seek(0)
+        targets = {"all": out} if not val_fraction else {
+            "train": out.with_name(f"{out.stem}_train{out.suffix}"),
+            "val": out.with_name(f"{out.stem}_val{out.suffix}")}
+        handles = {k: _AtomicText(p) for k, p in targets.items()}
+        try:
+            for line in tmp:
+                text = line.rstrip("\n")
+                if min_count and any(counts[c] < min_count for c in text if c not in _PUNCT):
+                    report.dropped[f"character seen < {min_count} times"] += 1
+                    continue
+                side = "all"
+                if val_fraction:
+                    lines = [x for x in split_verse(text) if len(x) >= 5] or [text]
+                    group = find(lines[0])
+                    side = "val" if zlib.crc32(group.encode()) % 10_000 < val_fraction * 10_000 else "train"
+                handles[side].write(text + "\n")
+                report.kept += 1
+                report.forms[regular_form(text)[0] or "other"] += 1
+                report.outputs[str(targets[side])] = report.outputs.get(str(targets[side]), 0) + 1
+            for h in handles.values():
+                h.commit()
+        finally:
+            for h in handles.values():
+                h.abort()
+    if report.kept == 0:
+        raise CorpusError("no poem passed the filters; check --form and the sources")
+    return report
+
+
+class _AtomicText:
+    """A text file written to a temporary name and renamed into place on commit."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        self.f = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+
+    def write(self, s: str) -> None:
+        self.f.write(s)
+
+    def commit(self) -> None:
+        self.f.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        if not self.f.closed:
+            self.f.close()
+        Path(self.tmp).unlink(missing_ok=True)
+
+
+def _opencc():
+    try:
+        import opencc
+    except ImportError:
+        raise CorpusError("--simplified needs OpenCC: pip install 'poetgen[corpus]' "
+                          "(or pip install opencc)") from None
+    return opencc.OpenCC("t2s").convert
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+
+
+def corpus_stats(path: Path) -> dict:
+    from poetgen.prosody import scheme
+
+    chars: Counter = Counter()
+    lines = 0
+    forms: Counter = Counter()
+    quatrains = rhyming = 0
+    ps = scheme("pingshui")
+    pending = ""
+    for text in iter_text(path):
+        parts = (pending + text).split("\n")
+        pending = parts.pop()
+        for line in parts:
+            lines += 1
+            chars.update(line)
+            form, _ = regular_form(line)
+            forms[form or "other"] += 1
+            if form in ("5x4", "7x4"):
+                verse = split_verse(line)
+                quatrains += 1
+                rhyming += bool(set(ps.groups(verse[1][-1])) & set(ps.groups(verse[3][-1])))
+    if pending:
+        lines += 1
+        chars.update(pending)
+    total = sum(chars.values())
+    if total == 0:
+        raise CorpusError(f"{path}: the file is empty")
+    ranked = sorted(chars.values(), reverse=True)
+
+    def cover(share: float) -> int:
+        acc = 0
+        for i, n in enumerate(ranked, 1):
+            acc += n
+            if acc >= share * total:
+                return i
+        return len(ranked)
+
+    return {"file": str(path), "characters": total + lines, "lines": lines,
+            "vocabulary": len(chars) + (1 if lines else 0),
+            "chars_for_99pct": cover(0.99), "chars_for_99_9pct": cover(0.999),
+            "forms": dict(forms.most_common()), "quatrains": quatrains,
+            "quatrain_rhyme_rate_pingshui": round(rhyming / quatrains, 4) if quatrains else None}
+
+
+# --------------------------------------------------------------------------------------------
+# Fetching
+
+
+def manifest(path: Path | None = None) -> dict:
+    """Known sources: name -> {url, sha256, members, build}, from corpora/manifest.toml.
+
+    Looked up at `path`, else ./corpora/manifest.toml, else the one beside this package's source.
+    """
+    candidates = [path] if path else [Path("corpora/manifest.toml"),
+                                      Path(__file__).resolve().parents[1] / "corpora" / "manifest.toml"]
+    for p in candidates:
+        if p.exists():
+            try:
+                return tomllib.loads(p.read_text("utf-8"))["source"]
+            except (tomllib.TOMLDecodeError, KeyError) as e:
+                raise CorpusError(f"{p}: not a valid manifest ({e})") from None
+    raise CorpusError("no corpora/manifest.toml here; run from a poetgen checkout, pass --manifest, "
+                      "or give --url")
+
+
+def download(url: str, dest: Path, sha256: str | None, progress_factory=None,
+             timeout: float = 30.0) -> Path:
+    """Download `url` to `dest`, resuming a partial `dest.part`; verify sha256; atomic rename."""
+    import urllib.error
+    import urllib.request
+
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(5):
+        have = part.stat().st_size if part.exists() else 0
+        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                resumed = response.status == 206
+                if have and not resumed:  # the server ignored Range: start over
+                    have = 0
+                total = response.headers.get("Content-Length")
+                total = int(total) + have if total is not None else None
+                bar = progress_factory(total, have) if progress_factory else None
+                with part.open("ab" if resumed else "wb") as f:
+                    while True:
+                        block = response.read(1 << 16)
+                        if not block:
+                            break
+                        f.write(block)
+                        if bar:
+                            bar.update(len(block))
+                if bar:
+                    bar.close()
+                if total is not None and part.stat().st_size < total:
+                    continue  # the connection ended early: resume
+            break
+        except urllib.error.HTTPError as e:
+            if e.code == 416 and have:  # nothing left to fetch
+                break
+            raise CorpusError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            if attempt == 4:
+                raise CorpusError(f"download of {url} failed: {getattr(e, 'reason', e)}; run the "
+                                  f"same command again to resume ({part} is kept)") from None
+    if sha256:
+        digest = _sha256(part)
+        if digest != sha256:
+            part.unlink()
+            raise CorpusError(f"{url}: checksum mismatch (got sha256 {digest}, expected {sha256}); "
+                              "the partial file was removed: try again, or check the --url")
+    os.replace(part, dest)
+    return dest
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def extract_members(archive: Path, pattern: str, dest: Path) -> list[Path]:
+    """Extract the archive members matching a glob (e.g. 'package/dist/quantangshi/poet.tang.*.json')."""
+    import fnmatch
+
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    try:
+        with tarfile.open(archive) as tar:
+            for m in tar:
+                if m.isfile() and fnmatch.fnmatch(m.name, pattern):
+                    target = dest / Path(m.name).name  # flatten: never write outside dest
+                    with tar.extractfile(m) as src:
+                        target.write_bytes(src.read())
+                    out.append(target)
+    except tarfile.TarError as e:
+        raise CorpusError(f"{archive}: not a readable archive ({e})") from None
+    if not out:
+        raise CorpusError(f"{archive}: no member matches {pattern}")
+    return out
