@@ -1,0 +1,216 @@
+"""Corpus tools: building from chinese-poetry JSON, stats, and fetching from a local HTTP server."""
+
+import hashlib
+import io
+import json
+import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from poetgen.cli import cli
+from poetgen.corpus_tools import build_corpus, corpus_stats, iter_json_array, regular_form, strip_notes
+from poetgen.errors import CorpusError
+
+from conftest import SHARED
+
+POEMS = [  # traditional characters, as chinese-poetry ships them
+    {"paragraphs": ["白日依山盡，黃河入海流。", "欲窮千里目，更上一層樓。"], "id": "a"},
+    {"paragraphs": ["白日依山盡，黃河入海流。", "欲窮千里目，更上一層樓。"], "id": "dup"},
+    {"paragraphs": ["床前明月光，疑是地上霜。", "舉頭望明月（一作「山月」），低頭思故鄉。"], "id": "note"},
+    {"paragraphs": ["朝辭白帝彩雲間，千里江陵一日還。", "兩岸猿聲啼不住，輕舟已過萬重山。"], "id": "b"},
+    {"paragraphs": ["君不見黃河之水天上來，奔流到海不復回。"], "id": "irregular"},
+    {"paragraphs": ["春眠不覺曉，處處聞啼鳥。"], "id": "short"},
+    {"paragraphs": ["□□□□□，處處聞啼鳥。", "夜來風雨聲，花落知多少。"], "id": "lacuna"},
+]
+
+
+@pytest.fixture
+def json_dir(tmp_path):
+    d = tmp_path / "cp"
+    d.mkdir()
+    (d / "poet.tang.0.json").write_text(json.dumps(POEMS[:4], ensure_ascii=False, indent=4), encoding="utf-8")
+    (d / "poet.tang.1000.json").write_text(json.dumps(POEMS[4:], ensure_ascii=False), encoding="utf-8")
+    return d
+
+
+def test_build_filters_converts_dedupes_and_reports(json_dir, tmp_path):
+    out = tmp_path / "out.txt"
+    r = build_corpus([json_dir], out, forms={"5x4", "7x4"}, simplified=True, dedupe=True, notes=True)
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert lines == ["白日依山尽，黄河入海流。欲穷千里目，更上一层楼。",
+                     "床前明月光，疑是地上霜。举头望明月，低头思故乡。",  # the note was removed
+                     "朝辞白帝彩云间，千里江陵一日还。两岸猿声啼不住，轻舟已过万重山。"]
+    assert r.read == 7 and r.kept == 3
+    assert r.dropped == {"duplicate": 1, "line count not 4 or 8": 2, "odd characters": 1}
+    only7 = build_corpus([json_dir], tmp_path / "o7.txt", forms={"7x4"}, simplified=True)
+    assert only7.kept == 1 and only7.dropped["form 5x4 not selected"] == 2
+
+
+def test_split_keeps_variants_together(tmp_path):
+    src = tmp_path / "poems.txt"
+    poems = [f"{a}山{b}水流，白云{a}{b}秋。明月照高楼，清风{a}满舟。" for a in "春夏秋冬东西南北" for b in "江河湖海"]
+    variant = poems[0].replace("白云", "青云")  # shares three verse lines with poems[0]
+    src.write_text("\n".join(poems + [variant]) + "\n", encoding="utf-8")
+    build_corpus([src], tmp_path / "c.txt", val_fraction=0.3)
+    train = (tmp_path / "c_train.txt").read_text(encoding="utf-8").splitlines()
+    val = (tmp_path / "c_val.txt").read_text(encoding="utf-8").splitlines()
+    assert len(train) + len(val) == len(poems) + 1
+    assert (poems[0] in val) == (variant in val)
+    again = tmp_path / "again.txt"
+    build_corpus([src], again, val_fraction=0.3)
+    assert (tmp_path / "again_val.txt").read_text(encoding="utf-8").splitlines() == val
+
+
+def test_malformed_json_names_file_and_position(tmp_path):
+    bad = tmp_path / "poet.tang.0.json"
+    bad.write_text('[\n  {"paragraphs": ["a"]},\n  {"paragraphs": ["b",]}\n]', encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"poet.tang.0.json: malformed JSON at line 3, column \d+"):
+        list(iter_json_array(bad))
+    (tmp_path / "obj.json").write_text('{"paragraphs": []}')
+    with pytest.raises(CorpusError, match="expected a JSON array"):
+        list(iter_json_array(tmp_path / "obj.json"))
+    (tmp_path / "cut.json").write_text('[{"paragraphs": ["a"]}, {"parag')
+    with pytest.raises(CorpusError, match="malformed JSON"):
+        list(iter_json_array(tmp_path / "cut.json", chunk=4))
+
+
+def test_streaming_reads_objects_across_chunk_boundaries(json_dir):
+    objs = list(iter_json_array(json_dir / "poet.tang.0.json", chunk=7))
+    assert [o["id"] for o in objs] == ["a", "dup", "note", "b"]
+
+
+@pytest.mark.parametrize("text, form", [
+    ("白日依山尽，黄河入海流。欲穷千里目，更上一层楼。", "5x4"), ("白日依山尽，黄河入海流。", None),
+    ("白日依山尽。黄河入海流，欲穷千里目，更上一层楼。", None), ("白日依山尽，黄河入海流。欲穷千里目，更上一层楼", None),
+])
+def test_regular_form(text, form):
+    assert regular_form(text)[0] == form
+
+
+def test_strip_notes():
+    assert strip_notes("舉頭望明月（一作「山月」），低頭〖1〗思故鄉[補]。") == "舉頭望明月，低頭思故鄉。"
+
+
+def test_stats(tmp_path):
+    f = tmp_path / "c.txt"
+    f.write_text("白日依山尽，黄河入海流。欲穷千里目，更上一层楼。\n白日依山尽，黄河入海流。欲穷千里目，更上一层天。\nhello\n",
+                 encoding="utf-8")
+    s = corpus_stats(f)
+    assert s["lines"] == 3 and s["forms"] == {"5x4": 2, "other": 1}
+    assert s["quatrains"] == 2 and s["quatrain_rhyme_rate_pingshui"] == 0.5
+    assert s["characters"] == 24 * 2 + 5 + 3
+    r = CliRunner().invoke(cli, ["corpus", "stats", str(f), "--json"])
+    assert json.loads(r.stdout)["vocabulary"] == s["vocabulary"]
+
+
+# ------------------------------------------------------------------------------------------
+# fetch, against a local server
+
+def make_archive(json_dir) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for p in sorted(json_dir.iterdir()):
+            tar.add(p, arcname=f"package/dist/quantangshi/{p.name}")
+        readme = io.BytesIO(b"not a poem")
+        info = tarfile.TarInfo("package/README.md")
+        info.size = 10
+        tar.addfile(info, readme)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def server(json_dir):
+    """Serves the archive with Range support; the first full request is cut off half-way."""
+    payload = make_archive(json_dir)
+    state = {"requests": [], "cut_first": True}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            state["requests"].append(self.headers.get("Range"))
+            start = 0
+            if self.headers.get("Range"):
+                start = int(self.headers["Range"].split("=")[1].split("-")[0])
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(payload) - 1}/{len(payload)}")
+            else:
+                self.send_response(200)
+            body = payload[start:]
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if state["cut_first"] and start == 0:
+                state["cut_first"] = False
+                self.wfile.write(body[: len(body) // 2])  # then the connection drops
+                self.wfile.flush()
+                self.connection.shutdown(2)
+                return
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/cp.tgz", hashlib.sha256(payload).hexdigest(), state
+    httpd.shutdown()
+
+
+def write_manifest(tmp_path, url, sha):
+    m = tmp_path / "manifest.toml"
+    m.write_text(f'[source.tiny]\nurl = "{url}"\nsha256 = "{sha}"\n'
+                 'members = "package/dist/quantangshi/poet.tang.*.json"\n'
+                 'build = {{ forms = "5x4,5x8,7x4,7x8", simplified = true, dedupe = true }}\n'.replace("{{", "{").replace("}}", "}"),
+                 encoding="utf-8")
+    return m
+
+
+def test_fetch_resumes_an_interrupted_download_and_builds(server, tmp_path):
+    url, sha, state = server
+    m = write_manifest(tmp_path, url, sha)
+    r = CliRunner().invoke(cli, ["corpus", "fetch", "tiny", "--manifest", str(m), "--dest", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    assert state["requests"][0] is None and state["requests"][1].startswith("bytes=")  # resumed
+    assert "wrote" in r.stdout
+    lines = (tmp_path / "c" / "tiny.txt").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2 and lines[0].startswith("白日依山尽")  # the poem with a note is dropped
+    assert not list((tmp_path / "c" / "downloads").glob("*.part"))
+
+
+def test_fetch_wrong_checksum_is_refused(server, tmp_path):
+    url, sha, state = server
+    state["cut_first"] = False
+    m = write_manifest(tmp_path, url, "0" * 64)
+    r = CliRunner().invoke(cli, ["corpus", "fetch", "tiny", "--manifest", str(m), "--dest", str(tmp_path / "c")])
+    assert r.exit_code == 1 and "checksum mismatch" in r.output
+    assert not (tmp_path / "c" / "downloads" / "cp.tgz").exists()
+    assert not list((tmp_path / "c" / "downloads").glob("*.part"))
+
+
+def test_fetch_unknown_name_and_unreachable_url(tmp_path):
+    m = write_manifest(tmp_path, "http://127.0.0.1:9/x.tgz", "0" * 64)
+    r = CliRunner().invoke(cli, ["corpus", "fetch", "nope", "--manifest", str(m)])
+    assert r.exit_code == 1 and "unknown source 'nope'; known: tiny" in r.output
+    r = CliRunner().invoke(cli, ["corpus", "fetch", "tiny", "--manifest", str(m), "--dest", str(tmp_path / "d")])
+    assert r.exit_code == 1 and "download of http://127.0.0.1:9/x.tgz failed" in r.output
+
+
+def test_build_cli_errors(tmp_path):
+    r = CliRunner().invoke(cli, ["corpus", "build", str(tmp_path / "missing"), "-o", str(tmp_path / "o.txt")])
+    assert r.exit_code == 1 and "not found" in r.output
+
+
+@pytest.mark.skipif(not (SHARED / "corpora" / "chinese-poetry").exists(),
+                    reason="needs ../shared/corpora/chinese-poetry (the raw collection)")
+def test_build_reproduces_the_shared_tang_corpus(tmp_path):
+    pytest.importorskip("opencc")
+    out = tmp_path / "tang.txt"
+    report = build_corpus([SHARED / "corpora" / "chinese-poetry"], out, forms={"5x4", "5x8", "7x4", "7x8"},
+                          simplified=True, dedupe=True)
+    ours = out.read_text(encoding="utf-8").splitlines()
+    shared = (SHARED / "corpora" / "tang.txt").read_text(encoding="utf-8").splitlines()
+    assert report.kept == len(shared) == 35297 and set(ours) == set(shared)
+    assert report.forms == {"5x4": 3631, "5x8": 13896, "7x4": 10078, "7x8": 7692}
