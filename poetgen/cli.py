@@ -646,6 +646,54 @@ def corpus_fetch(name, url, sha256, dest, manifest_path):
     click.echo(f"wrote {dest / f'{name}.txt'} ({report.kept:,} of {report.read:,} poems)")
 
 
+# ----------------------------------------------------------------------------------------------
+# plot
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_path", type=click.Path(path_type=Path), default=None,
+              help="PNG to write. [default: RUN_DIR/curve.png]")
+def plot(run_dir, out_path):
+    """Draw RUN_DIR/metrics.csv (train and val bits per character against steps) as a PNG."""
+    import csv
+
+    from poetgen.checkpoint import atomic_write_bytes
+
+    metrics = run_dir / "metrics.csv"
+    if not metrics.exists():
+        raise PoetgenError(f"{metrics}: not found; plot takes the --out directory of `poetgen train`")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PoetgenError("plot needs matplotlib: pip install 'poetgen[plot]'") from None
+    with metrics.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise PoetgenError(f"{metrics}: no evaluations logged yet")
+    steps = [int(r["step"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, [float(r["train_bpc"]) for r in rows], label="train (mean since last eval)", alpha=0.7)
+    ax.plot(steps, [float(r["val_bpc"]) for r in rows], label="validation", linewidth=2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("bits per character")
+    ax.set_title(run_dir.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    out_path = out_path or run_dir / "curve.png"
+    atomic_write_bytes(out_path, buf.getvalue())
+    click.echo(f"wrote {out_path}")
+
+
 def main() -> None:
     cli(prog_name="poetgen")
 

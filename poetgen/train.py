@@ -254,6 +254,7 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
 
     window_chars, window_start = 0, time.perf_counter()
     chars_per_s, recent_loss, last_val = 0.0, math.nan, math.nan
+    loss_sum, loss_steps = 0.0, 0  # mean training loss since the last evaluation
     with _StopFlag() as stop:
         while True:
             progress = run_progress(config, step, elapsed, chunks)
@@ -282,6 +283,7 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
             optimizer.step()
             step += 1
             recent_loss = loss.item()
+            loss_sum, loss_steps = loss_sum + recent_loss, loss_steps + 1
             elapsed += time.perf_counter() - t0
             window_chars += x.numel()
             now = time.perf_counter()
@@ -300,9 +302,11 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
                 sample = generate(model, vocab, n=1, max_chars=config.sample_chars,
                                   temperature=0.8, seed=config.seed + step)[0].text
                 model.train()
-                _append_metrics(metrics_path, [step, recent_loss, recent_loss / LN2, last_val, lr,
+                train_loss = loss_sum / max(1, loss_steps)
+                loss_sum, loss_steps = 0.0, 0
+                _append_metrics(metrics_path, [step, train_loss, train_loss / LN2, last_val, lr,
                                                chars_per_s, elapsed])
-                cb.on_eval(EvalInfo(step, last_val, best, recent_loss / LN2, sample))
+                cb.on_eval(EvalInfo(step, last_val, best, train_loss / LN2, sample))
                 window_start += time.perf_counter() - t_eval  # evaluation is not training speed
             if finished:
                 break

@@ -142,3 +142,12 @@ def test_ctrl_c_saves_last_and_exits_130(tmp_path, corpus_file):
     assert proc.returncode == 130, rest
     assert "Interrupted at step" in rest and "--resume" in rest
     assert (tmp_path / "run" / "last.safetensors").exists()
+
+
+def test_plot_writes_a_png(runner, trained, tmp_path):
+    pytest.importorskip("matplotlib")
+    r = runner.invoke(cli, ["plot", str(trained.parent), "-o", str(tmp_path / "c.png")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = runner.invoke(cli, ["plot", str(tmp_path)])
+    assert r.exit_code == 1 and "metrics.csv: not found" in r.output
