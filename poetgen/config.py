@@ -20,7 +20,7 @@ from poetgen.errors import ConfigError
 class ModelConfig:
     vocab_size: int = 0  # set from the corpus vocabulary, never by hand
     embed_size: int = 128  # character embedding width
-    hidden_size: int = 512  # LSTM cell size
+    hidden_size: int = 256  # LSTM cell size
     num_layers: int = 1  # stacked LSTM layers
     proj_size: int = 0  # LSTM output projection (LSTMP); 0 = none
     dropout: float = 0.0  # on embeddings, between layers and before the softmax
@@ -46,7 +46,7 @@ class ModelConfig:
 class TrainConfig:
     batch_size: int = 32  # parallel streams the token sequence is cut into
     bptt: int = 64  # characters per truncated-BPTT chunk
-    lr: float = 4e-3  # peak AdamW learning rate
+    lr: float = 2e-2  # peak AdamW learning rate (high, but clipped: best in short runs)
     weight_decay: float = 0.01  # AdamW decoupled weight decay (not applied to biases/norms)
     warmup_steps: int = 100  # linear warm-up before the cosine decay
     min_lr_ratio: float = 0.05  # the decay ends at lr * min_lr_ratio
