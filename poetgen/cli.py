@@ -694,6 +694,33 @@ def plot(run_dir, out_path):
     click.echo(f"wrote {out_path}")
 
 
+# ----------------------------------------------------------------------------------------------
+# export
+
+
+@cli.command()
+@click.argument("checkpoint")
+@click.argument("out_path", type=click.Path(path_type=Path))
+@click.option("--half", is_flag=True, help="Store weights in float16 (half the size).")
+def export(checkpoint, out_path, half):
+    """Write CHECKPOINT's model (no training state) to OUT_PATH, e.g. for release.
+
+    \b
+    Example (the bundled model):
+      poetgen export checkpoints/tang poetgen/data/tang.safetensors --half
+    """
+    import torch
+
+    from poetgen import checkpoint as ckpt_mod
+
+    ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
+    meta = {k: v for k, v in ck.meta.items() if k not in ("format", "config", "vocab", "sha256")}
+    meta["exported_from"] = ck.path.name
+    meta["dtype"] = "float16" if half else "float32"
+    ckpt_mod.save_checkpoint(out_path, ck.model, ck.vocab, meta, dtype=torch.float16 if half else None)
+    click.echo(f"wrote {out_path} ({out_path.stat().st_size / 1e6:.1f} MB)")
+
+
 def main() -> None:
     cli(prog_name="poetgen")
 

@@ -25,10 +25,10 @@ import torch
 
 from poetgen.corpus import NEWLINE, Vocab
 from poetgen.errors import ConstraintError
-from poetgen.model import CharLSTM
+from poetgen.model import CharLSTM, stepwise
 from poetgen.prosody import (COMMA, PERIOD, PING, ZE, Form, Template, free_positions, get_form,
                              han_only, is_han, scheme, split_verse, templates)
-from poetgen.sample import check_sampling_args, filter_logits, new_seed, prime_model
+from poetgen.sample import check_sampling_args, draw, filter_logits, new_seed, prime_model
 
 ANY, NONE = 2, 3  # tone requirement codes besides 0 = 平 and 1 = 仄
 
@@ -398,6 +398,7 @@ def _copies(text: str, novel_lines: set[str] | None) -> bool:
     return bool(novel_lines) and any(line in novel_lines for line in split_verse(text))
 
 
+@stepwise()
 def _sample(model, c: Compiled, n, temperature, top_k, top_p, gen, seed) -> list[Poem | None]:
     device = model.start_h.device
     out, state = prime_model(model, [], n)
@@ -408,7 +409,7 @@ def _sample(model, c: Compiled, n, temperature, top_k, top_p, gen, seed) -> list
         h.failed |= ~allowed.any(1)
         allowed = torch.where(h.failed[:, None], c.static[t][None], allowed)  # keep going; redone later
         logits = filter_logits((logp / temperature).masked_fill(~allowed, float("-inf")), top_k, top_p)
-        token = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen).squeeze(1)
+        token = draw(logits, gen)
         h.logprob += logp.gather(1, token[:, None]).squeeze(1)
         _advance(c, h, t, token, per)
         h.alive = torch.where(h.failed[:, None], c.alive0[None], h.alive)
@@ -418,6 +419,7 @@ def _sample(model, c: Compiled, n, temperature, top_k, top_p, gen, seed) -> list
     return [None if h.failed[j] else _poem(c, h, j, seed) for j in range(n)]
 
 
+@stepwise()
 def _beam(model, c: Compiled, width: int, seed: int) -> list[Poem]:
     device = model.start_h.device
     out, state = prime_model(model, [], width)
@@ -535,7 +537,7 @@ class Stepper:
         while not self.done:
             allowed, per = self._allowed()
             logits = (self.model.log_probs(self.out)[0] / temperature).masked_fill(~allowed, float("-inf"))
-            v = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
+            v = int(draw(logits[None], gen))
             self._step(v, per)
         return self.text
 
@@ -544,7 +546,8 @@ class Stepper:
         if self.c is not None:
             _advance(self.c, self.h, len(self.tokens), token, per)
         self.tokens.append(v)
-        outputs, self.state = self.model(token.view(1, 1), self.state)
+        with stepwise():
+            outputs, self.state = self.model(token.view(1, 1), self.state)
         self.out = outputs[0]
 
     def _skip_forced(self) -> None:

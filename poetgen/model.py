@@ -11,6 +11,8 @@ head and the rare ones smaller projected clusters, which is several times cheape
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -102,6 +104,19 @@ class CharLSTM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+@contextmanager
+def stepwise():
+    """For loops that feed one character at a time (sampling): oneDNN's LSTM has a fixed cost
+    per call of ~3x the arithmetic of a 256-wide step at batch 1, so plain ATen is faster there.
+    Training keeps oneDNN, which is faster on whole chunks."""
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous
 
 
 @torch.no_grad()

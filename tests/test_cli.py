@@ -151,3 +151,14 @@ def test_plot_writes_a_png(runner, trained, tmp_path):
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     r = runner.invoke(cli, ["plot", str(tmp_path)])
     assert r.exit_code == 1 and "metrics.csv: not found" in r.output
+
+
+def test_export_half_precision(runner, trained, tmp_path):
+    out = tmp_path / "small.safetensors"
+    r = runner.invoke(cli, ["export", str(trained), str(out), "--half"])
+    assert r.exit_code == 0, r.output
+    assert out.stat().st_size < trained.stat().st_size
+    info = json.loads(runner.invoke(cli, ["info", str(out), "--json"]).stdout)
+    assert info["training"]["step"] == 5
+    r = runner.invoke(cli, ["sample", "--checkpoint", str(out), "--seed", "1"])
+    assert r.exit_code == 0 and r.stdout.strip()
