@@ -35,7 +35,8 @@ class PoetgenGroup(click.Group):
             raise click.ClickException(str(e)) from None
 
 
-@click.group(cls=PoetgenGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=PoetgenGroup, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
 @click.version_option(__version__, prog_name="poetgen")
 @click.pass_context
@@ -55,6 +56,9 @@ def cli(ctx, debug):
     the options of each command.
     """
     ctx.ensure_object(dict)["debug"] = debug
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+        click.echo("\nTo write poems together with the model, run: poetgen repl")
 
 
 # ----------------------------------------------------------------------------------------------

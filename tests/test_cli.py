@@ -162,3 +162,8 @@ def test_export_half_precision(runner, trained, tmp_path):
     assert info["training"]["step"] == 5
     r = runner.invoke(cli, ["sample", "--checkpoint", str(out), "--seed", "1"])
     assert r.exit_code == 0 and r.stdout.strip()
+
+
+def test_no_command_shows_help_and_points_to_the_repl(runner):
+    r = runner.invoke(cli, [])
+    assert r.exit_code == 0 and "Commands:" in r.stdout and "poetgen repl" in r.stdout
