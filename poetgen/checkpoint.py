@@ -84,7 +84,8 @@ def save_checkpoint(path: str | Path, model: CharLSTM, vocab: Vocab, meta: dict,
         tensors[f"extra.{name}"] = t.detach().cpu().contiguous()
     header = dict(meta, format=FORMAT, config=to_dict(model.config), vocab=list(vocab.chars),
                   sha256=_digest(tensors))
-    data = safetensors_bytes(tensors, metadata={"poetgen": json.dumps(header, ensure_ascii=False)})
+    data = safetensors_bytes(tensors, metadata={"poetgen": json.dumps(header, ensure_ascii=False,
+                                                                      allow_nan=False)})
     atomic_write_bytes(path, data)
     return path
 

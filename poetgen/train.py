@@ -199,7 +199,8 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
             raise CheckpointError(f"{last_path}: was trained on a different corpus or vocabulary; "
                                   "resume with the same CORPUS, or start a new --out directory")
         model, training = ckpt.model, ckpt.meta["training"]
-        step, elapsed, best = training["step"], training["elapsed"], training["best_val_bpc"]
+        step, elapsed = training["step"], training["elapsed"]
+        best = training["best_val_bpc"] if training["best_val_bpc"] is not None else math.inf
     else:
         if last_path.exists():
             raise CheckpointError(f"{run_dir} already holds a run; pass --resume to continue it, "
@@ -232,9 +233,10 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
                  "time_budget": config.time_budget})
 
     def meta(val_bpc: float) -> dict:
+        finite = lambda x: x if math.isfinite(x) else None  # noqa: E731 (strict JSON has no NaN)
         return {"train_config": to_dict(config),
-                "training": {"step": step, "elapsed": elapsed, "best_val_bpc": best,
-                             "val_bpc": val_bpc, "corpus": fingerprint,
+                "training": {"step": step, "elapsed": elapsed, "best_val_bpc": finite(best),
+                             "val_bpc": finite(val_bpc), "corpus": fingerprint,
                              "epochs": step / chunks, "train_chars": int(train_ids.numel())}}
 
     def save_last(val_bpc: float) -> None:

@@ -101,3 +101,24 @@ def test_training_lowers_validation_bpc(tiny_run):
     # A uniform guess costs log2(V) bits per character. The fixture's verse characters are random,
     # so only the layout (punctuation, line ends) is learnable: that is worth about 0.3 bit.
     assert ck.meta["training"]["best_val_bpc"] < math.log2(len(ck.vocab)) - 0.1
+
+
+def test_interrupt_before_any_evaluation_writes_strict_json(tmp_path, tiny_text):
+    import json
+    import struct
+
+    def interrupt(info):
+        if info.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted):
+        run(tmp_path, tiny_text, callbacks=Callbacks(on_step=interrupt))
+    data = (tmp_path / "last.safetensors").read_bytes()
+    header = json.loads(data[8:8 + struct.unpack("<Q", data[:8])[0]])
+
+    def no_constants(name):
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    meta = json.loads(header["__metadata__"]["poetgen"], parse_constant=no_constants)
+    assert meta["training"]["best_val_bpc"] is None and meta["training"]["val_bpc"] is None
+    run(tmp_path, tiny_text, resume=True)  # and it resumes from there
