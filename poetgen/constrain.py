@@ -63,7 +63,7 @@ class Compiled:
     steps: int
     static: torch.Tensor  # (T, V) bool: layout, fixed and banned characters
     tone_req: torch.Tensor  # (K, T) long: 0 平, 1 仄, 2 any, 3 not a verse position
-    tone_ok: torch.Tensor  # (4, V) bool: chars that can be 平, 仄, any Han, (nothing)
+    tone_ok: torch.Tensor  # (4, V) bool: chars that can be 平, 仄, any Han; all (punctuation steps)
     rhymes_at: torch.Tensor  # (K, T) bool: template k rhymes at step t
     member: torch.Tensor  # (V, G) bool: char -> rhyme groups
     alive0: torch.Tensor  # (K,) bool: templates the fixed characters allow
@@ -165,7 +165,7 @@ def compile_spec(spec: PoemSpec, vocab: Vocab, device: torch.device | str = "cpu
         han & torch.tensor([t in (PING, "both") for t in tone_of]),
         han & torch.tensor([t in (ZE, "both") for t in tone_of]),
         han,
-        torch.zeros(V, dtype=torch.bool),
+        torch.ones(V, dtype=torch.bool),  # not a verse position: the static mask decides
     ])
     group_names = rs.group_names if rs else []
     gindex = {g: k for k, g in enumerate(group_names)}
@@ -272,7 +272,7 @@ def _template_conflict(k, tpl, positions, fixed, vocab, tone_req, tone_ok, rhyme
     if group_names and not cand.any():
         return "no rhyme group is left to rhyme in"
     for t in range(static.size(0)):
-        ok = static[t] & tone_ok[tone_req[k, t]] if tone_req[k, t] != NONE else static[t]
+        ok = static[t] & tone_ok[tone_req[k, t]]
         if rhymes_at[k, t]:
             ok = ok & (member.float() @ cand.float() > 0)
         if not ok.any():
@@ -320,9 +320,7 @@ class _Hyps:
 
 def _allowed(c: Compiled, h: _Hyps, t: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, V) allowed characters at step t, and (n, K, V) allowed per template."""
-    per_template = c.tone_ok[c.tone_req[:, t]] if c.tone_req[0, t] != NONE else \
-        torch.ones_like(c.tone_ok[c.tone_req[:, t]])  # (K, V)
-    per = per_template[None] & c.static[t][None, None]  # (1, K, V)
+    per = c.tone_ok[c.tone_req[:, t]][None] & c.static[t][None, None]  # (1, K, V)
     if c.rhymes_at[:, t].any():
         rhyme_ok = (h.cand.float() @ c.member.T.float()) > 0  # (n, V)
         per = per & torch.where(c.rhymes_at[:, t][None, :, None], rhyme_ok[:, None, :], True)
