@@ -363,9 +363,14 @@ def eval_cmd(checkpoint, file, as_json, generate, forms, temperature, tones, bes
         raise ConfigError("give a FILE to score, or --generate N to measure generated poems")
     ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
     if file is not None:
+        from tqdm import tqdm
+
         from poetgen.evaluate import evaluate_file
 
-        r = evaluate_file(ck.model, ck.vocab, file)
+        size = Path(file).stat().st_size if Path(file).is_file() else None
+        with tqdm(total=size // 3 if size else None, unit=" chars", desc="scoring", file=sys.stderr,
+                  dynamic_ncols=True, leave=False) as bar:  # total ~ bytes / 3 for Chinese text
+            r = evaluate_file(ck.model, ck.vocab, file, progress=bar.update)
         if r.chars == 0:
             raise PoetgenError(f"{file}: the file is empty; nothing to evaluate")
         figures = {"checkpoint": str(ck.path), "file": str(file), "bpc": round(r.bpc, 4),
@@ -395,8 +400,11 @@ def generation_metrics(ck, n, forms, temperature, tones, best_of, copy_corpus, r
     copy_index = CopyIndex(copy_corpus) if copy_corpus else None
     novel_set = novel_lines(novel) if novel else None
     real = read_text(real_file).splitlines() if real_file else []
+    from tqdm import tqdm
+
     rows = []
-    for name in [f.strip() for f in forms.split(",") if f.strip()]:
+    names = [f.strip() for f in forms.split(",") if f.strip()]
+    for name in tqdm(names, desc="forms", file=sys.stderr, dynamic_ncols=True, leave=False):
         form = get_form(name)
         compiled = compile_spec(PoemSpec.make(form, tones=tones), ck.vocab)
         poems = generate_poems(ck.model, compiled, n=n, temperature=temperature, seed=seed,

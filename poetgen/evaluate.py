@@ -7,7 +7,7 @@ curve. The text is consumed in pieces, so a file of any size is scored in bounde
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +34,8 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate_ids(model: CharLSTM, pieces: Iterable[torch.Tensor]) -> EvalResult:
+def evaluate_ids(model: CharLSTM, pieces: Iterable[torch.Tensor],
+                 progress: Callable[[int], None] = lambda chars: None) -> EvalResult:
     """Score 1-D id tensors as one continuous stream, starting from the poem-start state.
 
     The first character is predicted by the start state's output, the rest by the character
@@ -54,11 +55,13 @@ def evaluate_ids(model: CharLSTM, pieces: Iterable[torch.Tensor]) -> EvalResult:
             nats += float(model.loss(predictors, x)) * x.size(0)
             chars += x.size(0)
             prev = outputs[-1:]
+            progress(x.size(0))
     model.train(was_training)
     return EvalResult(nats, chars, 0)
 
 
-def evaluate_file(model: CharLSTM, vocab: Vocab, path) -> EvalResult:
+def evaluate_file(model: CharLSTM, vocab: Vocab, path,
+                  progress: Callable[[int], None] = lambda chars: None) -> EvalResult:
     """Stream a UTF-8 file through the model (see corpus.iter_text for the reading rules)."""
     unknown = 0
 
@@ -69,6 +72,6 @@ def evaluate_file(model: CharLSTM, vocab: Vocab, path) -> EvalResult:
             unknown += sum(1 for i in ids if i == vocab.unk_id)
             yield torch.tensor(ids, dtype=torch.long)
 
-    result = evaluate_ids(model, pieces())
+    result = evaluate_ids(model, pieces(), progress)
     result.unknown = unknown
     return result

@@ -110,3 +110,24 @@ def test_real_terminal_session(checkpoint, tmp_path):
     child.close()
     assert child.exitstatus == 0
     assert (tmp_path / "poetgen" / "history").exists()  # line history persists across sessions
+
+
+def test_eval_generate_metrics_next_to_real_poems(checkpoint, tmp_path):
+    """`eval --generate` (issue: generation metrics), using this module's small checkpoint."""
+    import json
+
+    real = tmp_path / "real.txt"
+    real.write_text(synthetic_poems(40, seed=9), encoding="utf-8")
+    r = CliRunner().invoke(cli, ["eval", str(checkpoint), "--generate", "20", "--form", "五绝,七律",
+                                 "--real", str(real), "--corpus", str(real), "--json"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(x["form"], x["source"]) for x in rows] == [("五绝", "model"), ("五绝", "real.txt"),
+                                                       ("七律", "model"), ("七律", "real.txt")]
+    model = rows[0]
+    assert model["poems"] == 20 and model["form_ok"] == 1.0 and model["rhyme_pingshui"] == 1.0
+    assert model["tones_loose"] == 1.0 and 0 < model["distinct_2"] <= 1
+    assert rows[1]["copy_lines"] == 1.0  # real poems measured against themselves: all copied
+    assert rows[1]["longest_copy"] == 5 and model["mean_logprob"] < 0
+    r = CliRunner().invoke(cli, ["eval", str(checkpoint)])
+    assert r.exit_code == 1 and "give a FILE" in r.output
