@@ -76,8 +76,8 @@ _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
     "--lr": ("lr", float, "Peak learning rate (AdamW, warm-up then cosine decay)."),
     "--weight-decay": ("weight_decay", float, "AdamW weight decay."),
     "--clip": ("clip", float, "Max gradient norm."),
-    "--epochs": ("epochs", float, "Stop after this many passes over the corpus."),
-    "--max-steps": ("max_steps", int, "Stop after this many optimizer steps."),
+    "--epochs": ("epochs", float, "Stop after this many passes over the corpus (0 = no limit)."),
+    "--max-steps": ("max_steps", int, "Stop after this many optimizer steps (0 = no limit)."),
     "--eval-every": ("eval_every", int, "Steps between validation + checkpoint."),
     "--min-count": ("min_count", int, "Rarer characters map to the unknown token."),
     "--max-vocab": ("max_vocab", int, "Keep at most this many characters (0 = all)."),
@@ -189,7 +189,8 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_
 # sample
 
 _CHECKPOINT_HELP = ("Checkpoint file or run directory, or `default` for the bundled model. "
-                    "[default: $POETGEN_CHECKPOINT, else the newest under ./checkpoints]")
+                    "[default: $POETGEN_CHECKPOINT, else the newest under ./checkpoints, "
+                    "else the bundled model]")
 
 
 def constraint_options(f):
