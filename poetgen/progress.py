@@ -29,28 +29,27 @@ class TrainProgress:
                                         if info["start_step"] else ""))
         self.by_time = info["total_steps"] is None
         total = round(info["time_budget"]) if self.by_time else info["total_steps"]
+        interactive = getattr(self.console.file, "isatty", lambda: False)()
         self.bar = tqdm(total=total, initial=0 if self.by_time else info["start_step"],
                         unit="s" if self.by_time else "step", dynamic_ncols=True,
+                        mininterval=0.5 if interactive else 30, file=self.console.file,
                         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
 
     def step(self, info: StepInfo) -> None:
         if self.bar is None:
             return
-        if self.by_time:
-            self.bar.n = min(self.bar.total, int(info.elapsed))
-        else:
-            self.bar.n = info.step
         self.bar.set_postfix_str(f"step {info.step} loss {info.loss:.3f} "
                                  f"bpc {info.loss / 0.6931471805599453:.3f} lr {info.lr:.1e} "
                                  f"{info.chars_per_s:,.0f} chars/s", refresh=False)
-        self.bar.refresh()
+        position = min(self.bar.total, int(info.elapsed)) if self.by_time else info.step
+        self.bar.update(position - self.bar.n)  # tqdm redraws at most every mininterval
 
     def evaluated(self, info: EvalInfo) -> None:
         best = " [green](best)[/]" if info.val_bpc <= info.best_val_bpc else ""
         with tqdm.external_write_mode():
             self.console.print(f"step {info.step}: val bpc [bold]{info.val_bpc:.4f}[/]{best}, "
                                f"train bpc {info.train_bpc:.4f}")
-            self.console.print(f"  [dim]sample:[/] {escape(info.sample)}")
+            self.console.print(f"  [dim]sample:[/] {escape(info.sample.replace(chr(10), ' ⏎ '))}")
 
     def close(self) -> None:
         if self.bar is not None:

@@ -301,8 +301,9 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
             if step % config.eval_every == 0 or finished:
                 t_eval = time.perf_counter()
                 last_val = validate_and_save()
-                sample = generate(model, vocab, n=1, max_chars=config.sample_chars,
-                                  temperature=0.8, seed=config.seed + step)[0].text
+                sample = generate(model, vocab, n=1, max_chars=config.sample_chars,  # a preview
+                                  temperature=0.8, seed=config.seed + step,
+                                  stop_at_newline=False)[0].text
                 model.train()
                 train_loss = loss_sum / max(1, loss_steps)
                 loss_sum, loss_steps = 0.0, 0
