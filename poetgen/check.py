@@ -7,6 +7,7 @@ violations, so it is the referee for constrained generation (tests) and the eval
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 
 from poetgen.prosody import (FORMS, PING, ZE, Form, free_positions, is_han, scheme, split_verse,
                              templates)
@@ -50,6 +51,7 @@ class Report:
         return d
 
 
+@lru_cache(maxsize=16384)
 def _pinyin(ch: str) -> str:
     from pypinyin import Style, pinyin
 
