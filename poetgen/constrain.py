@@ -191,6 +191,11 @@ def compile_spec(spec: PoemSpec, vocab: Vocab, device: torch.device | str = "cpu
     positions.append((f.lines, -1))
     static_rows.append(_one_hot(V, vocab.newline_id))
     static = torch.stack(static_rows)
+    if spec.no_repeat and fixed:  # a fixed character used early would block its own position later
+        reserved = torch.tensor(sorted({vocab.id(ch) for ch in fixed.values()}))
+        for t, pos in enumerate(positions):
+            if pos[1] >= 0 and pos not in fixed:
+                static[t, reserved] = False
     T = len(positions)
 
     tpls: list[Template | None] = templates(f) if spec.tones != "off" else [None]

@@ -21,7 +21,7 @@ from poetgen.checkpoint import atomic_write_bytes
 from poetgen.errors import ConfigError, PoetgenError
 
 HELP = """\
-Type text to start a poem (or with :mode free, a prime for free text); the model completes it.
+Type text to start a poem (or with :mode free, a prime for :max characters of free text).
   :again            regenerate with the same start        :line K    rewrite line K only
   :pick             choose the next characters yourself   :undo      back to the previous poem
   :check            pinyin, 平仄 and rhyme of the poem      :save FILE append the poem to FILE
@@ -162,7 +162,8 @@ class Session:
         if s.mode == "free" or not s.form:
             texts = [x.text for x in generate(self.model, self.vocab, n=s.n, temperature=s.temp,
                                               top_k=s.top_k, top_p=s.top_p, prime=prime,
-                                              seed=self._seed(), max_chars=s.max)]
+                                              seed=self._seed(), max_chars=s.max,
+                                              stop_at_newline=s.mode == "poem")]
         else:
             compiled = compile_spec(self._spec(prime=prime), self.vocab)
             poems = generate_poems(self.model, compiled, n=s.n, temperature=s.temp, top_k=s.top_k,

@@ -154,3 +154,21 @@ def test_impossible_constraints_fail_before_generating(vocab, spec, message):
 def test_vocabulary_without_verse_punctuation_is_refused():
     with pytest.raises(ConstraintError, match="no '，'"):
         compile_spec(PoemSpec.make("五绝"), Vocab.build("hello world\n"))
+
+
+def test_no_repeat_never_uses_up_a_fixed_character_early(random_model, vocab):
+    """With --no-repeat, a later acrostic head must not be written earlier (no dead ends, no redos)."""
+    import poetgen.constrain as constrain
+
+    calls = []
+    original = constrain._sample
+    constrain._sample = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        spec = PoemSpec.make("七律", acrostic="春江花月夜山风雨", no_repeat=True, tones="off", rhyme=None)
+        poems = generate_poems(random_model, compile_spec(spec, vocab), n=200, temperature=3.0, seed=8)
+    finally:
+        constrain._sample = original
+    assert len(calls) == 1  # one round: no poem hit a dead end
+    for p in poems:
+        han = "".join(split_verse(p.text))
+        assert len(set(han)) == len(han) and [x[0] for x in split_verse(p.text)] == list("春江花月夜山风雨")

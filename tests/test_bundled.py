@@ -1,0 +1,55 @@
+"""The bundled Tang model: it loads as `default`, its files agree, and it writes correct poems."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from poetgen.check import check_poem
+from poetgen.checkpoint import BUNDLED, load_checkpoint, read_meta, resolve
+from poetgen.cli import cli
+from poetgen.constrain import PoemSpec, compile_spec, generate_poems
+
+from conftest import SHARED
+
+
+def test_bundled_model_is_installed_and_small():
+    assert BUNDLED.exists(), "poetgen/data/tang.safetensors is missing"
+    assert BUNDLED.stat().st_size < 16_000_000
+    assert resolve("default") == BUNDLED
+
+
+def test_bundled_metadata_and_hash_are_consistent():
+    meta = read_meta(BUNDLED)
+    ck = load_checkpoint(BUNDLED)  # verifies the SHA-256 of the tensors, shapes and vocabulary
+    assert meta["dtype"] == "float16" and meta["config"]["vocab_size"] == len(ck.vocab)
+    assert meta["training"]["best_val_bpc"] == pytest.approx(meta["training"]["val_bpc"])
+    assert {"，", "。", "\n"} <= set(ck.vocab.chars)
+
+
+@pytest.mark.parametrize("form", ["五绝", "五律", "七绝", "七律"])
+def test_bundled_model_writes_correct_poems(form):
+    ck = load_checkpoint(BUNDLED)
+    compiled = compile_spec(PoemSpec.make(form, rhyme="pingshui", tones="strict"), ck.vocab)
+    for p in generate_poems(ck.model, compiled, n=50, temperature=1.0, seed=0):
+        report = check_poem(p.text, tones="strict")
+        assert report.ok and report.form == form, (p.text, report.violations)
+
+
+def test_sample_from_any_directory_uses_the_bundled_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no checkpoints/ here
+    monkeypatch.delenv("POETGEN_CHECKPOINT", raising=False)
+    r = CliRunner().invoke(cli, ["sample", "--form", "七绝", "--rhyme", "pingshui", "--seed", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    poem = json.loads(r.stdout)
+    assert check_poem(poem["text"]).ok
+    info = json.loads(CliRunner().invoke(cli, ["info", "default", "--json"]).stdout)
+    assert info["checkpoint"].endswith("tang.safetensors")
+
+
+@pytest.mark.skipif(not (SHARED / "corpora" / "tang_val.txt").exists(), reason="needs ../shared/corpora/tang_val.txt")
+def test_bundled_model_quality_on_val():
+    r = CliRunner().invoke(cli, ["eval", "default", str(SHARED / "corpora" / "tang_val.txt"), "--json"])
+    assert r.exit_code == 0, r.output
+    reported = read_meta(BUNDLED)["training"]["best_val_bpc"]
+    assert json.loads(r.stdout)["bpc"] == pytest.approx(reported, abs=0.02)  # float16 costs < 0.02
