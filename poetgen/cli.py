@@ -271,7 +271,9 @@ def sample(checkpoint, temperature, top_k, top_p, prime, n, max_chars, no_stop, 
         from poetgen.constrain import compile_spec, generate_poems
 
         compiled = compile_spec(spec, ck.vocab)
-        novel = novel_lines(constraints["novel"]) if constraints["novel"] else None
+        from poetgen.metrics import verse_lines
+
+        novel = verse_lines(constraints["novel"]) if constraints["novel"] else None
         poems = generate_poems(ck.model, compiled, n=n, temperature=temperature, top_k=top_k,
                                top_p=top_p, seed=seed, best_of=constraints["best_of"],
                                beam=constraints["beam"], novel_lines=novel)
@@ -302,16 +304,6 @@ def poem_spec(constraints: dict, prime: str = ""):
                          rhyme_group=constraints["rhyme_group"], tones=constraints["tones"],
                          acrostic=constraints["acrostic"], pattern=constraints["pattern"],
                          prime=prime, no_repeat=constraints["no_repeat"], banned=constraints["ban"])
-
-
-def novel_lines(path: Path) -> set[str]:
-    from poetgen.corpus import iter_text
-    from poetgen.prosody import split_verse
-
-    lines: set[str] = set()
-    for text in iter_text(path):
-        lines.update(split_verse(text))
-    return lines
 
 
 def _check_prime(prime: str, vocab, path) -> None:
@@ -395,11 +387,14 @@ def generation_metrics(ck, n, forms, temperature, tones, best_of, copy_corpus, r
     from poetgen.check import detect_form
     from poetgen.constrain import PoemSpec, compile_spec, generate_poems
     from poetgen.corpus import read_text
-    from poetgen.metrics import CopyIndex, mean_logprobs, poem_metrics
+    from poetgen.metrics import CopyIndex, mean_logprobs, poem_metrics, verse_lines
     from poetgen.prosody import get_form, split_verse
 
     copy_index = CopyIndex(copy_corpus) if copy_corpus else None
-    novel_set = novel_lines(novel) if novel else None
+    if novel and copy_index and Path(novel).resolve() == Path(copy_corpus).resolve():
+        novel_set = copy_index.lines  # the same corpus: read it once
+    else:
+        novel_set = verse_lines(novel) if novel else None
     real = read_text(real_file).splitlines() if real_file else []
     from tqdm import tqdm
 

@@ -74,6 +74,17 @@ def iter_text(path: str | Path, chunk_bytes: int = 1 << 20) -> Iterator[str]:
                 return
 
 
+def iter_lines(path: str | Path) -> Iterator[str]:
+    """The file's lines (without newlines), streamed: bounded memory for any file size."""
+    pending = ""
+    for text in iter_text(path):
+        parts = (pending + text).split("\n")
+        pending = parts.pop()
+        yield from parts
+    if pending:
+        yield pending
+
+
 def read_text(path: str | Path) -> str:
     """The whole file as one normalised string; fails clearly if it holds no text."""
     text = "".join(iter_text(path))

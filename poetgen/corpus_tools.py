@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from poetgen.corpus import iter_text
+from poetgen.corpus import iter_lines, iter_text
 from poetgen.errors import CorpusError
 from poetgen.prosody import COMMA, PERIOD, is_han, split_verse
 
@@ -115,14 +115,8 @@ def iter_poems(files: list[Path]) -> Iterator[tuple[str, str]]:
                                       f"(id {obj.get('id', '?')}); is this chinese-poetry JSON?")
                 yield path.name, "".join(str(p) for p in paragraphs)
         else:
-            pending = ""
-            for text in iter_text(path):
-                lines = (pending + text).split("\n")
-                pending = lines.pop()
-                for line in lines:
-                    yield path.name, line.strip()
-            if pending.strip():
-                yield path.name, pending.strip()
+            for line in iter_lines(path):
+                yield path.name, line.strip()
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,22 +300,15 @@ def corpus_stats(path: Path) -> dict:
     forms: Counter = Counter()
     quatrains = rhyming = 0
     ps = scheme("pingshui")
-    pending = ""
-    for text in iter_text(path):
-        parts = (pending + text).split("\n")
-        pending = parts.pop()
-        for line in parts:
-            lines += 1
-            chars.update(line)
-            form, _ = regular_form(line)
-            forms[form or "other"] += 1
-            if form in ("5x4", "7x4"):
-                verse = split_verse(line)
-                quatrains += 1
-                rhyming += bool(set(ps.groups(verse[1][-1])) & set(ps.groups(verse[3][-1])))
-    if pending:
+    for line in iter_lines(path):
         lines += 1
-        chars.update(pending)
+        chars.update(line)
+        form, _ = regular_form(line)
+        forms[form or "other"] += 1
+        if form in ("5x4", "7x4"):
+            verse = split_verse(line)
+            quatrains += 1
+            rhyming += bool(set(ps.groups(verse[1][-1])) & set(ps.groups(verse[3][-1])))
     total = sum(chars.values())
     if total == 0:
         raise CorpusError(f"{path}: the file is empty")

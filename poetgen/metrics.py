@@ -16,6 +16,14 @@ from poetgen.prosody import split_verse
 MIN_COPY = 4  # copied runs shorter than this are ordinary phrasing, not copying
 
 
+def verse_lines(path) -> set[str]:
+    """Every verse line (text between punctuation) of a corpus file."""
+    lines: set[str] = set()
+    for text in iter_text(path):
+        lines.update(split_verse(text))
+    return lines
+
+
 class CopyIndex:
     """Verse lines and every run of MIN_COPY..7 characters inside them, from a training corpus.
 
@@ -23,14 +31,12 @@ class CopyIndex:
     """
 
     def __init__(self, path):
-        self.lines: set[str] = set()
+        self.lines = verse_lines(path)
         self.runs: set[int] = set()
-        for text in iter_text(path):
-            for line in split_verse(text):
-                self.lines.add(line)
-                for k in range(MIN_COPY, len(line) + 1):
-                    for i in range(len(line) - k + 1):
-                        self.runs.add(hash(line[i:i + k]))
+        for line in self.lines:
+            for k in range(MIN_COPY, len(line) + 1):
+                for i in range(len(line) - k + 1):
+                    self.runs.add(hash(line[i:i + k]))
 
     def longest_run(self, poem: str) -> int:
         """Longest run of characters, inside one verse line, that occurs in the corpus (0 if < MIN_COPY)."""

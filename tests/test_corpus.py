@@ -97,3 +97,19 @@ def test_batchify_layout():
     assert x.shape == (1, 4) and torch.equal(y[0], data[5])
     with pytest.raises(CorpusError, match="too few"):
         batchify(torch.arange(5), 4)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1 << 20])
+def test_iter_lines_streams_lines_across_chunks(tmp_path, chunk):
+    from poetgen.corpus import iter_lines, iter_text
+
+    p = tmp_path / "l.txt"
+    p.write_text("春江\n\n花月夜\r\n最后一行", encoding="utf-8")
+    import poetgen.corpus as corpus
+
+    original = corpus.iter_text
+    corpus.iter_text = lambda path: iter_text(path, chunk_bytes=chunk)
+    try:
+        assert list(iter_lines(p)) == ["春江", "", "花月夜", "最后一行"]
+    finally:
+        corpus.iter_text = original
