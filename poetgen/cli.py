@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -111,10 +112,14 @@ def _train_options(f):
 @click.option("--tie-weights/--no-tie-weights", default=None,
               help="Share input and output embeddings (needs --softmax full).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--init", "init_from", default=None, metavar="CHECKPOINT",
+              help="Start from a trained model's weights and vocabulary instead of random ones "
+                   "(a second stage with new settings, or fine-tuning on another corpus). The "
+                   "optimizer and schedule start afresh; only --dropout may change the model.")
 @_train_options
 @click.pass_context
 def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_weights, resume,
-          **flags):
+          init_from, **flags):
     """Train a model on CORPUS (UTF-8 text, one poem per line).
 
     \b
@@ -122,6 +127,7 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_
       poetgen train corpus.txt                          # 10 minutes with the default model
       poetgen train tang_train.txt --val tang_val.txt --time-budget 1h --out checkpoints/tang
       poetgen train corpus.txt --out checkpoints/tang --resume   # continue after Ctrl-C
+      poetgen train corpus.txt --init checkpoints/tang --dropout 0.4 --out checkpoints/tang2
 
     Shows a progress bar; at every evaluation prints validation bits per character (bpc, lower is
     better) and a short sample, and saves best.safetensors (lowest val bpc) and last.safetensors.
@@ -146,6 +152,8 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_
             values.setdefault(k, 0)
     out_dir = out_dir or Path("checkpoints") / corpus.stem
     text = read_text(corpus)
+    if resume and init_from:
+        raise ConfigError("--resume continues a run that already has its weights; drop --init")
     if resume:
         meta = ckpt_mod.read_meta(out_dir / "last.safetensors")
         model_values, train_values = split_fields(values)
@@ -154,6 +162,19 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_
                               f"{', '.join(sorted(model_values))} or start a new --out directory")
         model_config = model_config_from_dict(meta["config"])
         config = TrainConfig(**{**meta["train_config"], **train_values})
+        vocab = Vocab.from_list(meta["vocab"])
+    elif init_from:
+        init_from = ckpt_mod.resolve(init_from)
+        meta = ckpt_mod.read_meta(init_from)
+        model_values, train_values = split_fields(values)
+        model_values.pop("dropout", None)
+        if model_values:
+            raise ConfigError(f"--init keeps the model's shape; drop {', '.join(sorted(model_values))} "
+                              "(only --dropout may change)")
+        model_config = replace(model_config_from_dict(meta["config"]),
+                               dropout=values.get("dropout", meta["config"].get("dropout", 0.0)))
+        config = TrainConfig(**train_values)
+        config.validate()
         vocab = Vocab.from_list(meta["vocab"])
     else:
         model_values, train_values = split_fields(values)
@@ -173,7 +194,7 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_
     progress = TrainProgress(err, config)
     try:
         result = run_training(train_ids, val_ids, vocab, model_config, config, out_dir,
-                              resume=resume, callbacks=progress.callbacks())
+                              resume=resume, callbacks=progress.callbacks(), init=init_from)
     except TrainingInterrupted as e:
         progress.close()
         err.print(f"[yellow]Interrupted at step {e.step}: saved {e.checkpoint}.[/] "

@@ -9,6 +9,7 @@ output is plain text, so sessions can be scripted and tested.
 from __future__ import annotations
 
 import os
+import select
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -338,9 +339,18 @@ def run(model, vocab, console: Console, stdin: TextIO | None = None,
     if interactive:
         console.print("poetgen REPL: type the start of a poem, or :help. Ctrl-D to quit.", style="dim")
     session.say(session.settings.status(), "dim")
+    pending, ended = [], False  # lines (and a Ctrl-D) typed ahead while a poem was generated
     while True:
         try:
-            line = read_line(prompt)
+            if interactive and not pending and not ended:
+                pending, ended = typed_ahead(stdin)
+                _remember(pending)
+            if pending:
+                line = pending.pop(0)
+            elif ended:
+                raise EOFError
+            else:
+                line = read_line(prompt)
         except EOFError:
             if interactive:
                 console.print()
@@ -355,6 +365,33 @@ def run(model, vocab, console: Console, stdin: TextIO | None = None,
             console.print("cancelled", style="yellow")
         except PoetgenError as e:
             session.error(str(e))
+
+
+def typed_ahead(stdin: TextIO) -> tuple[list[str], bool]:
+    """Complete lines typed while the REPL was busy, and whether Ctrl-D ended them.
+
+    While a poem is generated the terminal is in canonical mode, where Ctrl-D is an end-of-file
+    mark that Linux drops when readline switches to raw mode for the prompt (bash's prompt loses
+    it the same way), so a Ctrl-D pressed right after Ctrl-C would be ignored. Reading complete
+    lines and end-of-file marks here, before readline starts, keeps them; a half-typed line is
+    not readable yet and stays in the terminal for readline.
+    """
+    if os.name != "posix":
+        return [], False
+    fd, lines = stdin.fileno(), []
+    while select.select([fd], [], [], 0)[0]:
+        data = os.read(fd, 4096)  # canonical mode: one line per read, b"" for a Ctrl-D
+        if not data:
+            return lines, True
+        lines.append(data.decode("utf-8", errors="replace").rstrip("\n"))
+    return lines, False
+
+
+def _remember(lines: list[str]) -> None:
+    """Put typed-ahead lines into the readline history, as if typed at the prompt."""
+    if lines and "readline" in sys.modules:
+        for line in lines:
+            sys.modules["readline"].add_history(line)
 
 
 def _setup_readline() -> None:
@@ -381,4 +418,4 @@ def _save_history(readline, path: Path) -> None:
         pass
 
 
-__all__ = ["Session", "Settings", "run", "history_file"]
+__all__ = ["Session", "Settings", "run", "history_file", "typed_ahead"]

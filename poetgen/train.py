@@ -183,8 +183,14 @@ class _StopFlag:
 
 def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_config: ModelConfig,
           config: TrainConfig, run_dir: str | Path, resume: bool = False,
-          callbacks: Callbacks | None = None) -> TrainResult:
-    """Train (or resume) a model on `train_ids`, validating on `val_ids`, saving into `run_dir`."""
+          callbacks: Callbacks | None = None, init: str | Path | None = None) -> TrainResult:
+    """Train (or resume) a model on `train_ids`, validating on `val_ids`, saving into `run_dir`.
+
+    `init` starts from a trained checkpoint's weights instead of random ones (a second stage
+    with new settings, or fine-tuning): its shapes and vocabulary must match, and only the
+    shape-free `model_config.dropout` is taken from `model_config`. The optimizer and schedule
+    start afresh.
+    """
     cb = callbacks or Callbacks()
     run_dir = Path(run_dir)
     config.validate()
@@ -193,19 +199,24 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
     fingerprint = corpus_fingerprint(train_ids)
 
     torch.manual_seed(config.seed)
+    init_meta = None  # where the starting weights came from, when not random
     if resume:
         ckpt = load_checkpoint(last_path, device=device, with_extra=True)
         if ckpt.meta.get("training", {}).get("corpus") != fingerprint:
             raise CheckpointError(f"{last_path}: was trained on a different corpus or vocabulary; "
                                   "resume with the same CORPUS, or start a new --out directory")
-        model, training = ckpt.model, ckpt.meta["training"]
+        model, training, init_meta = ckpt.model, ckpt.meta["training"], ckpt.meta.get("init")
         step, elapsed = training["step"], training["elapsed"]
         best = training["best_val_bpc"] if training["best_val_bpc"] is not None else math.inf
     else:
         if last_path.exists():
             raise CheckpointError(f"{run_dir} already holds a run; pass --resume to continue it, "
                                   "or choose another --out directory")
-        model = CharLSTM(replace(model_config, vocab_size=len(vocab))).to(device)
+        if init is not None:
+            model, init_meta = _initial_model(init, vocab, model_config.dropout)
+            model = model.to(device)
+        else:
+            model = CharLSTM(replace(model_config, vocab_size=len(vocab))).to(device)
         step, elapsed, best = 0, 0.0, math.inf
     model.train()
     optimizer = make_optimizer(model, config)
@@ -234,7 +245,7 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
 
     def meta(val_bpc: float) -> dict:
         finite = lambda x: x if math.isfinite(x) else None  # noqa: E731 (strict JSON has no NaN)
-        return {"train_config": to_dict(config),
+        return {"train_config": to_dict(config), "init": init_meta,
                 "training": {"step": step, "elapsed": elapsed, "best_val_bpc": finite(best),
                              "val_bpc": finite(val_bpc), "corpus": fingerprint,
                              "epochs": step / chunks, "train_chars": int(train_ids.numel())}}
@@ -314,6 +325,18 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
             if finished:
                 break
     return TrainResult(step, best, last_val, run_dir, model.num_parameters(), chars_per_s, elapsed)
+
+
+def _initial_model(path: str | Path, vocab: Vocab, dropout: float) -> tuple[CharLSTM, dict]:
+    """A trained checkpoint's model with a new dropout rate, and a note of where it came from."""
+    source = load_checkpoint(path)
+    if source.vocab.chars != vocab.chars:
+        raise CheckpointError(f"{source.path}: --init needs the run to use the checkpoint's own "
+                              "vocabulary; build it with Vocab.from_list(meta['vocab'])")
+    model = CharLSTM(replace(source.model.config, dropout=dropout))
+    model.load_state_dict(source.model.state_dict())
+    return model, {"from": str(source.path), "sha256": source.meta.get("sha256"),
+                   "step": source.meta.get("training", {}).get("step")}
 
 
 def _prepare_metrics(path: Path, keep_until: int) -> None:

@@ -105,22 +105,51 @@ def test_real_terminal_session(checkpoint, tmp_path):
     child.expect("poetgen> ")
     child.sendline(":temp 0.5")
     child.expect("temp 0.5")
-    # Known bug (see README): after a cancelled generation Ctrl-D is ignored, so leave with :quit
-    # here and check Ctrl-D in a fresh session below.
-    child.sendline(":quit")
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0
-    child = pexpect.spawn(sys.executable, ["-m", "poetgen", "repl", "--checkpoint", str(checkpoint)],
-                          env=env, encoding="utf-8", timeout=60)
-    child.expect("poetgen> ")
-    child.sendline(":n 2")
     child.expect("poetgen> ")
     child.sendeof()
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+    # Ctrl-C then at once Ctrl-D, typed before the prompt is back: the terminal is still in
+    # canonical mode then, and the end-of-file mark must not be lost when readline starts.
+    child = pexpect.spawn(sys.executable, ["-m", "poetgen", "repl", "--checkpoint", str(checkpoint)],
+                          env=env, encoding="utf-8", timeout=60)
+    child.expect("poetgen> ")
+    for command in (":mode free", ":n 100", ":max 50000"):
+        child.sendline(command)
+        child.expect("poetgen> ")
+    child.sendline("春")
+    time.sleep(1.0)
+    child.sendintr()
+    child.sendeof()
+    child.expect("cancelled")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
     assert (tmp_path / "poetgen" / "history").exists()  # line history persists across sessions
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs a pseudo-terminal")
+def test_lines_and_ctrl_d_typed_while_busy_are_kept():
+    """What typed_ahead reads from a terminal in canonical mode (as it is during generation)."""
+    from poetgen.repl import typed_ahead
+
+    master, slave = os.openpty()
+    try:
+        with open(slave, encoding="utf-8", closefd=False) as stdin:
+            assert typed_ahead(stdin) == ([], False)
+            os.write(master, ":n 2\n春风\n".encode())
+            time.sleep(0.1)
+            assert typed_ahead(stdin) == ([":n 2", "春风"], False)
+            os.write(master, "半行".encode())  # not a complete line: left for readline
+            time.sleep(0.1)
+            assert typed_ahead(stdin) == ([], False)
+            os.write(master, b"\n:save p.txt\n\x04")  # ...then Ctrl-D
+            time.sleep(0.1)
+            assert typed_ahead(stdin) == (["半行", ":save p.txt"], True)
+    finally:
+        os.close(master)
+        os.close(slave)
 
 
 def test_eval_generate_metrics_next_to_real_poems(checkpoint, tmp_path):
