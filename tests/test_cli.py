@@ -125,6 +125,21 @@ def test_resume_rejects_model_flags_and_missing_run(runner, corpus_file):
     assert r.exit_code == 1 and "keeps the model as it was" in r.output
 
 
+def test_init_runs_a_second_stage_and_rejects_shape_flags(runner, corpus_file):
+    runner.invoke(cli, ["train", str(corpus_file), *SMALL, "--max-steps", "2", "--out", "one"])
+    r = runner.invoke(cli, ["train", str(corpus_file), "--init", "one", "--hidden-size", "64",
+                            "--out", "two"])
+    assert r.exit_code == 1 and "--init keeps the model's shape; drop hidden_size" in r.output
+    r = runner.invoke(cli, ["train", str(corpus_file), "--init", "one", "--resume", "--out", "one"])
+    assert r.exit_code == 1 and "drop --init" in r.output
+    r = runner.invoke(cli, ["train", str(corpus_file), "--init", "one", "--dropout", "0.3",
+                            "--max-steps", "2", "--eval-every", "1", "--out", "two"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["info", "two", "--json"])
+    info = json.loads(r.stdout)
+    assert info["config"]["dropout"] == 0.3 and info["config"]["hidden_size"] == 32
+
+
 def test_ctrl_c_saves_last_and_exits_130(tmp_path, corpus_file):
     """A real SIGINT to a real process, as a user pressing Ctrl-C would send."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")

@@ -57,6 +57,30 @@ def test_new_run_refuses_to_overwrite_and_resume_checks_corpus(tmp_path, tiny_te
         run(tmp_path, tiny_text[::-1], resume=True, max_steps=8)
 
 
+def test_init_starts_from_a_checkpoints_weights_with_new_dropout(tmp_path, tiny_text):
+    run(tmp_path / "a", tiny_text)
+    source = load_checkpoint(tmp_path / "a" / "last.safetensors")
+    ids, val, vocab = setup(tiny_text)
+    cfg = TrainConfig(**{**TINY_TRAIN, "max_steps": 8, "eval_every": 4, "lr": 1e-9})
+    # A different shape in model_config is ignored (the checkpoint decides); only dropout is taken.
+    other = ModelConfig(**{**TINY_MODEL, "hidden_size": 64}, dropout=0.5)
+    train(ids, val, vocab, other, cfg, tmp_path / "b", init=tmp_path / "a" / "last.safetensors")
+    b = load_checkpoint(tmp_path / "b" / "last.safetensors")
+    assert b.model.config.dropout == 0.5 and b.model.lstm.dropout == 0.5
+    assert b.model.config.hidden_size == TINY_MODEL["hidden_size"]
+    for name, weight in source.model.state_dict().items():
+        if not name.startswith("start_"):  # the start state is burned in again at evaluation
+            assert torch.allclose(weight, b.model.state_dict()[name], atol=1e-6), name
+    assert b.meta["init"]["sha256"] == source.meta["sha256"] and b.meta["init"]["step"] == 12
+    # A resumed second stage still says where it started from.
+    train(ids, val, vocab, other, TrainConfig(**{**cfg.__dict__, "max_steps": 12}), tmp_path / "b",
+          resume=True)
+    assert load_checkpoint(tmp_path / "b" / "last.safetensors").meta["init"] == b.meta["init"]
+    with pytest.raises(CheckpointError, match="own vocabulary"):
+        train(ids, val, Vocab.build(tiny_text + "鑫"), other, cfg, tmp_path / "c",
+              init=tmp_path / "a" / "last.safetensors")
+
+
 def test_nan_loss_stops_without_touching_last_checkpoint(tmp_path, tiny_text):
     model_ref = {}
 
