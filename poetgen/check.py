@@ -99,13 +99,9 @@ def check_poem(text: str, rhyme: str = "pingshui", tones: str = "loose") -> Repo
         return report
     report.form = form.name
     candidates = templates(form) if tones != "off" else [None]
-    best = None
-    for tpl in candidates:
-        judged = _judge(lines, form, tpl, rs, tones)
-        # On a tie, prefer a first line that rhymes: 间 in 朝辞白帝彩云间 reads both ways.
-        key = (judged[0], not (tpl and tpl.first_line_rhymes))
-        if best is None or key < best_key:
-            best, best_key = judged, key
+    # Fewest violations; on a tie, a first line that rhymes (间 in 朝辞白帝彩云间 reads both ways).
+    best = min((_judge(lines, form, tpl, rs, tones) for tpl in candidates),
+               key=lambda judged: (judged[0], not (judged[1] and judged[1].first_line_rhymes)))
     _, tpl, group, messages, marks, tone_violations, rhyme_ok = best
     report.template = tpl.name if tpl else None
     report.rhyme_group = group

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -16,8 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from poetgen import __version__
-from poetgen.config import (ModelConfig, TrainConfig, load_toml, model_config_from_dict,
-                            parse_duration, split_fields, to_dict)
+from poetgen.config import (ModelConfig, TrainConfig, load_toml, parse_duration, run_configs, to_dict)
 from poetgen.errors import ConfigError, PoetgenError
 
 out = Console(highlight=False, soft_wrap=True)
@@ -151,37 +149,15 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_
         for k in ("epochs", "max_steps", "time_budget"):
             values.setdefault(k, 0)
     out_dir = out_dir or Path("checkpoints") / corpus.stem
-    text = read_text(corpus)
     if resume and init_from:
         raise ConfigError("--resume continues a run that already has its weights; drop --init")
-    if resume:
-        meta = ckpt_mod.read_meta(out_dir / "last.safetensors")
-        model_values, train_values = split_fields(values)
-        if model_values:
-            raise ConfigError(f"--resume keeps the model as it was; drop "
-                              f"{', '.join(sorted(model_values))} or start a new --out directory")
-        model_config = model_config_from_dict(meta["config"])
-        config = TrainConfig(**{**meta["train_config"], **train_values})
-        vocab = Vocab.from_list(meta["vocab"])
-    elif init_from:
+    if init_from:
         init_from = ckpt_mod.resolve(init_from)
-        meta = ckpt_mod.read_meta(init_from)
-        model_values, train_values = split_fields(values)
-        model_values.pop("dropout", None)
-        if model_values:
-            raise ConfigError(f"--init keeps the model's shape; drop {', '.join(sorted(model_values))} "
-                              "(only --dropout may change)")
-        model_config = replace(model_config_from_dict(meta["config"]),
-                               dropout=values.get("dropout", meta["config"].get("dropout", 0.0)))
-        config = TrainConfig(**train_values)
-        config.validate()
-        vocab = Vocab.from_list(meta["vocab"])
-    else:
-        model_values, train_values = split_fields(values)
-        model_config, config = ModelConfig(**model_values), TrainConfig(**train_values)
-        model_config.validate()
-        config.validate()
-        vocab = None
+    source = out_dir / "last.safetensors" if resume else init_from
+    meta = ckpt_mod.read_meta(source) if source else None
+    model_config, config = run_configs(values, meta, keep="all" if resume else "shape")
+    vocab = Vocab.from_list(meta["vocab"]) if meta else None
+    text = read_text(corpus)
     if val_path:
         train_text, val_text = text, read_text(val_path)
     else:

@@ -129,6 +129,38 @@ def split_fields(values: dict) -> tuple[dict, dict]:
             {k: v for k, v in values.items() if k in train_names})
 
 
+def run_configs(values: dict, meta: dict | None = None,
+                keep: str = "all") -> tuple[ModelConfig, TrainConfig]:
+    """The configs of a training run from flat settings (a TOML file merged with flags).
+
+    Without `meta` it is a new run. With the metadata of a checkpoint, `keep="all"` resumes it:
+    the model stays as it was and the saved training settings are the base that `values` may
+    override. `keep="shape"` starts from its weights (train --init): the model keeps its shape
+    but may take a new dropout, and training settings start from the defaults.
+    """
+    model_values, train_values = split_fields(values)
+    if meta is None:
+        model, train = ModelConfig(**model_values), TrainConfig(**train_values)
+    elif keep == "all":
+        if model_values:
+            raise ConfigError(f"--resume keeps the model as it was; drop "
+                              f"{', '.join(sorted(model_values))} or start a new --out directory")
+        model = model_config_from_dict(meta["config"])
+        train = TrainConfig(**{**meta["train_config"], **train_values})
+    else:
+        dropout = model_values.pop("dropout", None)
+        if model_values:
+            raise ConfigError(f"--init keeps the model's shape; drop "
+                              f"{', '.join(sorted(model_values))} (only --dropout may change)")
+        model = model_config_from_dict(meta["config"])
+        if dropout is not None:
+            model = dataclasses.replace(model, dropout=dropout)
+        train = TrainConfig(**train_values)
+    model.validate()
+    train.validate()
+    return model, train
+
+
 def to_dict(cfg) -> dict:
     d = dataclasses.asdict(cfg)
     if "cutoffs" in d:
@@ -145,4 +177,4 @@ def model_config_from_dict(d: dict) -> ModelConfig:
 
 
 __all__ = ["ModelConfig", "TrainConfig", "parse_duration", "load_toml", "split_fields", "to_dict",
-           "model_config_from_dict"]
+           "model_config_from_dict", "run_configs"]

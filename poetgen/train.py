@@ -29,7 +29,7 @@ import torch
 
 from poetgen.checkpoint import load_checkpoint, save_checkpoint
 from poetgen.config import ModelConfig, TrainConfig, to_dict
-from poetgen.corpus import NEWLINE, Vocab, batchify, get_chunk, num_chunks
+from poetgen.corpus import Vocab, batchify, get_chunk, num_chunks
 from poetgen.errors import CheckpointError, NonFiniteLossError
 from poetgen.evaluate import evaluate_ids
 from poetgen.model import CharLSTM, burn_in_start_state

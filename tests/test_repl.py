@@ -11,7 +11,7 @@ from poetgen.check import check_poem
 from poetgen.cli import cli
 from poetgen.prosody import split_verse
 
-from test_constrain import common_vocab, synthetic_poems
+from test_constrain import synthetic_poems
 
 
 @pytest.fixture(scope="module")
