@@ -181,6 +181,51 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+@dataclass
+class _Run:
+    """Where a run stands: what `last.safetensors` holds, so that it can be resumed exactly."""
+
+    model: CharLSTM
+    optimizer: torch.optim.AdamW
+    state: tuple[torch.Tensor, torch.Tensor]  # the LSTM state carried from chunk to chunk
+    step: int = 0
+    elapsed: float = 0.0  # seconds of training (evaluations not counted)
+    best: float = math.inf  # lowest validation bpc so far
+    init: dict | None = None  # where the starting weights came from, when not random
+
+
+def _start_run(vocab: Vocab, model_config: ModelConfig, config: TrainConfig, last_path: Path,
+               fingerprint: str, device: torch.device, resume: bool,
+               init: str | Path | None) -> _Run:
+    """A new run (random or `init` weights), or the run saved in `last_path` (resume)."""
+    torch.manual_seed(config.seed)
+    if not resume:
+        if last_path.exists():
+            raise CheckpointError(f"{last_path.parent} already holds a run; pass --resume to "
+                                  "continue it, or choose another --out directory")
+        init_meta = None
+        if init is not None:
+            model, init_meta = _initial_model(init, vocab, model_config.dropout)
+        else:
+            model = CharLSTM(replace(model_config, vocab_size=len(vocab)))
+        model = model.to(device)
+        return _Run(model, make_optimizer(model, config), model.zero_state(config.batch_size),
+                    init=init_meta)
+    ckpt = load_checkpoint(last_path, device=device, with_extra=True)
+    training = ckpt.meta.get("training", {})
+    if training.get("corpus") != fingerprint:
+        raise CheckpointError(f"{last_path}: was trained on a different corpus or vocabulary; "
+                              "resume with the same CORPUS, or start a new --out directory")
+    optimizer = make_optimizer(ckpt.model, config)
+    restore_optimizer(optimizer, {k: v.to(device) for k, v in ckpt.extra.items()})
+    torch.set_rng_state(ckpt.extra["rng"])
+    best = training["best_val_bpc"]
+    return _Run(ckpt.model, optimizer,
+                (ckpt.extra["train_h"].to(device), ckpt.extra["train_c"].to(device)),
+                training["step"], training["elapsed"], math.inf if best is None else best,
+                ckpt.meta.get("init"))
+
+
 def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_config: ModelConfig,
           config: TrainConfig, run_dir: str | Path, resume: bool = False,
           callbacks: Callbacks | None = None, init: str | Path | None = None) -> TrainResult:
@@ -197,40 +242,15 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
     device = pick_device(config.device)
     last_path, best_path = run_dir / "last.safetensors", run_dir / "best.safetensors"
     fingerprint = corpus_fingerprint(train_ids)
-
-    torch.manual_seed(config.seed)
-    init_meta = None  # where the starting weights came from, when not random
-    if resume:
-        ckpt = load_checkpoint(last_path, device=device, with_extra=True)
-        if ckpt.meta.get("training", {}).get("corpus") != fingerprint:
-            raise CheckpointError(f"{last_path}: was trained on a different corpus or vocabulary; "
-                                  "resume with the same CORPUS, or start a new --out directory")
-        model, training, init_meta = ckpt.model, ckpt.meta["training"], ckpt.meta.get("init")
-        step, elapsed = training["step"], training["elapsed"]
-        best = training["best_val_bpc"] if training["best_val_bpc"] is not None else math.inf
-    else:
-        if last_path.exists():
-            raise CheckpointError(f"{run_dir} already holds a run; pass --resume to continue it, "
-                                  "or choose another --out directory")
-        if init is not None:
-            model, init_meta = _initial_model(init, vocab, model_config.dropout)
-            model = model.to(device)
-        else:
-            model = CharLSTM(replace(model_config, vocab_size=len(vocab))).to(device)
-        step, elapsed, best = 0, 0.0, math.inf
+    run = _start_run(vocab, model_config, config, last_path, fingerprint, device, resume, init)
+    model, optimizer = run.model, run.optimizer
     model.train()
-    optimizer = make_optimizer(model, config)
     data = batchify(train_ids, config.batch_size).to(device)  # (rows, B)
     chunks = num_chunks(data, config.bptt)
-    state = model.zero_state(config.batch_size)
-    if resume:
-        restore_optimizer(optimizer, {k: v.to(device) for k, v in ckpt.extra.items()})
-        state = (ckpt.extra["train_h"].to(device), ckpt.extra["train_c"].to(device))
-        torch.set_rng_state(ckpt.extra["rng"])
     val_ids = val_ids.cpu()
     burn_ids = burn_in_ids(train_ids, vocab)
     metrics_path = run_dir / "metrics.csv"
-    _prepare_metrics(metrics_path, keep_until=step if resume else -1)
+    _prepare_metrics(metrics_path, keep_until=run.step if resume else -1)
 
     total_steps = None
     if config.max_steps or config.epochs:
@@ -240,91 +260,86 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     cb.on_start({"device": str(device), "parameters": model.num_parameters(), "vocab": len(vocab),
                  "train_chars": train_ids.numel(), "val_chars": val_ids.numel(),
-                 "chunks_per_epoch": chunks, "total_steps": total_steps, "start_step": step,
+                 "chunks_per_epoch": chunks, "total_steps": total_steps, "start_step": run.step,
                  "time_budget": config.time_budget})
 
     def meta(val_bpc: float) -> dict:
         finite = lambda x: x if math.isfinite(x) else None  # noqa: E731 (strict JSON has no NaN)
-        return {"train_config": to_dict(config), "init": init_meta,
-                "training": {"step": step, "elapsed": elapsed, "best_val_bpc": finite(best),
-                             "val_bpc": finite(val_bpc), "corpus": fingerprint,
-                             "epochs": step / chunks, "train_chars": int(train_ids.numel())}}
+        return {"train_config": to_dict(config), "init": run.init,
+                "training": {"step": run.step, "elapsed": run.elapsed,
+                             "best_val_bpc": finite(run.best), "val_bpc": finite(val_bpc),
+                             "corpus": fingerprint, "epochs": run.step / chunks,
+                             "train_chars": int(train_ids.numel())}}
 
     def save_last(val_bpc: float) -> None:
         extra = optimizer_tensors(optimizer)
-        extra.update(train_h=state[0], train_c=state[1], rng=torch.get_rng_state())
+        extra.update(train_h=run.state[0], train_c=run.state[1], rng=torch.get_rng_state())
         save_checkpoint(last_path, model, vocab, meta(val_bpc), extra)
 
     def validate_and_save() -> float:
-        nonlocal best
         burn_in_start_state(model, burn_ids)
         val_bpc = evaluate_ids(model, [val_ids]).bpc
-        if val_bpc < best:
-            best = val_bpc
+        if val_bpc < run.best:
+            run.best = val_bpc
             save_checkpoint(best_path, model, vocab, meta(val_bpc))
         save_last(val_bpc)
         return val_bpc
 
     window_chars, window_start = 0, time.perf_counter()
-    chars_per_s, recent_loss, last_val = 0.0, math.nan, math.nan
+    chars_per_s, last_val = 0.0, math.nan
     loss_sum, loss_steps = 0.0, 0  # mean training loss since the last evaluation
     with _StopFlag() as stop:
-        while True:
-            progress = run_progress(config, step, elapsed, chunks)
-            if progress >= 1.0:
-                break
+        while (progress := run_progress(config, run.step, run.elapsed, chunks)) < 1.0:
             t0 = time.perf_counter()
-            index = step % chunks
-            if index == 0:
-                state = model.zero_state(config.batch_size)  # a new pass starts the streams afresh
-            lr = learning_rate(config, step, progress)
+            index = run.step % chunks
+            if index == 0:  # a new pass starts the streams afresh
+                run.state = model.zero_state(config.batch_size)
+            lr = learning_rate(config, run.step, progress)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = get_chunk(data, index, config.bptt)
-            state = (state[0].detach(), state[1].detach())
+            run.state = (run.state[0].detach(), run.state[1].detach())  # truncate the graph
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                outputs, state = model(x, state)
+                outputs, run.state = model(x, run.state)
                 loss = model.loss(outputs, y)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
-                    f"the training loss became {loss.item()} at step {step + 1}; "
+                    f"the training loss became {loss.item()} at step {run.step + 1}; "
                     f"{last_path if last_path.exists() else 'no checkpoint'} is left as it was. "
                     "Lower --lr (e.g. halve it) or --clip, then --resume")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
             optimizer.step()
-            step += 1
-            recent_loss = loss.item()
-            loss_sum, loss_steps = loss_sum + recent_loss, loss_steps + 1
-            elapsed += time.perf_counter() - t0
+            run.step += 1
+            step_loss = loss.item()
+            loss_sum, loss_steps = loss_sum + step_loss, loss_steps + 1
+            run.elapsed += time.perf_counter() - t0
             window_chars += x.numel()
-            now = time.perf_counter()
-            if now - window_start >= 2.0:
+            if (now := time.perf_counter()) - window_start >= 2.0:
                 chars_per_s = window_chars / (now - window_start)
                 window_chars, window_start = 0, now
-            cb.on_step(StepInfo(step, total_steps, recent_loss, lr, chars_per_s, elapsed))
+            cb.on_step(StepInfo(run.step, total_steps, step_loss, lr, chars_per_s, run.elapsed))
 
-            finished = run_progress(config, step, elapsed, chunks) >= 1.0
+            finished = run_progress(config, run.step, run.elapsed, chunks) >= 1.0
             if stop.signal is not None:
                 save_last(last_val)
-                raise TrainingInterrupted(last_path, step)
-            if step % config.eval_every == 0 or finished:
+                raise TrainingInterrupted(last_path, run.step)
+            if run.step % config.eval_every == 0 or finished:
                 t_eval = time.perf_counter()
                 last_val = validate_and_save()
                 sample = generate(model, vocab, n=1, max_chars=config.sample_chars,  # a preview
-                                  temperature=0.8, seed=config.seed + step,
+                                  temperature=0.8, seed=config.seed + run.step,
                                   stop_at_newline=False)[0].text
                 model.train()
                 train_loss = loss_sum / max(1, loss_steps)
                 loss_sum, loss_steps = 0.0, 0
-                _append_metrics(metrics_path, [step, train_loss, train_loss / LN2, last_val, lr,
-                                               chars_per_s, elapsed])
-                cb.on_eval(EvalInfo(step, last_val, best, train_loss / LN2, sample))
+                _append_metrics(metrics_path, [run.step, train_loss, train_loss / LN2, last_val,
+                                               lr, chars_per_s, run.elapsed])
+                cb.on_eval(EvalInfo(run.step, last_val, run.best, train_loss / LN2, sample))
                 window_start += time.perf_counter() - t_eval  # evaluation is not training speed
-            if finished:
-                break
-    return TrainResult(step, best, last_val, run_dir, model.num_parameters(), chars_per_s, elapsed)
+    return TrainResult(run.step, run.best, last_val, run_dir, model.num_parameters(), chars_per_s,
+                       run.elapsed)
 
 
 def _initial_model(path: str | Path, vocab: Vocab, dropout: float) -> tuple[CharLSTM, dict]:
