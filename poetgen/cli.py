@@ -656,18 +656,30 @@ def corpus_fetch(name, url, sha256, dest, manifest_path):
 
 
 @cli.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--out", "out_path", type=click.Path(path_type=Path), default=None,
-              help="PNG to write. [default: RUN_DIR/curve.png]")
-def plot(run_dir, out_path):
-    """Draw RUN_DIR/metrics.csv (train and val bits per character against steps) as a PNG."""
+              help="PNG to write. [default: the last RUN_DIR/curve.png]")
+def plot(run_dirs, out_path):
+    """Draw RUN_DIR/metrics.csv (train and val bits per character against steps) as a PNG.
+
+    Several RUN_DIRs are drawn one after another, as the stages of one model (a run started
+    with `train --init` from the one before): `poetgen plot checkpoints/tang checkpoints/tang2`.
+    """
     import csv
+    import io
 
     from poetgen.checkpoint import atomic_write_bytes
 
-    metrics = run_dir / "metrics.csv"
-    if not metrics.exists():
-        raise PoetgenError(f"{metrics}: not found; plot takes the --out directory of `poetgen train`")
+    stages = []
+    for run_dir in run_dirs:
+        metrics = run_dir / "metrics.csv"
+        if not metrics.exists():
+            raise PoetgenError(f"{metrics}: not found; plot takes the --out directory of `poetgen train`")
+        with metrics.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            raise PoetgenError(f"{metrics}: no evaluations logged yet")
+        stages.append(rows)
     try:
         import matplotlib
 
@@ -675,26 +687,27 @@ def plot(run_dir, out_path):
         import matplotlib.pyplot as plt
     except ImportError:
         raise PoetgenError("plot needs matplotlib: pip install 'poetgen[plot]'") from None
-    with metrics.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise PoetgenError(f"{metrics}: no evaluations logged yet")
-    steps = [int(r["step"]) for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.plot(steps, [float(r["train_bpc"]) for r in rows], label="train (mean since last eval)", alpha=0.7)
-    ax.plot(steps, [float(r["val_bpc"]) for r in rows], label="validation", linewidth=2)
-    ax.set_xlabel("step")
+    offset = 0
+    for i, rows in enumerate(stages):
+        steps = [offset + int(r["step"]) for r in rows]
+        if i:
+            ax.axvline(offset, color="grey", linestyle=":", linewidth=1)
+        ax.plot(steps, [float(r["train_bpc"]) for r in rows], color="C0", alpha=0.7,
+                label="train (mean since last eval)" if i == 0 else None)
+        ax.plot(steps, [float(r["val_bpc"]) for r in rows], color="C1", linewidth=2,
+                label="validation" if i == 0 else None)
+        offset = steps[-1]
+    ax.set_xlabel("step" if len(stages) == 1 else "step (dotted: next stage)")
     ax.set_ylabel("bits per character")
-    ax.set_title(run_dir.name)
+    ax.set_title(" → ".join(d.name for d in run_dirs))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    out_path = out_path or run_dir / "curve.png"
+    out_path = out_path or run_dirs[-1] / "curve.png"
     atomic_write_bytes(out_path, buf.getvalue())
     click.echo(f"wrote {out_path}")
 

@@ -164,6 +164,10 @@ def test_plot_writes_a_png(runner, trained, tmp_path):
     r = runner.invoke(cli, ["plot", str(trained.parent), "-o", str(tmp_path / "c.png")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Two stages drawn one after the other (the same run twice stands in for stage 2).
+    r = runner.invoke(cli, ["plot", str(trained.parent), str(trained.parent), "-o", str(tmp_path / "d.png")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     r = runner.invoke(cli, ["plot", str(tmp_path)])
     assert r.exit_code == 1 and "metrics.csv: not found" in r.output
 
