@@ -618,9 +618,10 @@ def corpus_stats_cmd(file, as_json):
 @click.option("--dest", type=click.Path(path_type=Path), default=Path("corpora"), show_default=True,
               help="Folder for the download and the built text.")
 @click.option("--manifest", "manifest_path", type=click.Path(path_type=Path), default=None,
-              help="Manifest of known sources. [default: corpora/manifest.toml]")
+              help="TOML list of known sources. [default: ./corpora/manifest.toml if present, "
+                   "else the list shipped with poetgen]")
 def corpus_fetch(name, url, sha256, dest, manifest_path):
-    """Download a known source NAME (see corpora/manifest.toml) and build DEST/NAME.txt.
+    """Download a known source NAME (listed in poetgen/data/sources.toml) and build DEST/NAME.txt.
 
     Resumes an interrupted download (run it again), verifies the sha256, then builds the text.
     """

@@ -334,20 +334,21 @@ def corpus_stats(path: Path) -> dict:
 
 
 def manifest(path: Path | None = None) -> dict:
-    """Known sources: name -> {url, sha256, members, build}, from corpora/manifest.toml.
+    """Known sources: name -> {url, sha256, members, build}.
 
-    Looked up at `path`, else ./corpora/manifest.toml, else the one beside this package's source.
+    Read from `path`, else ./corpora/manifest.toml (a project's own list), else the list that
+    ships with poetgen (poetgen/data/sources.toml), so `corpus fetch tang` works after any install.
     """
     candidates = [path] if path else [Path("corpora/manifest.toml"),
-                                      Path(__file__).resolve().parents[1] / "corpora" / "manifest.toml"]
+                                      Path(__file__).resolve().parent / "data" / "sources.toml"]
     for p in candidates:
         if p.exists():
             try:
                 return tomllib.loads(p.read_text("utf-8"))["source"]
             except (tomllib.TOMLDecodeError, KeyError) as e:
                 raise CorpusError(f"{p}: not a valid manifest ({e})") from None
-    raise CorpusError("no corpora/manifest.toml here; run from a poetgen checkout, pass --manifest, "
-                      "or give --url")
+    raise CorpusError("no list of sources found (poetgen/data/sources.toml is missing from this "
+                      "install); pass --manifest FILE or give --url")
 
 
 def download(url: str, dest: Path, sha256: str | None, progress_factory=None,

@@ -213,3 +213,15 @@ def test_build_reproduces_the_shared_tang_corpus(tmp_path):
     shared = (SHARED / "corpora" / "tang.txt").read_text(encoding="utf-8").splitlines()
     assert report.kept == len(shared) == 35297 and set(ours) == set(shared)
     assert report.forms == {"5x4": 3631, "5x8": 13896, "7x4": 10078, "7x8": 7692}
+
+
+def test_the_list_of_sources_ships_with_the_package(tmp_path, monkeypatch):
+    from poetgen.corpus_tools import manifest
+
+    monkeypatch.chdir(tmp_path)  # no corpora/manifest.toml here: the packaged list is used
+    tang = manifest()["tang"]
+    assert tang["url"].startswith("https://registry.npmjs.org/chinese-poetry/")
+    assert len(tang["sha256"]) == 64 and tang["build"]["simplified"] is True
+    (tmp_path / "corpora").mkdir()
+    (tmp_path / "corpora" / "manifest.toml").write_text('[source.mine]\nurl = "http://x/y.tgz"\n')
+    assert list(manifest()) == ["mine"]  # a project's own list takes precedence
