@@ -9,6 +9,7 @@ output is plain text, so sessions can be scripted and tested.
 from __future__ import annotations
 
 import os
+import re
 import select
 import sys
 from dataclasses import dataclass
@@ -342,9 +343,10 @@ def run(model, vocab, console: Console, stdin: TextIO | None = None,
     pending, ended = [], False  # lines (and a Ctrl-D) typed ahead while a poem was generated
     while True:
         try:
-            if interactive and not pending and not ended:
-                pending, ended = typed_ahead(stdin)
-                _remember(pending)
+            if interactive and "readline" in sys.modules and not pending and not ended:
+                typed = typed_ahead(stdin)
+                pending, ended = typed.lines, typed.ended
+                _remember(pending, typed.unfinished)
             if pending:
                 line = pending.pop(0)
             elif ended:
@@ -367,31 +369,60 @@ def run(model, vocab, console: Console, stdin: TextIO | None = None,
             session.error(str(e))
 
 
-def typed_ahead(stdin: TextIO) -> tuple[list[str], bool]:
-    """Complete lines typed while the REPL was busy, and whether Ctrl-D ended them.
+@dataclass
+class TypedAhead:
+    lines: list[str]  # complete lines, to run in order
+    unfinished: str = ""  # text typed without Enter, put back at the next prompt
+    ended: bool = False  # Ctrl-D at the start of a line: quit after the lines
 
-    While a poem is generated the terminal is in canonical mode, where Ctrl-D is an end-of-file
-    mark that Linux drops when readline switches to raw mode for the prompt (bash's prompt loses
-    it the same way), so a Ctrl-D pressed right after Ctrl-C would be ignored. Reading complete
-    lines and end-of-file marks here, before readline starts, keeps them; a half-typed line is
-    not readable yet and stays in the terminal for readline.
+
+def typed_ahead(stdin: TextIO) -> TypedAhead:
+    """What was typed while the REPL was busy generating, taken before readline starts.
+
+    Readline switches the terminal between raw mode (at the prompt) and canonical mode (while a
+    poem is generated). A Ctrl-D pressed in canonical mode is an end-of-file mark that Linux drops
+    at that switch (bash's prompt loses it the same way), so Ctrl-C then Ctrl-D would not quit.
+    Keys that arrive while in raw mode come through as they are: Enter as \r, Ctrl-D as \x04.
     """
     if os.name != "posix":
-        return [], False
-    fd, lines = stdin.fileno(), []
+        return TypedAhead([])
+    fd, chunks = stdin.fileno(), []
     while select.select([fd], [], [], 0)[0]:
-        data = os.read(fd, 4096)  # canonical mode: one line per read, b"" for a Ctrl-D
-        if not data:
-            return lines, True
-        lines.append(data.decode("utf-8", errors="replace").rstrip("\n"))
-    return lines, False
+        data = os.read(fd, 4096)
+        if not data:  # the end-of-file mark of a Ctrl-D in canonical mode
+            chunks.append(b"\x04")
+            break
+        chunks.append(data)
+    return parse_typed(b"".join(chunks).decode("utf-8", errors="replace"))
 
 
-def _remember(lines: list[str]) -> None:
-    """Put typed-ahead lines into the readline history, as if typed at the prompt."""
-    if lines and "readline" in sys.modules:
-        for line in lines:
-            sys.modules["readline"].add_history(line)
+def parse_typed(text: str) -> TypedAhead:
+    """Split typed keys into lines; a Ctrl-D on an empty line ends the input, as at a prompt."""
+    lines, current = [], ""
+    for piece in re.split(r"(\r\n|\r|\n|\x04)", text):
+        if piece in ("\r\n", "\r", "\n"):
+            lines.append(current)
+            current = ""
+        elif piece == "\x04":
+            if not current:
+                return TypedAhead(lines, "", ended=True)
+        else:
+            current += piece
+    return TypedAhead(lines, current)
+
+
+def _remember(lines: list[str], unfinished: str) -> None:
+    """Typed-ahead lines go into the history; an unfinished one comes back at the prompt."""
+    readline = sys.modules["readline"]
+    for line in lines:
+        readline.add_history(line)
+    if unfinished:
+        def put_back():
+            readline.insert_text(unfinished)
+            readline.redisplay()
+            readline.set_pre_input_hook(None)
+
+        readline.set_pre_input_hook(put_back)
 
 
 def _setup_readline() -> None:
@@ -418,4 +449,4 @@ def _save_history(readline, path: Path) -> None:
         pass
 
 
-__all__ = ["Session", "Settings", "run", "history_file", "typed_ahead"]
+__all__ = ["Session", "Settings", "run", "history_file", "typed_ahead", "parse_typed"]

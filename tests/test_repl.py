@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from poetgen.check import check_poem
 from poetgen.cli import cli
 from poetgen.prosody import split_verse
+from poetgen.repl import TypedAhead, parse_typed, typed_ahead
 
 from test_constrain import synthetic_poems
 
@@ -132,24 +133,36 @@ def test_real_terminal_session(checkpoint, tmp_path):
 @pytest.mark.skipif(os.name != "posix", reason="needs a pseudo-terminal")
 def test_lines_and_ctrl_d_typed_while_busy_are_kept():
     """What typed_ahead reads from a terminal in canonical mode (as it is during generation)."""
-    from poetgen.repl import typed_ahead
-
     master, slave = os.openpty()
     try:
         with open(slave, encoding="utf-8", closefd=False) as stdin:
-            assert typed_ahead(stdin) == ([], False)
+            assert typed_ahead(stdin) == TypedAhead([])
             os.write(master, ":n 2\n春风\n".encode())
             time.sleep(0.1)
-            assert typed_ahead(stdin) == ([":n 2", "春风"], False)
-            os.write(master, "半行".encode())  # not a complete line: left for readline
+            assert typed_ahead(stdin) == TypedAhead([":n 2", "春风"])
+            os.write(master, "半行".encode())  # not a complete line: not readable yet
             time.sleep(0.1)
-            assert typed_ahead(stdin) == ([], False)
+            assert typed_ahead(stdin) == TypedAhead([])
             os.write(master, b"\n:save p.txt\n\x04")  # ...then Ctrl-D
             time.sleep(0.1)
-            assert typed_ahead(stdin) == (["半行", ":save p.txt"], True)
+            assert typed_ahead(stdin) == TypedAhead(["半行", ":save p.txt"], ended=True)
     finally:
         os.close(master)
         os.close(slave)
+
+
+@pytest.mark.parametrize("keys, expected", [
+    ("", TypedAhead([])),
+    ("春风\r", TypedAhead(["春风"])),  # Enter pressed while readline's raw mode was still on
+    (":n 100\r:max 50000\r月", TypedAhead([":n 100", ":max 50000"], unfinished="月")),
+    ("a\r\nb\n", TypedAhead(["a", "b"])),
+    ("\x04", TypedAhead([], ended=True)),
+    (":save x\r\x04:temp 2\r", TypedAhead([":save x"], ended=True)),  # nothing after Ctrl-D
+    ("ab\x04c", TypedAhead([], unfinished="abc")),  # Ctrl-D inside a line does not quit
+    ("🌙\n", TypedAhead(["🌙"])),
+])
+def test_parse_typed(keys, expected):
+    assert parse_typed(keys) == expected
 
 
 def test_eval_generate_metrics_next_to_real_poems(checkpoint, tmp_path):
