@@ -371,46 +371,21 @@ def eval_cmd(checkpoint, file, as_json, generate, forms, temperature, tones, bes
             click.echo(f"{file}: {r.bpc:.4f} bits/char, perplexity {r.perplexity:.2f} over "
                        f"{r.chars:,} characters ({r.unknown:,} outside the vocabulary)")
     if generate is not None:
-        rows = generation_metrics(ck, generate, forms, temperature, tones, best_of, copy_corpus,
-                                  real_file, novel, seed)
+        from tqdm import tqdm
+
+        from poetgen.metrics import compare_generated
+
+        rows = compare_generated(
+            ck.model, ck.vocab, [f.strip() for f in forms.split(",") if f.strip()], generate,
+            temperature=temperature, tones=tones, best_of=best_of, seed=seed,
+            copy_corpus=copy_corpus, real_file=real_file, novel=novel,
+            progress=lambda forms: tqdm(forms, desc="forms", file=sys.stderr, dynamic_ncols=True,
+                                        leave=False))
         if as_json:
             for row in rows:
                 click.echo(json.dumps(row.as_dict(), ensure_ascii=False))
         else:
             out.print(metrics_table(rows))
-
-
-def generation_metrics(ck, n, forms, temperature, tones, best_of, copy_corpus, real_file, novel, seed):
-    from poetgen.check import detect_form
-    from poetgen.constrain import PoemSpec, compile_spec, generate_poems
-    from poetgen.corpus import read_text
-    from poetgen.metrics import CopyIndex, mean_logprobs, poem_metrics, verse_lines
-    from poetgen.prosody import get_form, split_verse
-
-    copy_index = CopyIndex(copy_corpus) if copy_corpus else None
-    if novel and copy_index and Path(novel).resolve() == Path(copy_corpus).resolve():
-        novel_set = copy_index.lines  # the same corpus: read it once
-    else:
-        novel_set = verse_lines(novel) if novel else None
-    real = read_text(real_file).splitlines() if real_file else []
-    from tqdm import tqdm
-
-    rows = []
-    names = [f.strip() for f in forms.split(",") if f.strip()]
-    for name in tqdm(names, desc="forms", file=sys.stderr, dynamic_ncols=True, leave=False):
-        form = get_form(name)
-        compiled = compile_spec(PoemSpec.make(form, tones=tones), ck.vocab)
-        poems = generate_poems(ck.model, compiled, n=n, temperature=temperature, seed=seed,
-                               best_of=best_of, novel_lines=novel_set)
-        texts = [p.text for p in poems]
-        rows.append(poem_metrics(texts, form.name, "model", copy_index,
-                                 [p.mean_logprob for p in poems]))
-        if real:
-            mine = [p for p in real if detect_form(split_verse(p)) == form][:n]
-            known = [p for p in mine if not ck.vocab.unknown(p)]
-            rows.append(poem_metrics(mine, form.name, Path(real_file).name, copy_index,
-                                     mean_logprobs(ck.model, ck.vocab, known)))
-    return rows
 
 
 def metrics_table(rows) -> Table:
@@ -666,50 +641,12 @@ def plot(run_dirs, out_path):
     Several RUN_DIRs are drawn one after another, as the stages of one model (a run started
     with `train --init` from the one before): `poetgen plot checkpoints/tang checkpoints/tang2`.
     """
-    import csv
-    import io
-
     from poetgen.checkpoint import atomic_write_bytes
+    from poetgen.plot import curve_png, read_metrics
 
-    stages = []
-    for run_dir in run_dirs:
-        metrics = run_dir / "metrics.csv"
-        if not metrics.exists():
-            raise PoetgenError(f"{metrics}: not found; plot takes the --out directory of `poetgen train`")
-        with metrics.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-        if not rows:
-            raise PoetgenError(f"{metrics}: no evaluations logged yet")
-        stages.append(rows)
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise PoetgenError("plot needs matplotlib: pip install 'poetgen[plot]'") from None
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    offset = 0
-    for i, rows in enumerate(stages):
-        steps = [offset + int(r["step"]) for r in rows]
-        if i:
-            ax.axvline(offset, color="grey", linestyle=":", linewidth=1)
-        ax.plot(steps, [float(r["train_bpc"]) for r in rows], color="C0", alpha=0.7,
-                label="train (mean since last eval)" if i == 0 else None)
-        ax.plot(steps, [float(r["val_bpc"]) for r in rows], color="C1", linewidth=2,
-                label="validation" if i == 0 else None)
-        offset = steps[-1]
-    ax.set_xlabel("step" if len(stages) == 1 else "step (dotted: next stage)")
-    ax.set_ylabel("bits per character")
-    ax.set_title(" → ".join(d.name for d in run_dirs))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
+    png = curve_png([read_metrics(d) for d in run_dirs], " → ".join(d.name for d in run_dirs))
     out_path = out_path or run_dirs[-1] / "curve.png"
-    atomic_write_bytes(out_path, buf.getvalue())
+    atomic_write_bytes(out_path, png)
     click.echo(f"wrote {out_path}")
 
 
