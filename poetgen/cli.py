@@ -421,7 +421,7 @@ def info(checkpoint, as_json):
     summary = {"checkpoint": str(ck.path), "parameters": ck.model.num_parameters(),
                "vocab_size": len(ck.vocab), "file_bytes": ck.path.stat().st_size,
                "config": to_dict(ck.model.config), "train_config": ck.meta.get("train_config", {}),
-               "training": training}
+               "training": training, "init": ck.meta.get("init")}
     if as_json:
         click.echo(json.dumps(summary, ensure_ascii=False))
         return
@@ -434,6 +434,9 @@ def info(checkpoint, as_json):
         if k in training:
             v = training[k]
             table.add_row(k, f"{v:.4f}" if isinstance(v, float) else f"{v:,}")
+    if summary["init"]:
+        init = summary["init"]
+        table.add_row("started from", f"{init['from']} (step {init['step']}, sha256 {init['sha256'][:12]}…)")
     out.print(table)
 
 

@@ -138,6 +138,9 @@ def test_init_runs_a_second_stage_and_rejects_shape_flags(runner, corpus_file):
     r = runner.invoke(cli, ["info", "two", "--json"])
     info = json.loads(r.stdout)
     assert info["config"]["dropout"] == 0.3 and info["config"]["hidden_size"] == 32
+    assert info["init"]["from"].endswith("one/best.safetensors") and info["init"]["step"] == 2
+    r = runner.invoke(cli, ["info", "two"])
+    assert "started from" in r.output
 
 
 def test_ctrl_c_saves_last_and_exits_130(tmp_path, corpus_file):
