@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from poetgen import __version__
-from poetgen.config import (ModelConfig, TrainConfig, load_toml, parse_duration, run_configs, to_dict)
+from poetgen.config import ModelConfig, TrainConfig, load_toml, parse_duration, run_configs, to_dict
 from poetgen.errors import ConfigError, PoetgenError
 
 out = Console(highlight=False, soft_wrap=True)
@@ -353,13 +353,12 @@ def eval_cmd(checkpoint, file, as_json, generate, forms, temperature, tones, bes
         raise ConfigError("give a FILE to score, or --generate N to measure generated poems")
     ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
     if file is not None:
-        from tqdm import tqdm
-
         from poetgen.evaluate import evaluate_file
+        from poetgen.progress import progress_bar
 
         size = Path(file).stat().st_size if Path(file).is_file() else None
-        with tqdm(total=size // 3 if size else None, unit=" chars", desc="scoring", file=sys.stderr,
-                  dynamic_ncols=True, leave=False) as bar:  # total ~ bytes / 3 for Chinese text
+        with progress_bar(total=size // 3 if size else None, unit=" chars", desc="scoring",
+                          leave=False) as bar:  # total ~ bytes / 3 for Chinese text
             r = evaluate_file(ck.model, ck.vocab, file, progress=bar.update)
         if r.chars == 0:
             raise PoetgenError(f"{file}: the file is empty; nothing to evaluate")
@@ -371,16 +370,14 @@ def eval_cmd(checkpoint, file, as_json, generate, forms, temperature, tones, bes
             click.echo(f"{file}: {r.bpc:.4f} bits/char, perplexity {r.perplexity:.2f} over "
                        f"{r.chars:,} characters ({r.unknown:,} outside the vocabulary)")
     if generate is not None:
-        from tqdm import tqdm
-
         from poetgen.metrics import compare_generated
+        from poetgen.progress import progress_bar
 
         rows = compare_generated(
             ck.model, ck.vocab, [f.strip() for f in forms.split(",") if f.strip()], generate,
             temperature=temperature, tones=tones, best_of=best_of, seed=seed,
             copy_corpus=copy_corpus, real_file=real_file, novel=novel,
-            progress=lambda forms: tqdm(forms, desc="forms", file=sys.stderr, dynamic_ncols=True,
-                                        leave=False))
+            progress=lambda forms: progress_bar(forms, desc="forms", leave=False))
         if as_json:
             for row in rows:
                 click.echo(json.dumps(row.as_dict(), ensure_ascii=False))
@@ -542,13 +539,12 @@ def corpus_build(sources, out_path, forms, simplified, dedupe, strip_notes, min_
       poetgen corpus build ../shared/corpora/chinese-poetry -o corpora/tang.txt \\
           --form 5x4,5x8,7x4,7x8 --simplified --dedupe
     """
-    from tqdm import tqdm
-
     from poetgen.corpus_tools import build_corpus
+    from poetgen.progress import progress_bar
     from poetgen.prosody import get_form
 
     wanted = {get_form(f.strip()).code for f in forms.split(",") if f.strip()} if forms else None
-    with tqdm(unit=" poems", desc="reading", file=sys.stderr, dynamic_ncols=True) as bar:
+    with progress_bar(unit=" poems", desc="reading") as bar:
         report = build_corpus(list(sources), out_path, wanted, simplified, dedupe, strip_notes,
                               min_count, val_fraction, progress=lambda n: bar.update(1))
     table = Table(title=f"{report.read:,} poems read")
@@ -603,9 +599,8 @@ def corpus_fetch(name, url, sha256, dest, manifest_path):
 
     Resumes an interrupted download (run it again), verifies the sha256, then builds the text.
     """
-    from tqdm import tqdm
-
     from poetgen.corpus_tools import build_corpus, download, extract_members, manifest
+    from poetgen.progress import progress_bar
 
     entry = dict(manifest(manifest_path).get(name) or {}) if not url else {}
     if not url and not entry:
@@ -617,8 +612,8 @@ def corpus_fetch(name, url, sha256, dest, manifest_path):
     archive = dest / "downloads" / Path(entry["url"]).name
 
     def bar(total, initial):
-        return tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc=archive.name,
-                    file=sys.stderr, dynamic_ncols=True)
+        return progress_bar(total=total, initial=initial, unit="B", unit_scale=True,
+                            desc=archive.name)
 
     if not archive.exists():
         download(entry["url"], archive, entry.get("sha256"), bar)

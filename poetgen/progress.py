@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.markup import escape
 from tqdm import tqdm
 
 from poetgen.config import TrainConfig
-from poetgen.train import Callbacks, EvalInfo, StepInfo
+
+if TYPE_CHECKING:  # the corpus commands use progress_bar without importing torch
+    from poetgen.train import Callbacks, EvalInfo, StepInfo
 
 
 class TrainProgress:
@@ -19,6 +24,8 @@ class TrainProgress:
         self.by_time = False
 
     def callbacks(self) -> Callbacks:
+        from poetgen.train import Callbacks
+
         return Callbacks(on_start=self.start, on_step=self.step, on_eval=self.evaluated)
 
     def start(self, info: dict) -> None:
@@ -55,3 +62,10 @@ class TrainProgress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def progress_bar(iterable=None, **kwargs) -> tqdm:
+    """A tqdm bar on stderr that redraws twice a second in a terminal and every 30 s in a log."""
+    interactive = sys.stderr.isatty()
+    return tqdm(iterable, file=sys.stderr, dynamic_ncols=True,
+                mininterval=0.5 if interactive else 30, **kwargs)
