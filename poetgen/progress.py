@@ -36,11 +36,10 @@ class TrainProgress:
                                         if info["start_step"] else ""))
         self.by_time = info["total_steps"] is None
         total = round(info["time_budget"]) if self.by_time else info["total_steps"]
-        interactive = getattr(self.console.file, "isatty", lambda: False)()
-        self.bar = tqdm(total=total, initial=0 if self.by_time else info["start_step"],
-                        unit="s" if self.by_time else "step", dynamic_ncols=True,
-                        mininterval=0.5 if interactive else 30, file=self.console.file,
-                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
+        self.bar = progress_bar(
+            total=total, initial=0 if self.by_time else info["start_step"],
+            unit="s" if self.by_time else "step", file=self.console.file,
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
 
     def step(self, info: StepInfo) -> None:
         if self.bar is None:
@@ -64,8 +63,10 @@ class TrainProgress:
             self.bar = None
 
 
-def progress_bar(iterable=None, **kwargs) -> tqdm:
-    """A tqdm bar on stderr that redraws twice a second in a terminal and every 30 s in a log."""
-    interactive = sys.stderr.isatty()
-    return tqdm(iterable, file=sys.stderr, dynamic_ncols=True,
-                mininterval=0.5 if interactive else 30, **kwargs)
+def progress_bar(iterable=None, file=None, **kwargs) -> tqdm:
+    """A tqdm bar (on stderr unless `file` is given) that redraws twice a second in a terminal
+    and every 30 s in a log."""
+    file = file or sys.stderr
+    interactive = getattr(file, "isatty", lambda: False)()
+    return tqdm(iterable, file=file, dynamic_ncols=True, mininterval=0.5 if interactive else 30,
+                **kwargs)
