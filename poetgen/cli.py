@@ -69,6 +69,7 @@ _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
     "--embed-size": ("embed_size", int, "Character embedding width."),
     "--proj-size": ("proj_size", int, "LSTM output projection size (0 = none)."),
     "--dropout": ("dropout", float, "Dropout on embeddings, between layers and before the softmax."),
+    "--weight-drop": ("weight_drop", float, "DropConnect on the LSTM's recurrent weights (AWD-LSTM)."),
     "--softmax": ("softmax", click.Choice(["adaptive", "full"]), "Output layer."),
     "--bptt": ("bptt", int, "Characters per truncated-BPTT chunk."),
     "--batch-size": ("batch_size", int, "Parallel streams per step."),
@@ -113,7 +114,8 @@ def _train_options(f):
 @click.option("--init", "init_from", default=None, metavar="CHECKPOINT",
               help="Start from a trained model's weights and vocabulary instead of random ones "
                    "(a second stage with new settings, or fine-tuning on another corpus). The "
-                   "optimizer and schedule start afresh; only --dropout may change the model.")
+                   "optimizer and schedule start afresh; only --dropout and --weight-drop may "
+                   "change the model.")
 @_train_options
 @click.pass_context
 def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_weights, resume,

@@ -24,6 +24,7 @@ class ModelConfig:
     num_layers: int = 1  # stacked LSTM layers
     proj_size: int = 0  # LSTM output projection (LSTMP); 0 = none
     dropout: float = 0.0  # on embeddings, between layers and before the softmax
+    weight_drop: float = 0.0  # DropConnect on the recurrent weights (AWD-LSTM); 0 = off
     softmax: str = "adaptive"  # "adaptive" (fast for thousands of characters) or "full"
     cutoffs: tuple[int, ...] = (1000, 3000)  # adaptive softmax cluster boundaries (by frequency rank)
     tie_weights: bool = False  # share input embedding and output matrix (full softmax only)
@@ -35,11 +36,17 @@ class ModelConfig:
         _check(0 <= self.proj_size < self.hidden_size or self.proj_size == 0,
                "proj_size must be 0 or smaller than hidden_size")
         _check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+        _check(0.0 <= self.weight_drop < 1.0, "weight_drop must be in [0, 1)")
         _check(self.softmax in ("adaptive", "full"), "softmax must be 'adaptive' or 'full'")
         _check(not (self.tie_weights and self.softmax == "adaptive"),
                "tie_weights needs softmax = 'full'")
         _check(list(self.cutoffs) == sorted(set(self.cutoffs)) and all(c > 0 for c in self.cutoffs),
                "cutoffs must be increasing positive integers, e.g. 1000,3000")
+
+
+# Fields that regularize training without changing the weights' shapes: a run started from a
+# trained model (train --init) may set them anew.
+REGULARIZATION = ("dropout", "weight_drop")
 
 
 @dataclass
@@ -136,7 +143,7 @@ def run_configs(values: dict, meta: dict | None = None,
     Without `meta` it is a new run. With the metadata of a checkpoint, `keep="all"` resumes it:
     the model stays as it was and the saved training settings are the base that `values` may
     override. `keep="shape"` starts from its weights (train --init): the model keeps its shape
-    but may take a new dropout, and training settings start from the defaults.
+    but may take new REGULARIZATION settings, and training settings start from the defaults.
     """
     model_values, train_values = split_fields(values)
     if meta is None:
@@ -148,13 +155,12 @@ def run_configs(values: dict, meta: dict | None = None,
         model = model_config_from_dict(meta["config"])
         train = TrainConfig(**{**meta["train_config"], **train_values})
     else:
-        dropout = model_values.pop("dropout", None)
+        regularization = {k: model_values.pop(k) for k in REGULARIZATION if k in model_values}
         if model_values:
             raise ConfigError(f"--init keeps the model's shape; drop "
-                              f"{', '.join(sorted(model_values))} (only --dropout may change)")
-        model = model_config_from_dict(meta["config"])
-        if dropout is not None:
-            model = dataclasses.replace(model, dropout=dropout)
+                              f"{', '.join(sorted(model_values))} (only --dropout and "
+                              f"--weight-drop may change)")
+        model = dataclasses.replace(model_config_from_dict(meta["config"]), **regularization)
         train = TrainConfig(**train_values)
     model.validate()
     train.validate()
@@ -176,5 +182,5 @@ def model_config_from_dict(d: dict) -> ModelConfig:
     return ModelConfig(**kwargs)
 
 
-__all__ = ["ModelConfig", "TrainConfig", "parse_duration", "load_toml", "split_fields", "to_dict",
+__all__ = ["ModelConfig", "TrainConfig", "REGULARIZATION", "parse_duration", "load_toml", "split_fields", "to_dict",
            "model_config_from_dict", "run_configs"]

@@ -83,8 +83,19 @@ class CharLSTM(nn.Module):
     def forward(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """tokens (T, B) -> LSTM outputs (T, B, P) and the state after the last character."""
         x = self.dropout(self.embedding(tokens))  # (T, B, E)
-        out, state = self.lstm(x, state)  # (T, B, P)
+        out, state = self._lstm(x, state)  # (T, B, P)
         return self.dropout(out), state
+
+    def _lstm(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        if not (self.training and self.config.weight_drop > 0):
+            return self.lstm(x, state)
+        # DropConnect on the hidden-to-hidden matrices (Merity et al. 2017, AWD-LSTM): one mask
+        # per chunk, shared by every step and stream. Dropping recurrent *weights* rather than
+        # activations regularizes the recurrence without disturbing the fused LSTM kernel.
+        p = self.config.weight_drop
+        weights = {name: F.dropout(w, p) if name.startswith("weight_hh") else w
+                   for name, w in self.lstm.named_parameters()}
+        return torch.func.functional_call(self.lstm, weights, (x, state))
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean negative log-likelihood in nats of `targets` (T, B) given `outputs` (T, B, P)."""

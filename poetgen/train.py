@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 
 from poetgen.checkpoint import load_checkpoint, save_checkpoint
-from poetgen.config import ModelConfig, TrainConfig, to_dict
+from poetgen.config import REGULARIZATION, ModelConfig, TrainConfig, to_dict
 from poetgen.corpus import Vocab, batchify, get_chunk, num_chunks
 from poetgen.errors import CheckpointError, NonFiniteLossError
 from poetgen.evaluate import evaluate_ids
@@ -205,7 +205,7 @@ def _start_run(vocab: Vocab, model_config: ModelConfig, config: TrainConfig, las
                                   "continue it, or choose another --out directory")
         init_meta = None
         if init is not None:
-            model, init_meta = _initial_model(init, vocab, model_config.dropout)
+            model, init_meta = _initial_model(init, vocab, model_config)
         else:
             model = CharLSTM(replace(model_config, vocab_size=len(vocab)))
         model = model.to(device)
@@ -233,8 +233,8 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
 
     `init` starts from a trained checkpoint's weights instead of random ones (a second stage
     with new settings, or fine-tuning): its shapes and vocabulary must match, and only the
-    shape-free `model_config.dropout` is taken from `model_config`. The optimizer and schedule
-    start afresh.
+    shape-free REGULARIZATION fields (dropout, weight_drop) are taken from `model_config`. The
+    optimizer and schedule start afresh.
     """
     cb = callbacks or Callbacks()
     run_dir = Path(run_dir)
@@ -342,13 +342,16 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
                        run.elapsed)
 
 
-def _initial_model(path: str | Path, vocab: Vocab, dropout: float) -> tuple[CharLSTM, dict]:
-    """A trained checkpoint's model with a new dropout rate, and a note of where it came from."""
+def _initial_model(path: str | Path, vocab: Vocab,
+                   model_config: ModelConfig) -> tuple[CharLSTM, dict]:
+    """A trained checkpoint's model with `model_config`'s regularization, and a note of where it
+    came from."""
     source = load_checkpoint(path)
     if source.vocab.chars != vocab.chars:
         raise CheckpointError(f"{source.path}: --init needs the run to use the checkpoint's own "
                               "vocabulary; build it with Vocab.from_list(meta['vocab'])")
-    model = CharLSTM(replace(source.model.config, dropout=dropout))
+    model = CharLSTM(replace(source.model.config,
+                             **{k: getattr(model_config, k) for k in REGULARIZATION}))
     model.load_state_dict(source.model.state_dict())
     return model, {"from": str(source.path), "sha256": source.meta.get("sha256"),
                    "step": source.meta.get("training", {}).get("step")}

@@ -133,11 +133,13 @@ def test_init_runs_a_second_stage_and_rejects_shape_flags(runner, corpus_file):
     r = runner.invoke(cli, ["train", str(corpus_file), "--init", "one", "--resume", "--out", "one"])
     assert r.exit_code == 1 and "drop --init" in r.output
     r = runner.invoke(cli, ["train", str(corpus_file), "--init", "one", "--dropout", "0.3",
-                            "--max-steps", "2", "--eval-every", "1", "--out", "two"])
+                            "--weight-drop", "0.2", "--max-steps", "2", "--eval-every", "1",
+                            "--out", "two"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(cli, ["info", "two", "--json"])
     info = json.loads(r.stdout)
     assert info["config"]["dropout"] == 0.3 and info["config"]["hidden_size"] == 32
+    assert info["config"]["weight_drop"] == 0.2
     assert info["init"]["from"].endswith("one/best.safetensors") and info["init"]["step"] == 2
     r = runner.invoke(cli, ["info", "two"])
     assert "started from" in r.output

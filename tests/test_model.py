@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from poetgen.config import ModelConfig
+from poetgen.errors import ConfigError
 from poetgen.corpus import Vocab, batchify, encode_tensor, get_chunk
 from poetgen.model import CharLSTM
 
@@ -80,3 +81,31 @@ def test_tiny_model_overfits_tiny_corpus():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.25 * losses[0], (losses[0], losses[-1])
+
+
+def test_weight_drop_masks_recurrent_weights_in_training_only():
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=40, hidden_size=24, embed_size=8, num_layers=2, cutoffs=())
+    plain = CharLSTM(ModelConfig(**cfg))
+    dropped = CharLSTM(ModelConfig(**cfg, weight_drop=0.5))
+    dropped.load_state_dict(plain.state_dict())
+    x = torch.randint(0, 40, (6, 3))
+    # At evaluation the weights are used whole: exactly the model without weight drop.
+    plain.eval(), dropped.eval()
+    assert torch.equal(dropped(x, dropped.zero_state(3))[0], plain(x, plain.zero_state(3))[0])
+    # In training each chunk draws a new mask, and gradients reach the stored weights.
+    dropped.train()
+    a, _ = dropped(x, dropped.zero_state(3))
+    b, _ = dropped(x, dropped.zero_state(3))
+    # From a zero state the first step uses no recurrent weight, so only the input-to-hidden
+    # weights act there: equal first steps show those are never dropped.
+    assert torch.equal(a[0], b[0]) and not torch.allclose(a[1:], b[1:], atol=1e-4)
+    dropped.loss(a, x).backward()
+    for layer in range(2):
+        assert getattr(dropped.lstm, f"weight_hh_l{layer}").grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("weight_drop", [-0.1, 1.0])
+def test_weight_drop_out_of_range_is_rejected(weight_drop):
+    with pytest.raises(ConfigError, match="weight_drop"):
+        CharLSTM(ModelConfig(vocab_size=40, weight_drop=weight_drop))

@@ -57,16 +57,18 @@ def test_new_run_refuses_to_overwrite_and_resume_checks_corpus(tmp_path, tiny_te
         run(tmp_path, tiny_text[::-1], resume=True, max_steps=8)
 
 
-def test_init_starts_from_a_checkpoints_weights_with_new_dropout(tmp_path, tiny_text):
+def test_init_starts_from_a_checkpoints_weights_with_new_regularization(tmp_path, tiny_text):
     run(tmp_path / "a", tiny_text)
     source = load_checkpoint(tmp_path / "a" / "last.safetensors")
     ids, val, vocab = setup(tiny_text)
     cfg = TrainConfig(**{**TINY_TRAIN, "max_steps": 8, "eval_every": 4, "lr": 1e-9})
-    # A different shape in model_config is ignored (the checkpoint decides); only dropout is taken.
-    other = ModelConfig(**{**TINY_MODEL, "hidden_size": 64}, dropout=0.5)
+    # A different shape in model_config is ignored (the checkpoint decides); only the
+    # regularization (dropout, weight drop) is taken.
+    other = ModelConfig(**{**TINY_MODEL, "hidden_size": 64}, dropout=0.5, weight_drop=0.3)
     train(ids, val, vocab, other, cfg, tmp_path / "b", init=tmp_path / "a" / "last.safetensors")
     b = load_checkpoint(tmp_path / "b" / "last.safetensors")
     assert b.model.config.dropout == 0.5 and b.model.lstm.dropout == 0.5
+    assert b.model.config.weight_drop == 0.3
     assert b.model.config.hidden_size == TINY_MODEL["hidden_size"]
     for name, weight in source.model.state_dict().items():
         if not name.startswith("start_"):  # the start state is burned in again at evaluation
