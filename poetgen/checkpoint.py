@@ -78,7 +78,10 @@ def save_checkpoint(path: str | Path, model: CharLSTM, vocab: Vocab, meta: dict,
     """
     path = Path(path)
     tensors = {}
+    aliases = model.tied_names()
     for name, t in model.state_dict().items():
+        if name in aliases:
+            continue
         t = t.detach().cpu()
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)
@@ -144,6 +147,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     model = CharLSTM(config)
     state = {k[len("model."):]: v.float() if v.is_floating_point() else v
              for k, v in tensors.items() if k.startswith("model.")}
+    for alias, source in model.tied_names().items():
+        if source in state:
+            state[alias] = state[source]
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

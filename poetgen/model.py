@@ -113,6 +113,16 @@ class CharLSTM(nn.Module):
             logp = F.log_softmax(self.decoder(self.to_embed(flat)), dim=-1)
         return logp.view(*outputs.shape[:-1], -1)
 
+    def tied_names(self) -> dict[str, str]:
+        """{alias: source} for parameters that are another parameter under a second name.
+
+        Checkpoints store each tensor once (safetensors refuses shared memory), so an alias is
+        left out on saving and pointed back at its source on loading.
+        """
+        if self.adaptive is None and self.config.tie_weights:
+            return {"decoder.weight": "embedding.weight"}
+        return {}
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

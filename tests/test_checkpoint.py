@@ -31,6 +31,19 @@ def test_round_trip_gives_identical_logits(saved):
     assert ck.vocab == vocab and ck.meta["training"]["step"] == 3
 
 
+@pytest.mark.parametrize("proj_size", [0, 8])
+def test_tied_weights_round_trip_stays_tied(tmp_path, proj_size):
+    torch.manual_seed(0)
+    vocab = Vocab.build("春江花月夜\n，。")
+    m = CharLSTM(ModelConfig(vocab_size=len(vocab), hidden_size=16, embed_size=8, softmax="full",
+                             tie_weights=True, proj_size=proj_size)).eval()
+    ck = load_checkpoint(save_checkpoint(tmp_path / "tied.safetensors", m, vocab, {}))
+    x = torch.randint(0, len(vocab), (5, 2))
+    assert torch.equal(m.log_probs(m(x, m.start_state(2))[0]),
+                       ck.model.log_probs(ck.model(x, ck.model.start_state(2))[0]))
+    assert ck.model.decoder.weight is ck.model.embedding.weight  # one tensor, as trained
+
+
 def test_half_precision_round_trip(saved, tmp_path):
     path, m, vocab = saved
     small = save_checkpoint(tmp_path / "half.safetensors", m, vocab, {}, dtype=torch.float16)

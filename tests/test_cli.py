@@ -117,6 +117,17 @@ def test_eval_errors(runner, trained, tmp_path):
     assert r.exit_code == 1 and "file not found" in r.output
 
 
+@pytest.mark.parametrize("flags", [["--softmax", "full", "--tie-weights"], ["--weight-drop", "0.3"]])
+def test_train_resume_and_sample_with_other_model_options(runner, corpus_file, flags):
+    r = runner.invoke(cli, ["train", str(corpus_file), *SMALL, *flags, "--out", "run"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["train", str(corpus_file), "--max-steps", "12", "--out", "run",
+                            "--resume"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["sample", "-c", "run", "--n", "1", "--seed", "0"])
+    assert r.exit_code == 0 and r.stdout.strip(), r.output
+
+
 def test_resume_rejects_model_flags_and_missing_run(runner, corpus_file):
     r = runner.invoke(cli, ["train", str(corpus_file), "--resume", "--out", "nothing-here"])
     assert r.exit_code == 1 and "no such checkpoint" in r.output
