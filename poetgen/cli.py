@@ -69,7 +69,7 @@ _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
     "--embed-size": ("embed_size", int, "Character embedding width."),
     "--proj-size": ("proj_size", int, "LSTM output projection size (0 = none)."),
     "--dropout": ("dropout", float, "Dropout on embeddings, between layers and before the softmax."),
-    "--weight-drop": ("weight_drop", float, "DropConnect on the LSTM's recurrent weights (AWD-LSTM)."),
+    "--weight-drop": ("weight_drop", float, "DropConnect on the recurrent weights (AWD-LSTM)."),
     "--softmax": ("softmax", click.Choice(["adaptive", "full"]), "Output layer."),
     "--bptt": ("bptt", int, "Characters per truncated-BPTT chunk."),
     "--batch-size": ("batch_size", int, "Parallel streams per step."),

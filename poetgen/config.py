@@ -182,5 +182,5 @@ def model_config_from_dict(d: dict) -> ModelConfig:
     return ModelConfig(**kwargs)
 
 
-__all__ = ["ModelConfig", "TrainConfig", "REGULARIZATION", "parse_duration", "load_toml", "split_fields", "to_dict",
-           "model_config_from_dict", "run_configs"]
+__all__ = ["ModelConfig", "TrainConfig", "REGULARIZATION", "parse_duration", "load_toml",
+           "split_fields", "to_dict", "model_config_from_dict", "run_configs"]
