@@ -19,26 +19,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from poetgen.checkpoint import load_checkpoint, resolve  # noqa: E402
 from poetgen.corpus import read_text  # noqa: E402
+from poetgen.evaluate import token_bits  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 BUCKETS = [(0, 0), (1, 1), (2, 4), (5, 9), (10, 49), (50, 999), (1000, math.inf)]
-
-
-@torch.no_grad()
-def token_bits(model, ids: torch.Tensor, piece: int = 4096) -> torch.Tensor:
-    """Bits of every token of `ids` read as one stream from the poem-start state: (N,)."""
-    model.eval()
-    state = model.start_state(1)
-    prev = state[0][-1:]  # (1, 1, P): predicts the first token
-    bits = []
-    for start in range(0, ids.numel(), piece):
-        x = ids[start : start + piece].view(-1, 1)  # (T, 1)
-        out, state = model(x, state)
-        predictors = torch.cat([prev, out[:-1]])  # (T, 1, P)
-        prev = out[-1:]
-        logp = model.log_probs(predictors).view(x.size(0), -1)  # (T, V)
-        bits.append(-logp.gather(1, x).view(-1) / math.log(2))
-    return torch.cat(bits)
 
 
 def main():

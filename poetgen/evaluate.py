@@ -7,7 +7,7 @@ curve. The text is consumed in pieces, so a file of any size is scored in bounde
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -33,31 +33,46 @@ class EvalResult:
         return math.exp(self.nats / max(1, self.chars))
 
 
-@torch.no_grad()
-def evaluate_ids(model: CharLSTM, pieces: Iterable[torch.Tensor],
-                 progress: Callable[[int], None] = lambda chars: None) -> EvalResult:
-    """Score 1-D id tensors as one continuous stream, starting from the poem-start state.
-
-    The first character is predicted by the start state's output, the rest by the character
-    before them, so every character is scored exactly once.
-    """
-    was_training = model.training
-    model.eval()
+def _stream(model: CharLSTM, pieces: Iterable[torch.Tensor]
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(predictors (T, 1, P), targets (T, 1)) over 1-D id tensors read as one continuous stream
+    from the poem-start state. The first character is predicted by the start state's output, the
+    rest by the character before them, so every character is scored exactly once."""
     state = model.start_state(1)
     prev = state[0][-1:]  # (1, 1, P): output after the poem-start newline
-    nats, chars = 0.0, 0
     device = model.start_h.device
     for ids in pieces:
         for start in range(0, ids.numel(), PIECE):
             x = ids[start : start + PIECE].to(device).view(-1, 1)  # (T, 1)
             outputs, state = model(x, state)  # outputs[t] predicts x[t + 1]
-            predictors = torch.cat([prev, outputs[:-1]])  # (T, 1, P) predicts x
-            nats += float(model.loss(predictors, x)) * x.size(0)
-            chars += x.size(0)
+            yield torch.cat([prev, outputs[:-1]]), x  # (T, 1, P) predicts x
             prev = outputs[-1:]
-            progress(x.size(0))
+
+
+@torch.no_grad()
+def evaluate_ids(model: CharLSTM, pieces: Iterable[torch.Tensor],
+                 progress: Callable[[int], None] = lambda chars: None) -> EvalResult:
+    """Score 1-D id tensors as one continuous stream, starting from the poem-start state."""
+    was_training = model.training
+    model.eval()
+    nats, chars = 0.0, 0
+    for predictors, x in _stream(model, pieces):
+        nats += float(model.loss(predictors, x)) * x.size(0)
+        chars += x.size(0)
+        progress(x.size(0))
     model.train(was_training)
     return EvalResult(nats, chars, 0)
+
+
+@torch.no_grad()
+def token_bits(model: CharLSTM, ids: torch.Tensor) -> torch.Tensor:
+    """Bits of every token of the 1-D `ids`, read as evaluate_ids reads them: (N,)."""
+    was_training = model.training
+    model.eval()
+    bits = [-model.log_probs(predictors).view(x.size(0), -1).gather(1, x).view(-1)
+            for predictors, x in _stream(model, [ids])]
+    model.train(was_training)
+    return torch.cat(bits) / math.log(2)
 
 
 def evaluate_file(model: CharLSTM, vocab: Vocab, path,

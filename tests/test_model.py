@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from poetgen.config import ModelConfig
-from poetgen.errors import ConfigError
 from poetgen.corpus import Vocab, batchify, encode_tensor, get_chunk
+from poetgen.errors import ConfigError
 from poetgen.model import CharLSTM
 
 from conftest import make_poems
@@ -109,3 +109,16 @@ def test_weight_drop_masks_recurrent_weights_in_training_only():
 def test_weight_drop_out_of_range_is_rejected(weight_drop):
     with pytest.raises(ConfigError, match="weight_drop"):
         CharLSTM(ModelConfig(vocab_size=40, weight_drop=weight_drop))
+
+
+def test_token_bits_add_up_to_the_streamed_evaluation():
+    """Per-token bits (bench/bits_by_frequency.py) and evaluate_ids score the same stream."""
+    from poetgen.evaluate import PIECE, evaluate_ids, token_bits
+
+    torch.manual_seed(0)
+    m = CharLSTM(ModelConfig(vocab_size=60, hidden_size=16, embed_size=8, cutoffs=(20,)))
+    ids = torch.randint(0, 60, (PIECE + 37,))  # crosses a piece boundary
+    bits = token_bits(m, ids)
+    assert bits.shape == (ids.numel(),) and m.training  # the mode is restored
+    total = evaluate_ids(m, [ids[:100], ids[100:]])  # the split does not change the stream
+    assert float(bits.sum()) == pytest.approx(total.bpc * total.chars, rel=1e-5)
