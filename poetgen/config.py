@@ -67,6 +67,7 @@ class TrainConfig:
     max_vocab: int = 0  # keep at most this many characters (most frequent); 0 = all
     val_fraction: float = 0.05  # share of lines held out when no --val file is given
     device: str = "auto"  # auto | cpu | cuda | mps
+    precision: str = "fp32"  # "bf16": CUDA autocast (faster wide matmuls, coarser recurrence)
     seed: int = 1234  # seeds weights, dropout and sampling shown during training
 
     def validate(self) -> None:
@@ -80,6 +81,7 @@ class TrainConfig:
         _check(self.eval_every >= 1, "eval_every must be at least 1")
         _check(0 < self.val_fraction < 1, "val_fraction must be between 0 and 1")
         _check(self.device in ("auto", "cpu", "cuda", "mps"), "device must be auto, cpu, cuda or mps")
+        _check(self.precision in ("fp32", "bf16"), "precision must be fp32 or bf16")
 
 
 def _check(ok: bool, message: str) -> None:

@@ -11,7 +11,7 @@ head and the rare ones smaller projected clusters, which is several times cheape
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -87,15 +87,18 @@ class CharLSTM(nn.Module):
         return self.dropout(out), state
 
     def _lstm(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        if not (self.training and self.config.weight_drop > 0):
-            return self.lstm(x, state)
-        # DropConnect on the hidden-to-hidden matrices (Merity et al. 2017, AWD-LSTM): one mask
-        # per chunk, shared by every step and stream. Dropping recurrent *weights* rather than
-        # activations regularizes the recurrence without disturbing the fused LSTM kernel.
-        p = self.config.weight_drop
-        weights = {name: F.dropout(w, p) if name.startswith("weight_hh") else w
-                   for name, w in self.lstm.named_parameters()}
-        return torch.func.functional_call(self.lstm, weights, (x, state))
+        # oneDNN has no projection LSTM: PyTorch falls back to ATen's, but warns on every run.
+        use_aten = stepwise() if self.config.proj_size and x.device.type == "cpu" else nullcontext()
+        with use_aten:
+            if not (self.training and self.config.weight_drop > 0):
+                return self.lstm(x, state)
+            # DropConnect on the hidden-to-hidden matrices (Merity et al. 2017, AWD-LSTM): one
+            # mask per chunk, shared by every step and stream. Dropping recurrent *weights* rather
+            # than activations regularizes the recurrence without disturbing the fused LSTM kernel.
+            p = self.config.weight_drop
+            weights = {name: F.dropout(w, p) if name.startswith("weight_hh") else w
+                       for name, w in self.lstm.named_parameters()}
+            return torch.func.functional_call(self.lstm, weights, (x, state))
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean negative log-likelihood in nats of `targets` (T, B) given `outputs` (T, B, P)."""

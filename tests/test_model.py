@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 
@@ -109,6 +111,19 @@ def test_weight_drop_masks_recurrent_weights_in_training_only():
 def test_weight_drop_out_of_range_is_rejected(weight_drop):
     with pytest.raises(ConfigError, match="weight_drop"):
         CharLSTM(ModelConfig(vocab_size=40, weight_drop=weight_drop))
+
+
+def test_projection_lstm_runs_on_cpu_without_warnings():
+    """oneDNN has no projection LSTM; the model takes ATen's directly instead of warning each run."""
+    m = CharLSTM(ModelConfig(vocab_size=40, hidden_size=24, proj_size=8, embed_size=8,
+                             weight_drop=0.3, cutoffs=(20,)))
+    x = torch.randint(0, 40, (6, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for training in (True, False):
+            m.train(training)
+            out, (h, c) = m(x, m.zero_state(2))
+            assert out.shape == (6, 2, 8) and h.shape == (1, 2, 8) and c.shape == (1, 2, 24)
 
 
 def test_token_bits_add_up_to_the_streamed_evaluation():

@@ -9,7 +9,7 @@ import torch
 from poetgen.checkpoint import load_checkpoint
 from poetgen.config import ModelConfig, TrainConfig
 from poetgen.corpus import Vocab, encode_tensor
-from poetgen.errors import CheckpointError, NonFiniteLossError
+from poetgen.errors import CheckpointError, ConfigError, NonFiniteLossError
 from poetgen.train import Callbacks, TrainingInterrupted, learning_rate, train
 
 from conftest import TINY_MODEL, TINY_TRAIN
@@ -109,6 +109,13 @@ def test_nan_loss_stops_without_touching_last_checkpoint(tmp_path, tiny_text):
     finally:
         train_mod.CharLSTM = original
     assert (tmp_path / "last.safetensors").read_bytes() == model_ref["bytes"]
+
+
+def test_precision_is_fp32_or_bf16():
+    assert TrainConfig().precision == "fp32"
+    TrainConfig(precision="bf16").validate()
+    with pytest.raises(ConfigError, match="precision must be fp32 or bf16"):
+        TrainConfig(precision="fp16").validate()
 
 
 def test_learning_rate_schedule():
