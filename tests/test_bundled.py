@@ -1,6 +1,7 @@
 """The bundled Tang model: it loads as `default`, its files agree, and it writes correct poems."""
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -8,6 +9,7 @@ from click.testing import CliRunner
 from poetgen.check import check_poem
 from poetgen.checkpoint import BUNDLED, load_checkpoint, read_meta, resolve
 from poetgen.cli import cli
+from poetgen.config import load_toml
 from poetgen.constrain import PoemSpec, compile_spec, generate_poems
 
 from conftest import SHARED
@@ -25,6 +27,16 @@ def test_bundled_metadata_and_hash_are_consistent():
     assert meta["dtype"] == "float16" and meta["config"]["vocab_size"] == len(ck.vocab)
     assert meta["training"]["best_val_bpc"] == pytest.approx(meta["training"]["val_bpc"])
     assert {"，", "。", "\n"} <= set(ck.vocab.chars)
+
+
+def test_bundled_model_was_trained_with_the_committed_config():
+    """checkpoints/tang-v3.toml, the README's reproduction command, is what the model's header
+    records it was trained with, field for field."""
+    committed = load_toml(Path(__file__).parents[1] / "checkpoints" / "tang-v3.toml")
+    meta = read_meta(BUNDLED)
+    recorded = {**meta["config"], **meta["train_config"]}
+    for name, value in committed.items():
+        assert recorded[name] == (list(value) if isinstance(value, tuple) else value), name
 
 
 @pytest.mark.parametrize("form", ["五绝", "五律", "七绝", "七律"])
