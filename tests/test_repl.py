@@ -1,6 +1,8 @@
 """The REPL: scripted sessions through CliRunner, and one real terminal session (pty)."""
 
+import functools
 import os
+import signal
 import sys
 import time
 
@@ -81,8 +83,13 @@ def test_real_terminal_session(checkpoint, tmp_path):
     """In a pty: prompt, a poem, Ctrl-C during a long generation, Ctrl-D exits with 0."""
     pexpect = pytest.importorskip("pexpect")
     env = dict(os.environ, XDG_DATA_HOME=str(tmp_path), OMP_NUM_THREADS="1", TERM="dumb")
-    child = pexpect.spawn(sys.executable, ["-m", "poetgen", "repl", "--checkpoint", str(checkpoint)],
-                          env=env, encoding="utf-8", timeout=60)
+    # As a user's shell starts it: with Ctrl-C's default action. A test run started in the
+    # background of a script has SIGINT ignored, and children would inherit that.
+    spawn = functools.partial(pexpect.spawn, sys.executable,
+                              ["-m", "poetgen", "repl", "--checkpoint", str(checkpoint)], env=env,
+                              encoding="utf-8", timeout=60,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    child = spawn()
     child.expect("poetgen> ")
     child.sendline("春风")
     child.expect("春风[^\r\n]*。")
@@ -101,14 +108,8 @@ def test_real_terminal_session(checkpoint, tmp_path):
     child.expect("poetgen> ")
     child.sendline("春" * 5)
     time.sleep(1.0)
-    # Ctrl-C again if no "cancelled" follows: once, in a full CI run, a single Ctrl-C went
-    # unanswered and the generation ran to its end (not reproduced in 20 runs, loaded or not).
-    for _ in range(3):
-        child.sendintr()
-        if child.expect(["cancelled", pexpect.TIMEOUT], timeout=5) == 0:
-            break
-    else:
-        pytest.fail("Ctrl-C did not cancel the generation")
+    child.sendintr()
+    child.expect("cancelled")
     child.expect("poetgen> ")
     child.sendline(":temp 0.5")
     child.expect("temp 0.5")
@@ -119,8 +120,7 @@ def test_real_terminal_session(checkpoint, tmp_path):
     assert child.exitstatus == 0
     # Ctrl-C then at once Ctrl-D, typed before the prompt is back: the terminal is still in
     # canonical mode then, and the end-of-file mark must not be lost when readline starts.
-    child = pexpect.spawn(sys.executable, ["-m", "poetgen", "repl", "--checkpoint", str(checkpoint)],
-                          env=env, encoding="utf-8", timeout=60)
+    child = spawn()
     child.expect("poetgen> ")
     for command in (":mode free", ":n 100", ":max 50000"):
         child.sendline(command)
