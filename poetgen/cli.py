@@ -83,6 +83,8 @@ _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
     "--max-vocab": ("max_vocab", int, "Keep at most this many characters (0 = all)."),
     "--val-fraction": ("val_fraction", float, "Share of lines held out when --val is not given."),
     "--seed": ("seed", int, "Random seed (weights, dropout)."),
+    "--precision": ("precision", click.Choice(["fp32", "bf16"]),
+                    "bf16: mixed precision, on CUDA only (fp32 elsewhere)."),
 }
 
 
@@ -108,8 +110,6 @@ def _train_options(f):
                    "--epochs/--max-steps is given]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None,
               help="Where to train. [default: auto = cuda, else mps, else cpu]")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
-              help="bf16: mixed precision (CUDA only; fp32 elsewhere). [default: fp32]")
 @click.option("--tie-weights/--no-tie-weights", default=None,
               help="Share input and output embeddings (needs --softmax full).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
@@ -120,8 +120,8 @@ def _train_options(f):
                    "change the model.")
 @_train_options
 @click.pass_context
-def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, precision, tie_weights,
-          resume, init_from, **flags):
+def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_weights, resume,
+          init_from, **flags):
     """Train a model on CORPUS (UTF-8 text, one poem per line).
 
     \b
@@ -146,8 +146,6 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, prec
         values["tie_weights"] = tie_weights
     if device is not None:
         values["device"] = device
-    if precision is not None:
-        values["precision"] = precision
     limits_given = any(k in values for k in ("epochs", "max_steps", "time_budget")) or time_budget
     if time_budget is not None:
         values["time_budget"] = parse_duration(time_budget)
