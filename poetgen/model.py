@@ -132,9 +132,12 @@ class CharLSTM(nn.Module):
 
 @contextmanager
 def stepwise():
-    """For loops that feed one character at a time (sampling): oneDNN's LSTM has a fixed cost
-    per call of ~3x the arithmetic of a 256-wide step at batch 1, so plain ATen is faster there.
-    Training keeps oneDNN, which is faster on whole chunks."""
+    """Run the LSTM with ATen's kernel instead of oneDNN's, for two cases.
+
+    Loops that feed one character at a time (sampling): oneDNN's LSTM has a fixed cost per call
+    of ~3x the arithmetic of a 256-wide step at batch 1, so plain ATen is faster there. And
+    projection LSTMs, which oneDNN lacks (see CharLSTM._lstm). Otherwise training keeps oneDNN,
+    which is faster on whole chunks."""
     previous = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:
