@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from poetgen.checkpoint import load_checkpoint, resolve  # noqa: E402
-from poetgen.corpus import read_text  # noqa: E402
-from poetgen.evaluate import token_bits  # noqa: E402
+from poetgen.lm.checkpoint import load_checkpoint, resolve  # noqa: E402
+from poetgen.lm.corpus import read_text  # noqa: E402
+from poetgen.lm.evaluate import token_bits  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 BUCKETS = [(0, 0), (1, 1), (2, 4), (5, 9), (10, 49), (50, 999), (1000, math.inf)]

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from poetgen.checkpoint import load_checkpoint, resolve  # noqa: E402
-from poetgen.constrain import PoemSpec, compile_spec, generate_poems  # noqa: E402
-from poetgen.sample import generate  # noqa: E402
+from poetgen.lm.checkpoint import load_checkpoint, resolve  # noqa: E402
+from poetgen.verse.constrain import PoemSpec, compile_spec, generate_poems  # noqa: E402
+from poetgen.lm.sample import generate  # noqa: E402
 
 
 def timed(fn, repeats=5):

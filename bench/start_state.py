@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from poetgen.checkpoint import load_checkpoint, resolve  # noqa: E402
-from poetgen.corpus import read_text  # noqa: E402
-from poetgen.evaluate import evaluate_file  # noqa: E402
-from poetgen.metrics import mean_logprobs  # noqa: E402
+from poetgen.lm.checkpoint import load_checkpoint, resolve  # noqa: E402
+from poetgen.lm.corpus import read_text  # noqa: E402
+from poetgen.lm.evaluate import evaluate_file  # noqa: E402
+from poetgen.verse.metrics import mean_logprobs  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 

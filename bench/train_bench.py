@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from poetgen.config import ModelConfig, TrainConfig  # noqa: E402
-from poetgen.corpus import Vocab, encode_tensor, read_text  # noqa: E402
-from poetgen.train import Callbacks, train  # noqa: E402
+from poetgen.lm.config import ModelConfig, TrainConfig  # noqa: E402
+from poetgen.lm.corpus import Vocab, encode_tensor, read_text  # noqa: E402
+from poetgen.lm.train import Callbacks, train  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 

@@ -1,3 +1,3 @@
-from poetgen.cli import main
+from poetgen.app.cli import main
 
 main()

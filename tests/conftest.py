@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from poetgen.config import ModelConfig, TrainConfig
-from poetgen.corpus import Vocab, encode_tensor
-from poetgen.train import train
+from poetgen.lm.config import ModelConfig, TrainConfig
+from poetgen.lm.corpus import Vocab, encode_tensor
+from poetgen.lm.train import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 HAN = "春江花月夜山水风云雨雪天地人心秋声明光长空日落红南北东西来去不知何处归"

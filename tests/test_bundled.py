@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from poetgen.check import check_poem
-from poetgen.checkpoint import BUNDLED, load_checkpoint, read_meta, resolve
-from poetgen.cli import cli
-from poetgen.config import load_toml
-from poetgen.constrain import PoemSpec, compile_spec, generate_poems
+from poetgen.verse.check import check_poem
+from poetgen.lm.checkpoint import BUNDLED, load_checkpoint, read_meta, resolve
+from poetgen.app.cli import cli
+from poetgen.lm.config import load_toml
+from poetgen.verse.constrain import PoemSpec, compile_spec, generate_poems
 
 from conftest import SHARED
 

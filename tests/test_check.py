@@ -5,9 +5,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from poetgen.check import check_poem, distinct_n
-from poetgen.cli import cli
-from poetgen.prosody import FORMS, get_form, scheme, templates
+from poetgen.verse.check import check_poem, distinct_n
+from poetgen.app.cli import cli
+from poetgen.verse.prosody import FORMS, get_form, scheme, templates
 
 静夜思 = "床前明月光，疑是地上霜。举头望明月，低头思故乡。"
 登鹳雀楼 = "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。"

@@ -4,12 +4,12 @@ import struct
 import pytest
 import torch
 
-from poetgen import checkpoint
-from poetgen.checkpoint import load_checkpoint, read_meta, resolve, save_checkpoint
-from poetgen.config import ModelConfig
-from poetgen.corpus import Vocab
+from poetgen.lm import checkpoint
+from poetgen.lm.checkpoint import load_checkpoint, read_meta, resolve, save_checkpoint
+from poetgen.lm.config import ModelConfig
+from poetgen.lm.corpus import Vocab
 from poetgen.errors import CheckpointError
-from poetgen.model import CharLSTM
+from poetgen.lm.model import CharLSTM
 
 
 @pytest.fixture

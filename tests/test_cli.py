@@ -8,7 +8,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from poetgen.cli import cli
+from poetgen.app.cli import cli
 
 SMALL = ["--hidden-size", "32", "--embed-size", "16", "--num-layers", "1", "--batch-size", "4",
          "--bptt", "16", "--max-steps", "10", "--eval-every", "5", "--seed", "1"]

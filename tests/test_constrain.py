@@ -5,14 +5,14 @@ import random
 import pytest
 import torch
 
-from poetgen.check import check_poem
-from poetgen.config import ModelConfig, TrainConfig
-from poetgen.constrain import PoemSpec, compile_spec, generate_poems
-from poetgen.corpus import Vocab, encode_tensor
+from poetgen.verse.check import check_poem
+from poetgen.lm.config import ModelConfig, TrainConfig
+from poetgen.verse.constrain import PoemSpec, compile_spec, generate_poems
+from poetgen.lm.corpus import Vocab, encode_tensor
 from poetgen.errors import ConstraintError
-from poetgen.model import CharLSTM
-from poetgen.prosody import split_verse
-from poetgen.train import train
+from poetgen.lm.model import CharLSTM
+from poetgen.verse.prosody import split_verse
+from poetgen.lm.train import train
 
 # Common characters of Tang verse (plus a few rarer ones), so that every tone and many rhyme groups
 # are present, as in a real vocabulary.
@@ -57,7 +57,7 @@ def trained_model(vocab, tmp_path_factory):
     ids = encode_tensor(vocab, text)
     cfg = TrainConfig(batch_size=8, bptt=32, lr=1e-2, warmup_steps=5, max_steps=60, time_budget=0,
                       eval_every=60, device="cpu", seed=0, sample_chars=5)
-    from poetgen.checkpoint import load_checkpoint
+    from poetgen.lm.checkpoint import load_checkpoint
 
     run = tmp_path_factory.mktemp("constrained")
     train(ids, ids[:500], vocab, ModelConfig(embed_size=16, hidden_size=32, cutoffs=()), cfg, run)
@@ -158,7 +158,7 @@ def test_vocabulary_without_verse_punctuation_is_refused():
 
 def test_no_repeat_never_uses_up_a_fixed_character_early(random_model, vocab):
     """With --no-repeat, a later acrostic head must not be written earlier (no dead ends, no redos)."""
-    import poetgen.constrain as constrain
+    import poetgen.verse.constrain as constrain
 
     calls = []
     original = constrain._sample

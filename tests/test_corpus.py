@@ -3,7 +3,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from poetgen.corpus import (UNK, Vocab, batchify, get_chunk, iter_text, num_chunks, read_text,
+from poetgen.lm.corpus import (UNK, Vocab, batchify, get_chunk, iter_text, num_chunks, read_text,
                             split_lines)
 from poetgen.errors import CorpusError
 
@@ -101,11 +101,11 @@ def test_batchify_layout():
 
 @pytest.mark.parametrize("chunk", [1, 3, 1 << 20])
 def test_iter_lines_streams_lines_across_chunks(tmp_path, chunk):
-    from poetgen.corpus import iter_lines, iter_text
+    from poetgen.lm.corpus import iter_lines, iter_text
 
     p = tmp_path / "l.txt"
     p.write_text("春江\n\n花月夜\r\n最后一行", encoding="utf-8")
-    import poetgen.corpus as corpus
+    import poetgen.lm.corpus as corpus
 
     original = corpus.iter_text
     corpus.iter_text = lambda path: iter_text(path, chunk_bytes=chunk)

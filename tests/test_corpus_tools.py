@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from click.testing import CliRunner
 
-from poetgen.cli import cli
-from poetgen.corpus_tools import build_corpus, corpus_stats, iter_json_array, regular_form, strip_notes
+from poetgen.app.cli import cli
+from poetgen.verse.corpus_tools import build_corpus, corpus_stats, iter_json_array, regular_form, strip_notes
 from poetgen.errors import CorpusError
 
 from conftest import SHARED
@@ -216,7 +216,7 @@ def test_build_reproduces_the_shared_tang_corpus(tmp_path):
 
 
 def test_the_list_of_sources_ships_with_the_package(tmp_path, monkeypatch):
-    from poetgen.corpus_tools import manifest
+    from poetgen.verse.corpus_tools import manifest
 
     monkeypatch.chdir(tmp_path)  # no corpora/manifest.toml here: the packaged list is used
     tang = manifest()["tang"]

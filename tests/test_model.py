@@ -3,10 +3,10 @@ import warnings
 import pytest
 import torch
 
-from poetgen.config import ModelConfig
-from poetgen.corpus import Vocab, batchify, encode_tensor, get_chunk
+from poetgen.lm.config import ModelConfig
+from poetgen.lm.corpus import Vocab, batchify, encode_tensor, get_chunk
 from poetgen.errors import ConfigError
-from poetgen.model import CharLSTM
+from poetgen.lm.model import CharLSTM
 
 from conftest import make_poems
 
@@ -128,7 +128,7 @@ def test_projection_lstm_runs_on_cpu_without_warnings():
 
 def test_token_bits_add_up_to_the_streamed_evaluation():
     """Per-token bits (bench/bits_by_frequency.py) and evaluate_ids score the same stream."""
-    from poetgen.evaluate import PIECE, evaluate_ids, token_bits
+    from poetgen.lm.evaluate import PIECE, evaluate_ids, token_bits
 
     torch.manual_seed(0)
     m = CharLSTM(ModelConfig(vocab_size=60, hidden_size=16, embed_size=8, cutoffs=(20,)))

@@ -9,10 +9,10 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from poetgen.check import check_poem
-from poetgen.cli import cli
-from poetgen.prosody import split_verse
-from poetgen.repl import TypedAhead, parse_typed, typed_ahead
+from poetgen.verse.check import check_poem
+from poetgen.app.cli import cli
+from poetgen.verse.prosody import split_verse
+from poetgen.app.repl import TypedAhead, parse_typed, typed_ahead
 
 from test_constrain import synthetic_poems
 

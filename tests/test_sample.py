@@ -3,9 +3,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from poetgen.checkpoint import load_checkpoint
+from poetgen.lm.checkpoint import load_checkpoint
 from poetgen.errors import ConfigError
-from poetgen.sample import filter_logits, generate
+from poetgen.lm.sample import filter_logits, generate
 
 
 @pytest.fixture(scope="module")

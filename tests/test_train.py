@@ -6,11 +6,11 @@ import signal
 import pytest
 import torch
 
-from poetgen.checkpoint import load_checkpoint
-from poetgen.config import ModelConfig, TrainConfig
-from poetgen.corpus import Vocab, encode_tensor
+from poetgen.lm.checkpoint import load_checkpoint
+from poetgen.lm.config import ModelConfig, TrainConfig
+from poetgen.lm.corpus import Vocab, encode_tensor
 from poetgen.errors import CheckpointError, ConfigError, NonFiniteLossError
-from poetgen.train import Callbacks, TrainingInterrupted, learning_rate, train
+from poetgen.lm.train import Callbacks, TrainingInterrupted, learning_rate, train
 
 from conftest import TINY_MODEL, TINY_TRAIN
 
@@ -94,7 +94,7 @@ def test_nan_loss_stops_without_touching_last_checkpoint(tmp_path, tiny_text):
             with torch.no_grad():
                 ck_model.embedding.weight.fill_(math.nan)
 
-    import poetgen.train as train_mod
+    import poetgen.lm.train as train_mod
     original = train_mod.CharLSTM
 
     class Spy(original):

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from poetgen.corpus import NEWLINE, Vocab
+from poetgen.lm.corpus import NEWLINE, Vocab
 from poetgen.errors import ConfigError
-from poetgen.model import CharLSTM, State, stepwise
+from poetgen.lm.model import CharLSTM, State, stepwise
 
 
 @dataclass

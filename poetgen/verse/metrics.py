@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from poetgen.check import check_poem, distinct_n
-from poetgen.corpus import NEWLINE, Vocab, iter_text
-from poetgen.model import CharLSTM
-from poetgen.prosody import split_verse
+from poetgen.verse.check import check_poem, distinct_n
+from poetgen.lm.corpus import NEWLINE, Vocab, iter_text
+from poetgen.lm.model import CharLSTM
+from poetgen.verse.prosody import split_verse
 
 MIN_COPY = 4  # copied runs shorter than this are ordinary phrasing, not copying
 
@@ -135,10 +135,10 @@ def compare_generated(model: CharLSTM, vocab: Vocab, forms: list[str], n: int, *
     `copy_corpus` measures copying against a training corpus; `novel` forbids its verse lines in
     generation (the same file as `copy_corpus` is read once).
     """
-    from poetgen.check import detect_form
-    from poetgen.constrain import PoemSpec, compile_spec, generate_poems
-    from poetgen.corpus import read_text
-    from poetgen.prosody import get_form
+    from poetgen.verse.check import detect_form
+    from poetgen.verse.constrain import PoemSpec, compile_spec, generate_poems
+    from poetgen.lm.corpus import read_text
+    from poetgen.verse.prosody import get_form
 
     copy_index = CopyIndex(copy_corpus) if copy_corpus else None
     if novel and copy_index and Path(novel).resolve() == Path(copy_corpus).resolve():

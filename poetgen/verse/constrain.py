@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from poetgen.corpus import NEWLINE, Vocab
+from poetgen.lm.corpus import NEWLINE, Vocab
 from poetgen.errors import ConstraintError
-from poetgen.model import CharLSTM, stepwise
-from poetgen.prosody import (COMMA, PERIOD, PING, ZE, Form, Template, free_positions, get_form,
+from poetgen.lm.model import CharLSTM, stepwise
+from poetgen.verse.prosody import (COMMA, PERIOD, PING, ZE, Form, Template, free_positions, get_form,
                              han_only, is_han, scheme, split_verse, templates)
-from poetgen.sample import check_sampling_args, draw, filter_logits, new_seed, prime_model
+from poetgen.lm.sample import check_sampling_args, draw, filter_logits, new_seed, prime_model
 
 ANY, NONE = 2, 3  # tone requirement codes besides 0 = 平 and 1 = 仄
 

@@ -27,13 +27,13 @@ from typing import Callable
 
 import torch
 
-from poetgen.checkpoint import load_checkpoint, save_checkpoint
-from poetgen.config import REGULARIZATION, ModelConfig, TrainConfig, to_dict
-from poetgen.corpus import Vocab, batchify, get_chunk, num_chunks
+from poetgen.lm.checkpoint import load_checkpoint, save_checkpoint
+from poetgen.lm.config import REGULARIZATION, ModelConfig, TrainConfig, to_dict
+from poetgen.lm.corpus import Vocab, batchify, get_chunk, num_chunks
 from poetgen.errors import CheckpointError, NonFiniteLossError
-from poetgen.evaluate import evaluate_ids
-from poetgen.model import CharLSTM, burn_in_start_state
-from poetgen.sample import generate
+from poetgen.lm.evaluate import evaluate_ids
+from poetgen.lm.model import CharLSTM, burn_in_start_state
+from poetgen.lm.sample import generate
 
 METRICS_FIELDS = ["step", "train_loss", "train_bpc", "val_bpc", "lr", "chars_per_s", "elapsed_s"]
 LN2 = math.log(2)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
-from poetgen.prosody import (FORMS, PING, ZE, Form, free_positions, is_han, scheme, split_verse,
+from poetgen.verse.prosody import (FORMS, PING, ZE, Form, free_positions, is_han, scheme, split_verse,
                              templates)
 
 

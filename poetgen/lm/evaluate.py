@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from poetgen.corpus import Vocab, iter_text
-from poetgen.model import CharLSTM
+from poetgen.lm.corpus import Vocab, iter_text
+from poetgen.lm.model import CharLSTM
 
 PIECE = 2048  # characters scored per forward pass
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from poetgen import __version__
-from poetgen.config import ModelConfig, TrainConfig, load_toml, parse_duration, run_configs, to_dict
+from poetgen.lm.config import ModelConfig, TrainConfig, load_toml, parse_duration, run_configs, to_dict
 from poetgen.errors import ConfigError, PoetgenError
 
 out = Console(highlight=False, soft_wrap=True)
@@ -135,10 +135,10 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_
     better) and a short sample, and saves best.safetensors (lowest val bpc) and last.safetensors.
     Ctrl-C saves `last` and exits; --resume continues exactly where it stopped.
     """
-    from poetgen import checkpoint as ckpt_mod
-    from poetgen.corpus import Vocab, encode_tensor, read_text, split_lines
-    from poetgen.train import TrainingInterrupted
-    from poetgen.train import train as run_training
+    from poetgen.lm import checkpoint as ckpt_mod
+    from poetgen.lm.corpus import Vocab, encode_tensor, read_text, split_lines
+    from poetgen.lm.train import TrainingInterrupted
+    from poetgen.lm.train import train as run_training
 
     values = load_toml(config_file) if config_file else {}
     values.update({k: v for k, v in flags.items() if v is not None})
@@ -169,7 +169,7 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_
     vocab = vocab or Vocab.build(train_text, config.min_count, config.max_vocab)
     train_ids, val_ids = encode_tensor(vocab, train_text), encode_tensor(vocab, val_text)
 
-    from poetgen.progress import TrainProgress
+    from poetgen.app.progress import TrainProgress
 
     progress = TrainProgress(err, config)
     try:
@@ -255,8 +255,8 @@ def sample(checkpoint, temperature, top_k, top_p, prime, n, max_chars, no_stop, 
       poetgen sample --form 五律 --acrostic 春江花月 --best-of 8
       poetgen sample --form 5x4 --pattern '??春??' --rhyme-group 下平七阳
     """
-    from poetgen import checkpoint as ckpt_mod
-    from poetgen.sample import check_sampling_args, generate
+    from poetgen.lm import checkpoint as ckpt_mod
+    from poetgen.lm.sample import check_sampling_args, generate
 
     check_sampling_args(temperature, top_k, top_p)
     ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
@@ -269,10 +269,10 @@ def sample(checkpoint, temperature, top_k, top_p, prime, n, max_chars, no_stop, 
         rows = [{"text": s.text, "mean_logprob": round(s.mean_logprob, 4), "seed": s.seed}
                 for s in samples]
     else:
-        from poetgen.constrain import compile_spec, generate_poems
+        from poetgen.verse.constrain import compile_spec, generate_poems
 
         compiled = compile_spec(spec, ck.vocab)
-        from poetgen.metrics import verse_lines
+        from poetgen.verse.metrics import verse_lines
 
         novel = verse_lines(constraints["novel"]) if constraints["novel"] else None
         poems = generate_poems(ck.model, compiled, n=n, temperature=temperature, top_k=top_k,
@@ -292,7 +292,7 @@ _CONSTRAINT_DEFAULTS = {"rhyme": "pingshui", "rhyme_group": None, "tones": "loos
 
 def poem_spec(constraints: dict, prime: str = ""):
     """A PoemSpec from the constraint options, or None for free text (no --form)."""
-    from poetgen.constrain import PoemSpec
+    from poetgen.verse.constrain import PoemSpec
 
     if not constraints.get("form"):
         given = [k.replace("_", "-") for k, v in constraints.items()
@@ -351,14 +351,14 @@ def eval_cmd(checkpoint, file, as_json, generate, forms, temperature, tones, bes
       poetgen eval default tang_val.txt
       poetgen eval default --generate 200 --real tang_val.txt --corpus tang_train.txt
     """
-    from poetgen import checkpoint as ckpt_mod
+    from poetgen.lm import checkpoint as ckpt_mod
 
     if file is None and generate is None:
         raise ConfigError("give a FILE to score, or --generate N to measure generated poems")
     ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
     if file is not None:
-        from poetgen.evaluate import evaluate_file
-        from poetgen.progress import progress_bar
+        from poetgen.lm.evaluate import evaluate_file
+        from poetgen.app.progress import progress_bar
 
         size = Path(file).stat().st_size if Path(file).is_file() else None
         with progress_bar(total=size // 3 if size else None, unit=" chars", desc="scoring",
@@ -374,8 +374,8 @@ def eval_cmd(checkpoint, file, as_json, generate, forms, temperature, tones, bes
             click.echo(f"{file}: {r.bpc:.4f} bits/char, perplexity {r.perplexity:.2f} over "
                        f"{r.chars:,} characters ({r.unknown:,} outside the vocabulary)")
     if generate is not None:
-        from poetgen.metrics import compare_generated
-        from poetgen.progress import progress_bar
+        from poetgen.verse.metrics import compare_generated
+        from poetgen.app.progress import progress_bar
 
         rows = compare_generated(
             ck.model, ck.vocab, [f.strip() for f in forms.split(",") if f.strip()], generate,
@@ -415,7 +415,7 @@ def metrics_table(rows) -> Table:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(checkpoint, as_json):
     """What a checkpoint holds: config, size, vocabulary, training summary."""
-    from poetgen import checkpoint as ckpt_mod
+    from poetgen.lm import checkpoint as ckpt_mod
 
     ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
     training = ck.meta.get("training", {})
@@ -463,9 +463,9 @@ def check(poem, rhyme, tones, as_json):
     Shows every character with its pinyin, 平/仄 and rhyme group, names the form, the best-matching
     tonal template and rhyme group, and lists every violation. Exits 0 if all poems pass, else 1.
     """
-    from poetgen.check import check_poem
-    from poetgen.corpus import read_text
-    from poetgen.render import render_report
+    from poetgen.verse.check import check_poem
+    from poetgen.lm.corpus import read_text
+    from poetgen.app.render import render_report
 
     path = Path(poem)
     if len(poem) < 256 and path.is_file():
@@ -504,9 +504,9 @@ def repl(ctx, checkpoint, form, seed):
     \b
       printf '春风\n:line 2\n:check\n:save poems.txt\n' | poetgen repl
     """
-    from poetgen import checkpoint as ckpt_mod
-    from poetgen.prosody import get_form
-    from poetgen.repl import Settings, run
+    from poetgen.lm import checkpoint as ckpt_mod
+    from poetgen.verse.prosody import get_form
+    from poetgen.app.repl import Settings, run
 
     ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
     settings = Settings(form=get_form(form).name, seed=seed)
@@ -543,9 +543,9 @@ def corpus_build(sources, out_path, forms, simplified, dedupe, strip_notes, min_
       poetgen corpus build ../shared/corpora/chinese-poetry -o corpora/tang.txt \\
           --form 5x4,5x8,7x4,7x8 --simplified --dedupe
     """
-    from poetgen.corpus_tools import build_corpus
-    from poetgen.progress import progress_bar
-    from poetgen.prosody import get_form
+    from poetgen.verse.corpus_tools import build_corpus
+    from poetgen.app.progress import progress_bar
+    from poetgen.verse.prosody import get_form
 
     wanted = {get_form(f.strip()).code for f in forms.split(",") if f.strip()} if forms else None
     with progress_bar(unit=" poems", desc="reading") as bar:
@@ -569,7 +569,7 @@ def corpus_build(sources, out_path, forms, simplified, dedupe, strip_notes, min_
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def corpus_stats_cmd(file, as_json):
     """Characters, lines, vocabulary, coverage, forms and quatrain rhyme rate of FILE."""
-    from poetgen.corpus_tools import corpus_stats
+    from poetgen.verse.corpus_tools import corpus_stats
 
     stats = corpus_stats(file)
     if as_json:
@@ -603,8 +603,8 @@ def corpus_fetch(name, url, sha256, dest, manifest_path):
 
     Resumes an interrupted download (run it again), verifies the sha256, then builds the text.
     """
-    from poetgen.corpus_tools import build_corpus, download, extract_members, manifest
-    from poetgen.progress import progress_bar
+    from poetgen.verse.corpus_tools import build_corpus, download, extract_members, manifest
+    from poetgen.app.progress import progress_bar
 
     entry = dict(manifest(manifest_path).get(name) or {}) if not url else {}
     if not url and not entry:
@@ -643,8 +643,8 @@ def plot(run_dirs, out_path):
     Several RUN_DIRs are drawn one after another, as the stages of one model (a run started
     with `train --init` from the one before): `poetgen plot checkpoints/tang checkpoints/tang2`.
     """
-    from poetgen.checkpoint import atomic_write_bytes
-    from poetgen.plot import curve_png, read_metrics
+    from poetgen.lm.checkpoint import atomic_write_bytes
+    from poetgen.app.plot import curve_png, read_metrics
 
     png = curve_png([read_metrics(d) for d in run_dirs], " → ".join(d.name for d in run_dirs))
     out_path = out_path or run_dirs[-1] / "curve.png"
@@ -669,7 +669,7 @@ def export(checkpoint, out_path, half):
     """
     import torch
 
-    from poetgen import checkpoint as ckpt_mod
+    from poetgen.lm import checkpoint as ckpt_mod
 
     ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
     meta = {k: v for k, v in ck.meta.items() if k not in ("format", "config", "vocab", "sha256")}

@@ -23,14 +23,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from poetgen.config import model_config_from_dict, to_dict
-from poetgen.corpus import Vocab
+from poetgen.lm.config import model_config_from_dict, to_dict
+from poetgen.lm.corpus import Vocab
 from poetgen.errors import CheckpointError
-from poetgen.model import CharLSTM
+from poetgen.lm.model import CharLSTM
 
 FORMAT = "poetgen-checkpoint-v1"
 ENV_VAR = "POETGEN_CHECKPOINT"
-BUNDLED = Path(__file__).parent / "data" / "tang.safetensors"  # the `default` model, if installed
+BUNDLED = Path(__file__).parents[1] / "data" / "tang.safetensors"  # the `default` model, if installed
 
 
 @dataclass

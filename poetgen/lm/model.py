@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from poetgen.config import ModelConfig
+from poetgen.lm.config import ModelConfig
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c): (L, B, P) and (L, B, H)
 

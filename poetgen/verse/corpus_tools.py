@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from poetgen.corpus import iter_lines, iter_text
+from poetgen.lm.corpus import iter_lines, iter_text
 from poetgen.errors import CorpusError
-from poetgen.prosody import COMMA, PERIOD, is_han, split_verse
+from poetgen.verse.prosody import COMMA, PERIOD, is_han, split_verse
 
 # --------------------------------------------------------------------------------------------
 # Reading sources
@@ -293,7 +293,7 @@ def _opencc():
 
 
 def corpus_stats(path: Path) -> dict:
-    from poetgen.prosody import scheme
+    from poetgen.verse.prosody import scheme
 
     chars: Counter = Counter()
     lines = 0
@@ -340,7 +340,7 @@ def manifest(path: Path | None = None) -> dict:
     ships with poetgen (poetgen/data/sources.toml), so `corpus fetch tang` works after any install.
     """
     candidates = [path] if path else [Path("corpora/manifest.toml"),
-                                      Path(__file__).resolve().parent / "data" / "sources.toml"]
+                                      Path(__file__).resolve().parents[1] / "data" / "sources.toml"]
     for p in candidates:
         if p.exists():
             try:

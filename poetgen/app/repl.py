@@ -19,7 +19,7 @@ from typing import Callable, TextIO
 from rich.console import Console
 from rich.markup import escape
 
-from poetgen.checkpoint import atomic_write_bytes
+from poetgen.lm.checkpoint import atomic_write_bytes
 from poetgen.errors import ConfigError, PoetgenError
 
 HELP = """\
@@ -66,7 +66,7 @@ class Settings:
 
 def _parse_setting(name: str, value: str, current: Settings) -> dict:
     """':name value' -> {field: parsed}; raises ConfigError with the allowed values."""
-    from poetgen.prosody import get_form
+    from poetgen.verse.prosody import get_form
 
     off = value.lower() in ("off", "none", "")
     try:
@@ -146,15 +146,15 @@ class Session:
         return None if s is None else s + self.generation - 1
 
     def _spec(self, prime: str = "", pattern: str = ""):
-        from poetgen.constrain import PoemSpec
+        from poetgen.verse.constrain import PoemSpec
 
         s = self.settings
         return PoemSpec.make(s.form, rhyme=s.rhyme, rhyme_group=s.group, tones=s.tones,
                              acrostic=s.acrostic, pattern=pattern, prime=prime)
 
     def compose(self, prime: str) -> None:
-        from poetgen.constrain import compile_spec, generate_poems
-        from poetgen.sample import generate
+        from poetgen.verse.constrain import compile_spec, generate_poems
+        from poetgen.lm.sample import generate
 
         s = self.settings
         unknown = self.vocab.unknown(prime)
@@ -181,8 +181,8 @@ class Session:
         self.poem = text
 
     def regenerate_line(self, arg: str) -> None:
-        from poetgen.constrain import compile_spec, generate_poems
-        from poetgen.prosody import split_verse
+        from poetgen.verse.constrain import compile_spec, generate_poems
+        from poetgen.verse.prosody import split_verse
 
         if not self.poem or not self.settings.form:
             raise ConfigError(":line needs a poem written with a :form")
@@ -205,7 +205,7 @@ class Session:
         self.say(poem.text, "bold")
 
     def pick(self) -> None:
-        from poetgen.constrain import Stepper, compile_spec
+        from poetgen.verse.constrain import Stepper, compile_spec
 
         s = self.settings
         compiled = compile_spec(self._spec(), self.vocab) if s.mode == "poem" and s.form else None
@@ -248,8 +248,8 @@ class Session:
 
     # -- other commands -------------------------------------------------------------------
     def check(self) -> None:
-        from poetgen.check import check_poem
-        from poetgen.render import render_report
+        from poetgen.verse.check import check_poem
+        from poetgen.app.render import render_report
 
         if not self.poem:
             raise ConfigError("no poem yet: type a start, or :again")

@@ -9,7 +9,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from poetgen.check import Report
+from poetgen.verse.check import Report
 
 TONE_STYLE = {"平": "green", "仄": "blue", "both": "yellow", None: "dim"}
 TONE_MARK = {"平": "平", "仄": "仄", "both": "中", None: "?"}

@@ -9,10 +9,10 @@ from rich.console import Console
 from rich.markup import escape
 from tqdm import tqdm
 
-from poetgen.config import TrainConfig
+from poetgen.lm.config import TrainConfig
 
 if TYPE_CHECKING:  # the corpus commands use progress_bar without importing torch
-    from poetgen.train import Callbacks, EvalInfo, StepInfo
+    from poetgen.lm.train import Callbacks, EvalInfo, StepInfo
 
 
 class TrainProgress:
@@ -24,7 +24,7 @@ class TrainProgress:
         self.by_time = False
 
     def callbacks(self) -> Callbacks:
-        from poetgen.train import Callbacks
+        from poetgen.lm.train import Callbacks
 
         return Callbacks(on_start=self.start, on_step=self.step, on_eval=self.evaluated)
 
