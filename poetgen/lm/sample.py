@@ -72,6 +72,20 @@ def draw(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.size(1) - 1)
 
 
+def sample_next(logp: torch.Tensor, temperature: float, generator: torch.Generator,
+                top_k: int = 0, top_p: float = 1.0,
+                allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """The decode step every sampler shares: one character per row of log-probabilities (N, V).
+
+    Characters outside `allowed` (N, V) are impossible; then temperature, top-k and top-p shape
+    what is left, and one character is drawn per row. Returns (N,) ids.
+    """
+    logits = logp / temperature
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    return draw(filter_logits(logits, top_k, top_p), generator)
+
+
 def prime_model(model: CharLSTM, ids: list[int], batch: int) -> tuple[torch.Tensor, State]:
     """Run the start state through `ids`; return the last output (B, P) and the state."""
     state = model.start_state(batch)
@@ -118,8 +132,7 @@ def _sample_loop(model, vocab, out, state, n, max_chars, temperature, top_k, top
     for t in range(max_chars):
         logp = model.log_probs(out)  # (n, V)
         logp[:, vocab.unk_id] = float("-inf")  # never write the unknown-character token
-        logits = filter_logits(logp / temperature, top_k, top_p)
-        token = draw(logits, gen)
+        token = sample_next(logp, temperature, gen, top_k, top_p)
         chosen[t] = token
         logprob += torch.where(done, 0.0, logp.gather(1, token[:, None]).squeeze(1))
         if newline is not None:

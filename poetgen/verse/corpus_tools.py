@@ -22,7 +22,7 @@ from pathlib import Path
 
 from poetgen.lm.corpus import iter_lines, iter_text
 from poetgen.errors import CorpusError
-from poetgen.verse.prosody import COMMA, PERIOD, is_han, split_verse
+from poetgen.verse.prosody import COMMA, PERIOD, is_han, line_end_mark, split_verse
 
 # --------------------------------------------------------------------------------------------
 # Reading sources
@@ -153,7 +153,7 @@ def regular_form(text: str) -> tuple[str | None, str | None]:
     n = lengths.pop()
     if n not in (5, 7):
         return None, "uniform but not 5 or 7 characters"
-    canonical = "".join(x + (COMMA if i % 2 == 0 else PERIOD) for i, x in enumerate(lines))
+    canonical = "".join(x + line_end_mark(i) for i, x in enumerate(lines))
     if text != canonical:
         return None, "non-canonical punctuation"
     return f"{n}x{len(lines)}", None
