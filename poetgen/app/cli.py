@@ -643,7 +643,7 @@ def plot(run_dirs, out_path):
     Several RUN_DIRs are drawn one after another, as the stages of one model (a run started
     with `train --init` from the one before): `poetgen plot checkpoints/tang checkpoints/tang2`.
     """
-    from poetgen.lm.checkpoint import atomic_write_bytes
+    from poetgen.files import atomic_write_bytes
     from poetgen.app.plot import curve_png, read_metrics
 
     png = curve_png([read_metrics(d) for d in run_dirs], " → ".join(d.name for d in run_dirs))

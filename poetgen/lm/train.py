@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
-import os
 import signal
 import threading
 import time
@@ -31,6 +30,7 @@ from poetgen.lm.checkpoint import load_checkpoint, save_checkpoint
 from poetgen.lm.config import REGULARIZATION, ModelConfig, TrainConfig, to_dict
 from poetgen.lm.corpus import Vocab, batchify, get_chunk, num_chunks
 from poetgen.errors import CheckpointError, NonFiniteLossError
+from poetgen.files import atomic_open
 from poetgen.lm.evaluate import evaluate_ids
 from poetgen.lm.model import CharLSTM, burn_in_start_state
 from poetgen.lm.sample import generate
@@ -366,12 +366,10 @@ def _prepare_metrics(path: Path, keep_until: int) -> None:
     if keep_until >= 0 and path.exists():
         with path.open(newline="", encoding="utf-8") as f:
             rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with atomic_open(path, newline="") as f:
         writer = csv.DictWriter(f, METRICS_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _append_metrics(path: Path, row: list) -> None:
