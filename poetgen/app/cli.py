@@ -543,14 +543,16 @@ def corpus_build(sources, out_path, forms, simplified, dedupe, strip_notes, min_
       poetgen corpus build ../shared/corpora/chinese-poetry -o corpora/tang.txt \\
           --form 5x4,5x8,7x4,7x8 --simplified --dedupe
     """
-    from poetgen.verse.corpus_tools import build_corpus
+    from poetgen.verse.corpus_tools import BuildOptions, build_corpus
     from poetgen.app.progress import progress_bar
     from poetgen.verse.prosody import get_form
 
-    wanted = {get_form(f.strip()).code for f in forms.split(",") if f.strip()} if forms else None
+    wanted = (frozenset(get_form(f.strip()).code for f in forms.split(",") if f.strip())
+              if forms else None)
+    options = BuildOptions(forms=wanted, simplified=simplified, dedupe=dedupe,
+                           strip_notes=strip_notes, min_count=min_count, val_fraction=val_fraction)
     with progress_bar(unit=" poems", desc="reading") as bar:
-        report = build_corpus(list(sources), out_path, wanted, simplified, dedupe, strip_notes,
-                              min_count, val_fraction, progress=lambda n: bar.update(1))
+        report = build_corpus(list(sources), out_path, options, progress=lambda n: bar.update(1))
     table = Table(title=f"{report.read:,} poems read")
     table.add_column("result")
     table.add_column("poems", justify="right")
@@ -603,7 +605,8 @@ def corpus_fetch(name, url, sha256, dest, manifest_path):
 
     Resumes an interrupted download (run it again), verifies the sha256, then builds the text.
     """
-    from poetgen.verse.corpus_tools import build_corpus, download, extract_members, manifest
+    from poetgen.verse.corpus_tools import (BuildOptions, build_corpus, download, extract_members,
+                                            manifest)
     from poetgen.app.progress import progress_bar
 
     entry = dict(manifest(manifest_path).get(name) or {}) if not url else {}
@@ -623,9 +626,10 @@ def corpus_fetch(name, url, sha256, dest, manifest_path):
         download(entry["url"], archive, entry.get("sha256"), bar)
     raw = extract_members(archive, entry["members"], dest / "raw" / name)
     b = entry.get("build", {})
-    forms = {f.strip() for f in b["forms"].split(",")} if b.get("forms") else None
-    report = build_corpus(raw, dest / f"{name}.txt", forms, b.get("simplified", False),
-                          b.get("dedupe", False), b.get("strip_notes", False))
+    forms = frozenset(f.strip() for f in b["forms"].split(",")) if b.get("forms") else None
+    options = BuildOptions(forms=forms, simplified=b.get("simplified", False),
+                           dedupe=b.get("dedupe", False), strip_notes=b.get("strip_notes", False))
+    report = build_corpus(raw, dest / f"{name}.txt", options)
     click.echo(f"wrote {dest / f'{name}.txt'} ({report.kept:,} of {report.read:,} poems)")
 
 

@@ -94,18 +94,26 @@ def read_text(path: str | Path) -> str:
     return text
 
 
-def split_lines(text: str, val_fraction: float) -> tuple[str, str]:
-    """Hold out about `val_fraction` of the lines, chosen by a hash of each line's text.
+def held_out(key: str, fraction: float) -> bool:
+    """Whether `key` belongs to the held-out (validation) share `fraction`, by a hash of its text.
 
-    Hashing (not position) makes the split deterministic, independent of line order, and keeps
-    duplicate lines on the same side. A text with too few lines for that falls back to holding
-    out its tail.
+    Hashing (not position) makes the split deterministic, independent of order, and keeps equal
+    keys on the same side. Used by `split_lines` (key: a line) and `corpus build --val-fraction`
+    (key: a group of poems sharing a verse line). round(), not a float comparison or int(): 0.07
+    means 700 of the 10,000 buckets, though 0.07 * 10_000 is 700.0000000000001.
+    """
+    return zlib.crc32(key.encode("utf-8")) % 10_000 < round(fraction * 10_000)
+
+
+def split_lines(text: str, val_fraction: float) -> tuple[str, str]:
+    """Hold out about `val_fraction` of the lines, chosen by `held_out` on each line's text.
+
+    A text with too few lines for that falls back to holding out its tail.
     """
     lines = text.splitlines(keepends=True)
-    bucket = int(val_fraction * 10_000)
     train, val = [], []
     for ln in lines:
-        (val if zlib.crc32(ln.encode("utf-8")) % 10_000 < bucket else train).append(ln)
+        (val if held_out(ln, val_fraction) else train).append(ln)
     if not train or not val:
         cut = max(1, int(len(text) * (1 - val_fraction)))
         return text[:cut], text[cut:]
