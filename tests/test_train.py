@@ -8,7 +8,7 @@ import torch
 
 from poetgen.lm.checkpoint import load_checkpoint
 from poetgen.lm.config import ModelConfig, TrainConfig
-from poetgen.lm.corpus import Vocab, encode_tensor
+from poetgen.lm.corpus import Vocab, prepare_text
 from poetgen.errors import CheckpointError, ConfigError, NonFiniteLossError
 from poetgen.lm.train import Callbacks, TrainingInterrupted, learning_rate, train
 
@@ -16,9 +16,8 @@ from conftest import TINY_MODEL, TINY_TRAIN
 
 
 def setup(text):
-    vocab = Vocab.build(text)
-    ids = encode_tensor(vocab, text)
-    return ids, ids[:150], vocab
+    data = prepare_text(text, text[:150], TrainConfig())
+    return data.train_ids, data.val_ids, data.vocab
 
 
 def run(tmp, text, resume=False, callbacks=None, **overrides):

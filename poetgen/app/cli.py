@@ -136,7 +136,7 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_
     Ctrl-C saves `last` and exits; --resume continues exactly where it stopped.
     """
     from poetgen.lm import checkpoint as ckpt_mod
-    from poetgen.lm.corpus import Vocab, encode_tensor, read_text, split_lines
+    from poetgen.lm.corpus import Vocab, prepare
     from poetgen.lm.train import TrainingInterrupted
     from poetgen.lm.train import train as run_training
 
@@ -160,21 +160,15 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_
     source = out_dir / "last.safetensors" if resume else init_from
     meta = ckpt_mod.read_meta(source) if source else None
     model_config, config = run_configs(values, meta, keep="all" if resume else "shape")
-    vocab = Vocab.from_list(meta["vocab"]) if meta else None
-    text = read_text(corpus)
-    if val_path:
-        train_text, val_text = text, read_text(val_path)
-    else:
-        train_text, val_text = split_lines(text, config.val_fraction)
-    vocab = vocab or Vocab.build(train_text, config.min_count, config.max_vocab)
-    train_ids, val_ids = encode_tensor(vocab, train_text), encode_tensor(vocab, val_text)
+    data = prepare(corpus, val_path, config, Vocab.from_list(meta["vocab"]) if meta else None)
 
     from poetgen.app.progress import TrainProgress
 
     progress = TrainProgress(err, config)
     try:
-        result = run_training(train_ids, val_ids, vocab, model_config, config, out_dir,
-                              resume=resume, callbacks=progress.callbacks(), init=init_from)
+        result = run_training(data.train_ids, data.val_ids, data.vocab, model_config, config,
+                              out_dir, resume=resume, callbacks=progress.callbacks(),
+                              init=init_from)
     except TrainingInterrupted as e:
         progress.close()
         err.print(f"[yellow]Interrupted at step {e.step}: saved {e.checkpoint}.[/] "

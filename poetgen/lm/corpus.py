@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from poetgen.errors import CorpusError
+from poetgen.lm.config import TrainConfig
 
 NEWLINE = "\n"
 UNK = "\ufffd"  # stands for every character outside the vocabulary (U+FFFD REPLACEMENT CHARACTER)
@@ -183,6 +184,38 @@ class Vocab:
 
 def encode_tensor(vocab: Vocab, text: str) -> torch.Tensor:
     return torch.tensor(vocab.encode(text), dtype=torch.long)
+
+
+# --------------------------------------------------------------------------------------------
+# Training data: the one way `poetgen train`, bench/ and the tests turn text into id streams
+
+
+@dataclass
+class TrainingData:
+    vocab: Vocab
+    train_ids: torch.Tensor  # 1-D, the whole training text
+    val_ids: torch.Tensor  # 1-D, the validation text (held-out lines, or the --val file)
+
+
+def prepare(train_path: str | Path, val_path: str | Path | None, config: TrainConfig,
+            vocab: Vocab | None = None) -> TrainingData:
+    """Read the training file (and the validation file, if any) and encode them: see prepare_text."""
+    return prepare_text(read_text(train_path), read_text(val_path) if val_path else None,
+                        config, vocab)
+
+
+def prepare_text(train_text: str, val_text: str | None, config: TrainConfig,
+                 vocab: Vocab | None = None) -> TrainingData:
+    """Encode a training text and its validation text for `train`.
+
+    Without `val_text`, `config.val_fraction` of the training lines are held out (`split_lines`).
+    The vocabulary is built from the training side only, with `config.min_count` and
+    `config.max_vocab`, unless `vocab` is given (a resumed or --init run keeps its checkpoint's).
+    """
+    if val_text is None:
+        train_text, val_text = split_lines(train_text, config.val_fraction)
+    vocab = vocab or Vocab.build(train_text, config.min_count, config.max_vocab)
+    return TrainingData(vocab, encode_tensor(vocab, train_text), encode_tensor(vocab, val_text))
 
 
 # --------------------------------------------------------------------------------------------
