@@ -105,3 +105,18 @@ def test_token_bits_add_up_to_the_streamed_evaluation():
     assert bits.shape == (ids.numel(),) and m.training  # the mode is restored
     total = evaluate_ids(m, [ids[:100], ids[100:]])  # the split does not change the stream
     assert float(bits.sum()) == pytest.approx(total.bpc * total.chars, rel=1e-5)
+
+
+def test_evaluating_restores_the_training_mode_even_on_error():
+    from poetgen.lm.model import evaluating
+
+    m = CharLSTM(ModelConfig(vocab_size=40, hidden_size=24, embed_size=8, cutoffs=()))
+    with pytest.raises(RuntimeError):
+        with evaluating(m):
+            assert not m.training and not m.lstm.training
+            raise RuntimeError("interrupted")
+    assert m.training and m.lstm.training
+    m.eval()
+    with evaluating(m):
+        pass
+    assert not m.training  # a model in eval mode stays there
