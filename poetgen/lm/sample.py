@@ -30,6 +30,10 @@ class Sample:
     def mean_logprob(self) -> float:
         return self.logprob / max(1, self.num_chars)
 
+    def to_dict(self) -> dict:
+        """The JSON row of `poetgen sample --json`."""
+        return {"text": self.text, "mean_logprob": round(self.mean_logprob, 4), "seed": self.seed}
+
 
 def new_seed() -> int:
     return secrets.randbelow(2**31)

@@ -28,7 +28,7 @@ from poetgen.errors import ConstraintError
 from poetgen.lm.model import CharLSTM, stepwise
 from poetgen.verse.prosody import (COMMA, PERIOD, PING, ZE, Form, Template, free_positions, get_form,
                              han_only, is_han, scheme, split_verse, templates)
-from poetgen.lm.sample import check_sampling_args, draw, filter_logits, new_seed, prime_model
+from poetgen.lm.sample import Sample, check_sampling_args, draw, filter_logits, new_seed, prime_model
 
 ANY, NONE = 2, 3  # tone requirement codes besides 0 = 平 and 1 = 仄
 
@@ -293,17 +293,16 @@ def _template_conflict(k, tpl, positions, fixed, vocab, tone_req, tone_ok, rhyme
 
 
 @dataclass
-class Poem:
-    text: str
-    logprob: float  # model log-probability (nats, temperature 1) of the poem and its end
-    num_chars: int
-    seed: int
-    template: str | None  # the tonal template it follows (None with --tones off)
-    rhyme_group: str | None
+class Poem(Sample):
+    """A constrained poem: the text and its score (see Sample), and how it met the constraints."""
 
-    @property
-    def mean_logprob(self) -> float:
-        return self.logprob / max(1, self.num_chars)
+    form: str = ""  # 五绝 五律 七绝 七律
+    template: str | None = None  # the tonal template it follows (None with --tones off)
+    rhyme_group: str | None = None  # the group(s) its rhymes share (None without rhyme)
+
+    def to_dict(self) -> dict:
+        return super().to_dict() | {"form": self.form, "template": self.template,
+                                    "rhyme_group": self.rhyme_group}
 
 
 class _Hyps:
@@ -455,8 +454,9 @@ def _poem(c: Compiled, h: _Hyps, j: int, seed: int) -> Poem:
     alive = [k for k in range(len(c.templates)) if h.alive[j, k]]
     tpl = c.templates[alive[0]] if alive and c.templates[alive[0]] is not None else None
     groups = [c.group_names[g] for g in range(len(c.group_names)) if h.cand[j, g]] if c.group_names else []
-    return Poem(text, float(h.logprob[j]), len(ids), seed, tpl.name if tpl else None,
-                "/".join(groups) if c.spec.rhyme and len(groups) <= 3 else None)
+    return Poem(text, float(h.logprob[j]), len(ids), seed, form=c.spec.form.name,
+                template=tpl.name if tpl else None,
+                rhyme_group="/".join(groups) if c.spec.rhyme and len(groups) <= 3 else None)
 
 
 class Stepper:
