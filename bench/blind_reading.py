@@ -69,7 +69,10 @@ def make(generated_file: Path, sheet: Path, key: Path, seed: int) -> None:
     sheet.parent.mkdir(parents=True, exist_ok=True)
     key.parent.mkdir(parents=True, exist_ok=True)
     sheet.write_text(INSTRUCTIONS.format(n=len(items)) + body, encoding="utf-8")
-    key.write_text(json.dumps({str(i): {"source": src, "poem": poem}
+    val_lines = {p: i for i, p in enumerate((SHARED / "tang_val.txt").read_text(encoding="utf-8").splitlines(), 1)}
+    # Real poems are named by their line in tang_val.txt, so the key holds no corpus text.
+    key.write_text(json.dumps({str(i): {"source": src, "poem": poem} if src == "generated" else
+                               {"source": src, "tang_val_line": val_lines[poem]}
                                for i, (poem, src) in enumerate(items, 1)}, ensure_ascii=False, indent=1),
                    encoding="utf-8")
     print(f"wrote {sheet} ({len(generated)} generated, {REAL_COUNT} real) and {key}")
