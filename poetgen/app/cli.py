@@ -7,6 +7,7 @@ traceback instead. Ctrl-C during training saves `last` and exits with 130.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -32,7 +33,8 @@ class PoetgenGroup(click.Group):
         except PoetgenError as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            raise click.ClickException(str(e)) from None
+            rank = os.environ.get("RANK", "0")  # set by torchrun: say which process failed
+            raise click.ClickException(str(e) if rank == "0" else f"[rank {rank}] {e}") from None
 
 
 @click.group(cls=PoetgenGroup, invoke_without_command=True,
@@ -82,6 +84,9 @@ _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
     "--eval-every": ("eval_every", int, "Steps between validation + checkpoint."),
     "--min-count": ("min_count", int, "Rarer characters map to the unknown token."),
     "--max-vocab": ("max_vocab", int, "Keep at most this many characters (0 = all)."),
+    "--init-max-unknown": ("init_max_unknown", float,
+                           "With --init: refuse a corpus with a larger share of characters outside "
+                           "the checkpoint's vocabulary (1 = never refuse)."),
     "--val-fraction": ("val_fraction", float, "Share of lines held out when --val is not given."),
     "--seed": ("seed", int, "Random seed (weights, dropout)."),
     "--precision": ("precision", click.Choice(["fp32", "bf16"]),
@@ -89,19 +94,29 @@ _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
 }
 
 
-def _train_options(f):
-    for flag, (name, typ, help_text) in reversed(_TRAIN_FLAGS.items()):
-        default = getattr(ModelConfig(), name, None)
-        default = getattr(TrainConfig(), name, default)
-        f = click.option(flag, name, type=typ, default=None,
-                         help=f"{help_text} [default: {default}]")(f)
-    return f
+def _train_options(f=None, only: tuple[str, ...] | None = None):
+    """The options of _TRAIN_FLAGS (or of the fields `only`), each defaulting to None (not given)."""
+    def decorate(f):
+        for flag, (name, typ, help_text) in reversed(_TRAIN_FLAGS.items()):
+            if only is not None and name not in only:
+                continue
+            default = getattr(ModelConfig(), name, None)
+            default = getattr(TrainConfig(), name, default)
+            f = click.option(flag, name, type=typ, default=None,
+                             help=f"{help_text} [default: {default}]")(f)
+        return f
+    return decorate(f) if f is not None else decorate
+
+
+# Settings a prepared corpus fixes when it is encoded (its vocabulary and validation share).
+ENCODE_SETTINGS = ("min_count", "max_vocab", "val_fraction")
 
 
 @cli.command()
 @click.argument("corpus", type=click.Path(path_type=Path))
 @click.option("--val", "val_path", type=click.Path(path_type=Path),
-              help="Validation text. Default: a fixed share of CORPUS's lines (--val-fraction).")
+              help="Validation text. Default: a fixed share of CORPUS's lines (--val-fraction), "
+                   "or a prepared CORPUS's own validation ids.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path),
               help="Run directory for best/last checkpoints and metrics.csv. [default: checkpoints/CORPUS-NAME]")
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
@@ -123,7 +138,7 @@ def _train_options(f):
 @click.pass_context
 def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_weights, resume,
           init_from, **flags):
-    """Train a model on CORPUS (UTF-8 text, one poem per line).
+    """Train a model on CORPUS (UTF-8 text, one poem per line, or a prepared corpus directory).
 
     \b
     Examples:
@@ -131,14 +146,20 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_
       poetgen train tang_train.txt --val tang_val.txt --time-budget 1h --out checkpoints/tang
       poetgen train corpus.txt --out checkpoints/tang --resume   # continue after Ctrl-C
       poetgen train corpus.txt --init checkpoints/tang --dropout 0.4 --out checkpoints/tang2
+      poetgen corpus encode big.txt -o corpora/big && poetgen train corpora/big   # > memory
+      torchrun --standalone --nproc-per-node 2 -m poetgen train corpora/big      # 2 processes
 
     Shows a progress bar; at every evaluation prints validation bits per character (bpc, lower is
     better) and a short sample, and saves best.safetensors (lowest val bpc) and last.safetensors.
-    Ctrl-C saves `last` and exits; --resume continues exactly where it stopped.
+    Ctrl-C saves `last` and exits; --resume continues exactly where it stopped. Under torchrun,
+    the processes share out --batch-size and rank 0 alone prints and writes (README "Training at
+    scale").
     """
     from poetgen.lm import checkpoint as ckpt_mod
-    from poetgen.lm.corpus import Vocab, prepare
-    from poetgen.lm.train import TrainingInterrupted
+    from poetgen.lm import distributed
+    from poetgen.lm.corpus import Vocab
+    from poetgen.lm.prepared import is_prepared, load_training_data, open_prepared
+    from poetgen.lm.train import TrainingInterrupted, pick_device
     from poetgen.lm.train import train as run_training
 
     values = load_toml(config_file) if config_file else {}
@@ -153,6 +174,15 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_
     if limits_given:  # explicit limits replace the default 10-minute budget
         for k in ("epochs", "max_steps", "time_budget"):
             values.setdefault(k, 0)
+    if is_prepared(corpus):  # its vocabulary and validation share were fixed when it was encoded
+        encoded = open_prepared(corpus).meta
+        for name in ENCODE_SETTINGS:
+            if encoded[name] is None:
+                continue
+            if name in values and values[name] != encoded[name]:
+                raise ConfigError(f"{corpus} was encoded with {name} = {encoded[name]}; drop "
+                                  f"--{name.replace('_', '-')}, or encode it again with it")
+            values[name] = encoded[name]
     out_dir = out_dir or Path("checkpoints") / corpus.stem
     if resume and init_from:
         raise ConfigError("--resume continues a run that already has its weights; drop --init")
@@ -161,24 +191,33 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_
     source = out_dir / "last.safetensors" if resume else init_from
     meta = ckpt_mod.read_meta(source) if source else None
     model_config, config = run_configs(values, meta, keep="all" if resume else "shape")
-    data = prepare(corpus, val_path, config, Vocab.from_list(meta["vocab"]) if meta else None)
 
     from poetgen.app.progress import TrainProgress
 
-    progress = TrainProgress(err, config)
-    try:
-        result = run_training(data.train_ids, data.val_ids, data.vocab, model_config, config,
-                              out_dir, resume=resume, callbacks=progress.callbacks(),
-                              init=init_from)
-    except TrainingInterrupted as e:
-        progress.close()
-        err.print(f"[yellow]Interrupted at step {e.step}: saved {e.checkpoint}.[/] "
-                  f"Continue with: poetgen train {corpus} --out {out_dir} --resume")
-        ctx.exit(130)
-    finally:
-        progress.close()
-    err.print(f"Done: {result.steps} steps, best val bpc {result.best_val_bpc:.4f}, "
-              f"checkpoints in {result.run_dir}/ (best.safetensors, last.safetensors, metrics.csv)")
+    # One process, or one of several that torchrun started: then rank 0 alone prints.
+    with distributed.session(pick_device(config.device).type) as world:
+        data = load_training_data(corpus, val_path, config,
+                                  Vocab.from_list(meta["vocab"]) if meta else None)
+        progress = TrainProgress(err, config) if world.is_main else None
+        try:
+            result = run_training(data.train_ids, data.val_ids, data.vocab, model_config, config,
+                                  out_dir, resume=resume, init=init_from,
+                                  callbacks=progress.callbacks() if progress else None)
+        except TrainingInterrupted as e:
+            if progress:
+                progress.close()
+                again = f"poetgen train {corpus} --out {out_dir} --resume"
+                err.print(f"[yellow]Interrupted at step {e.step}: saved {e.checkpoint}.[/] "
+                          "Continue with: " + (again if world.size == 1 else
+                                               f"the same torchrun command, running -m {again}"))
+            ctx.exit(130)
+        finally:
+            if progress:
+                progress.close()
+    if world.is_main:
+        err.print(f"Done: {result.steps} steps, best val bpc {result.best_val_bpc:.4f}, "
+                  f"checkpoints in {result.run_dir}/ (best.safetensors, last.safetensors, "
+                  "metrics.csv)")
 
 
 # ----------------------------------------------------------------------------------------------

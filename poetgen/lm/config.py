@@ -65,6 +65,7 @@ class TrainConfig:
     sample_chars: int = 80  # length of the sample shown at each evaluation
     min_count: int = 1  # characters seen fewer times than this map to the unknown token
     max_vocab: int = 0  # keep at most this many characters (most frequent); 0 = all
+    init_max_unknown: float = 0.01  # --init refuses a corpus with a larger share outside its vocabulary
     val_fraction: float = 0.05  # share of lines held out when no --val file is given
     device: str = "auto"  # auto | cpu | cuda | mps
     precision: str = "fp32"  # "bf16": CUDA autocast (faster wide matmuls, coarser recurrence)
@@ -80,6 +81,7 @@ class TrainConfig:
                "set at least one of epochs, max_steps or time_budget, or training never ends")
         _check(self.eval_every >= 1, "eval_every must be at least 1")
         _check(0 < self.val_fraction < 1, "val_fraction must be between 0 and 1")
+        _check(0 <= self.init_max_unknown <= 1, "init_max_unknown must be between 0 and 1")
         _check(self.device in ("auto", "cpu", "cuda", "mps"), "device must be auto, cpu, cuda or mps")
         _check(self.precision in ("fp32", "bf16"), "precision must be fp32 or bf16")
 

@@ -10,12 +10,15 @@ The loop is the classic one from pytorch/examples' word_language_model:
 Everything a resumed run needs is in `last.safetensors`: weights, optimizer moments, the carried
 LSTM state and the RNG state. The data position and learning rate follow from the step count and
 the elapsed time, so a run interrupted and resumed ends with the same weights as one that was not.
+
+Launched by torchrun with several processes, the same loop trains with DistributedDataParallel:
+each rank reads its share of the streams, and rank 0 alone evaluates, saves and reports. What the
+ranks share, and when, is in distributed.py.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import math
 import signal
 import threading
@@ -27,11 +30,14 @@ from pathlib import Path
 
 import torch
 
-from poetgen.errors import CheckpointError, NonFiniteLossError
+from poetgen.errors import CheckpointError, ConfigError, NonFiniteLossError
 from poetgen.files import atomic_open
+from poetgen.lm import distributed
 from poetgen.lm.checkpoint import load_checkpoint, save_checkpoint
 from poetgen.lm.config import REGULARIZATION, ModelConfig, TrainConfig, to_dict
-from poetgen.lm.corpus import Vocab, batchify, get_chunk, num_chunks
+from poetgen.lm.corpus import (Ids, Streams, Vocab, as_array, count_id, fingerprint, id_pieces,
+                               tail_after_newline)
+from poetgen.lm.distributed import World
 from poetgen.lm.evaluate import LN2, evaluate_ids
 from poetgen.lm.model import CharLSTM, State, burn_in_start_state, evaluating
 from poetgen.lm.sample import generate
@@ -149,26 +155,35 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
     opt.load_state_dict(state_dict)
 
 
-def corpus_fingerprint(ids: torch.Tensor) -> str:
-    return hashlib.sha256(ids.numpy().tobytes()).hexdigest()[:16]
+def unknown_share(ids: Ids, vocab: Vocab) -> float:
+    """The share of `ids` that are the unknown token (characters outside `vocab`)."""
+    return count_id(ids, vocab.unk_id) / max(1, len(as_array(ids)))
 
 
-def burn_in_ids(train_ids: torch.Tensor, vocab: Vocab, length: int = 2048) -> torch.Tensor:
-    """The last `length` training characters, ending just after the last newline."""
-    ids = train_ids
-    newline = vocab.newline_id
-    if newline is not None:
-        ends = (ids == newline).nonzero()
-        if ends.numel():
-            ids = ids[: int(ends[-1]) + 1]
-    return ids[-length:]
+def check_init_coverage(ids: Ids, vocab: Vocab, config: TrainConfig, source: str | Path) -> float:
+    """The share of a fine-tuning corpus outside the --init checkpoint's vocabulary; refuses one
+    above `config.init_max_unknown`, since every such character trains as the unknown token."""
+    share = unknown_share(ids, vocab)
+    if share > config.init_max_unknown:
+        raise ConfigError(
+            f"{100 * share:.1f}% of the training characters are outside the vocabulary of "
+            f"{source} ({len(vocab) - 1:,} characters) and would all train as the unknown token "
+            f"(the limit is {100 * config.init_max_unknown:g}%); fine-tune on text in the "
+            "checkpoint's script and language, or pass --init-max-unknown 1 to train anyway")
+    return share
 
 
 class _StopFlag:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps, so a step is never torn."""
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps, so a step is never torn.
 
-    def __init__(self):
+    A second signal is final (the default handler: Ctrl-C twice quits at once), except under a
+    launcher (`final_second=False`): torchrun forwards the Ctrl-C that the terminal also sent to
+    every process, so each gets two at once, and it kills the processes itself if they are slow.
+    """
+
+    def __init__(self, final_second: bool = True):
         self.signal: int | None = None
+        self.final_second = final_second
         self._previous = {}
 
     def __enter__(self):
@@ -179,7 +194,8 @@ class _StopFlag:
 
     def _handle(self, signum, frame):
         self.signal = signum
-        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))  # a second press is final
+        if self.final_second:
+            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -197,6 +213,7 @@ class _Run:
     elapsed: float = 0.0  # seconds of training (evaluations not counted)
     best: float = math.inf  # lowest validation bpc so far
     init: dict | None = None  # where the starting weights came from, when not random
+    world_size: int = 1  # processes (ranks) that trained it, last
 
 
 @dataclass(frozen=True)
@@ -218,10 +235,14 @@ class _Checkpoints:
     def best(self) -> Path:
         return self.run_dir / "best.safetensors"
 
-    def save_last(self, run: _Run, val_bpc: float) -> None:
-        """Weights plus everything an exact resume needs: optimizer moments, state, RNG."""
+    def save_last(self, run: _Run, val_bpc: float, state: State, rngs: torch.Tensor) -> None:
+        """Weights plus everything an exact resume needs: optimizer moments, the LSTM state of
+        every stream `state` (L, batch_size, ·) and the RNG state of every rank `rngs` (ranks, n)
+        (see distributed.gather_state)."""
         extra = optimizer_tensors(run.optimizer)
-        extra.update(train_h=run.state[0], train_c=run.state[1], rng=torch.get_rng_state())
+        extra.update(train_h=state[0], train_c=state[1], rng=rngs[0].clone())
+        if len(rngs) > 1:
+            extra["rng_ranks"] = rngs
         save_checkpoint(self.last, run.model, self.vocab, self._meta(run, val_bpc), extra)
 
     def save_best(self, run: _Run, val_bpc: float) -> None:
@@ -233,7 +254,7 @@ class _Checkpoints:
                 "training": {"step": run.step, "elapsed": run.elapsed,
                              "best_val_bpc": finite(run.best), "val_bpc": finite(val_bpc),
                              "corpus": self.corpus, "epochs": run.step / self.chunks_per_epoch,
-                             "train_chars": self.train_chars}}
+                             "train_chars": self.train_chars, "world_size": run.world_size}}
 
 
 class Throughput:
@@ -269,33 +290,46 @@ def sgd_step(model: CharLSTM, optimizer: torch.optim.Optimizer, x: torch.Tensor,
     Forward, loss, backward, clip the global gradient norm to `clip`, AdamW update at `lr`.
     Returns the loss (nats per character) and the state to carry into the next chunk. A loss that
     is not finite is returned without updating anything: the caller stops the run.
+    `model` may be a DistributedDataParallel around the model: backward then averages the
+    gradients over the ranks, and the loss returned (and checked) is the global batch's, the same
+    on every rank, so that all of them stop together on a loss that is not finite.
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
     state = (state[0].detach(), state[1].detach())  # keep the values, cut the graph
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         outputs, state = model(x, state)
-        loss = model.loss(outputs, y)
-    if not torch.isfinite(loss):
-        return loss.item(), state
+        loss = distributed.unwrap(model).loss(outputs, y)
+    global_loss = distributed.mean(loss.detach())
+    if not torch.isfinite(global_loss):
+        return global_loss.item(), state
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
-    return loss.item(), state
+    return global_loss.item(), state
 
 
-def evaluate_and_save(run: _Run, checkpoints: _Checkpoints, val_ids: torch.Tensor,
-                      burn_ids: torch.Tensor) -> float:
+def evaluate_and_save(run: _Run, checkpoints: _Checkpoints, val_ids: Ids, burn_ids: torch.Tensor,
+                      snapshot: tuple[State, torch.Tensor]) -> float:
     """Validation bpc (from a start state burned in anew); saves `best` when it is the lowest so
-    far, and `last` always."""
+    far, and `last` always, with the streams' states and RNG states `snapshot` (gather_state)."""
     burn_in_start_state(run.model, burn_ids)
-    val_bpc = evaluate_ids(run.model, [val_ids]).bpc
+    val_bpc = evaluate_ids(run.model, id_pieces(val_ids)).bpc
     if val_bpc < run.best:
         run.best = val_bpc
         checkpoints.save_best(run, val_bpc)
-    checkpoints.save_last(run, val_bpc)
+    checkpoints.save_last(run, val_bpc, *snapshot)
     return val_bpc
+
+
+def save_last(run: _Run, checkpoints: _Checkpoints, world: World, val_bpc: float) -> None:
+    """Save `last` where the run stands. Every rank calls it: the streams' states and RNG states
+    are gathered to rank 0, which writes; the others wait until the file is in place."""
+    snapshot = distributed.gather_state(world, run.state)
+    if world.is_main:
+        checkpoints.save_last(run, val_bpc, *snapshot)
+    distributed.barrier(world)
 
 
 def preview(model: CharLSTM, vocab: Vocab, config: TrainConfig, step: int) -> str:
@@ -314,9 +348,11 @@ def total_steps(config: TrainConfig, chunks_per_epoch: int) -> int | None:
 
 def _start_run(vocab: Vocab, model_config: ModelConfig, config: TrainConfig, last_path: Path,
                fingerprint: str, device: torch.device, resume: bool,
-               init: str | Path | None) -> _Run:
-    """A new run (random or `init` weights), or the run saved in `last_path` (resume)."""
+               init: str | Path | None, world: World) -> _Run:
+    """A new run (random or `init` weights), or the run saved in `last_path` (resume), with the
+    LSTM state of this rank's streams."""
     torch.manual_seed(config.seed)
+    streams = world.streams(config.batch_size)
     if not resume:
         if last_path.exists():
             raise CheckpointError(f"{last_path.parent} already holds a run; pass --resume to "
@@ -327,70 +363,110 @@ def _start_run(vocab: Vocab, model_config: ModelConfig, config: TrainConfig, las
         else:
             model = CharLSTM(replace(model_config, vocab_size=len(vocab)))
         model = model.to(device)
-        return _Run(model, make_optimizer(model, config), model.zero_state(config.batch_size),
-                    init=init_meta)
+        if world.size > 1:  # the same weights on every rank, but each its own dropout masks
+            torch.manual_seed(config.seed + 1 + world.rank)
+        return _Run(model, make_optimizer(model, config), model.zero_state(len(streams)),
+                    init=init_meta, world_size=world.size)
     ckpt = load_checkpoint(last_path, device=device, with_extra=True)
     training = ckpt.meta.get("training", {})
     if training.get("corpus") != fingerprint:
         raise CheckpointError(f"{last_path}: was trained on a different corpus or vocabulary; "
                               "resume with the same CORPUS, or start a new --out directory")
+    h, c = ckpt.extra["train_h"], ckpt.extra["train_c"]  # (L, batch_size, ·): every stream
+    if h.size(1) != config.batch_size:
+        raise CheckpointError(f"{last_path}: was trained with batch_size {h.size(1)}; --resume "
+                              "keeps it (drop --batch-size), or start a new --out directory")
     optimizer = make_optimizer(ckpt.model, config)
     restore_optimizer(optimizer, {k: v.to(device) for k, v in ckpt.extra.items()})
-    torch.set_rng_state(ckpt.extra["rng"])
+    saved_world = training.get("world_size", 1)
+    if saved_world == world.size:  # each rank continues its own random numbers
+        rngs = ckpt.extra.get("rng_ranks", ckpt.extra["rng"].unsqueeze(0))
+        torch.set_rng_state(rngs[world.rank].clone())  # its own storage: set_rng_state wants it
+    else:  # see resume_note
+        torch.manual_seed(config.seed + 1 + world.rank + world.size * training["step"])
     best = training["best_val_bpc"]
-    return _Run(ckpt.model, optimizer,
-                (ckpt.extra["train_h"].to(device), ckpt.extra["train_c"].to(device)),
+    part = slice(streams.start, streams.stop)
+    return _Run(ckpt.model, optimizer, (h[:, part].to(device), c[:, part].to(device)),
                 training["step"], training["elapsed"], math.inf if best is None else best,
-                ckpt.meta.get("init"))
+                ckpt.meta.get("init"), saved_world)
 
 
-def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_config: ModelConfig,
+def resume_note(saved_world: int, world: World, model_config: ModelConfig) -> str | None:
+    """What a resume with another number of processes than the run was saved by does (None when
+    the number is the same: the run then continues exactly)."""
+    if saved_world == world.size:
+        return None
+    random = model_config.dropout > 0 or model_config.weight_drop > 0
+    processes = lambda n: f"{n} process" + ("es" if n != 1 else "")  # noqa: E731
+    return (f"resuming a run saved by {processes(saved_world)} with {processes(world.size)}: the "
+            "streams are shared out anew, each keeping its LSTM state, and the weights, "
+            "optimizer, data position and schedule continue where they were; " +
+            ("the dropout masks come from new random seeds, so the run ends as a run with "
+             "another seed would, not exactly as it would have" if random else
+             "this model draws no random numbers (no dropout), so the run ends as it would "
+             "have, up to float rounding"))
+
+
+def train(train_ids: Ids, val_ids: Ids, vocab: Vocab, model_config: ModelConfig,
           config: TrainConfig, run_dir: str | Path, resume: bool = False,
           callbacks: Callbacks | None = None, init: str | Path | None = None) -> TrainResult:
     """Train (or resume) a model on `train_ids`, validating on `val_ids`, saving into `run_dir`.
 
+    The ids are tensors, or memory-mapped arrays of a prepared corpus (read a chunk at a time).
     `init` starts from a trained checkpoint's weights instead of random ones (a second stage
     with new settings, or fine-tuning): its shapes and vocabulary must match, and only the
     shape-free REGULARIZATION fields (dropout, weight_drop) are taken from `model_config`. The
-    optimizer and schedule start afresh.
+    optimizer and schedule start afresh. A corpus with more than `config.init_max_unknown` of
+    its characters outside the checkpoint's vocabulary is refused (check_init_coverage).
+
+    In a process group (torchrun), every rank calls this with the same arguments; callbacks
+    matter on rank 0 only, which alone writes into `run_dir` (see distributed.py).
     """
     # -- setup: the device, the data as parallel streams, the model and optimizer ---------------
     cb = callbacks or Callbacks()
     config.validate()
-    device = pick_device(config.device)
+    world = distributed.current()
+    device = distributed.local_device(pick_device(config.device), world)
     if device.type == "cuda":  # TF32 matmuls: float32 range and accumulation, several times faster
         torch.set_float32_matmul_precision("high")
     bf16 = device.type == "cuda" and config.precision == "bf16"
-    data = batchify(train_ids, config.batch_size).to(device)  # (rows, B)
-    chunks = num_chunks(data, config.bptt)
-    val_ids, burn_ids = val_ids.cpu(), burn_in_ids(train_ids, vocab)
-    checkpoints = _Checkpoints(Path(run_dir), vocab, config, corpus_fingerprint(train_ids),
-                               int(train_ids.numel()), chunks)
+    streams = Streams(train_ids, config.batch_size, config.bptt,
+                      world.streams(config.batch_size))  # this rank's share of them
+    chunks = len(streams)
+    burn_ids = tail_after_newline(train_ids, vocab, 2048)
+    train_chars = len(as_array(train_ids))
+    checkpoints = _Checkpoints(Path(run_dir), vocab, config, fingerprint(train_ids), train_chars,
+                               chunks)
     run = _start_run(vocab, model_config, config, checkpoints.last, checkpoints.corpus, device,
-                     resume, init)
+                     resume, init, world)
+    note = resume_note(run.world_size, world, run.model.config) if resume else None
+    run.world_size = world.size
+    unknown = check_init_coverage(train_ids, vocab, config, init) if init and not resume else None
     run.model.train()
+    net = distributed.data_parallel(run.model, world)  # the model, or DDP around it
     metrics_path = checkpoints.run_dir / "metrics.csv"
-    _prepare_metrics(metrics_path, keep_until=run.step if resume else -1)
+    if world.is_main:
+        _prepare_metrics(metrics_path, keep_until=run.step if resume else -1)
     steps = total_steps(config, chunks)
     cb.on_start({"device": str(device), "parameters": run.model.num_parameters(),
-                 "vocab": len(vocab), "train_chars": train_ids.numel(),
-                 "val_chars": val_ids.numel(), "chunks_per_epoch": chunks, "total_steps": steps,
-                 "start_step": run.step, "time_budget": config.time_budget})
+                 "vocab": len(vocab), "train_chars": train_chars,
+                 "val_chars": len(as_array(val_ids)), "chunks_per_epoch": chunks,
+                 "total_steps": steps, "start_step": run.step, "time_budget": config.time_budget,
+                 "world_size": world.size, "resume_note": note, "init_unknown_share": unknown})
 
     meter = Throughput()
     losses: list[float] = []  # training losses since the last evaluation
     last_val = math.nan
-    with _StopFlag() as stop:
+    with _StopFlag(final_second=not distributed.launched()) as stop:
         while (progress := run_progress(config, run.step, run.elapsed, chunks)) < 1.0:
             # -- one SGD step on the next chunk of every stream --------------------------------
             t0 = time.perf_counter()
             index = run.step % chunks
             if index == 0:  # a new pass starts the streams afresh
-                run.state = run.model.zero_state(config.batch_size)
-            x, y = get_chunk(data, index, config.bptt)
+                run.state = run.model.zero_state(len(streams.streams))
+            x, y = (t.to(device) for t in streams.chunk(index))
             lr = learning_rate(config, run.step, progress)
-            loss, run.state = sgd_step(run.model, run.optimizer, x, y, run.state, lr, config.clip,
-                                       bf16)
+            loss, run.state = sgd_step(net, run.optimizer, x, y, run.state, lr, config.clip, bf16)
             if not math.isfinite(loss):
                 raise NonFiniteLossError(
                     f"the training loss became {loss} at step {run.step + 1}; "
@@ -399,25 +475,33 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
             run.step += 1
             run.elapsed += time.perf_counter() - t0
             losses.append(loss)
-            meter.count(x.numel())
+            meter.count(x.numel() * world.size)  # every rank reads as much: chars/s of all
             cb.on_step(StepInfo(run.step, steps, loss, lr, meter.chars_per_s, run.elapsed))
 
-            # -- Ctrl-C or SIGTERM: save where we are, then stop -------------------------------
-            if stop.signal is not None:
-                checkpoints.save_last(run, last_val)
+            # -- Ctrl-C or SIGTERM (on any rank): save where we are, then stop -----------------
+            # Rank 0's clock and any rank's stop request are shared, so all ranks agree on both.
+            run.elapsed, stopping = distributed.agree(world, run.elapsed, stop.signal is not None,
+                                                      device)
+            if stopping:
+                save_last(run, checkpoints, world, last_val)
                 raise TrainingInterrupted(checkpoints.last, run.step)
 
             # -- every eval_every steps and at the end: validate, checkpoint, log, preview -----
             finished = run_progress(config, run.step, run.elapsed, chunks) >= 1.0
             if run.step % config.eval_every == 0 or finished:
+                snapshot = distributed.gather_state(world, run.state)  # on every rank
+                if not world.is_main:  # rank 0 alone evaluates and writes; the others go on
+                    losses.clear()
+                    continue
                 with meter.paused():
-                    last_val = evaluate_and_save(run, checkpoints, val_ids, burn_ids)
+                    last_val = evaluate_and_save(run, checkpoints, val_ids, burn_ids, snapshot)
                     sample = preview(run.model, vocab, config, run.step)
                     train_loss = sum(losses) / max(1, len(losses))
                     losses.clear()
                     _append_metrics(metrics_path, [run.step, train_loss, train_loss / LN2,
                                                    last_val, lr, meter.chars_per_s, run.elapsed])
                     cb.on_eval(EvalInfo(run.step, last_val, run.best, train_loss / LN2, sample))
+    distributed.barrier(world)  # the others wait for rank 0's last checkpoint
     return TrainResult(run.step, run.best, last_val, checkpoints.run_dir,
                        run.model.num_parameters(), meter.chars_per_s, run.elapsed)
 
