@@ -372,15 +372,16 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
     metrics_path = checkpoints.run_dir / "metrics.csv"
     _prepare_metrics(metrics_path, keep_until=run.step if resume else -1)
     steps = total_steps(config, chunks)
-    cb.on_start({"device": str(device), "parameters": run.model.num_parameters(),
-                 "vocab": len(vocab), "train_chars": train_ids.numel(),
-                 "val_chars": val_ids.numel(), "chunks_per_epoch": chunks, "total_steps": steps,
-                 "start_step": run.step, "time_budget": config.time_budget})
-
     meter = Throughput()
     losses: list[float] = []  # training losses since the last evaluation
     last_val = math.nan
     with _StopFlag() as stop:
+        # Announced once Ctrl-C is caught: from here on an interrupt saves `last`.
+        cb.on_start({"device": str(device), "parameters": run.model.num_parameters(),
+                     "vocab": len(vocab), "train_chars": train_ids.numel(),
+                     "val_chars": val_ids.numel(), "chunks_per_epoch": chunks,
+                     "total_steps": steps, "start_step": run.step,
+                     "time_budget": config.time_budget})
         while (progress := run_progress(config, run.step, run.elapsed, chunks)) < 1.0:
             # -- one SGD step on the next chunk of every stream --------------------------------
             t0 = time.perf_counter()
