@@ -25,7 +25,7 @@ import torch
 
 from poetgen.lm.corpus import NEWLINE, Vocab
 from poetgen.errors import ConstraintError
-from poetgen.lm.model import CharLSTM, stepwise
+from poetgen.lm.model import CharLSTM, evaluating, stepwise
 from poetgen.verse.prosody import (COMMA, PERIOD, PING, ZE, Form, Template, free_positions, get_form,
                                    han_only, is_han, line_end_mark, line_rhymes, scheme, split_verse,
                                    templates)
@@ -422,7 +422,13 @@ def generate_poems(model: CharLSTM, compiled: Compiled, n: int = 1, temperature:
     """
     check_sampling_args(temperature, top_k, top_p)
     seed = new_seed() if seed is None else seed
-    model.eval()
+    with evaluating(model):
+        return _generate_poems(model, compiled, n, temperature, top_k, top_p, seed, best_of, beam,
+                               novel_lines, max_rounds)
+
+
+def _generate_poems(model, compiled, n, temperature, top_k, top_p, seed, best_of, beam, novel_lines,
+                    max_rounds) -> list[Poem]:
     if beam:
         if n > beam:
             raise ConstraintError(f"--beam {beam} keeps {beam} candidates; ask for at most that many poems")
