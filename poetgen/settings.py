@@ -235,7 +235,8 @@ class GenerationSettings:
     def parse(cls, name: str, text: str, side: Side) -> Any:
         """The value of field `name` from `text`, or a ConfigError that names it as `side` does."""
         option = cls.options()[name]
-        low, high = option.limits.get(side, (None, None))
+        # Python callers get the command line's limits; the REPL may have its own.
+        low, high = option.limits.get(side) or option.limits.get("cli", (None, None))
         expects = option.expects.format(low=low, high=high)
         try:
             value = option.parse(text)

@@ -448,16 +448,17 @@ def train(train_ids: Ids, val_ids: Ids, vocab: Vocab, model_config: ModelConfig,
     if world.is_main:
         _prepare_metrics(metrics_path, keep_until=run.step if resume else -1)
     steps = total_steps(config, chunks)
-    cb.on_start({"device": str(device), "parameters": run.model.num_parameters(),
-                 "vocab": len(vocab), "train_chars": train_chars,
-                 "val_chars": len(as_array(val_ids)), "chunks_per_epoch": chunks,
-                 "total_steps": steps, "start_step": run.step, "time_budget": config.time_budget,
-                 "world_size": world.size, "resume_note": note, "init_unknown_share": unknown})
-
     meter = Throughput()
     losses: list[float] = []  # training losses since the last evaluation
     last_val = math.nan
     with _StopFlag(final_second=not distributed.launched()) as stop:
+        # Announced once Ctrl-C is caught: from here on an interrupt saves `last`.
+        cb.on_start({"device": str(device), "parameters": run.model.num_parameters(),
+                     "vocab": len(vocab), "train_chars": train_chars,
+                     "val_chars": len(as_array(val_ids)), "chunks_per_epoch": chunks,
+                     "total_steps": steps, "start_step": run.step,
+                     "time_budget": config.time_budget, "world_size": world.size,
+                     "resume_note": note, "init_unknown_share": unknown})
         while (progress := run_progress(config, run.step, run.elapsed, chunks)) < 1.0:
             # -- one SGD step on the next chunk of every stream --------------------------------
             t0 = time.perf_counter()
