@@ -505,7 +505,8 @@ def repl(ctx, checkpoint, **values):
 
 @cli.group()
 def corpus():
-    """Build training text from chinese-poetry JSON, inspect corpora, fetch known sources."""
+    """Build training text from chinese-poetry JSON, encode it for training at scale, inspect
+    corpora, fetch known sources."""
 
 
 @corpus.command("build")
@@ -550,6 +551,62 @@ def corpus_build(sources, out_path, forms, simplified, dedupe, strip_notes, min_
     err.print(table)
     for path, n in report.outputs.items():
         click.echo(f"wrote {path} ({n:,} poems)")
+
+
+@corpus.command("encode")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Directory for the prepared corpus (corpus.json and the id files).")
+@click.option("--val", "val_path", type=click.Path(path_type=Path), default=None,
+              help="Validation text. Default: a fixed share of the lines (--val-fraction).")
+@click.option("--vocab-from", "vocab_from", default=None, metavar="CHECKPOINT",
+              help="Use this checkpoint's vocabulary instead of building one (a corpus to "
+                   "fine-tune it on with `train --init`).")
+@_train_options(only=ENCODE_SETTINGS)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def corpus_encode(files, out_dir, val_path, vocab_from, as_json, **flags):
+    """Encode text FILES (one after another) into a prepared corpus OUT that `train` memory-maps.
+
+    For corpora larger than memory, or read by several training processes: `train` then reads
+    the token ids from disk as it goes instead of holding the text and its ids in memory. The
+    vocabulary (--min-count, --max-vocab) and the validation share are fixed here.
+
+    \b
+    Examples:
+      poetgen corpus encode corpora/song.txt corpora/tang_other.txt -o corpora/pretrain
+      poetgen corpus encode tang_train.txt --val tang_val.txt --vocab-from checkpoints/pre \\
+          -o corpora/tang-finetune
+      poetgen train corpora/pretrain --out checkpoints/pre
+    """
+    from poetgen.app.progress import progress_bar
+    from poetgen.lm import checkpoint as ckpt_mod
+    from poetgen.lm.corpus import Vocab
+    from poetgen.lm.prepared import encode_corpus
+
+    config = TrainConfig(**{k: v for k, v in flags.items() if v is not None})
+    config.validate()
+    vocab = None
+    if vocab_from:
+        vocab = Vocab.from_list(ckpt_mod.read_meta(ckpt_mod.resolve(vocab_from))["vocab"])
+    sizes = [p.stat().st_size for p in files if p.is_file()]
+    total = sum(sizes) * (1 if vocab else 2) + (val_path.stat().st_size if val_path and
+                                                val_path.is_file() else 0)
+    with progress_bar(total=total, unit="B", unit_scale=True, desc="encoding") as bar:
+        report = encode_corpus(files, out_dir, config, val_path, vocab, progress=bar.update)
+    summary = {"path": str(report.path), "vocab_size": len(report.vocab), "dtype": report.dtype,
+               "train_tokens": report.tokens["train"], "val_tokens": report.tokens["val"],
+               "unknown_share": {side: round(report.unknown[side] / report.tokens[side], 6)
+                                 for side in report.tokens}, "fingerprint": report.fingerprint}
+    if as_json:
+        click.echo(json.dumps(summary, ensure_ascii=False))
+        return
+    click.echo(f"wrote {report.path}/: {report.tokens['train']:,} training and "
+               f"{report.tokens['val']:,} validation ids ({report.dtype}), vocabulary "
+               f"{len(report.vocab):,}")
+    for side, share in summary["unknown_share"].items():
+        if share:
+            click.echo(f"  {100 * share:.3f}% of the {side} characters are outside the vocabulary "
+                       "(the unknown token)")
 
 
 @corpus.command("stats")

@@ -2,11 +2,12 @@
 
 `poetgen corpus encode FILE… -o DIR` reads UTF-8 text once or twice in pieces and writes
 
-    DIR/corpus.json             format, vocabulary, dtype, and for each side (train, val) its
-                                file, token count, fingerprint and unknown-token count; also the
-                                settings that made the vocabulary and the source files
-    DIR/train-<fingerprint>.ids the training ids, little-endian uint16 (uint32 when the vocabulary
-    DIR/val-<fingerprint>.ids   has more than 65,535 characters), one per character, no header
+    DIR/corpus.json                     format, vocabulary, dtype, and for each side (train, val)
+                                        its file, token count, fingerprint and unknown-token
+                                        count; the settings that made the vocabulary; the sources
+    DIR/train-<fingerprint>-uint16.ids  the training ids, little-endian uint16 (uint32 when the
+    DIR/val-<fingerprint>-uint16.ids    vocabulary has more than 65,535 characters), one per
+                                        character, no header
 
 `poetgen train DIR` maps the id files read-only (np.memmap) instead of loading them: pages are
 read as training reaches them and count as file-backed, not anonymous, memory, so the memory a
@@ -24,10 +25,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -108,8 +110,9 @@ def encode_corpus(train_paths: list[str | Path], out: str | Path, config: TrainC
         table[ord(ch)] = i
 
     out.mkdir(parents=True, exist_ok=True)
-    writers = {side: _IdWriter(out, side, dtype, vocab.unk_id) for side in ("train", "val")}
-    try:
+    with ExitStack() as stack:  # each side to a temporary file, kept only if all goes well
+        writers = {side: _IdWriter(stack.enter_context(atomic_open(out / f"{side}.partial", "wb")),
+                                   dtype, vocab.unk_id) for side in ("train", "val")}
         for side, text in sides():
             if text:
                 writers[side].write(table[_code_points(text)])
@@ -118,11 +121,10 @@ def encode_corpus(train_paths: list[str | Path], out: str | Path, config: TrainC
                 raise CorpusError(f"no {side} text: " + (
                     "the training files are empty" if side == "train" else
                     "too few lines to hold out a share; give a --val file"))
-        files = {side: w.finish() for side, w in writers.items()}
-    except BaseException:
-        for w in writers.values():
-            w.discard()
-        raise
+    files = {}
+    for side, w in writers.items():  # named by what they hold: see the module docstring
+        files[side] = out / f"{side}-{w.fingerprint.hexdigest()}-{np.dtype(dtype).name}.ids"
+        os.replace(out / f"{side}.partial", files[side])
     meta = {"format": FORMAT, "dtype": np.dtype(dtype).name, "vocab": list(vocab.chars),
             "min_count": config.min_count, "max_vocab": config.max_vocab,
             "val_fraction": None if val_path else config.val_fraction,
@@ -162,12 +164,10 @@ def _code_points(text: str) -> np.ndarray:
 
 
 class _IdWriter:
-    """Appends ids to a temporary file; `finish` names it by the fingerprint of what it holds."""
+    """Appends ids to a file, counting them and the unknown ones, and fingerprinting them."""
 
-    def __init__(self, out: Path, side: str, dtype: str, unk_id: int):
-        self.out, self.side, self.dtype, self.unk_id = out, side, dtype, unk_id
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{side}.", suffix=".tmp", dir=out)
-        self.file = os.fdopen(fd, "wb")
+    def __init__(self, file: IO[bytes], dtype: str, unk_id: int):
+        self.file, self.dtype, self.unk_id = file, dtype, unk_id
         self.tokens = self.unknown = 0
         self.fingerprint = Fingerprinter()
 
@@ -176,18 +176,6 @@ class _IdWriter:
         self.tokens += len(ids)
         self.unknown += int((ids == self.unk_id).sum())
         self.fingerprint.update(ids)
-
-    def finish(self) -> Path:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        target = self.out / f"{self.side}-{self.fingerprint.hexdigest()}.ids"
-        os.replace(self.tmp, target)
-        return target
-
-    def discard(self) -> None:
-        self.file.close()
-        Path(self.tmp).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------
