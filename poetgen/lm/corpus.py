@@ -245,7 +245,7 @@ def prepare_text(train_text: str, val_text: str | None, config: TrainConfig,
 # --------------------------------------------------------------------------------------------
 # Token ids in memory or memory-mapped: what `train` reads, whatever the corpus size
 
-PIECE_TOKENS = 1 << 22  # tokens per piece when a whole sequence is scanned (32 MiB as int64)
+PIECE_TOKENS = 1 << 20  # tokens per piece when a whole sequence is scanned (8 MiB as int64)
 
 
 def as_array(ids: Ids) -> np.ndarray:
@@ -271,7 +271,7 @@ class Fingerprinter:
         self._hash = hashlib.sha256()
 
     def update(self, ids: Ids) -> None:
-        self._hash.update(np.ascontiguousarray(as_array(ids), dtype="<i8").tobytes())
+        self._hash.update(np.ascontiguousarray(as_array(ids), dtype="<i8"))  # no copy if int64
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()[:16]
