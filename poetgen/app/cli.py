@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -71,6 +72,9 @@ _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
     "--proj-size": ("proj_size", int, "LSTM output projection size (0 = none)."),
     "--dropout": ("dropout", float, "Dropout on embeddings, between layers and before the softmax."),
     "--weight-drop": ("weight_drop", float, "DropConnect on the recurrent weights (AWD-LSTM)."),
+    "--text-kind": ("text_kind", click.Choice(["auto", "lines", "running"]),
+                    "What the corpus is: one document per line (poems), or running text (prose); "
+                    "decides how the model is evaluated. auto: running if it has blank lines."),
     "--softmax": ("softmax", click.Choice(["adaptive", "full"]), "Output layer."),
     "--bptt": ("bptt", int, "Characters per truncated-BPTT chunk."),
     "--batch-size": ("batch_size", int, "Parallel streams per step."),
@@ -80,9 +84,12 @@ _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
     "--epochs": ("epochs", float, "Stop after this many passes over the corpus (0 = no limit)."),
     "--max-steps": ("max_steps", int, "Stop after this many optimizer steps (0 = no limit)."),
     "--eval-every": ("eval_every", int, "Steps between validation + checkpoint."),
+    "--min-evals": ("min_evals", int, "Validate at least this many times in a run (every "
+                    "1/N of its step or time limit too)."),
     "--min-count": ("min_count", int, "Rarer characters map to the unknown token."),
     "--max-vocab": ("max_vocab", int, "Keep at most this many characters (0 = all)."),
-    "--val-fraction": ("val_fraction", float, "Share of lines held out when --val is not given."),
+    "--val-fraction": ("val_fraction", float, "Share held out when --val is not given: lines "
+                       "chosen by hash, or the end of running text."),
     "--seed": ("seed", int, "Random seed (weights, dropout)."),
     "--precision": ("precision", click.Choice(["fp32", "bf16"]),
                     "bf16: mixed precision, on CUDA only (fp32 elsewhere)."),
@@ -123,21 +130,24 @@ def _train_options(f):
 @click.pass_context
 def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_weights, resume,
           init_from, **flags):
-    """Train a model on CORPUS (UTF-8 text, one poem per line).
+    """Train a model on CORPUS: UTF-8 text, one poem per line, or running text (prose, a play).
 
     \b
     Examples:
       poetgen train corpus.txt                          # 10 minutes with the default model
+      poetgen train tinyshakespeare.txt --val-fraction 0.1   # running text: val is the last 10%
       poetgen train tang_train.txt --val tang_val.txt --time-budget 1h --out checkpoints/tang
       poetgen train corpus.txt --out checkpoints/tang --resume   # continue after Ctrl-C
       poetgen train corpus.txt --init checkpoints/tang --dropout 0.4 --out checkpoints/tang2
 
-    Shows a progress bar; at every evaluation prints validation bits per character (bpc, lower is
+    The kind of text (--text-kind) is detected from CORPUS and stored in the checkpoint: sampling,
+    evaluation and the REPL take their defaults from it (a poem model stops at the end of a poem,
+    a prose model writes on). Shows a progress bar; at every evaluation prints validation bits per character (bpc, lower is
     better) and a short sample, and saves best.safetensors (lowest val bpc) and last.safetensors.
     Ctrl-C saves `last` and exits; --resume continues exactly where it stopped.
     """
     from poetgen.lm import checkpoint as ckpt_mod
-    from poetgen.lm.corpus import Vocab, encode_tensor, read_text, split_lines
+    from poetgen.lm.corpus import Vocab, encode_tensor, read_text, split_text, text_kind_of
     from poetgen.lm.train import TrainingInterrupted
     from poetgen.lm.train import train as run_training
 
@@ -163,10 +173,12 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_
     model_config, config = run_configs(values, meta, keep="all" if resume else "shape")
     vocab = Vocab.from_list(meta["vocab"]) if meta else None
     text = read_text(corpus)
+    if model_config.text_kind == "auto":  # decided on the whole corpus, before it is split
+        model_config = replace(model_config, text_kind=text_kind_of(text))
     if val_path:
         train_text, val_text = text, read_text(val_path)
     else:
-        train_text, val_text = split_lines(text, config.val_fraction)
+        train_text, val_text = split_text(text, config.val_fraction, model_config.text_kind)
     vocab = vocab or Vocab.build(train_text, config.min_count, config.max_vocab)
     train_ids, val_ids = encode_tensor(vocab, train_text), encode_tensor(vocab, val_text)
 

@@ -29,7 +29,7 @@ import torch
 
 from poetgen.lm.checkpoint import load_checkpoint, save_checkpoint
 from poetgen.lm.config import REGULARIZATION, ModelConfig, TrainConfig, to_dict
-from poetgen.lm.corpus import Vocab, batchify, get_chunk, num_chunks
+from poetgen.lm.corpus import Vocab, batchify, detect_text_kind, get_chunk, num_chunks
 from poetgen.errors import CheckpointError, NonFiniteLossError
 from poetgen.lm.evaluate import evaluate_ids
 from poetgen.lm.model import CharLSTM, burn_in_start_state
@@ -115,6 +115,22 @@ def run_progress(cfg: TrainConfig, step: int, elapsed: float, chunks_per_epoch: 
     if cfg.time_budget:
         fractions.append(elapsed / cfg.time_budget)
     return max(fractions)
+
+
+def evaluation_due(cfg: TrainConfig, step: int, elapsed_before: float, elapsed: float,
+                   total_steps: int | None) -> bool:
+    """Whether the step that just ended (`step`, training time `elapsed_before` -> `elapsed`)
+    is followed by a validation: every `eval_every` steps, and every 1/`min_evals` of the run's
+    step limit or time budget, whichever comes first, so that a short run draws a curve."""
+    every = cfg.eval_every
+    if total_steps:
+        every = min(every, max(1, math.ceil(total_steps / cfg.min_evals)))
+    if step % every == 0:
+        return True
+    if cfg.time_budget:
+        interval = cfg.time_budget / cfg.min_evals
+        return int(elapsed // interval) > int(elapsed_before // interval)
+    return False
 
 
 def make_optimizer(model: CharLSTM, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -240,6 +256,8 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
     cb = callbacks or Callbacks()
     run_dir = Path(run_dir)
     config.validate()
+    if model_config.text_kind == "auto":  # the checkpoint records what was decided
+        model_config = replace(model_config, text_kind=detect_text_kind(train_ids, vocab.newline_id))
     device = pick_device(config.device)
     last_path, best_path = run_dir / "last.safetensors", run_dir / "best.safetensors"
     fingerprint = corpus_fingerprint(train_ids)
@@ -263,6 +281,7 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
     cb.on_start({"device": str(device), "parameters": model.num_parameters(), "vocab": len(vocab),
                  "train_chars": train_ids.numel(), "val_chars": val_ids.numel(),
                  "chunks_per_epoch": chunks, "total_steps": total_steps, "start_step": run.step,
+                 "text_kind": model.config.text_kind,
                  "time_budget": config.time_budget})
 
     def meta(val_bpc: float) -> dict:
@@ -292,7 +311,7 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
     loss_sum, loss_steps = 0.0, 0  # mean training loss since the last evaluation
     with _StopFlag() as stop:
         while (progress := run_progress(config, run.step, run.elapsed, chunks)) < 1.0:
-            t0 = time.perf_counter()
+            t0, elapsed_before = time.perf_counter(), run.elapsed
             index = run.step % chunks
             if index == 0:  # a new pass starts the streams afresh
                 run.state = model.zero_state(config.batch_size)
@@ -327,7 +346,8 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
             if stop.signal is not None:
                 save_last(last_val)
                 raise TrainingInterrupted(last_path, run.step)
-            if run.step % config.eval_every == 0 or finished:
+            if finished or evaluation_due(config, run.step, elapsed_before, run.elapsed,
+                                          total_steps):
                 t_eval = time.perf_counter()
                 last_val = validate_and_save()
                 sample = generate(model, vocab, n=1, max_chars=config.sample_chars,  # a preview
