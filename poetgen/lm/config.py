@@ -82,7 +82,7 @@ class TrainConfig:
     # one-document-per-line corpus, the last part of the text for running text (as char-rnn
     # and nanoGPT split tinyshakespeare), so that neighbouring lines do not leak into val.
     val_fraction: float = 0.05
-    device: str = "auto"  # auto | cpu | cuda | mps
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "fp32"  # "bf16": CUDA autocast (faster wide matmuls, coarser recurrence)
     seed: int = 1234  # seeds weights, dropout and sampling shown during training
 
@@ -97,8 +97,16 @@ class TrainConfig:
         _check(self.eval_every >= 1, "eval_every must be at least 1")
         _check(self.min_evals >= 1, "min_evals must be at least 1")
         _check(0 < self.val_fraction < 1, "val_fraction must be between 0 and 1")
-        _check(self.device in ("auto", "cpu", "cuda", "mps"), "device must be auto, cpu, cuda or mps")
+        _check(is_device_name(self.device), f"device must be {DEVICE_NAMES}, not {self.device!r}")
         _check(self.precision in ("fp32", "bf16"), "precision must be fp32 or bf16")
+
+
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N (the N-th GPU) or mps"
+
+
+def is_device_name(name: str) -> bool:
+    """A device poetgen can be asked for (whether this machine has it is pick_device's question)."""
+    return name in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", name) is not None
 
 
 def _check(ok: bool, message: str) -> None:

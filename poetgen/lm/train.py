@@ -85,16 +85,29 @@ class Callbacks:
 
 
 def pick_device(name: str) -> torch.device:
+    """The torch device for auto | cpu | cuda | cuda:N | mps, or a ConfigError saying what this
+    machine has instead."""
+    from poetgen.errors import ConfigError
+    from poetgen.lm.config import DEVICE_NAMES, is_device_name
+
+    if not is_device_name(name):
+        raise ConfigError(f"--device {name}: use {DEVICE_NAMES}")
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from poetgen.errors import ConfigError
-
-        raise ConfigError("--device cuda: no CUDA GPU is available here; use --device auto or cpu")
+        return torch.device("mps" if mps else "cpu")
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise ConfigError(f"--device {name}: no CUDA GPU is available here; "
+                              "use --device auto or cpu")
+        index = int(name.partition(":")[2] or 0)
+        if index >= count:
+            raise ConfigError(f"--device {name}: this machine has {count} CUDA GPU(s), "
+                              f"cuda:0 to cuda:{count - 1}")
+    if name == "mps" and not mps:
+        raise ConfigError("--device mps: Apple's MPS is not available here; use --device auto or cpu")
     return torch.device(name)
 
 

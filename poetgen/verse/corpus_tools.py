@@ -264,6 +264,9 @@ class _AtomicText:
     def __init__(self, path: Path):
         self.path = path
         fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a corpus is an ordinary file
         self.f = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
 
     def write(self, s: str) -> None:
