@@ -7,7 +7,6 @@ traceback instead. Ctrl-C during training saves `last` and exits with 130.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import replace
 from datetime import datetime
