@@ -55,7 +55,7 @@ def test_config_file_and_flags(runner, corpus_file, tmp_path):
                    'time_budget = "1m"\neval_every = 2\n')
     r = runner.invoke(cli, ["train", str(corpus_file), "--config", str(cfg), "--hidden-size", "16", "--out", "x"])
     assert r.exit_code == 0, r.output
-    info = json.loads(runner.invoke(cli, ["info", "x", "--json"]).stdout)
+    info = json.loads(runner.invoke(cli, ["info", "x/last.safetensors", "--json"]).stdout)
     assert info["config"]["hidden_size"] == 16 and info["config"]["embed_size"] == 8
     assert info["train_config"]["time_budget"] == 60 and info["training"]["step"] == 4
     bad = tmp_path / "bad.toml"
@@ -143,7 +143,8 @@ def test_resume_rejects_model_flags_and_missing_run(runner, corpus_file):
 
 
 def test_init_runs_a_second_stage_and_rejects_shape_flags(runner, corpus_file):
-    runner.invoke(cli, ["train", str(corpus_file), *SMALL, "--max-steps", "2", "--out", "one"])
+    runner.invoke(cli, ["train", str(corpus_file), *SMALL, "--max-steps", "2", "--min-evals", "1",
+                        "--out", "one"])
     r = runner.invoke(cli, ["train", str(corpus_file), "--init", "one", "--hidden-size", "64",
                             "--out", "two"])
     assert r.exit_code == 1 and "--init keeps the model's shape; drop hidden_size" in r.output

@@ -54,8 +54,9 @@ def cli(ctx, debug):
       poetgen sample --form 七绝 --acrostic 春江花月   # a poem with guaranteed form and rhyme
       poetgen repl                                 # write poems together with the model
 
-    A corpus is UTF-8 text, one poem (or paragraph) per line. Run `poetgen COMMAND --help` for
-    the options of each command.
+    A corpus is UTF-8 text: one poem per line, or running text such as a play or a novel (the
+    kind is detected and stored in the checkpoint). `poetgen checkpoints` lists the models poetgen
+    sees. Run `poetgen COMMAND --help` for the options of each command.
     """
     ctx.ensure_object(dict)["debug"] = debug
     if ctx.invoked_subcommand is None:
