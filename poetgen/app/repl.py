@@ -19,7 +19,7 @@ from typing import Callable, TextIO
 from rich.console import Console
 from rich.markup import escape
 
-from poetgen.lm.checkpoint import atomic_write_bytes
+from poetgen.files import atomic_write_bytes
 from poetgen.errors import ConfigError, PoetgenError
 from poetgen.settings import GenerationSettings
 
