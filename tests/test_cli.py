@@ -390,3 +390,22 @@ def test_shell_completion_of_forms_sources_and_devices(runner):
     assert "cuda:0" in _complete(runner, "poetgen sample --device ")
     r = runner.invoke(cli, ["corpus", "fetch", "--help"])
     assert "Known sources" in r.stdout and "tang" in r.stdout
+
+
+def test_eval_progress_bar_counts_the_characters_the_figure_counts(runner, trained, corpus_file,
+                                                                   monkeypatch):
+    import poetgen.app.progress as progress
+
+    bars = []
+    real = progress.progress_bar
+
+    def recording_bar(*args, **kwargs):
+        bar = real(*args, **kwargs)
+        bars.append(bar)
+        return bar
+
+    monkeypatch.setattr(progress, "progress_bar", recording_bar)
+    r = runner.invoke(cli, ["eval", str(trained), str(corpus_file), "--json"])
+    assert r.exit_code == 0, r.output
+    chars = json.loads(r.stdout)["chars"]
+    assert [(bar.total, bar.n) for bar in bars] == [(chars, chars)]
