@@ -27,7 +27,7 @@ from poetgen.lm.train import Callbacks, TrainingInterrupted, train
 from conftest import TINY_MODEL, TINY_TRAIN, make_poems
 
 TEXT = make_poems(60)
-SETTINGS = {**TINY_TRAIN, "max_steps": 12, "eval_every": 4}
+SETTINGS = {**TINY_TRAIN, "max_steps": 12, "eval_every": 4, "min_evals": 1}
 
 
 def _data():
@@ -161,7 +161,8 @@ def test_torchrun_cli(tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "poetgen", "train", str(tmp_path / "poems.txt"), "--out", str(tmp_path / "run"),
          "--device", "cpu", "--max-steps", "4", "--eval-every", "2", "--batch-size", "4",
-         "--bptt", "16", "--hidden-size", "32", "--embed-size", "16", "--seed", "0"],
+         "--bptt", "16", "--hidden-size", "32", "--embed-size", "16", "--seed", "0",
+         "--min-evals", "1"],
         capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count("Done: 4 steps") == 1, done.stderr[-3000:]

@@ -46,6 +46,21 @@ def test_encoded_ids_are_what_prepare_makes_from_the_text(tmp_path, poems, min_c
     assert report.unknown["train"] == int((expected.train_ids == unk).sum())
 
 
+@pytest.mark.parametrize("kind", ["auto", "lines"])
+def test_running_text_is_detected_and_split_at_its_end_as_prepare_does(tmp_path, kind):
+    paragraphs = make_poems(200, seed=4).replace("。", "。\n", 1).split("\n")
+    text = "\n\n".join(paragraphs)  # blank lines between paragraphs: running text
+    (tmp_path / "prose.txt").write_text(text, encoding="utf-8")
+    config = TrainConfig(val_fraction=0.1)
+    report = encode_corpus([tmp_path / "prose.txt"], tmp_path / "p", config, kind=kind)
+    expected = prepare(tmp_path / "prose.txt", None, config, kind=kind)
+    assert report.text_kind == expected.text_kind == ("running" if kind == "auto" else "lines")
+    data = open_prepared(tmp_path / "p").data
+    assert data.text_kind == expected.text_kind
+    assert np.array_equal(data.train_ids, expected.train_ids.numpy())
+    assert np.array_equal(data.val_ids, expected.val_ids.numpy())
+
+
 def test_several_files_a_val_file_and_a_given_vocabulary(tmp_path):
     (tmp_path / "a.txt").write_text("春江花月\n夜", encoding="utf-8")  # no final newline
     (tmp_path / "b.txt").write_text("山水\n", encoding="utf-8")
@@ -106,7 +121,7 @@ def test_damaged_prepared_corpora_are_refused(tmp_path, poems):
 
 
 def test_training_on_the_prepared_corpus_equals_training_on_the_text(tmp_path, poems):
-    config = TrainConfig(**{**TINY_TRAIN, "max_steps": 8, "eval_every": 4})
+    config = TrainConfig(**{**TINY_TRAIN, "max_steps": 8, "eval_every": 4, "min_evals": 1})
     encode_corpus([poems], tmp_path / "p", config)
     for name, data in (("text", prepare(poems, None, config)),
                        ("prepared", load_training_data(tmp_path / "p", None, config))):

@@ -36,8 +36,8 @@ import numpy as np
 from poetgen.errors import CorpusError
 from poetgen.files import atomic_open
 from poetgen.lm.config import TrainConfig
-from poetgen.lm.corpus import (NEWLINE, Fingerprinter, TrainingData, Vocab, encode_tensor,
-                               held_out, iter_text, lines_with_ends, read_text)
+from poetgen.lm.corpus import (NEWLINE, Fingerprinter, LineCounter, TrainingData, Vocab,
+                               encode_tensor, held_out, iter_text, lines_with_ends, read_text)
 
 FORMAT = "poetgen-ids-v1"
 META = "corpus.json"
@@ -57,6 +57,7 @@ class EncodeReport:
     path: Path
     vocab: Vocab
     dtype: str
+    text_kind: str  # "lines" or "running", as given or decided
     tokens: dict[str, int]  # side -> ids written
     unknown: dict[str, int]  # side -> ids that are the unknown token
     fingerprint: str  # of the training ids
@@ -64,14 +65,17 @@ class EncodeReport:
 
 def encode_corpus(train_paths: list[str | Path], out: str | Path, config: TrainConfig,
                   val_path: str | Path | None = None, vocab: Vocab | None = None,
+                  kind: str = "auto",
                   progress: Callable[[int], None] = lambda nbytes: None) -> EncodeReport:
     """Encode `train_paths` (one after another, a newline between files) into the directory `out`.
 
-    Validation is `val_path`, or else `config.val_fraction` of the lines, held out by the same
-    hash as `corpus.split_lines`. The vocabulary is `vocab` (a checkpoint's, for fine-tuning),
-    or else built from the training side with `config.min_count` and `config.max_vocab`.
-    `progress` receives the number of bytes of each piece read (the training files are read twice
-    without `vocab`: once to count characters, once to encode).
+    `kind` is what the text is ("lines", "running", or "auto": corpus.detect_text_kind on the
+    training files). Validation is `val_path`, or else `config.val_fraction` held out as
+    `corpus.split_text` holds it out: lines chosen by hash, or the end of running text. The
+    vocabulary is `vocab` (a checkpoint's, for fine-tuning), or else built from the training side
+    with `config.min_count` and `config.max_vocab`. `progress` receives the bytes of each piece
+    read: the training files are read up to three times (to decide the kind and find the end of
+    running text, to count characters, to encode), the validation file once.
     """
     train_paths = [Path(p) for p in train_paths]
     for p in train_paths + ([Path(val_path)] if val_path else []):
@@ -81,16 +85,31 @@ def encode_corpus(train_paths: list[str | Path], out: str | Path, config: TrainC
     if out.exists() and not out.is_dir():
         raise CorpusError(f"{out}: exists and is not a directory; choose another -o")
 
+    cut = None  # where the validation part of running text starts (in characters)
+    if kind == "auto" or (kind == "running" and not val_path):
+        lines, chars = LineCounter(ord(NEWLINE)), 0
+        for block in _line_blocks(train_paths, progress):
+            lines.update(_code_points(block))
+            chars += len(block)
+        kind = lines.kind() if kind == "auto" else kind
+        cut = int(chars * (1 - config.val_fraction))  # as split_text cuts
+
     def sides(with_val: bool = True) -> Iterator[tuple[str, str]]:
         """("train" | "val", text) pieces, in order."""
+        position = 0
         for block in _line_blocks(train_paths, progress):
             if val_path:
                 yield "train", block
-                continue
-            lines = lines_with_ends(block)
-            held = [held_out(line, config.val_fraction) for line in lines]
-            yield "train", "".join(line for line, h in zip(lines, held) if not h)
-            yield "val", "".join(line for line, h in zip(lines, held) if h)
+            elif kind == "running":  # the end of the text
+                split = min(len(block), max(0, cut - position))
+                yield "train", block[:split]
+                yield "val", block[split:]
+            else:  # lines chosen by hash
+                lines = lines_with_ends(block)
+                held = [held_out(line, config.val_fraction) for line in lines]
+                yield "train", "".join(line for line, h in zip(lines, held) if not h)
+                yield "val", "".join(line for line, h in zip(lines, held) if h)
+            position += len(block)
         if val_path and with_val:
             for block in _line_blocks([Path(val_path)], progress):
                 yield "val", block
@@ -125,7 +144,8 @@ def encode_corpus(train_paths: list[str | Path], out: str | Path, config: TrainC
     for side, w in writers.items():  # named by what they hold: see the module docstring
         files[side] = out / f"{side}-{w.fingerprint.hexdigest()}-{np.dtype(dtype).name}.ids"
         os.replace(out / f"{side}.partial", files[side])
-    meta = {"format": FORMAT, "dtype": np.dtype(dtype).name, "vocab": list(vocab.chars),
+    meta = {"format": FORMAT, "dtype": np.dtype(dtype).name, "text_kind": kind,
+            "vocab": list(vocab.chars),
             "min_count": config.min_count, "max_vocab": config.max_vocab,
             "val_fraction": None if val_path else config.val_fraction,
             "vocab_given": vocab_given,
@@ -138,7 +158,7 @@ def encode_corpus(train_paths: list[str | Path], out: str | Path, config: TrainC
     for stale in out.glob("*.ids"):  # id files of an earlier encode into the same directory
         if stale.name not in (files["train"].name, files["val"].name):
             stale.unlink()
-    return EncodeReport(out, vocab, meta["dtype"], {s: w.tokens for s, w in writers.items()},
+    return EncodeReport(out, vocab, meta["dtype"], kind, {s: w.tokens for s, w in writers.items()},
                         {s: w.unknown for s, w in writers.items()}, meta["train"]["fingerprint"])
 
 
@@ -215,21 +235,23 @@ def open_prepared(path: str | Path) -> PreparedCorpus:
     except (KeyError, TypeError, ValueError) as e:
         raise CorpusError(f"{path / META}: incomplete or invalid ({e}); encode the corpus again"
                           ) from None
-    return PreparedCorpus(path, meta, TrainingData(vocab, arrays["train"], arrays["val"]))
+    return PreparedCorpus(path, meta, TrainingData(vocab, arrays["train"], arrays["val"],
+                                                   meta.get("text_kind", "lines")))
 
 
 def load_training_data(corpus: str | Path, val_path: str | Path | None, config: TrainConfig,
-                       vocab: Vocab | None = None) -> TrainingData:
+                       vocab: Vocab | None = None, kind: str = "auto") -> TrainingData:
     """What `poetgen train CORPUS` trains on: a prepared corpus directory (memory-mapped), or a
     text file (read and encoded in memory, see corpus.prepare).
 
-    With a prepared corpus, `val_path` (if given) replaces its validation side, and `vocab` (a
-    resumed or --init run's) must be the one it was encoded with.
+    With a prepared corpus, `val_path` (if given) replaces its validation side, `vocab` (a
+    resumed or --init run's) must be the one it was encoded with, and `kind`, unless "auto",
+    overrides the text kind decided when it was encoded (its validation split stays as made).
     """
     from poetgen.lm.corpus import prepare
 
     if not is_prepared(corpus):
-        return prepare(corpus, val_path, config, vocab)
+        return prepare(corpus, val_path, config, vocab, kind)
     prepared = open_prepared(corpus)
     data = prepared.data
     if vocab is not None and vocab.chars != data.vocab.chars:
@@ -237,4 +259,6 @@ def load_training_data(corpus: str | Path, val_path: str | Path | None, config: 
                           "encode it again with `poetgen corpus encode … --vocab-from CHECKPOINT`")
     if val_path:
         data.val_ids = encode_tensor(data.vocab, read_text(val_path))
+    if kind != "auto":
+        data.text_kind = kind
     return data
