@@ -722,12 +722,19 @@ def corpus():
     corpora, fetch known sources."""
 
 
+_EXCLUDE_HELP = ("Drop every poem sharing a verse segment (4+ characters between punctuation) with "
+                 "this list of SHA-256 hashes, one per line, e.g. "
+                 "../shared/corpora/heldout_lines.sha256 (the poems that validate and judge "
+                 "models).")
+
+
 @corpus.command("build")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--out", "out_path", required=True, type=click.Path(path_type=Path),
               help="Output text file, one poem per line (with --val-fraction: OUT_train / OUT_val).")
 @click.option("--form", "forms", default=None,
-              help="Keep only regular verse of these forms, e.g. 5x4,5x8,7x4,7x8 (or 五绝,七律).")
+              help="Keep only regular verse of these forms, e.g. 5x4,5x8,7x4,7x8 (or 五绝,七律); "
+                   "`other` keeps every poem that is not regular verse (古体, 杂言, fragments).")
 @click.option("--simplified", is_flag=True, help="Convert traditional to simplified (OpenCC t2s).")
 @click.option("--dedupe", is_flag=True, help="Drop poems identical to an earlier one.")
 @click.option("--strip-notes", is_flag=True, help="Remove notes such as （一作…） and keep the poem.")
@@ -735,22 +742,32 @@ def corpus():
               help="Drop poems with a character seen fewer times in the kept poems.")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=0.0,
               help="Hold out this share as OUT_val (poems sharing a verse line stay together).")
-def corpus_build(sources, out_path, forms, simplified, dedupe, strip_notes, min_count, val_fraction):
+@click.option("--exclude", "exclude", type=click.Path(path_type=Path), default=None,
+              metavar="HASHES", help=_EXCLUDE_HELP)
+def corpus_build(sources, out_path, forms, simplified, dedupe, strip_notes, min_count, val_fraction,
+                 exclude):
     """Build OUT from SOURCES: chinese-poetry JSON files or folders, or plain text files.
 
     \b
-    Example (the shared Tang corpus from the raw collection):
+    Examples:
+      # the shared Tang corpus from the raw collection
       poetgen corpus build ../shared/corpora/chinese-poetry -o corpora/tang.txt \\
           --form 5x4,5x8,7x4,7x8 --simplified --dedupe
+      # 全唐诗 but its regular verse, for pretraining, without any held-out poem
+      poetgen corpus build corpora/raw/tang -o corpora/tang-other.txt --form other \\
+          --simplified --dedupe --strip-notes --exclude ../shared/corpora/heldout_lines.sha256
     """
     from poetgen.verse.corpus_tools import BuildOptions, build_corpus
     from poetgen.app.progress import progress_bar
     from poetgen.verse.prosody import get_form
 
-    wanted = (frozenset(get_form(f.strip()).code for f in forms.split(",") if f.strip())
-              if forms else None)
+    from poetgen.verse.corpus_tools import OTHER
+
+    wanted = (frozenset(OTHER if f.strip() == OTHER else get_form(f.strip()).code
+                        for f in forms.split(",") if f.strip()) if forms else None)
     options = BuildOptions(forms=wanted, simplified=simplified, dedupe=dedupe,
-                           strip_notes=strip_notes, min_count=min_count, val_fraction=val_fraction)
+                           strip_notes=strip_notes, min_count=min_count, val_fraction=val_fraction,
+                           exclude=exclude)
     with progress_bar(unit=" poems", desc="reading") as bar:
         report = build_corpus(list(sources), out_path, options, progress=lambda n: bar.update(1))
     table = Table(title=f"{report.read:,} poems read")
@@ -886,13 +903,15 @@ class _FetchCommand(click.Command):
 @click.option("--manifest", "manifest_path", type=click.Path(path_type=Path), default=None,
               help="TOML list of known sources. [default: ./corpora/manifest.toml if present, "
                    "else the list shipped with poetgen]")
-def corpus_fetch(name, url, sha256, dest, manifest_path):
+@click.option("--exclude", "exclude", type=click.Path(path_type=Path), default=None,
+              metavar="HASHES", help=_EXCLUDE_HELP)
+def corpus_fetch(name, url, sha256, dest, manifest_path, exclude):
     """Download a known source NAME (listed in poetgen/data/sources.toml) and build DEST/NAME.txt.
 
     Resumes an interrupted download (run it again), verifies the sha256, then builds the text.
     """
-    from poetgen.verse.corpus_tools import (BuildOptions, build_corpus, download, extract_members,
-                                            manifest)
+    from poetgen.verse.corpus_tools import (EXCLUDED, BuildOptions, build_corpus, download,
+                                            extract_members, manifest)
     from poetgen.app.progress import progress_bar
 
     entry = dict(manifest(manifest_path).get(name) or {}) if not url else {}
@@ -914,9 +933,11 @@ def corpus_fetch(name, url, sha256, dest, manifest_path):
     b = entry.get("build", {})
     forms = frozenset(f.strip() for f in b["forms"].split(",")) if b.get("forms") else None
     options = BuildOptions(forms=forms, simplified=b.get("simplified", False),
-                           dedupe=b.get("dedupe", False), strip_notes=b.get("strip_notes", False))
+                           dedupe=b.get("dedupe", False), strip_notes=b.get("strip_notes", False),
+                           exclude=exclude)
     report = build_corpus(raw, dest / f"{name}.txt", options)
-    click.echo(f"wrote {dest / f'{name}.txt'} ({report.kept:,} of {report.read:,} poems)")
+    held = f", {report.dropped[EXCLUDED]:,} held out by --exclude" if exclude else ""
+    click.echo(f"wrote {dest / f'{name}.txt'} ({report.kept:,} of {report.read:,} poems{held})")
 
 
 # ----------------------------------------------------------------------------------------------
