@@ -188,3 +188,33 @@ def test_training_overfits_a_tiny_corpus(tmp_path):
                    callbacks=Callbacks(on_step=lambda info: losses.append(info.loss)))
     assert len(losses) == result.steps == 150
     assert losses[-1] < 0.25 * losses[0], (losses[0], losses[-1])
+
+
+def test_init_reports_and_limits_the_share_of_characters_outside_the_vocabulary(tmp_path,
+                                                                                 tiny_text):
+    from dataclasses import replace
+
+    run(tmp_path / "a", tiny_text)  # a model of Chinese verse
+    start = tmp_path / "a" / "last.safetensors"
+    vocab = load_checkpoint(start).vocab
+    cfg = TrainConfig(**{**TINY_TRAIN, "max_steps": 2, "eval_every": 2})
+    model = ModelConfig(**TINY_MODEL)
+
+    def fine_tune(text, config, out):
+        data = prepare_text(text, text[:40], config, vocab=vocab)
+        infos = []
+        train(data.train_ids, data.val_ids, vocab, model, config, tmp_path / out, init=start,
+              callbacks=Callbacks(on_start=infos.append))
+        return infos[0]["init_unknown_share"]
+
+    english = "To be, or not to be, that is the question.\n" * 20
+    outside = sum(c not in vocab for c in english) / len(english)  # all but the newlines
+    assert outside > 0.9
+    with pytest.raises(ConfigError, match=rf"{100 * outside:.1f}% of the training characters .*"
+                                          r"--init-max-unknown 1"):
+        fine_tune(english, cfg, "b")
+    assert not (tmp_path / "b" / "last.safetensors").exists()
+    assert fine_tune(english, replace(cfg, init_max_unknown=1.0), "c") == pytest.approx(outside)
+    mostly_known = tiny_text + "鑫\n"  # 2 characters in ~1,500 outside the vocabulary
+    share = fine_tune(mostly_known, cfg, "d")
+    assert 0 < share < cfg.init_max_unknown
