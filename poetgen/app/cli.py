@@ -451,17 +451,27 @@ def info(checkpoint, as_json):
               show_default=True, help="Rhyme scheme to judge by.")
 @click.option("--tones", type=click.Choice(["loose", "strict", "off"]), default="loose",
               show_default=True, help="How strictly to judge 平仄 (see `sample --help`).")
+@click.option("--readings", type=click.Choice(["all", "common"]), default="all", show_default=True,
+              help="Which readings of a 多音字 count: all (a rare one is allowed with a warning naming "
+                   "it) or common (only readings Tang poets really used; a rare one fails).")
+@click.option("--warnings-fail", is_flag=True,
+              help="Exit 1 on warnings too (a rare reading, a 拗 outside the accepted forms, 三仄尾).")
+@click.option("--sanzewei", is_flag=True, help="Warn about lines ending in three 仄 (三仄尾).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per poem.")
-def check(poem, rhyme, tones, as_json):
+def check(poem, rhyme, tones, readings, warnings_fail, sanzewei, as_json):
     """Check a poem's form, rhyme and tones; POEM is the text, or a file with one poem per line.
 
     \b
     Examples:
       poetgen check 白日依山尽，黄河入海流。欲穷千里目，更上一层楼。
       poetgen check poems.txt --json
+      poetgen check 山园小梅.txt --readings common --warnings-fail
 
     Shows every character with its pinyin, 平/仄 and rhyme group, names the form, the best-matching
-    tonal template and rhyme group, and lists every violation. Exits 0 if all poems pass, else 1.
+    tonal template and rhyme group, and gives a verdict (近体: passes; 古体, 出韵, 非律绝: why
+    not) with every violation. Accepted variants (孤平拗救, 对句相救, the special form
+    平平仄平仄, 首句借邻韵) are listed as notes; a rare reading or a 拗 outside those forms is a
+    warning. Exits 0 if all poems pass, else 1 (with --warnings-fail, warnings count too).
     """
     from poetgen.verse.check import check_poem
     from poetgen.lm.corpus import read_text
@@ -472,13 +482,14 @@ def check(poem, rhyme, tones, as_json):
         poems = [p for p in read_text(path).splitlines() if p.strip()]
     else:
         poems = [poem]
-    reports = [check_poem(p, rhyme=rhyme, tones=tones) for p in poems]
+    reports = [check_poem(p, rhyme=rhyme, tones=tones, readings=readings, sanzewei=sanzewei)
+               for p in poems]
     for r in reports:
         if as_json:
             click.echo(json.dumps(r.to_dict(), ensure_ascii=False))
         else:
             out.print(render_report(r))
-    if not all(r.ok for r in reports):
+    if not all(r.ok and not (warnings_fail and r.warnings) for r in reports):
         sys.exit(1)
 
 

@@ -13,10 +13,12 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from poetgen.errors import CorpusError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: `poetgen check` reads text only
+    import torch
 
 NEWLINE = "\n"
 UNK = "\ufffd"  # stands for every character outside the vocabulary (U+FFFD REPLACEMENT CHARACTER)
@@ -174,6 +176,8 @@ class Vocab:
 
 
 def encode_tensor(vocab: Vocab, text: str) -> torch.Tensor:
+    import torch
+
     return torch.tensor(vocab.encode(text), dtype=torch.long)
 
 

@@ -26,8 +26,9 @@ import torch
 from poetgen.lm.corpus import NEWLINE, Vocab
 from poetgen.errors import ConstraintError
 from poetgen.lm.model import CharLSTM, stepwise
-from poetgen.verse.prosody import (COMMA, PERIOD, PING, ZE, Form, Template, free_positions, get_form,
-                             han_only, is_han, scheme, split_verse, templates)
+from poetgen.verse.prosody import (COMMA, PERIOD, PING, READINGS, ZE, Form, Template, free_positions,
+                                   get_form, han_only, is_han, line_punct, rhyme_lines, scheme,
+                                   split_verse, templates)
 from poetgen.lm.sample import check_sampling_args, draw, filter_logits, new_seed, prime_model
 
 ANY, NONE = 2, 3  # tone requirement codes besides 0 = 平 and 1 = 仄
@@ -44,6 +45,7 @@ class PoemSpec:
     prime: str = ""  # the poem's opening, continued by the model
     no_repeat: bool = False  # no character twice in a poem
     banned: str = ""  # characters never to use
+    readings: str = "common"  # common: only readings Tang poets used (poetgen/data/readings.json) | all
 
     @classmethod
     def make(cls, form: str | Form, **kw) -> "PoemSpec":
@@ -133,14 +135,16 @@ def compile_spec(spec: PoemSpec, vocab: Vocab, device: torch.device | str = "cpu
     f = spec.form
     if spec.tones not in ("off", "loose", "strict"):
         raise ConstraintError(f"tones must be off, loose or strict, not {spec.tones!r}")
+    if spec.readings not in READINGS:
+        raise ConstraintError(f"readings must be one of {', '.join(READINGS)}, not {spec.readings!r}")
     for ch, name in ((COMMA, "'，'"), (PERIOD, "'。'"), (NEWLINE, "the newline (end of poem)")):
         if ch not in vocab:
             raise ConstraintError(f"the model's vocabulary has no {name}; it was not trained on "
                                   "one-poem-per-line Chinese verse, so it cannot write a "
                                   f"{f.name}")
     V = len(vocab)
-    rs = scheme(spec.rhyme) if spec.rhyme else None
-    ts = scheme(spec.tone_scheme)
+    rs = scheme(spec.rhyme, spec.readings) if spec.rhyme else None
+    ts = scheme(spec.tone_scheme, spec.readings)
     fixed = _fixed_chars(spec)
     for (i, j), ch in fixed.items():
         if ch not in vocab:
@@ -187,7 +191,7 @@ def compile_spec(spec: PoemSpec, vocab: Vocab, device: torch.device | str = "cpu
                 row[vocab.id(fixed[(i, j)])] = True
             static_rows.append(row)
         positions.append((i, -1))
-        static_rows.append(_one_hot(V, vocab.id(COMMA if i % 2 == 0 else PERIOD)))
+        static_rows.append(_one_hot(V, vocab.id(line_punct(i))))
     positions.append((f.lines, -1))
     static_rows.append(_one_hot(V, vocab.newline_id))
     static = torch.stack(static_rows)
@@ -214,8 +218,8 @@ def compile_spec(spec: PoemSpec, vocab: Vocab, device: torch.device | str = "cpu
                 last = j == f.chars_per_line - 1
                 tone_req[k, t] = ANY if (j in free and not last) else (0 if need == PING else 1)
             line_end = j == f.chars_per_line - 1
-            rhymes_at[k, t] = bool(rs) and line_end and (
-                i % 2 == 1 or (i == 0 and tpl is not None and tpl.first_line_rhymes))
+            rhymes_at[k, t] = bool(rs) and line_end and i in rhyme_lines(
+                f.lines, tpl is not None and tpl.first_line_rhymes)
 
     # Rhyme groups possible before any rhyme is written.
     cand0 = torch.zeros(max(1, len(group_names)), dtype=torch.bool)

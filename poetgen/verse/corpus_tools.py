@@ -22,7 +22,7 @@ from pathlib import Path
 
 from poetgen.lm.corpus import iter_lines, iter_text
 from poetgen.errors import CorpusError
-from poetgen.verse.prosody import COMMA, PERIOD, is_han, split_verse
+from poetgen.verse.prosody import COMMA, PERIOD, detect_form, is_han, line_punct, split_verse
 
 # --------------------------------------------------------------------------------------------
 # Reading sources
@@ -145,18 +145,17 @@ def regular_form(text: str) -> tuple[str | None, str | None]:
     if re.search(r"[，。]{2}", text) or text.startswith((COMMA, PERIOD)):
         return None, "doubled punctuation"
     lines = split_verse(text)
-    if len(lines) not in (4, 8):
-        return None, "line count not 4 or 8"
-    lengths = {len(x) for x in lines}
-    if len(lengths) != 1:
-        return None, "mixed line lengths"
-    n = lengths.pop()
-    if n not in (5, 7):
+    form = detect_form(lines)
+    if form is None:
+        if len(lines) not in (4, 8):
+            return None, "line count not 4 or 8"
+        if len({len(x) for x in lines}) != 1:
+            return None, "mixed line lengths"
         return None, "uniform but not 5 or 7 characters"
-    canonical = "".join(x + (COMMA if i % 2 == 0 else PERIOD) for i, x in enumerate(lines))
+    canonical = "".join(x + line_punct(i) for i, x in enumerate(lines))
     if text != canonical:
         return None, "non-canonical punctuation"
-    return f"{n}x{len(lines)}", None
+    return form.code, None
 
 
 @dataclass

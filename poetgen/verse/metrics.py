@@ -135,10 +135,9 @@ def compare_generated(model: CharLSTM, vocab: Vocab, forms: list[str], n: int, *
     `copy_corpus` measures copying against a training corpus; `novel` forbids its verse lines in
     generation (the same file as `copy_corpus` is read once).
     """
-    from poetgen.verse.check import detect_form
     from poetgen.verse.constrain import PoemSpec, compile_spec, generate_poems
     from poetgen.lm.corpus import read_text
-    from poetgen.verse.prosody import get_form
+    from poetgen.verse.prosody import detect_form, get_form
 
     copy_index = CopyIndex(copy_corpus) if copy_corpus else None
     if novel and copy_index and Path(novel).resolve() == Path(copy_corpus).resolve():
