@@ -192,7 +192,9 @@ class _Judge:
     @property
     def score(self):
         first = self.template is not None and self.template.first_line_rhymes
-        return len(self.violations), len(self.warnings), len(self.notes), not first
+        # Ties: rather a first line that does not rhyme than one that fails to (鹿柴's 人 in a
+        # 仄韵 poem), then one that does (间 in 朝辞白帝彩云间 reads both ways).
+        return len(self.violations), len(self.warnings), len(self.notes), 0 in self.off, not first
 
     def run(self) -> "_Judge":
         self._rhyme()
@@ -238,8 +240,7 @@ class _Judge:
             return
         key, off, rare, borrowed = min((judge(g) for g in groups), key=lambda t: t[0])
         g = self.group = rs.group_names[key[-1]]
-        rhyming = rhyme_lines(form.lines, first or (self.template is None and
-                                                    _cost(self.opts[0][last], lambda r: r.group == g) is not None))
+        rhyming = rhyme_lines(form.lines, first)  # with tones off, the couplet ends only
         self.off = off
         for i in rhyming:
             ch = self.lines[i][last]
@@ -320,7 +321,9 @@ class _Judge:
             self._describe(i, shape)
         if self.sanzewei:
             for i, line in enumerate(self.lines):
-                tail = [_tone_summary(o) for o in self.opts[i][-3:]]
+                n = self.form.chars_per_line
+                tail = [self.marks.get((i, j), {}).get("tone") or _tone_summary(self.opts[i][j])
+                        for j in range(n - 3, n)]
                 if all(t == ZE for t in tail):
                     self.warnings.append(f"三仄尾: line {i + 1} ends in three 仄 ({line[-3:]}), which poets "
                                          "avoided but did not forbid")

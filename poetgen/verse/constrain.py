@@ -318,12 +318,13 @@ class _Hyps:
         self.alive = c.alive0.expand(n, -1).clone()  # (n, K)
         self.cand = c.cand0.expand(n, -1).clone()  # (n, G)
         self.used = torch.zeros(n, V, dtype=torch.bool, device=device)
+        self.rhymed = torch.zeros(n, V, dtype=torch.bool, device=device)  # used as a rhyme: no 重韵
         self.tokens = torch.zeros(n, c.steps, dtype=torch.long, device=device)
         self.logprob = torch.zeros(n, device=device)
         self.failed = torch.zeros(n, dtype=torch.bool, device=device)
 
     def select(self, rows: torch.Tensor) -> None:
-        for name in ("alive", "cand", "used", "tokens", "logprob", "failed"):
+        for name in ("alive", "cand", "used", "rhymed", "tokens", "logprob", "failed"):
             setattr(self, name, getattr(self, name)[rows])
 
 
@@ -331,7 +332,7 @@ def _allowed(c: Compiled, h: _Hyps, t: int) -> tuple[torch.Tensor, torch.Tensor]
     """(n, V) allowed characters at step t, and (n, K, V) allowed per template."""
     per = c.tone_ok[c.tone_req[:, t]][None] & c.static[t][None, None]  # (1, K, V)
     if c.rhymes_at[:, t].any():
-        rhyme_ok = (h.cand.float() @ c.member.T.float()) > 0  # (n, V)
+        rhyme_ok = ((h.cand.float() @ c.member.T.float()) > 0) & ~h.rhymed  # (n, V); no 重韵
         per = per & torch.where(c.rhymes_at[:, t][None, :, None], rhyme_ok[:, None, :], True)
     per = per & h.alive[:, :, None]
     if c.spec.no_repeat and c.tone_req[0, t] != NONE:
@@ -354,6 +355,7 @@ def _advance(c: Compiled, h: _Hyps, t: int, token: torch.Tensor, per: torch.Tens
         is_rhyme = (h.alive & rhymes).any(1)
         narrowed = h.cand & c.member[token]
         h.cand = torch.where(is_rhyme[:, None], narrowed, h.cand)
+        h.rhymed[rows, token] |= is_rhyme
     h.used[rows, token] = True
 
 
@@ -395,7 +397,7 @@ def generate_poems(model: CharLSTM, compiled: Compiled, n: int = 1, temperature:
     missing = sum(p is None for p in result)
     if missing:
         why = "every try copied a line of the --novel corpus" if novel_lines else \
-            "--no-repeat ran out of characters"
+            "--no-repeat, or the rhyme group's unused characters (no 重韵), ran out"
         raise ConstraintError(f"{missing} poem(s) could not be finished in {max_rounds} tries: {why}; "
                               "raise --temp or relax the constraints")
     return result  # type: ignore[return-value]
@@ -524,7 +526,8 @@ class Stepper:
                 " (not in the model's vocabulary)" if v is None else " by the form, rhyme or tones"))
         self._undo.append((self.out, self.state, list(self.tokens),
                            None if self.h is None else {k: getattr(self.h, k).clone() for k in
-                                                        ("alive", "cand", "used", "tokens", "logprob", "failed")}))
+                                                        ("alive", "cand", "used", "rhymed", "tokens", "logprob",
+                                                         "failed")}))
         self._step(v, per)
         self._skip_forced()
 

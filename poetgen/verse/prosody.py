@@ -407,6 +407,8 @@ class Modern(RhymeScheme):
 
 def _modern_group(syllable: str) -> str | None:
     s = syllable.replace("ü", "v")
+    if s in ("m", "n", "ng", "hm", "hng"):  # syllabic nasals: no initial to strip
+        return _FINAL_TO_MODERN[s]
     initial = next((i for i in _INITIALS if s.startswith(i) and len(s) > len(i)), "")
     final = s[len(initial):]
     if initial in ("zh", "ch", "sh", "r", "z", "c", "s") and final == "i":
