@@ -17,7 +17,7 @@ from poetgen.lm.corpus import Vocab
 from poetgen.verse.check import check_poem
 from poetgen.verse.constrain import PoemSpec, compile_spec
 from poetgen.verse.corpus_tools import regular_form
-from poetgen.verse.prosody import (FORMS, derived_readings, detect_form, line_punct, rhyme_lines, scheme,
+from poetgen.verse.prosody import (FORMS, derived_readings, detect_form, line_end_mark, line_rhymes, scheme,
                                    split_verse)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,8 +134,9 @@ def test_a_modern_reading_other_than_the_one_in_context_is_a_warning():
 
 
 def test_layout_rhyme_lines_and_form_detection_are_shared():
-    assert [line_punct(i) for i in range(4)] == ["，", "。", "，", "。"]
-    assert rhyme_lines(8, False) == [1, 3, 5, 7] and rhyme_lines(4, True) == [0, 1, 3]
+    assert [line_end_mark(i) for i in range(4)] == ["，", "。", "，", "。"]
+    assert [i for i in range(8) if line_rhymes(i, False)] == [1, 3, 5, 7]
+    assert [i for i in range(4) if line_rhymes(i, True)] == [0, 1, 3]
     for form in FORMS.values():
         poem = form.layout().replace("X", "春")
         assert detect_form(split_verse(poem)) == form and regular_form(poem) == (form.code, None)

@@ -41,7 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from poetgen.verse.prosody import (_SANDHI, PING, ZE, _modern_group, _tone_of_number,  # noqa: E402
-                                   citation_reading, detect_form, is_han, rhyme_lines, split_verse, templates)
+                                   citation_reading, detect_form, is_han, line_rhymes, split_verse, templates)
 
 MIN_SHARE = 0.10  # a reading used in fewer than 10% of a character's uses is rare
 MIN_COUNT = 2  # ... and so is one used only once
@@ -67,7 +67,7 @@ def pingshui_usage(poems: list[str], index: dict[str, list[str]], level: dict[st
         stats["poems"] += 1
         last = form.chars_per_line - 1
         # Rhyme: one group shared by every couplet end.
-        ends = [lines[i][last] for i in rhyme_lines(form.lines, False)]
+        ends = [lines[i][last] for i in range(form.lines) if line_rhymes(i, False)]
         shared = set(index.get(ends[0], ()))
         for c in ends[1:]:
             shared &= set(index.get(c, ()))
@@ -75,7 +75,8 @@ def pingshui_usage(poems: list[str], index: dict[str, list[str]], level: dict[st
         if len(shared) == 1:
             group = shared.pop()
             stats["rhyme_poems"] += 1
-            for i in rhyme_lines(form.lines, group in index.get(lines[0][last], ())):
+            first = group in index.get(lines[0][last], ())
+            for i in (i for i in range(form.lines) if line_rhymes(i, first)):
                 c = lines[i][last]
                 rhyme_uses[c][group] += 1
                 tone_uses[c][level[group]] += 1

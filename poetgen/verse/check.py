@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
 from poetgen.verse.prosody import (NEIGHBOURS, PING, READINGS, ZE, Form, LineShape, Reading, Template,
-                                   detect_form, is_han, line_shapes, rhyme_lines, scheme, split_verse,
+                                   detect_form, is_han, line_rhymes, line_shapes, scheme, split_verse,
                                    templates)
 
 __all__ = ["CharInfo", "Report", "check_poem", "detect_form", "distinct_n"]
@@ -157,6 +157,10 @@ def check_poem(text: str, rhyme: str = "pingshui", tones: str = "loose", reading
 # One template
 
 
+def _rhyme_lines(form: Form, first_line_rhymes: bool) -> list[int]:
+    return [i for i in range(form.lines) if line_rhymes(i, first_line_rhymes)]
+
+
 def _tone_summary(options: tuple[Reading, ...]) -> str | None:
     tones = {r.tone for r in options if r.common and r.tone} or {r.tone for r in options if r.tone}
     return None if not tones else tones.pop() if len(tones) == 1 else "both"
@@ -207,7 +211,7 @@ class _Judge:
     def _rhyme(self) -> None:
         form, rs, last = self.form, self.rs, self.form.chars_per_line - 1
         first = self.template is not None and self.template.first_line_rhymes
-        ends = rhyme_lines(form.lines, False)  # couplet ends: always rhyme
+        ends = _rhyme_lines(form, False)  # couplet ends: always rhyme
         groups = {r.group for i in ends + [0] for r in self.opts[i][last] if r.group}
 
         def judge(g):
@@ -240,7 +244,7 @@ class _Judge:
             return
         key, off, rare, borrowed = min((judge(g) for g in groups), key=lambda t: t[0])
         g = self.group = rs.group_names[key[-1]]
-        rhyming = rhyme_lines(form.lines, first)  # with tones off, the couplet ends only
+        rhyming = _rhyme_lines(form, first)  # with tones off, the couplet ends only
         self.off = off
         for i in rhyming:
             ch = self.lines[i][last]
