@@ -86,7 +86,8 @@ def test_a_rare_reading_is_a_warning_naming_it_or_a_failure_when_only_common_rea
     lenient = check_poem(RARE_RHYME)  # 逢 rhymes in 二冬 in Tang verse; here it needs 一东
     assert lenient.ok and lenient.rhyme_group == "上平一东" and len(lenient.warnings) == 1
     w = lenient.warnings[0]
-    assert w.startswith("rare reading: line 4, character 5 '逢' counts as rhyme in 上平一东 only as 上平一东")
+    assert w.startswith("rare reading: line 4, character 5 '逢' rhymes in 上平一东 only through a rare "
+                        "reading (上平一东)")
     assert "上平二冬" in w  # the usage it names
     info = lenient.lines[3][4]
     assert info.rare and info.reading == "上平一东"

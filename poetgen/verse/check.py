@@ -259,12 +259,12 @@ class _Judge:
                                   f"{g} (邻韵), which a first line may borrow")
                 self._rhyme_mark(i, used, True)
                 if not used.common:
-                    self.warnings.append(self._rare_message(0, last, [used], f"rhyme in {used.group}"))
+                    self.warnings.append(self._rare_message(0, last, [used], f"rhymes in {used.group}"))
             else:
                 used = next((r for r in self.opts[i][last] if r.group == g and r.common), None)
                 if used is None:
                     used = next(r for r in self.opts[i][last] if r.group == g)
-                    self.warnings.append(self._rare_message(i, last, [used], f"rhyme in {g}"))
+                    self.warnings.append(self._rare_message(i, last, [used], f"rhymes in {g}"))
                 self._rhyme_mark(i, used, True)
         self.rhyme_ok = not off
         if self.template is not None and g not in rs.level_groups:
@@ -320,7 +320,7 @@ class _Judge:
             self._mark_line(i, shape)
             for (k, j, need) in rare:
                 used = [r for r in self.opts[k][j] if r.tone == need]
-                self.warnings.append(self._rare_message(k, j, used, need))
+                self.warnings.append(self._rare_message(k, j, used, f"counts as {need}"))
                 self.marks.setdefault((k, j), {}).update({"rare": True, "reading": used[0].label})
             self._describe(i, shape)
         if self.sanzewei:
@@ -427,8 +427,8 @@ class _Judge:
         if self.rs.name == "modern":
             here = next((r.label for r in self.opts[i][j] if r.common), None)
             usage = f"pypinyin reads it {here} in this line" if here else usage
-        return (f"rare reading: line {i + 1}, character {j + 1} {ch!r} counts as {what} only as "
-                f"{labels}" + (f"; {usage}" if usage else ""))
+        return (f"rare reading: line {i + 1}, character {j + 1} {ch!r} {what} only through a rare "
+                f"reading ({labels})" + (f"; {usage}" if usage else ""))
 
     # ---------------------------------------------------------------- verdict
 
