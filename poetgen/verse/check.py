@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
+from poetgen.errors import ConstraintError
 from poetgen.verse.prosody import (NEIGHBOURS, PING, READINGS, ZE, Form, LineShape, Reading, Template,
                                    detect_form, is_han, line_rhymes, line_shapes, scheme, split_verse,
                                    templates)
@@ -98,7 +99,7 @@ def check_poem(text: str, rhyme: str = "pingshui", tones: str = "loose", reading
     readings). sanzewei: warn about lines ending in three 仄 (三仄尾).
     """
     if readings not in READINGS:
-        raise ValueError(f"readings must be one of {READINGS}, not {readings!r}")
+        raise ConstraintError(f"readings must be one of {', '.join(READINGS)}, not {readings!r}")
     rs = scheme(rhyme, "all")
     lines = split_verse(text)
     report = Report(text=text.strip(), scheme=rhyme, tones=tones, readings=readings)
@@ -126,8 +127,10 @@ def check_poem(text: str, rhyme: str = "pingshui", tones: str = "loose", reading
     if best.tone_violations and readings == "all":
         # Rare readings may only let a poem's tones pass. Tones that fail anyway are described in
         # their common readings, so that 白云千载空悠悠 shows its 三平尾 rather than hiding it
-        # behind a rare 空 仄.
-        common = [[tuple(r for r in o if r.common) or o for o in line] for line in opts]
+        # behind a rare 空 仄. Line ends keep every reading: a poem that rhymes stays rhyming.
+        last = form.chars_per_line - 1
+        common = [[o if j == last else tuple(r for r in o if r.common) or o for j, o in enumerate(line)]
+                  for line in opts]
         best = min((_Judge(lines, common, form, tpl, rs, tones, sanzewei).run() for tpl in candidates),
                    key=lambda j: j.score)
     report.template = best.template.name if best.template else None
