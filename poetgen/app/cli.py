@@ -449,21 +449,33 @@ REPL_START = ("form", "seed", "temperature", "rhyme", "tones")
 def repl(ctx, checkpoint, **values):
     """Write poems together with the model, interactively.
 
-    Type the start of a poem and the model completes it; :line 3 rewrites line 3 only, :pick lets
-    you choose each next character from the model's top choices, :check shows 平仄 and rhyme,
-    :save FILE keeps a poem. Type :help inside for every command. Ctrl-D quits.
-
-    When stdin is not a terminal, commands are read line by line (scriptable):
+    Type the start of a poem and the model completes it. Inside, :help lists every command;
+    the main ones:
 
     \b
-      printf '春风\n:line 2\n:check\n:save poems.txt\n' | poetgen repl
+      :line 3      rewrite line 3 only (of poem #2 of several: :line 3 #2)
+      :pick        choose each next character from the model's top choices
+      :check       pinyin, 平仄 and rhyme of the poem (:check POEM: any poem)
+      :save FILE   append the poem to FILE
+      :form 五绝   settings: :temp 0.7, :acrostic 春江花月, :n 3 (Tab completes)
+
+    In a terminal: a status bar shows the settings, history persists (Up, Ctrl-R), Ctrl-C stops
+    a poem being written, Ctrl-D quits, and every poem is also kept in a session file under
+    $XDG_DATA_HOME/poetgen/sessions (~/.local/share/poetgen/sessions), named at start.
+
+    When stdin is not a terminal, commands are read line by line: poems and reports go to
+    stdout, errors to stderr, and the exit status is 1 if any command failed (0 otherwise):
+
+    \b
+      printf '春风\\n:line 2\\n:check\\n:save poems.txt\\n' | poetgen repl
     """
     from poetgen.lm import checkpoint as ckpt_mod
     from poetgen.app.repl import run
 
     settings = settings_from_options(values, defaults={"form": "七绝"})
     ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
-    ctx.exit(run(ck.model, ck.vocab, out, click.get_text_stream("stdin"), settings))
+    ctx.exit(run(ck.model, ck.vocab, out, click.get_text_stream("stdin"), settings,
+                 err_console=err, debug=bool(ctx.obj and ctx.obj.get("debug"))))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
-"""Rich rendering of a checked poem: characters with pinyin, 平仄 and rhyme marks, coloured.
+"""Rendering for the terminal: a checked poem (characters with pinyin, 平仄 and rhyme marks,
+coloured) and a poem laid out for the terminal's width.
 
 Shared by `poetgen check` and the REPL's `:check`, so both show the same thing.
 """
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -43,3 +45,41 @@ def render_report(report: Report) -> Group:
         "\n".join(f"✗ {v}" for v in report.violations), style="red")
     legend = Text("平 level  仄 oblique  中 either reading  ? unknown  韵 rhyme position", style="dim")
     return Group(head, table, verdict, legend)
+
+
+# Verse lines end at these marks; a narrow terminal shows one verse line per row.
+VERSE_END = "，。？！；"
+
+
+def verse_rows(poem: str) -> list[str]:
+    """A poem split after each verse line's punctuation: '白日依山尽，黄河入海流。' -> two rows."""
+    rows, current = [], ""
+    for ch in poem.strip():
+        current += ch
+        if ch in VERSE_END:
+            rows.append(current)
+            current = ""
+    return rows + [current] if current.strip() else rows
+
+
+def poem_rows(poem: str, width: int | None, label: str = "") -> list[str]:
+    """How to print a poem in `width` terminal cells: one row if it fits, else one verse line per
+    row (continuation rows indented under `label`, e.g. '2. '). width None: always one row."""
+    if width is None or cell_len(label + poem) <= width:
+        return [label + poem]
+    rows = verse_rows(poem)
+    return [label + rows[0]] + [" " * cell_len(label) + row for row in rows[1:]]
+
+
+def wrap_fields(text: str, width: int, sep: str = " · ") -> str:
+    """Fields joined by `sep`, broken between fields into rows of at most `width` cells (a field
+    wider than the row stays whole): a status line that fits a narrow terminal."""
+    rows, row = [], ""
+    for field in text.split(sep):
+        longer = f"{row}{sep}{field}" if row else field
+        if row and cell_len(longer) > width:
+            rows.append(row)
+            row = field
+        else:
+            row = longer
+    return "\n".join(rows + [row])
