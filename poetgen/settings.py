@@ -178,7 +178,8 @@ class GenerationSettings:
     # -- the poem's form and constraints ------------------------------------------------------
     form: str | None = setting(None, Option(
         "form", "Write a Tang poem of this form: 五绝, 五律, 七绝 or 七律 (or 5x4 5x8 7x4 7x8); "
-        "form, rhyme and tones are then guaranteed.", _form, "五绝, 五律, 七绝, 七律 (or 5x4 5x8 7x4 7x8), or off",
+        "form, rhyme and tones are then guaranteed.", _form,
+        "五绝, 五律, 七绝, 七律 (or 5x4 5x8 7x4 7x8), or off",
         choices=("五绝", "五律", "七绝", "七律"), metavar="FORM"))  # 五绝|… misaligns click's help
     rhyme: str = setting("pingshui", Option(
         "rhyme", "Rhyme scheme: 平水韵 (pingshui), 中华新韵 (modern), or none (off).",

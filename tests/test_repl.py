@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from poetgen.app.cli import cli
 from poetgen.app.render import poem_rows, verse_rows, wrap_fields
-from poetgen.app.repl import COMMANDS, ScriptUI, Session, read_pick_answer
+from poetgen.app.repl import COMMANDS, Session, read_pick_answer
 from poetgen.settings import GenerationSettings
 from poetgen.verse.check import check_poem
 from poetgen.verse.prosody import split_verse
@@ -176,13 +176,16 @@ def test_check_a_pasted_poem(checkpoint):
     assert "五绝" in r.stdout and "no violations" in r.stdout and "qióng" in r.stdout
 
 
-def test_changing_the_form_clears_an_acrostic_that_no_longer_fits(checkpoint):
-    r = repl(checkpoint, ":form 七律\n:acrostic 春江花月夜\n:form 七绝\n:acrostic\n春\n")
+def test_a_new_form_or_scheme_clears_what_no_longer_fits(checkpoint):
+    r = repl(checkpoint, ":form 七律\n:acrostic 春江花月夜\n:form 七绝\n:acrostic\n春\n"
+                         ":rhyme-group 下平十一尤\n:rhyme modern\n:rhyme-group\n")
     assert r.exit_code == 0, r.output
     assert ":acrostic 春江花月夜 cleared: :acrostic 春江花月夜 has 5 characters but a 七绝 has " \
            "4 lines" in r.stdout
     assert ":acrostic is off" in r.stdout
     assert len(split_verse(poems_in(r.stdout)[0])) == 4
+    assert ":rhyme-group 下平十一尤 cleared: :rhyme-group: " in r.stdout
+    assert ":rhyme-group is off" in r.stdout
 
 
 def test_a_setting_without_a_value_shows_it(checkpoint):
@@ -287,6 +290,18 @@ def test_session_file_keeps_every_poem_written(tmp_path):
     session._present([Written("丁")])
     assert session.session_file is None and "cannot write the session file" in session.ui.said[-1]
     assert [p.text for p in session.poems] == ["甲", "乙", "丙", "丁"]
+
+
+def test_session_files_never_share_a_name(tmp_path, monkeypatch):
+    from datetime import datetime
+
+    from poetgen.app.repl import new_session_file
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    now = datetime(2026, 3, 1, 12, 0, 0)
+    first, second = new_session_file(now), new_session_file(now)  # two sessions, one second
+    assert first.name == "2026-03-01_120000.txt" and second.name == "2026-03-01_120000-2.txt"
+    assert first.parent == tmp_path / "poetgen" / "sessions" and first.exists()
 
 
 @pytest.mark.parametrize("answer, expected", [
@@ -527,6 +542,7 @@ def test_terminal_keys_during_generation_and_ctrl_c_then_ctrl_d(checkpoint, tmp_
     term.child.sendintr()
     term.child.sendeof()
     assert term.exit_status() == 0
+    assert list((tmp_path / "poetgen" / "sessions").iterdir()) == []  # no poem, no file left
 
 
 def test_terminal_narrow_verse_per_row_and_ctrl_d_while_writing(checkpoint, tmp_path):

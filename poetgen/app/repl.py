@@ -31,7 +31,6 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from poetgen.app.render import poem_rows
 from poetgen.errors import ConfigError, PoetgenError
 from poetgen.settings import SEED_LIMIT, GenerationSettings
 
@@ -196,7 +195,8 @@ class Session:
             self.session_file = None
 
     def _poem(self, arg: str) -> tuple[str, SessionPoem]:
-        """Split '#N' off a command's argument: (the rest, poem #N of those shown, or the current)."""
+        """Split '#N' off a command's argument: (the rest, poem #N of those shown, else the
+        current poem)."""
         match = re.fullmatch(r"#(\d+)\s*(.*)", arg) or re.fullmatch(r"(?:(.*?)\s+)?#(\d+)", arg)
         if match is None:
             if self.current is None:
@@ -505,13 +505,22 @@ def history_file() -> Path:
 
 
 def new_session_file(now: datetime | None = None) -> Path:
-    """A file name for this session's poems that no earlier session used."""
+    """Create (empty) and return a file for this session's poems, named by the time it started.
+
+    Creating it claims the name: a second session started in the same second gets `-2`.
+    Raises OSError when the data directory cannot be written.
+    """
     stamp = (now or datetime.now()).strftime("%Y-%m-%d_%H%M%S")
     folder = data_dir() / "sessions"
-    path, k = folder / f"{stamp}.txt", 2
-    while path.exists():
-        path, k = folder / f"{stamp}-{k}.txt", k + 1
-    return path
+    folder.mkdir(parents=True, exist_ok=True)
+    k = 1
+    while True:
+        path = folder / (f"{stamp}.txt" if k == 1 else f"{stamp}-{k}.txt")
+        try:
+            path.touch(exist_ok=False)
+            return path
+        except FileExistsError:
+            k += 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -565,14 +574,23 @@ def run(model, vocab, console: Console, stdin: TextIO | None = None,
     if stdin.isatty() and console.is_terminal:
         from poetgen.app.terminal import TerminalUI
 
-        session_file = new_session_file()
+        try:
+            session_file = new_session_file()
+            kept = f"This session's poems are kept in {session_file}"
+        except OSError as e:
+            session_file, kept = None, (f"warning: no session file ({e.strerror or e}): keep "
+                                        "poems with :save")
         with TerminalUI(console, stdin, history_file()) as ui:
             session = Session(model, vocab, ui, settings, session_file)
             ui.attach(session)
             ui.say("poetgen REPL: type the start of a poem, or :help. Tab completes, Ctrl-D "
                    "quits.", "dim")
-            ui.say(f"This session's poems are kept in {session_file}", "dim")
-            _loop(session, ui, debug)
+            ui.say(kept, "dim")
+            try:
+                _loop(session, ui, debug)
+            finally:
+                if session.session_file and not session.poems:  # nothing written: no file
+                    session.session_file.unlink(missing_ok=True)
         return 0
     ui = ScriptUI(stdin, console, err_console or Console(stderr=True, highlight=False,
                                                          soft_wrap=True))
@@ -592,24 +610,24 @@ def _loop(session: Session, ui, debug: bool) -> None:
     while session.running and not ui.quit_requested:
         try:
             line = ui.read()
+            try:
+                session.handle(line)
+            except PoetgenError as e:
+                ui.error(str(e))
+            except Exception as e:  # a bug: one line, and the session (and its poems) go on
+                if debug:
+                    ui.show(_traceback())
+                ui.error(f"{type(e).__name__}: {e} (a bug in poetgen; --debug shows the "
+                         "traceback)")
+            except KeyboardInterrupt:  # Ctrl-C while a poem was written
+                if scripted:
+                    raise
+                ui.say("cancelled", "yellow")
         except (EOFError, EndSession):
             return
-        except KeyboardInterrupt:  # Ctrl-C at the prompt: a fresh prompt, as a shell does
-            continue
-        try:
-            session.handle(line)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C at the prompt (a fresh one, as a shell does)
             if scripted:
                 raise
-            ui.say("cancelled", "yellow")
-        except EndSession:
-            return
-        except PoetgenError as e:
-            ui.error(str(e))
-        except Exception as e:  # a bug: say so in one line and keep the session (and its poems)
-            if debug:
-                ui.show(_traceback())
-            ui.error(f"{type(e).__name__}: {e} (a bug in poetgen; --debug shows the traceback)")
 
 
 def _traceback() -> RenderableType:

@@ -52,8 +52,9 @@ class TerminalUI:
     def __init__(self, console: Console, stdin: TextIO, history_path: Path):
         self.console = console
         self.session: Session | None = None
-        self.main = PromptSession(history=LineHistory(history_path), completer=SessionCompleter(self),
-                                  complete_while_typing=False, bottom_toolbar=self._status)
+        self.main = PromptSession(history=LineHistory(history_path),
+                                  completer=SessionCompleter(self), complete_while_typing=False,
+                                  bottom_toolbar=self._status)
         self.sub = PromptSession(history=InMemoryHistory())  # :pick's answers stay out of history
         self.held = HeldKeys(stdin.fileno()) if os.name == "posix" else None
 
