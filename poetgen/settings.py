@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,6 +246,22 @@ class GenerationSettings:
         except (ValueError, TypeError, OverflowError):
             raise ConfigError(f"{option.public(side)} needs {expects}, not {text!r}") from None
         return value
+
+    @classmethod
+    def named_for(cls, message: str, side: Side) -> str:
+        """A message that names settings as command-line flags (the decoder's, which serves all
+        front ends), with the names `side` uses: '--acrostic' -> ':acrostic' in the REPL, where
+        '--prime' is the start typed at the prompt."""
+        if side == "cli":
+            return message
+
+        def public(flag: re.Match) -> str:
+            name = cls.field_for(flag[1], "cli")
+            if name == "prime":
+                return {"repl": "the start"}.get(side, "prime")
+            return cls.options()[name].public(side) if name else flag[0]
+
+        return re.sub(r"--([a-z][a-z-]*)", public, message)
 
     @classmethod
     def default(cls, name: str) -> Any:

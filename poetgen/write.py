@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
 
-from poetgen.errors import ConfigError
+from poetgen.errors import ConfigError, PoetgenError
 from poetgen.lm.corpus import Vocab, read_text
 from poetgen.lm.model import CharLSTM
 from poetgen.lm.sample import Sample, generate
@@ -40,18 +40,21 @@ def write(model: CharLSTM, vocab: Vocab, settings: GenerationSettings, *, prime:
         what = {"cli": "--prime", "repl": "the start"}.get(side, "prime")
         raise ConfigError(f"{what} has characters the model never saw: "
                           f"{' '.join(repr(c) for c in unknown)}; remove or replace them")
-    spec = settings.poem_spec(prime)
-    if spec is None:
+    if not settings.writes_poem:
         return generate(model, vocab, n=settings.n, max_chars=settings.max_chars,
                         temperature=settings.temperature, top_k=settings.top_k,
                         top_p=settings.top_p, prime=prime, seed=settings.seed,
                         stop_at_newline=settings.mode == "poem" and not settings.no_stop)
     if novel_lines is None and settings.novel:
         novel_lines = _verse_lines(Path(settings.novel))
-    compiled = compile_spec(spec, vocab)
-    return generate_poems(model, compiled, n=settings.n, temperature=settings.temperature,
-                          top_k=settings.top_k, top_p=settings.top_p, seed=settings.seed,
-                          best_of=settings.best_of, beam=settings.beam, novel_lines=novel_lines)
+    try:
+        compiled = compile_spec(settings.poem_spec(prime), vocab)
+        return generate_poems(model, compiled, n=settings.n, temperature=settings.temperature,
+                              top_k=settings.top_k, top_p=settings.top_p, seed=settings.seed,
+                              best_of=settings.best_of, beam=settings.beam,
+                              novel_lines=novel_lines)
+    except PoetgenError as e:  # the decoder names settings as flags; say them as `side` does
+        raise type(e)(GenerationSettings.named_for(str(e), side)) from None
 
 
 def compare_generated(model: CharLSTM, vocab: Vocab, forms: list[str], n: int,

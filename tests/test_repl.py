@@ -115,6 +115,20 @@ def test_bad_input_is_one_line_and_the_session_goes_on(checkpoint, tmp_path):
     assert len(poems_in(r.stdout)) == 2  # the settings were refused: the last poem is fine
 
 
+def test_constraints_no_poem_can_meet_are_refused_when_set(checkpoint):
+    """The decoder's own checks run when a constraint is set, in the REPL's names."""
+    r = repl(checkpoint, ":acrostic 春江花月\n:ban 春\n:acrostic 鑫\n:no-repeat on\n"
+                         ":acrostic 春春\n秋风\n:acrostic\n")
+    assert r.stderr.splitlines() == [
+        "error: 春 is both required and banned",
+        "error: '鑫' (line 1, character 1) is not in the model's vocabulary, so it cannot be "
+        "written; choose another character",
+        "error: :no-repeat, but the fixed characters repeat 春",
+        "error: the start puts '秋' at line 1, character 1, where another constraint already "
+        "puts '春'"]
+    assert r.stdout.splitlines()[-1] == ":acrostic is 春江花月"  # every refused change undone
+
+
 def test_a_bug_is_one_line_and_the_session_goes_on(checkpoint, monkeypatch):
     import poetgen.write
 

@@ -367,10 +367,16 @@ class Session:
             self.ui.say(f":{option.name} is {_shown(getattr(self.settings, name))}")
             return
         changed = self.settings.replace(**{name: GenerationSettings.parse(name, arg, "repl")})
+        note = ""
         try:
-            self.settings = changed.validate("repl")
+            changed.validate("repl")
         except ConfigError as conflict:
-            self.settings = self._clear_older(changed, name, conflict)
+            changed, note = self._clear_older(changed, name, conflict)
+        if option.poem_only or name in ("form", "mode"):
+            self._refuse_impossible(changed)
+        self.settings = changed
+        if note:
+            self.ui.say(note, "yellow")
         if not self.ui.has_status_bar:
             self.ui.say(self.settings.summary(), "dim")
 
@@ -379,7 +385,7 @@ class Session:
     DEPENDENT = ("acrostic", "rhyme_group")
 
     def _clear_older(self, changed: GenerationSettings, name: str,
-                     conflict: ConfigError) -> GenerationSettings:
+                     conflict: ConfigError) -> tuple[GenerationSettings, str]:
         for older in self.DEPENDENT:
             if older == name or getattr(changed, older) == GenerationSettings.default(older):
                 continue
@@ -389,9 +395,19 @@ class Session:
             except ConfigError:
                 continue
             public = GenerationSettings.options()[older].public("repl")
-            self.ui.say(f"{public} {getattr(changed, older)} cleared: {conflict}", "yellow")
-            return cleared
+            return cleared, f"{public} {getattr(changed, older)} cleared: {conflict}"
         raise conflict
+
+    def _refuse_impossible(self, settings: GenerationSettings) -> None:
+        """Constraints that no poem can meet with this model (a head the model never saw, a
+        banned head) are refused when set, by the decoder's own check, not at the next poem."""
+        from poetgen.verse.constrain import compile_spec
+
+        if settings.writes_poem and self.vocab is not None:
+            try:
+                compile_spec(settings.poem_spec(prime=""), self.vocab)
+            except PoetgenError as e:
+                raise type(e)(GenerationSettings.named_for(str(e), "repl")) from None
 
 
 def _shown(value) -> str:
