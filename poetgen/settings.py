@@ -237,15 +237,21 @@ class GenerationSettings:
     def parse(cls, name: str, text: str, side: Side) -> Any:
         """The value of field `name` from `text`, or a ConfigError that names it as `side` does."""
         option = cls.options()[name]
-        low, high = option.limits.get(side, (None, None))
+        # Python callers get the command line's limits; the REPL may have its own.
+        low, high = option.limits.get(side) or option.limits.get("cli", (None, None))
         expects = option.expects.format(low=low, high=high)
         try:
             value = option.parse(text)
             if low is not None and not low <= value <= high:
                 raise ValueError
         except (ValueError, TypeError, OverflowError):
-            raise ConfigError(f"{option.public(side)} needs {expects}, not {text!r}") from None
+            raise ConfigError(f"{cls.public(name, side)} needs {expects}, not {text!r}") from None
         return value
+
+    @classmethod
+    def public(cls, name: str, side: Side) -> str:
+        """How `side` spells field `name`: --top-k, :top-k, or top_k (Python)."""
+        return name if side == "api" else cls.options()[name].public(side)
 
     @classmethod
     def named_for(cls, message: str, side: Side) -> str:
@@ -257,9 +263,9 @@ class GenerationSettings:
 
         def public(flag: re.Match) -> str:
             name = cls.field_for(flag[1], "cli")
-            if name == "prime":
-                return {"repl": "the start"}.get(side, "prime")
-            return cls.options()[name].public(side) if name else flag[0]
+            if name == "prime" and side == "repl":
+                return "the start"
+            return cls.public(name, side) if name else flag[0]
 
         return re.sub(r"--([a-z][a-z-]*)", public, message)
 
@@ -288,7 +294,7 @@ class GenerationSettings:
             if value is None or isinstance(value, (bool, Path)) or value == self.default(name):
                 continue
             self.parse(name, str(value), side)
-        name = lambda key: options[key].public(side)  # noqa: E731
+        name = lambda key: self.public(key, side)  # noqa: E731
         if not self.form and self.mode == "poem":
             given = [k for k in self.changed() if options[k].poem_only]
             if given and side != "repl":  # the REPL keeps them for when a :form is set again

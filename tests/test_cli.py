@@ -171,9 +171,8 @@ def test_ctrl_c_saves_last_and_exits_130(tmp_path, corpus_file):
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
     deadline = time.time() + 60
     line = ""
-    while "Training on" not in line and time.time() < deadline:
+    while "Training on" not in line and time.time() < deadline:  # said once Ctrl-C is caught
         line = proc.stderr.readline()
-    time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     _, rest = proc.communicate(timeout=60)
     assert proc.returncode == 130, rest

@@ -137,7 +137,7 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_
     Ctrl-C saves `last` and exits; --resume continues exactly where it stopped.
     """
     from poetgen.lm import checkpoint as ckpt_mod
-    from poetgen.lm.corpus import Vocab, encode_tensor, read_text, split_lines
+    from poetgen.lm.corpus import Vocab, prepare
     from poetgen.lm.train import TrainingInterrupted
     from poetgen.lm.train import train as run_training
 
@@ -161,21 +161,15 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_
     source = out_dir / "last.safetensors" if resume else init_from
     meta = ckpt_mod.read_meta(source) if source else None
     model_config, config = run_configs(values, meta, keep="all" if resume else "shape")
-    vocab = Vocab.from_list(meta["vocab"]) if meta else None
-    text = read_text(corpus)
-    if val_path:
-        train_text, val_text = text, read_text(val_path)
-    else:
-        train_text, val_text = split_lines(text, config.val_fraction)
-    vocab = vocab or Vocab.build(train_text, config.min_count, config.max_vocab)
-    train_ids, val_ids = encode_tensor(vocab, train_text), encode_tensor(vocab, val_text)
+    data = prepare(corpus, val_path, config, Vocab.from_list(meta["vocab"]) if meta else None)
 
     from poetgen.app.progress import TrainProgress
 
     progress = TrainProgress(err, config)
     try:
-        result = run_training(train_ids, val_ids, vocab, model_config, config, out_dir,
-                              resume=resume, callbacks=progress.callbacks(), init=init_from)
+        result = run_training(data.train_ids, data.val_ids, data.vocab, model_config, config,
+                              out_dir, resume=resume, callbacks=progress.callbacks(),
+                              init=init_from)
     except TrainingInterrupted as e:
         progress.close()
         err.print(f"[yellow]Interrupted at step {e.step}: saved {e.checkpoint}.[/] "
@@ -508,14 +502,16 @@ def corpus_build(sources, out_path, forms, simplified, dedupe, strip_notes, min_
       poetgen corpus build ../shared/corpora/chinese-poetry -o corpora/tang.txt \\
           --form 5x4,5x8,7x4,7x8 --simplified --dedupe
     """
-    from poetgen.verse.corpus_tools import build_corpus
+    from poetgen.verse.corpus_tools import BuildOptions, build_corpus
     from poetgen.app.progress import progress_bar
     from poetgen.verse.prosody import get_form
 
-    wanted = {get_form(f.strip()).code for f in forms.split(",") if f.strip()} if forms else None
+    wanted = (frozenset(get_form(f.strip()).code for f in forms.split(",") if f.strip())
+              if forms else None)
+    options = BuildOptions(forms=wanted, simplified=simplified, dedupe=dedupe,
+                           strip_notes=strip_notes, min_count=min_count, val_fraction=val_fraction)
     with progress_bar(unit=" poems", desc="reading") as bar:
-        report = build_corpus(list(sources), out_path, wanted, simplified, dedupe, strip_notes,
-                              min_count, val_fraction, progress=lambda n: bar.update(1))
+        report = build_corpus(list(sources), out_path, options, progress=lambda n: bar.update(1))
     table = Table(title=f"{report.read:,} poems read")
     table.add_column("result")
     table.add_column("poems", justify="right")
@@ -568,7 +564,8 @@ def corpus_fetch(name, url, sha256, dest, manifest_path):
 
     Resumes an interrupted download (run it again), verifies the sha256, then builds the text.
     """
-    from poetgen.verse.corpus_tools import build_corpus, download, extract_members, manifest
+    from poetgen.verse.corpus_tools import (BuildOptions, build_corpus, download, extract_members,
+                                            manifest)
     from poetgen.app.progress import progress_bar
 
     entry = dict(manifest(manifest_path).get(name) or {}) if not url else {}
@@ -588,9 +585,10 @@ def corpus_fetch(name, url, sha256, dest, manifest_path):
         download(entry["url"], archive, entry.get("sha256"), bar)
     raw = extract_members(archive, entry["members"], dest / "raw" / name)
     b = entry.get("build", {})
-    forms = {f.strip() for f in b["forms"].split(",")} if b.get("forms") else None
-    report = build_corpus(raw, dest / f"{name}.txt", forms, b.get("simplified", False),
-                          b.get("dedupe", False), b.get("strip_notes", False))
+    forms = frozenset(f.strip() for f in b["forms"].split(",")) if b.get("forms") else None
+    options = BuildOptions(forms=forms, simplified=b.get("simplified", False),
+                           dedupe=b.get("dedupe", False), strip_notes=b.get("strip_notes", False))
+    report = build_corpus(raw, dest / f"{name}.txt", options)
     click.echo(f"wrote {dest / f'{name}.txt'} ({report.kept:,} of {report.read:,} poems)")
 
 
@@ -608,7 +606,7 @@ def plot(run_dirs, out_path):
     Several RUN_DIRs are drawn one after another, as the stages of one model (a run started
     with `train --init` from the one before): `poetgen plot checkpoints/tang checkpoints/tang2`.
     """
-    from poetgen.lm.checkpoint import atomic_write_bytes
+    from poetgen.files import atomic_write_bytes
     from poetgen.app.plot import curve_png, read_metrics
 
     png = curve_png([read_metrics(d) for d in run_dirs], " → ".join(d.name for d in run_dirs))

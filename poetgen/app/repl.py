@@ -182,7 +182,7 @@ class Session:
         self.ui.poems([p.text for p in poems])
 
     def _write_session_file(self) -> None:
-        from poetgen.lm.checkpoint import atomic_write_bytes
+        from poetgen.files import atomic_write_bytes
 
         if self.session_file is None:
             return
@@ -317,7 +317,7 @@ class Session:
 
     @command("save", "FILE [#N]", "Append the poem (or poem #N) to FILE.", values="path")
     def save(self, arg: str) -> None:
-        from poetgen.lm.checkpoint import atomic_write_bytes
+        from poetgen.files import atomic_write_bytes
 
         name, poem = self._poem(arg)
         if not name:

@@ -165,7 +165,7 @@ class LineHistory(History):
         except OSError:
             return []
         if len(lines) > 2 * self.LIMIT:  # trim now and then, not at every line
-            from poetgen.lm.checkpoint import atomic_write_bytes
+            from poetgen.files import atomic_write_bytes
 
             lines = lines[-self.LIMIT:]
             try:
