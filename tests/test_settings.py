@@ -146,3 +146,13 @@ def test_python_api_names_settings_as_python_does():
     with pytest.raises(ConfigError, match="temperature needs a number > 0"):
         GenerationSettings(temperature=-1).validate()
     assert poetgen.GenerationSettings is GenerationSettings
+
+
+def test_decoder_messages_name_settings_as_each_side_does():
+    """The constrained decoder words its errors with flags; the REPL and Python rename them."""
+    message = "--prime puts '秋' where --acrostic puts '春'; --no-repeat; --top-k; --unknown"
+    assert GenerationSettings.named_for(message, "cli") == message
+    assert GenerationSettings.named_for(message, "repl") == \
+        "the start puts '秋' where :acrostic puts '春'; :no-repeat; :top-k; --unknown"
+    assert GenerationSettings.named_for(message, "api") == \
+        "prime puts '秋' where acrostic puts '春'; no_repeat; top_k; --unknown"

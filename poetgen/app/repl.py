@@ -10,8 +10,9 @@ Three parts, each replaceable without the others:
     TerminalUI  a terminal (poetgen.app.terminal, on prompt_toolkit): line editing, Tab
                 completion, a status bar, history, keys typed during a generation held back
 
-Commands act on the poem shown (`#N` picks one of several shown); every poem the session writes
-is appended to a session file named at start, so no error, crash or closed window loses one.
+Commands act on the poem shown (`#N` picks one of several shown); in a terminal, every poem the
+session writes is also written (atomically, as it is made) to a session file named at start, so
+no error, crash or closed window loses one. Scripted sessions print every poem on stdout.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class UI(Protocol):
     has_status_bar: bool  # the settings are always on screen (else printed when they change)
     quit_requested: bool  # Ctrl-D was pressed while no prompt was shown: end after this command
 
+    def read(self) -> str: ...  # the main prompt's next line; EOFError at the end (Ctrl-D)
     def say(self, text: str, style: str = "") -> None: ...
     def show(self, renderable: RenderableType) -> None: ...
     def poems(self, texts: list[str], all_numbered: bool = False) -> None: ...
