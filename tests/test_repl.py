@@ -324,11 +324,14 @@ def test_read_pick_answer(answer, expected):
 
 def test_verse_rows_and_poem_rows():
     poem = "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。"
-    assert verse_rows(poem) == ["白日依山尽，", "黄河入海流。", "欲穷千里目，", "更上一层楼。"]
+    assert verse_rows(poem).split("\n") == ["白日依山尽，", "黄河入海流。", "欲穷千里目，",
+                                            "更上一层楼。"]
     assert poem_rows(poem, 48) == [poem]  # 24 characters, 48 cells: fits
     assert poem_rows(poem, 47, "2. ") == ["2. 白日依山尽，", "   黄河入海流。", "   欲穷千里目，",
                                          "   更上一层楼。"]
     assert poem_rows(poem, None) == [poem]
+    prose = "To be, or not to be,\nthat is the question."  # free text: its own rows fit
+    assert poem_rows(prose, 30) == [prose]
 
 
 def test_wrap_fields():

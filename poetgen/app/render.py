@@ -1,10 +1,13 @@
 """Rendering for the terminal: a checked poem (characters with pinyin, 平仄 and rhyme marks,
-coloured) and a poem laid out for the terminal's width.
+coloured), and a poem laid out one verse line per row (`sample --by-line`, and the REPL when a
+poem is wider than the terminal).
 
 Shared by `poetgen check` and the REPL's `:check`, so both show the same thing.
 """
 
 from __future__ import annotations
+
+import re
 
 from rich.cells import cell_len
 from rich.console import Group
@@ -15,6 +18,15 @@ from poetgen.verse.check import Report
 
 TONE_STYLE = {"平": "green", "仄": "blue", "both": "yellow", None: "dim"}
 TONE_MARK = {"平": "平", "仄": "仄", "both": "中", None: "?"}
+
+
+VERSE_END = re.compile(r"([，。？！；])(?=[^\n])")  # a verse line's end, not already at a break
+
+
+def verse_rows(text: str) -> str:
+    """`text` with a line break after every verse line (，。？！；), e.g. a 七律's 8 lines on 8
+    rows; text without that punctuation is returned as it is."""
+    return VERSE_END.sub("\\1\n", text)
 
 
 def render_report(report: Report) -> Group:
@@ -47,27 +59,12 @@ def render_report(report: Report) -> Group:
     return Group(head, table, verdict, legend)
 
 
-# Verse lines end at these marks; a narrow terminal shows one verse line per row.
-VERSE_END = "，。？！；"
-
-
-def verse_rows(poem: str) -> list[str]:
-    """A poem split after each verse line's punctuation: '白日依山尽，黄河入海流。' -> two rows."""
-    rows, current = [], ""
-    for ch in poem.strip():
-        current += ch
-        if ch in VERSE_END:
-            rows.append(current)
-            current = ""
-    return rows + [current] if current.strip() else rows
-
-
 def poem_rows(poem: str, width: int | None, label: str = "") -> list[str]:
     """How to print a poem in `width` terminal cells: one row if it fits, else one verse line per
     row (continuation rows indented under `label`, e.g. '2. '). width None: always one row."""
-    if width is None or cell_len(label + poem) <= width:
+    if width is None or max(cell_len(row) for row in (label + poem).split("\n")) <= width:
         return [label + poem]
-    rows = verse_rows(poem)
+    rows = verse_rows(poem.strip()).split("\n")
     return [label + rows[0]] + [" " * cell_len(label) + row for row in rows[1:]]
 
 

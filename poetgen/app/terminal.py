@@ -125,7 +125,7 @@ class TerminalUI:
         for i, text in enumerate(texts, 1):
             label = f"{i}. " if len(texts) > 1 or all_numbered else ""
             for row in poem_rows(text, self.console.width, label):
-                self.console.print(Text(row, style="bold"))
+                self.console.print(Text(row, style="bold"), soft_wrap=False)  # prose: by words
 
     def error(self, text: str) -> None:
         self.console.print(f"error: {escape(text)}", style="red", soft_wrap=False)
