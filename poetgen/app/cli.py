@@ -650,9 +650,9 @@ REPL_START = ("form", "seed", "temperature", "rhyme", "tones")
 def repl(ctx, checkpoint, device, threads, **values):
     """Write poems (or text) together with the model, interactively.
 
-    Type the start of a poem and the model completes it (a model of running text, prose, starts
-    in :mode free: what you type is continued for :max-chars). Inside, :help lists every
-    command; the main ones:
+    Type the start of a poem and the model completes it (with a model of running text, prose,
+    it starts in free mode and continues what you type). Inside, :help lists every command;
+    the main ones:
 
     \b
       :line 3      rewrite line 3 only (of poem #2 of several: :line 3 #2)
