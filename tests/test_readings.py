@@ -90,6 +90,16 @@ def test_generation_uses_only_common_readings_unless_told_otherwise():
         compile_spec(PoemSpec.make("五绝", readings="some"), vocab)
 
 
+def test_generation_never_rhymes_a_character_twice():
+    # 灯 is the vocabulary's only 十蒸 character: a 五绝 has at least two rhymes
+    vocab = Vocab.build("灯春江花月夜山水风云雨天人心秋声明光长空日落红南北东西来去不知何处归，。\n")
+    with pytest.raises(ConstraintError, match="fewer characters in the model's vocabulary than the poem's"):
+        compile_spec(PoemSpec.make("五绝", rhyme_group="下平十蒸", pattern="????灯"), vocab)
+    compiled = compile_spec(PoemSpec.make("五绝"), vocab)
+    assert not bool(compiled.cand0[compiled.group_names.index("下平十蒸")])
+    assert bool(compiled.cand0[compiled.group_names.index("上平一东")])
+
+
 # ----------------------------------------------------------------------------- modern rhyme
 
 

@@ -303,7 +303,15 @@ def _rhyme(spec: PoemSpec, vocab: Vocab, positions: list[tuple[int, int]],
                                   "but the tonal templates rhyme in level (平) groups; choose a "
                                   "level group or use --tones off")
         allowed = allowed & wanted
-    for g in allowed:
+    # No character rhymes twice (重韵), so a group needs a character for every rhyme position.
+    rhymes = int(at.sum(1).max())
+    sizes = (member & _writable(spec, vocab)[:, None]).sum(0)
+    big_enough = {g for g in allowed if int(sizes[gindex[g]]) >= rhymes}
+    if spec.rhyme_group and not big_enough and any(int(sizes[gindex[g]]) for g in allowed):
+        raise ConstraintError(f"rhyme group {spec.rhyme_group!r} has fewer characters in the model's "
+                              f"vocabulary than the poem's {rhymes} rhymes, and no character may "
+                              "rhyme twice; choose a larger group")
+    for g in big_enough or allowed:  # none at all: _fit names the position that cannot rhyme
         cand0[gindex[g]] = True
     return _Rhyme(group_names, member, at, cand0)
 
