@@ -368,8 +368,8 @@ def _complete_forms(incomplete: str) -> list[str]:
 UNKNOWN_WARNING = 0.05  # eval warns above this share of unknown characters (tang_val: 0.15%)
 
 # The generation settings `eval --generate` offers (its --form is a list of forms to measure).
-EVAL_GENERATION = ("temperature", "top_k", "top_p", "seed", "rhyme", "tones", "no_repeat", "ban",
-                   "best_of", "beam", "novel")
+EVAL_GENERATION = ("temperature", "top_k", "top_p", "seed", "rhyme", "tones", "readings",
+                   "no_repeat", "ban", "best_of", "beam", "novel")
 
 
 @cli.command("eval")
