@@ -28,12 +28,19 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from poetgen.errors import ConfigError
+
+
+# How long a rank waits for the others at a collective before the run fails. Rank 0 evaluates
+# alone while the others wait at the next step, so this bounds a validation pass. Set for gloo
+# and NCCL alike.
+WAIT = timedelta(minutes=30)
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,7 @@ def session(device_type: str) -> Iterator[World]:
                           "use --device cpu or run one process")
     if device_type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    dist.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=WAIT)
     try:
         yield current()
     finally:
