@@ -73,7 +73,7 @@ def test_init_starts_from_a_checkpoints_weights_with_new_regularization(tmp_path
     for name, weight in source.model.state_dict().items():
         if not name.startswith("start_"):  # the start state is burned in again at evaluation
             assert torch.allclose(weight, b.model.state_dict()[name], atol=1e-6), name
-    assert b.meta["init"]["sha256"] == source.meta["sha256"] and b.meta["init"]["step"] == 12
+    assert b.meta["init"]["sha256"] == source.sha256 and b.meta["init"]["step"] == 12
     # A resumed second stage still says where it started from.
     train(ids, val, vocab, other, TrainConfig(**{**cfg.__dict__, "max_steps": 12}), tmp_path / "b",
           resume=True)

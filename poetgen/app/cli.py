@@ -1,12 +1,14 @@
 """The `poetgen` command line: parse options, call the core, print results.
 
-Errors a user can fix (PoetgenError) become one-line messages with exit code 1; `--debug` shows the
-traceback instead. Ctrl-C during training saves `last` and exits with 130.
+Errors a user can fix (PoetgenError) and file-system faults (OSError) become one-line messages
+with exit code 1; `--debug` shows the traceback instead. Ctrl-C exits with 130 and no traceback,
+whenever it comes; during training it first saves `last`.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -16,22 +18,28 @@ from rich.table import Table
 
 from poetgen import __version__
 from poetgen.lm.config import ModelConfig, TrainConfig, load_toml, parse_duration, run_configs, to_dict
-from poetgen.errors import ConfigError, PoetgenError
+from poetgen.errors import ConfigError, PoetgenError, file_error
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class PoetgenGroup(click.Group):
-    """Turns PoetgenError into ClickException (one line, exit 1) unless --debug is on."""
+    """Turns PoetgenError and OSError into ClickException (one line, exit 1) unless --debug is
+    on, and Ctrl-C into exit 130 (click's own "Aborted!" exits 1, as if it had failed)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except PoetgenError as e:
+        except (PoetgenError, OSError) as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
+            if isinstance(e, OSError):  # a fault no specific check turned into a PoetgenError
+                e = file_error(e.filename or "a file", e, "use")
             raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            err.print("Interrupted.")
+            raise click.exceptions.Exit(130) from None
 
 
 @click.group(cls=PoetgenGroup, invoke_without_command=True,
@@ -158,7 +166,14 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_
     if init_from:
         init_from = ckpt_mod.resolve(init_from)
     source = out_dir / "last.safetensors" if resume else init_from
-    meta = ckpt_mod.read_meta(source) if source else None
+    meta = None
+    if source:
+        header = ckpt_mod.read_header(source)
+        for note in header.notes:
+            err.print(f"[yellow]note:[/] {note}")
+        if resume:
+            ckpt_mod.check_resumable(header.meta, header.path)
+        meta = header.meta
     model_config, config = run_configs(values, meta, keep="all" if resume else "shape")
     vocab = Vocab.from_list(meta["vocab"]) if meta else None
     text = read_text(corpus)
@@ -188,6 +203,17 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_
 
 # ----------------------------------------------------------------------------------------------
 # sample
+
+
+def load(spec: str | None):
+    """The checkpoint a command means (see checkpoint.resolve), verified; notes go to stderr."""
+    from poetgen.lm import checkpoint as ckpt_mod
+
+    ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(spec))
+    for note in ck.notes:
+        err.print(f"[yellow]note:[/] {note}")
+    return ck
+
 
 _CHECKPOINT_HELP = ("Checkpoint file or run directory, or `default` for the bundled model. "
                     "[default: $POETGEN_CHECKPOINT, else the newest under ./checkpoints, "
@@ -255,11 +281,10 @@ def sample(checkpoint, temperature, top_k, top_p, prime, n, max_chars, no_stop, 
       poetgen sample --form 五律 --acrostic 春江花月 --best-of 8
       poetgen sample --form 5x4 --pattern '??春??' --rhyme-group 下平七阳
     """
-    from poetgen.lm import checkpoint as ckpt_mod
     from poetgen.lm.sample import check_sampling_args, generate
 
     check_sampling_args(temperature, top_k, top_p)
-    ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
+    ck = load(checkpoint)
     _check_prime(prime, ck.vocab, ck.path)
     spec = poem_spec(constraints, prime)
     if spec is None:
@@ -351,11 +376,9 @@ def eval_cmd(checkpoint, file, as_json, generate, forms, temperature, tones, bes
       poetgen eval default tang_val.txt
       poetgen eval default --generate 200 --real tang_val.txt --corpus tang_train.txt
     """
-    from poetgen.lm import checkpoint as ckpt_mod
-
     if file is None and generate is None:
         raise ConfigError("give a FILE to score, or --generate N to measure generated poems")
-    ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
+    ck = load(checkpoint)
     if file is not None:
         from poetgen.lm.evaluate import evaluate_file
         from poetgen.app.progress import progress_bar
@@ -414,13 +437,12 @@ def metrics_table(rows) -> Table:
 @click.argument("checkpoint", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(checkpoint, as_json):
-    """What a checkpoint holds: config, size, vocabulary, training summary."""
-    from poetgen.lm import checkpoint as ckpt_mod
-
-    ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
+    """What a checkpoint holds: config, size, vocabulary, training summary, checksum."""
+    ck = load(checkpoint)
     training = ck.meta.get("training", {})
     summary = {"checkpoint": str(ck.path), "parameters": ck.model.num_parameters(),
                "vocab_size": len(ck.vocab), "file_bytes": ck.path.stat().st_size,
+               "format": ck.meta["format"], "sha256": ck.sha256,
                "config": to_dict(ck.model.config), "train_config": ck.meta.get("train_config", {}),
                "training": training, "init": ck.meta.get("init")}
     if as_json:
@@ -433,11 +455,13 @@ def info(checkpoint, as_json):
         table.add_row(k, str(v))
     for k in ("step", "epochs", "elapsed", "val_bpc", "best_val_bpc", "train_chars"):
         if k in training:
-            v = training[k]
-            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else f"{v:,}")
+            v = training[k]  # None: not evaluated yet (a run interrupted before its first one)
+            table.add_row(k, "–" if v is None else f"{v:.4f}" if isinstance(v, float) else f"{v:,}")
     if summary["init"]:
         init = summary["init"]
-        table.add_row("started from", f"{init['from']} (step {init['step']}, sha256 {init['sha256'][:12]}…)")
+        sha = f", sha256 {init['sha256'][:12]}…" if init["sha256"] else ""
+        table.add_row("started from", f"{init['from']} (step {init['step']}{sha})")
+    table.add_row("sha256", f"{ck.sha256} ({ck.meta['format']})")
     out.print(table)
 
 
@@ -504,11 +528,10 @@ def repl(ctx, checkpoint, form, seed):
     \b
       printf '春风\n:line 2\n:check\n:save poems.txt\n' | poetgen repl
     """
-    from poetgen.lm import checkpoint as ckpt_mod
     from poetgen.verse.prosody import get_form
     from poetgen.app.repl import Settings, run
 
-    ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
+    ck = load(checkpoint)
     settings = Settings(form=get_form(form).name, seed=seed)
     ctx.exit(run(ck.model, ck.vocab, out, click.get_text_stream("stdin"), settings))
 
@@ -663,6 +686,9 @@ def plot(run_dirs, out_path):
 def export(checkpoint, out_path, half):
     """Write CHECKPOINT's model (no training state) to OUT_PATH, e.g. for release.
 
+    CHECKPOINT must pass its checksum: a corrupt file is refused, never re-signed. Exporting a
+    checkpoint in the old format (v1) rewrites it in the current one.
+
     \b
     Example (the bundled model):
       poetgen export checkpoints/tang poetgen/data/tang.safetensors --half
@@ -671,7 +697,7 @@ def export(checkpoint, out_path, half):
 
     from poetgen.lm import checkpoint as ckpt_mod
 
-    ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
+    ck = load(checkpoint)
     meta = {k: v for k, v in ck.meta.items() if k not in ("format", "config", "vocab", "sha256")}
     meta["exported_from"] = ck.path.name
     meta["dtype"] = "float16" if half else "float32"
@@ -680,7 +706,12 @@ def export(checkpoint, out_path, half):
 
 
 def main() -> None:
-    cli(prog_name="poetgen")
+    try:
+        cli(prog_name="poetgen")
+    finally:
+        # The command is over, however it ended: a Ctrl-C from here on has nothing left to stop,
+        # and one landing during interpreter shutdown would print a KeyboardInterrupt traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

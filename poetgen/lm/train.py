@@ -355,7 +355,7 @@ def _initial_model(path: str | Path, vocab: Vocab,
     model = CharLSTM(replace(source.model.config,
                              **{k: getattr(model_config, k) for k in REGULARIZATION}))
     model.load_state_dict(source.model.state_dict())
-    return model, {"from": str(source.path), "sha256": source.meta.get("sha256"),
+    return model, {"from": str(source.path), "sha256": source.sha256,
                    "step": source.meta.get("training", {}).get("step")}
 
 
