@@ -234,8 +234,8 @@ def _read(path: Path) -> _Verified:
         raise corrupt("the poetgen metadata is not a JSON object")
     fmt = meta.get("format")
     if fmt not in (FORMAT, FORMAT_V1):
-        raise CheckpointError(f"{path}: checkpoint format {fmt!r} is not {FORMAT!r}; it was "
-                              "written by another version of poetgen")
+        raise CheckpointError(f"{path}: checkpoint format {repr(fmt)[:60]} is not {FORMAT!r}; "
+                              "it was written by another version of poetgen")
     if (fmt == FORMAT) != (checksum is not None):
         raise corrupt(f"a {fmt} header {'without' if checksum is None else 'with'} a file checksum")
     notes: tuple[str, ...] = ()
