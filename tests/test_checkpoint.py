@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
+from poetgen import files
 from poetgen.lm import checkpoint
 from poetgen.lm.checkpoint import (check_resumable, load_checkpoint, read_meta, resolve,
                                    save_checkpoint)
@@ -145,7 +146,7 @@ def test_failed_write_is_one_line_and_leaves_previous_file_intact(saved, monkeyp
     def fail(*a, **k):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(checkpoint.os, "fsync", fail)
+    monkeypatch.setattr(files.os, "fsync", fail)
     with pytest.raises(FileSystemError) as e:
         save_checkpoint(path, m, vocab, {"training": {"step": 99}})
     assert str(e.value).startswith(f"cannot write {path} (") and fix in str(e.value)
@@ -445,4 +446,4 @@ def test_stale_temporaries_are_found(saved):
     path = saved[0]
     stale = path.parent / f".{path.name}.abc123.tmp"
     stale.write_bytes(b"half a checkpoint")
-    assert checkpoint.stale_temporaries(path.parent) == [stale]
+    assert files.stale_temporaries(path.parent) == [stale]

@@ -28,14 +28,14 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from poetgen.errors import CheckpointError, ConfigError, FileSystemError, file_error
+from poetgen.errors import CheckpointError, ConfigError, file_error
+from poetgen.files import atomic_write_bytes
 from poetgen.lm.config import ModelConfig, TrainConfig, check_types, to_dict
 from poetgen.lm.corpus import Vocab, input_file
 from poetgen.lm.model import CharLSTM, allocate, skeleton, tensor_shapes
@@ -68,49 +68,6 @@ class Checkpoint:
 
 # ----------------------------------------------------------------------------------------------
 # Writing
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same directory and os.replace: all or nothing.
-
-    A file-system fault (disk full, read-only, no permission, a file where a directory should be)
-    becomes one FileSystemError naming the path; the file that was there before is untouched.
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        _remove_quietly(tmp)
-        raise file_error(path, e, "write") from None
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-
-
-def _remove_quietly(tmp: str | None) -> None:
-    if tmp is not None:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-
-
-def stale_temporaries(directory: Path) -> list[Path]:
-    """Temporary files atomic_write_bytes leaves behind when its process is killed mid-write.
-
-    Remove them only while holding the directory's lock: another writer's file looks the same.
-    """
-    return sorted(p for p in Path(directory).glob(".*.tmp") if p.is_file())
 
 
 def encode(tensors: dict[str, torch.Tensor], meta: dict) -> bytes:
@@ -541,7 +498,7 @@ def resolve(spec: str | None, search_dir: str | Path = "checkpoints") -> Path:
                           "train one with `poetgen train CORPUS` or pass --checkpoint PATH")
 
 
-__all__ = ["Checkpoint", "FORMAT", "FORMAT_V1", "BUNDLED", "ENV_VAR", "FileSystemError",
-           "atomic_write_bytes", "stale_temporaries", "encode", "save_checkpoint", "Header",
+__all__ = ["Checkpoint", "FORMAT", "FORMAT_V1", "BUNDLED", "ENV_VAR", "encode", "save_checkpoint",
+           "Header",
            "read_header", "read_meta",
            "load_checkpoint", "check_resumable", "resolve"]

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import torch
 
 from poetgen.lm.corpus import Vocab, iter_text
-from poetgen.lm.model import CharLSTM
+from poetgen.lm.model import CharLSTM, evaluating
 
 PIECE = 2048  # characters scored per forward pass
+LN2 = math.log(2)  # nats per bit: bits = nats / LN2
 
 
 @dataclass
@@ -26,7 +27,7 @@ class EvalResult:
 
     @property
     def bpc(self) -> float:
-        return self.nats / max(1, self.chars) / math.log(2)
+        return self.nats / max(1, self.chars) / LN2
 
     @property
     def perplexity(self) -> float:
@@ -53,26 +54,22 @@ def _stream(model: CharLSTM, pieces: Iterable[torch.Tensor]
 def evaluate_ids(model: CharLSTM, pieces: Iterable[torch.Tensor],
                  progress: Callable[[int], None] = lambda chars: None) -> EvalResult:
     """Score 1-D id tensors as one continuous stream, starting from the poem-start state."""
-    was_training = model.training
-    model.eval()
     nats, chars = 0.0, 0
-    for predictors, x in _stream(model, pieces):
-        nats += float(model.loss(predictors, x)) * x.size(0)
-        chars += x.size(0)
-        progress(x.size(0))
-    model.train(was_training)
+    with evaluating(model):
+        for predictors, x in _stream(model, pieces):
+            nats += float(model.loss(predictors, x)) * x.size(0)
+            chars += x.size(0)
+            progress(x.size(0))
     return EvalResult(nats, chars, 0)
 
 
 @torch.no_grad()
 def token_bits(model: CharLSTM, ids: torch.Tensor) -> torch.Tensor:
     """Bits of every token of the 1-D `ids`, read as evaluate_ids reads them: (N,)."""
-    was_training = model.training
-    model.eval()
-    bits = [-model.log_probs(predictors).view(x.size(0), -1).gather(1, x).view(-1)
-            for predictors, x in _stream(model, [ids])]
-    model.train(was_training)
-    return torch.cat(bits) / math.log(2)
+    with evaluating(model):
+        nats = [-model.log_probs(predictors).view(x.size(0), -1).gather(1, x).view(-1)
+                for predictors, x in _stream(model, [ids])]
+    return torch.cat(nats) / LN2
 
 
 def evaluate_file(model: CharLSTM, vocab: Vocab, path,

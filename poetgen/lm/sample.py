@@ -30,6 +30,10 @@ class Sample:
     def mean_logprob(self) -> float:
         return self.logprob / max(1, self.num_chars)
 
+    def to_dict(self) -> dict:
+        """The JSON row of `poetgen sample --json`."""
+        return {"text": self.text, "mean_logprob": round(self.mean_logprob, 4), "seed": self.seed}
+
 
 def new_seed() -> int:
     return secrets.randbelow(2**31)
@@ -66,6 +70,20 @@ def draw(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)
     u = torch.rand(cdf.size(0), 1, generator=generator, device=cdf.device) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.size(1) - 1)
+
+
+def sample_next(logp: torch.Tensor, temperature: float, generator: torch.Generator,
+                top_k: int = 0, top_p: float = 1.0,
+                allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """The decode step every sampler shares: one character per row of log-probabilities (N, V).
+
+    Characters outside `allowed` (N, V) are impossible; then temperature, top-k and top-p shape
+    what is left, and one character is drawn per row. Returns (N,) ids.
+    """
+    logits = logp / temperature
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    return draw(filter_logits(logits, top_k, top_p), generator)
 
 
 def prime_model(model: CharLSTM, ids: list[int], batch: int) -> tuple[torch.Tensor, State]:
@@ -114,8 +132,7 @@ def _sample_loop(model, vocab, out, state, n, max_chars, temperature, top_k, top
     for t in range(max_chars):
         logp = model.log_probs(out)  # (n, V)
         logp[:, vocab.unk_id] = float("-inf")  # never write the unknown-character token
-        logits = filter_logits(logp / temperature, top_k, top_p)
-        token = draw(logits, gen)
+        token = sample_next(logp, temperature, gen, top_k, top_p)
         chosen[t] = token
         logprob += torch.where(done, 0.0, logp.gather(1, token[:, None]).squeeze(1))
         if newline is not None:

@@ -4,9 +4,7 @@ and copying, so model and human poems can sit side by side in one table.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -123,40 +121,3 @@ def poem_metrics(poems: list[str], form: str, source: str, copy_index: CopyIndex
         copy_lines=copy_lines, copy_run4=copy_run, longest_copy=longest,
         mean_logprob=sum(logprobs) / len(logprobs) if logprobs else None,
     )
-
-
-def compare_generated(model: CharLSTM, vocab: Vocab, forms: list[str], n: int, *,
-                      temperature: float = 0.8, tones: str = "loose", best_of: int = 1,
-                      seed: int | None = 0, copy_corpus=None, real_file=None, novel=None,
-                      progress: Callable[[Iterable], Iterable] = lambda forms: forms,
-                      ) -> list[PoemMetrics]:
-    """Metrics of `n` generated poems per form, each followed by `real_file`'s poems of that form.
-
-    `copy_corpus` measures copying against a training corpus; `novel` forbids its verse lines in
-    generation (the same file as `copy_corpus` is read once).
-    """
-    from poetgen.verse.check import detect_form
-    from poetgen.verse.constrain import PoemSpec, compile_spec, generate_poems
-    from poetgen.lm.corpus import read_text
-    from poetgen.verse.prosody import get_form
-
-    copy_index = CopyIndex(copy_corpus) if copy_corpus else None
-    if novel and copy_index and Path(novel).resolve() == Path(copy_corpus).resolve():
-        novel_set = copy_index.lines
-    else:
-        novel_set = verse_lines(novel) if novel else None
-    real = read_text(real_file).splitlines() if real_file else []
-    rows = []
-    for name in progress(forms):
-        form = get_form(name)
-        compiled = compile_spec(PoemSpec.make(form, tones=tones), vocab)
-        poems = generate_poems(model, compiled, n=n, temperature=temperature, seed=seed,
-                               best_of=best_of, novel_lines=novel_set)
-        rows.append(poem_metrics([p.text for p in poems], form.name, "model", copy_index,
-                                 [p.mean_logprob for p in poems]))
-        if real:
-            mine = [p for p in real if detect_form(split_verse(p)) == form][:n]
-            known = [p for p in mine if not vocab.unknown(p)]
-            rows.append(poem_metrics(mine, form.name, Path(real_file).name, copy_index,
-                                     mean_logprobs(model, vocab, known)))
-    return rows
