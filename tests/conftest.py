@@ -61,3 +61,21 @@ def tiny_run(tmp_path_factory, tiny_text):
 @pytest.fixture(autouse=True)
 def _single_thread():
     torch.set_num_threads(1)  # small tensors: threads only add noise and contention
+
+
+@pytest.fixture(scope="session")
+def verse_checkpoint(tmp_path_factory) -> Path:
+    """A small model over common Tang characters, trained briefly through the CLI."""
+    from click.testing import CliRunner
+
+    from poetgen.app.cli import cli
+    from test_constrain import synthetic_poems
+
+    d = tmp_path_factory.mktemp("verse")
+    corpus = d / "poems.txt"
+    corpus.write_text(synthetic_poems(200), encoding="utf-8")
+    r = CliRunner().invoke(cli, ["train", str(corpus), "--out", str(d / "run"), "--hidden-size", "32",
+                                 "--embed-size", "16", "--batch-size", "8", "--bptt", "32",
+                                 "--max-steps", "20", "--eval-every", "20"])
+    assert r.exit_code == 0, r.output
+    return d / "run" / "best.safetensors"

@@ -18,16 +18,8 @@ from test_constrain import synthetic_poems
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A small model over common Tang characters, trained briefly via the CLI."""
-    d = tmp_path_factory.mktemp("repl")
-    corpus = d / "poems.txt"
-    corpus.write_text(synthetic_poems(200), encoding="utf-8")
-    r = CliRunner().invoke(cli, ["train", str(corpus), "--out", str(d / "run"), "--hidden-size", "32",
-                                 "--embed-size", "16", "--batch-size", "8", "--bptt", "32",
-                                 "--max-steps", "20", "--eval-every", "20"])
-    assert r.exit_code == 0, r.output
-    return d / "run" / "best.safetensors"
+def checkpoint(verse_checkpoint):
+    return verse_checkpoint
 
 
 def repl(checkpoint, script, *args):
