@@ -34,6 +34,10 @@ class NonFiniteLossError(PoetgenError):
     """Training produced a NaN or infinite loss; the last good checkpoint is left untouched."""
 
 
+class RunBusyError(PoetgenError):
+    """Another process is training in the same run directory (it holds the directory's lock)."""
+
+
 class FileSystemError(PoetgenError):
     """A file or directory cannot be read or written: permissions, a full or read-only disk, or a
     path where a file stands in place of a directory (or the reverse)."""

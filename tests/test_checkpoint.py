@@ -20,6 +20,8 @@ from poetgen.lm.corpus import Vocab
 from poetgen.errors import CheckpointError, FileSystemError, PoetgenError
 from poetgen.lm.model import CharLSTM, skeleton, tensor_shapes
 
+from conftest import rewrite_header
+
 
 @pytest.fixture
 def saved(tmp_path):
@@ -93,45 +95,23 @@ def test_garbage_and_foreign_files_are_refused(tmp_path):
         load_checkpoint(tmp_path / "nope.safetensors")
 
 
-def _rewrite_meta(path, change=lambda meta: None, change_header=lambda header: None, sign=True):
-    """Edit the JSON header in place, as a buggy tool would; `sign` gives the result a valid
-    checksum, computed here from the documented rule (SHA-256 of every byte of the file, the
-    checksum's own 64 digits counted as zeros), so that the checks behind the checksum are tested."""
-    data = path.read_bytes()
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
-    meta = json.loads(header["__metadata__"]["poetgen"])
-    change(meta)
-    header["__metadata__"]["poetgen"] = json.dumps(meta, ensure_ascii=False)
-    change_header(header)
-    zeros = '"poetgen_sha256":"' + "0" * 64 + '"'
-    header["__metadata__"]["poetgen_sha256"] = "0" * 64
-    raw = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    out = len(raw).to_bytes(8, "little") + raw + data[8 + n:]
-    if sign:
-        digest = hashlib.sha256(out).hexdigest()
-        out = out.replace(zeros.encode(), zeros.replace("0" * 64, digest).encode())
-    path.write_bytes(out)
-
-
 def test_mismatched_config_is_refused(saved):
     path = saved[0]
-    _rewrite_meta(path, lambda m: m["config"].update(hidden_size=32))
+    rewrite_header(path, lambda m: m["config"].update(hidden_size=32))
     with pytest.raises(CheckpointError, match="do not match the model config"):
         load_checkpoint(path)
 
 
 def test_mismatched_vocab_is_refused(saved):
     path = saved[0]
-    _rewrite_meta(path, lambda m: m.update(vocab=m["vocab"][1:]))
+    rewrite_header(path, lambda m: m.update(vocab=m["vocab"][1:]))
     with pytest.raises(CheckpointError, match="vocabulary has"):
         load_checkpoint(path)
 
 
 def test_other_format_is_refused(saved):
     path = saved[0]
-    _rewrite_meta(path, lambda m: m.update(format="poetgen-checkpoint-v9"))
+    rewrite_header(path, lambda m: m.update(format="poetgen-checkpoint-v9"))
     with pytest.raises(CheckpointError, match="another version"):
         read_meta(path)
 
@@ -232,7 +212,7 @@ def test_swapped_vocabulary_entries_are_refused(saved):
     def swap(meta):
         meta["vocab"][0], meta["vocab"][1] = meta["vocab"][1], meta["vocab"][0]
 
-    _rewrite_meta(path, swap, sign=False)  # a tool that edits without re-signing
+    rewrite_header(path, swap, sign=False)  # a tool that edits without re-signing
     with pytest.raises(CheckpointError, match="checksum"):
         load_checkpoint(path)
 
@@ -295,7 +275,7 @@ def test_old_format_with_integer_weights_is_refused(saved, tmp_path):
 
 def test_new_file_claiming_the_old_format_is_refused(saved):
     path = saved[0]
-    _rewrite_meta(path, lambda meta: meta.update(format="poetgen-checkpoint-v1"))
+    rewrite_header(path, lambda meta: meta.update(format="poetgen-checkpoint-v1"))
     with pytest.raises(CheckpointError, match="with a file checksum"):
         load_checkpoint(path)
 
@@ -337,7 +317,7 @@ def _set(*keys, value):
 ])
 def test_wrong_header_fields_are_refused_in_one_line(saved, change, message):
     path = saved[0]
-    _rewrite_meta(path, change)
+    rewrite_header(path, change)
     with pytest.raises(CheckpointError, match=message) as e:
         load_checkpoint(path)
     assert "\n" not in str(e.value) and str(path) in str(e.value)
@@ -354,7 +334,7 @@ def test_wrong_header_fields_are_refused_in_one_line(saved, change, message):
 ])
 def test_metadata_that_is_not_an_object_is_refused(saved, poetgen_json, message):
     path = saved[0]
-    _rewrite_meta(path, change_header=lambda h: h["__metadata__"].update(poetgen=poetgen_json))
+    rewrite_header(path, change_header=lambda h: h["__metadata__"].update(poetgen=poetgen_json))
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(path)
 
@@ -370,7 +350,7 @@ def test_metadata_that_is_not_an_object_is_refused(saved, poetgen_json, message)
 ])
 def test_tensor_table_is_checked(saved, change, message):
     path = saved[0]
-    _rewrite_meta(path, change_header=change)
+    rewrite_header(path, change_header=change)
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(path)
 
@@ -378,7 +358,7 @@ def test_tensor_table_is_checked(saved, change, message):
 def test_a_lying_header_is_refused_before_any_weight_is_allocated(saved, monkeypatch):
     """A 362 KB file claiming hidden_size 8000 used to allocate 2.1 GB (80 s) before failing."""
     path = saved[0]
-    _rewrite_meta(path, _set("config", "hidden_size", value=200_000))
+    rewrite_header(path, _set("config", "hidden_size", value=200_000))
     monkeypatch.setattr(checkpoint, "allocate", lambda *a: pytest.fail("allocated a model"))
     with pytest.raises(CheckpointError, match="has shape .*the config needs"):
         load_checkpoint(path)

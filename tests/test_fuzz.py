@@ -8,7 +8,6 @@ The example counts are bounded so that the whole file runs in a few seconds.
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import pytest
@@ -23,6 +22,8 @@ from poetgen.lm.checkpoint import check_resumable, load_checkpoint, save_checkpo
 from poetgen.lm.config import ModelConfig, to_dict
 from poetgen.lm.corpus import Vocab, iter_text
 from poetgen.lm.model import CharLSTM
+
+from conftest import edit_header
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -132,18 +133,8 @@ PLACES = ([("meta", k) for k in ("format", "config", "vocab", "train_config", "t
 
 
 def _signed(data: bytes, meta: dict, table_change) -> bytes:
-    """`data` with its poetgen metadata replaced, re-signed by the documented checksum rule."""
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
-    header["__metadata__"]["poetgen"] = json.dumps(meta, ensure_ascii=False)
-    table_change(header)
-    header["__metadata__"]["poetgen_sha256"] = "0" * 64
-    raw = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    out = len(raw).to_bytes(8, "little") + raw + data[8 + n:]
-    zeros = b'"poetgen_sha256":"' + b"0" * 64 + b'"'
-    digest = hashlib.sha256(out).hexdigest().encode()
-    return out.replace(zeros, zeros.replace(b"0" * 64, digest))
+    """`data` with its poetgen metadata replaced by `meta`, re-signed."""
+    return edit_header(data, lambda m: (m.clear(), m.update(meta)), table_change)
 
 
 def _put(target, keys, value):
