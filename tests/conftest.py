@@ -109,3 +109,22 @@ def edit_header(data: bytes, change_meta=lambda meta: None, change_header=lambda
 def rewrite_header(path: Path, change_meta=lambda meta: None, change_header=lambda header: None,
                    sign: bool = True) -> None:
     path.write_bytes(edit_header(path.read_bytes(), change_meta, change_header, sign))
+
+
+def save_v1(path: Path, model, vocab, meta: dict) -> Path:
+    """A checkpoint as poetgen wrote it before the whole-file checksum (format v1): a SHA-256 of
+    tensor names and bytes only, written by the safetensors library."""
+    from safetensors.torch import save as safetensors_bytes
+
+    from poetgen.lm.config import to_dict
+
+    tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()
+               if k not in model.tied_names()}
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].reshape(-1).view(torch.uint8).numpy().tobytes())
+    header = dict(meta, format="poetgen-checkpoint-v1", config=to_dict(model.config),
+                  vocab=list(vocab.chars), sha256=h.hexdigest())
+    path.write_bytes(safetensors_bytes(tensors, metadata={"poetgen": json.dumps(header)}))
+    return path

@@ -9,7 +9,6 @@ import os
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import save as safetensors_bytes
 
 from poetgen import files
 from poetgen.lm import checkpoint
@@ -20,7 +19,7 @@ from poetgen.lm.corpus import Vocab
 from poetgen.errors import CheckpointError, FileSystemError, PoetgenError
 from poetgen.lm.model import CharLSTM, skeleton, tensor_shapes
 
-from conftest import rewrite_header
+from conftest import rewrite_header, save_v1
 
 
 @pytest.fixture
@@ -234,23 +233,9 @@ def test_training_state_is_verified_even_when_not_loaded(saved):
 # Format v1 (checksum over tensors only)
 
 
-def _save_v1(path, model, vocab, meta):
-    """A checkpoint as poetgen wrote it before the whole-file checksum."""
-    tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        h.update(name.encode())
-        h.update(tensors[name].reshape(-1).view(torch.uint8).numpy().tobytes())
-    from poetgen.lm.config import to_dict
-    header = dict(meta, format="poetgen-checkpoint-v1", config=to_dict(model.config),
-                  vocab=list(vocab.chars), sha256=h.hexdigest())
-    path.write_bytes(safetensors_bytes(tensors, metadata={"poetgen": json.dumps(header)}))
-    return path
-
-
 def test_old_format_loads_with_a_note_and_its_tensor_checksum_still_counts(saved, tmp_path):
     _, m, vocab = saved
-    old = _save_v1(tmp_path / "old.safetensors", m, vocab, {"training": {"step": 3}})
+    old = save_v1(tmp_path / "old.safetensors", m, vocab, {"training": {"step": 3}})
     ck = load_checkpoint(old)
     for k, v in m.state_dict().items():
         assert torch.equal(ck.model.state_dict()[k], v), k
@@ -267,7 +252,7 @@ def test_old_format_with_integer_weights_is_refused(saved, tmp_path):
     """v1 does not hash dtypes: F32 retyped as I32 keeps its tensor checksum, so the loader
     itself must refuse weights that are not floating point."""
     _, m, vocab = saved
-    old = _save_v1(tmp_path / "old.safetensors", m, vocab, {})
+    old = save_v1(tmp_path / "old.safetensors", m, vocab, {})
     _replace_in_header(old, b'"model.start_c":{"dtype":"F32"', b'"model.start_c":{"dtype":"I32"')
     with pytest.raises(CheckpointError, match="not as floating point"):
         load_checkpoint(old)

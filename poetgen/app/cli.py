@@ -659,6 +659,9 @@ def export(checkpoint, out_path, half):
 def main() -> None:
     try:
         cli(prog_name="poetgen")
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one's exit was under way
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sys.exit(130)
     finally:
         # The command is over, however it ended: a Ctrl-C from here on has nothing left to stop,
         # and one landing during interpreter shutdown would print a KeyboardInterrupt traceback.
