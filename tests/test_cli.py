@@ -64,6 +64,9 @@ def test_config_file_and_flags(runner, corpus_file, tmp_path):
     bad.write_text("hiden_size = 3\n")
     r = runner.invoke(cli, ["train", str(corpus_file), "--config", str(bad)])
     assert r.exit_code == 1 and "unknown setting(s) hiden_size" in r.output
+    bad.write_text('hidden_size = "32"\n')  # was a TypeError deep in the model
+    r = runner.invoke(cli, ["train", str(corpus_file), "--config", str(bad)])
+    assert r.exit_code == 1 and "hidden_size must be an integer, not '32'" in r.output
 
 
 @pytest.mark.parametrize("content, message", [

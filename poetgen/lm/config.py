@@ -120,7 +120,7 @@ def check_types(cls, values: dict, where: str) -> dict:
             ok, kind = isinstance(value, (list, tuple)) and all(map(_is_int, value)), "a list of integers"
             value = tuple(value) if ok else value
         if not ok:
-            raise ConfigError(f"{where}: {f.name} must be {kind}, not {value!r}")
+            raise ConfigError(f"{where}: {f.name} must be {kind}, not {repr(value)[:40]}")
         out[f.name] = value
     return out
 
