@@ -182,3 +182,12 @@ def test_eval_generate_metrics_next_to_real_poems(checkpoint, tmp_path):
     assert rows[1]["longest_copy"] == 5 and model["mean_logprob"] < 0
     r = CliRunner().invoke(cli, ["eval", str(checkpoint)])
     assert r.exit_code == 1 and "give a FILE" in r.output
+
+
+def test_save_to_a_directory_is_an_error_and_the_session_goes_on(checkpoint, tmp_path):
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    r = repl(checkpoint, f"春风\n:save {folder}\n:save {tmp_path / 'ok.txt'}\n:quit\n")
+    assert r.exit_code == 0, r.output
+    assert f"error: cannot read {folder}" in r.stdout and "a directory where a file" in r.stdout
+    assert (tmp_path / "ok.txt").read_text(encoding="utf-8").startswith("春风")

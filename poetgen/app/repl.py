@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from poetgen.files import atomic_write_bytes
-from poetgen.errors import ConfigError, PoetgenError
+from poetgen.errors import ConfigError, PoetgenError, file_error
 from poetgen.settings import GenerationSettings
 
 COMMANDS_HELP = """\
@@ -166,7 +166,10 @@ class Session:
         if not arg:
             raise ConfigError(":save needs a file name")
         path = Path(arg).expanduser()
-        old = path.read_bytes() if path.exists() else b""
+        try:
+            old = path.read_bytes() if path.exists() else b""
+        except OSError as e:  # a directory, no permission: a message, and the session goes on
+            raise file_error(path, e, "read") from None
         if old and not old.endswith(b"\n"):
             old += b"\n"
         atomic_write_bytes(path, old + (self.poem + "\n").encode("utf-8"))
