@@ -164,13 +164,17 @@ class GenerationSettings:
     prime: str = setting("", Option(
         "prime", "Text the poem starts with; the model continues it.", str, "text",
         sides=("cli",)))  # the REPL's prime is the line typed at its prompt
+    prime_file: Path | None = setting(None, Option(
+        "prime-file", "Start from the text of this file (UTF-8; newlines kept, but not the one "
+        "that ends the file), for primes a command line cannot hold.", _path, "a UTF-8 text file",
+        sides=("cli",), metavar="FILE"))
     # -- free text --------------------------------------------------------------------------
     max_chars: int = setting(200, Option(
         "max-chars", "Stop free text after this many characters if it has not ended.", _whole(1),
         "a whole number >= 1", aliases=("max",)))
     no_stop: bool = setting(False, Option(
-        "no-stop", "Free text runs on past the end of a poem (newline).", _on_off, "on or off",
-        sides=("cli",), flag=True))
+        "no-stop", "Free text runs on past the end of a poem (newline). A model of running text "
+        "(prose) always does.", _on_off, "on or off", sides=("cli",), flag=True))
     mode: str = setting("poem", Option(
         "mode", "poem: a poem of the :form (or text up to the end of a poem); free: free text "
         "of :max-chars characters.", _choice("poem", "free"), "poem or free", sides=("repl",),
@@ -215,6 +219,11 @@ class GenerationSettings:
     novel: Path | None = setting(None, Option(
         "novel", "Redo poems that copy a verse line of this corpus verbatim.", _path,
         "a corpus file", sides=("cli",), metavar="CORPUS", poem_only=True))
+
+    # -- output -----------------------------------------------------------------------------
+    by_line: bool = setting(False, Option(
+        "by-line", "Print a poem one verse line per row (a 七律 is 64 characters on one row "
+        "otherwise).", _on_off, "on or off", sides=("cli",), flag=True))
 
     # -- the table ----------------------------------------------------------------------------
     @classmethod
@@ -283,6 +292,9 @@ class GenerationSettings:
                 raise ConfigError(f"{name(given[0])} needs {name('form')} (五绝 五律 七绝 七律)")
         if self.form:
             self._check_against_form(name)
+        if self.prime and self.prime_file:
+            raise ConfigError(f"{name('prime')} and {name('prime_file')} both give the start; "
+                              "give one of them")
         if self.beam and self.n > self.beam:
             raise ConfigError(f"{name('beam')} {self.beam} keeps {self.beam} candidates; ask for at "
                               f"most that many poems ({name('n')})")

@@ -1,9 +1,12 @@
 """Rich rendering of a checked poem: characters with pinyin, 平仄 and rhyme marks, coloured.
 
-Shared by `poetgen check` and the REPL's `:check`, so both show the same thing.
+Shared by `poetgen check` and the REPL's `:check`, so both show the same thing. Also how a poem
+is laid out one verse line per row (`sample --by-line`).
 """
 
 from __future__ import annotations
+
+import re
 
 from rich.console import Group
 from rich.table import Table
@@ -13,6 +16,15 @@ from poetgen.verse.check import Report
 
 TONE_STYLE = {"平": "green", "仄": "blue", "both": "yellow", None: "dim"}
 TONE_MARK = {"平": "平", "仄": "仄", "both": "中", None: "?"}
+
+
+VERSE_END = re.compile(r"([，。？！；])(?=[^\n])")  # a verse line's end, not already at a break
+
+
+def verse_rows(text: str) -> str:
+    """`text` with a line break after every verse line (，。？！；), e.g. a 七律's 8 lines on 8
+    rows; text without that punctuation is returned as it is."""
+    return VERSE_END.sub("\\1\n", text)
 
 
 def render_report(report: Report) -> Group:

@@ -36,7 +36,8 @@ import torch
 
 from poetgen.errors import CheckpointError, ConfigError, file_error
 from poetgen.files import atomic_write_bytes
-from poetgen.lm.config import ModelConfig, TrainConfig, check_types, to_dict
+from poetgen.lm.config import (ModelConfig, TrainConfig, check_types, model_config_from_dict,
+                               to_dict)
 from poetgen.lm.corpus import Vocab, input_file
 from poetgen.lm.model import CharLSTM, allocate, skeleton, tensor_shapes
 
@@ -319,7 +320,7 @@ def _check_meta(meta: dict, path: Path) -> tuple[ModelConfig, Vocab]:
                               f"know ({', '.join(map(str, unknown))}); it was written by a newer "
                               "version: use that one")
     try:
-        model_config = ModelConfig(**check_types(ModelConfig, config, "config"))
+        model_config = model_config_from_dict(check_types(ModelConfig, config, "config"))
         model_config.validate()
         if "train_config" in meta:
             if not isinstance(meta["train_config"], dict):
@@ -468,7 +469,13 @@ def _existing(path: str | Path) -> Path:
 
 
 def resolve(spec: str | None, search_dir: str | Path = "checkpoints") -> Path:
-    """Which checkpoint a command means.
+    """Which checkpoint a command means (see `choose`)."""
+    return choose(spec, search_dir)[0]
+
+
+def choose(spec: str | None, search_dir: str | Path = "checkpoints") -> tuple[Path, str]:
+    """Which checkpoint a command means, and why (for messages: a default picked out of sight
+    must be named).
 
     An explicit path (file or run directory); `default` for the bundled Tang model; otherwise the
     POETGEN_CHECKPOINT variable, else the newest checkpoint under ./checkpoints, else the bundled one.
@@ -477,28 +484,33 @@ def resolve(spec: str | None, search_dir: str | Path = "checkpoints") -> Path:
         if not BUNDLED.exists():
             raise CheckpointError("the bundled `default` model is not installed; "
                                   "train one with `poetgen train CORPUS`")
-        return BUNDLED
+        return BUNDLED, "the bundled model"
     if spec:
-        return _existing(spec)
+        return _existing(spec), "given"
     if os.environ.get(ENV_VAR):
-        return _existing(os.environ[ENV_VAR])
-    found = []
-    for p in Path(search_dir).glob("**/*.safetensors"):
-        try:
-            found.append((p.stat().st_mtime, p))
-        except OSError:  # a dangling link or a loop: not a candidate
-            continue
-    found.sort(key=lambda mp: mp[0])
-    best = [p for _, p in found if p.name == "best.safetensors"]
+        return _existing(os.environ[ENV_VAR]), f"${ENV_VAR}"
+    found = find_checkpoints(search_dir)
+    best = [p for p in found if p.name == "best.safetensors"]
     if best or found:
-        return (best or [p for _, p in found])[-1]
+        return (best or found)[-1], f"the newest under {Path(search_dir)}/"
     if BUNDLED.exists():
-        return BUNDLED
+        return BUNDLED, "the bundled model"
     raise CheckpointError(f"no checkpoint found under {search_dir}/ and ${ENV_VAR} is not set; "
                           "train one with `poetgen train CORPUS` or pass --checkpoint PATH")
 
 
+def find_checkpoints(search_dir: str | Path = "checkpoints") -> list[Path]:
+    """Every .safetensors file under `search_dir`, oldest first (by modification time); a
+    dangling link or a link loop is not a candidate (it has no time to sort by)."""
+    found = []
+    for p in Path(search_dir).glob("**/*.safetensors"):
+        try:
+            found.append((p.stat().st_mtime, p))
+        except OSError:
+            continue
+    return [p for _, p in sorted(found, key=lambda mp: mp[0])]
+
+
 __all__ = ["Checkpoint", "FORMAT", "FORMAT_V1", "BUNDLED", "ENV_VAR", "encode", "save_checkpoint",
-           "Header",
-           "read_header", "read_meta",
-           "load_checkpoint", "check_resumable", "resolve"]
+           "Header", "read_header", "read_meta", "load_checkpoint", "check_resumable", "resolve",
+           "choose", "find_checkpoints"]

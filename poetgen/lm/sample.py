@@ -16,7 +16,7 @@ import torch
 
 from poetgen.lm.corpus import NEWLINE, Vocab
 from poetgen.errors import ConfigError
-from poetgen.lm.model import CharLSTM, State, stepwise
+from poetgen.lm.model import CharLSTM, State, evaluating, stepwise
 
 
 @dataclass
@@ -105,12 +105,11 @@ def generate(model: CharLSTM, vocab: Vocab, n: int = 1, max_chars: int = 200,
     check_sampling_args(temperature, top_k, top_p)
     if max_chars < 1:
         raise ConfigError(f"max-chars must be at least 1, got {max_chars}")
-    model.eval()
     seed = new_seed() if seed is None else seed
     device = model.start_h.device
     gen = torch.Generator(device=device).manual_seed(seed)
-    out, state = prime_model(model, vocab.encode(prime), n)
-    with stepwise():
+    with evaluating(model), stepwise():
+        out, state = prime_model(model, vocab.encode(prime), n)
         chosen, logprob, length = _sample_loop(model, vocab, out, state, n, max_chars, temperature,
                                                top_k, top_p, gen, stop_at_newline)
     samples = []

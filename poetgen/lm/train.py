@@ -39,7 +39,7 @@ from poetgen.errors import CheckpointError, ConfigError, NonFiniteLossError, Poe
 from poetgen.files import atomic_open
 from poetgen.lm.checkpoint import check_resumable, load_checkpoint, read_meta, save_checkpoint
 from poetgen.lm.config import REGULARIZATION, ModelConfig, TrainConfig, to_dict
-from poetgen.lm.corpus import Vocab, batchify, get_chunk, num_chunks
+from poetgen.lm.corpus import Vocab, batchify, detect_text_kind, get_chunk, num_chunks
 from poetgen.lm.evaluate import LN2, evaluate_ids
 from poetgen.lm.model import CharLSTM, State, burn_in_start_state, evaluating
 from poetgen.lm.rundir import RunLock
@@ -98,14 +98,28 @@ class Callbacks:
 
 
 def pick_device(name: str) -> torch.device:
+    """The torch device for auto | cpu | cuda | cuda:N | mps, or a ConfigError saying what this
+    machine has instead."""
+    from poetgen.lm.config import DEVICE_NAMES, is_device_name
+
+    if not is_device_name(name):
+        raise ConfigError(f"--device {name}: use {DEVICE_NAMES}")
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA GPU is available here; use --device auto or cpu")
+        return torch.device("mps" if mps else "cpu")
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise ConfigError(f"--device {name}: no CUDA GPU is available here; "
+                              "use --device auto or cpu")
+        index = int(name.partition(":")[2] or 0)
+        if index >= count:
+            raise ConfigError(f"--device {name}: this machine has {count} CUDA GPU(s), "
+                              f"cuda:0 to cuda:{count - 1}")
+    if name == "mps" and not mps:
+        raise ConfigError("--device mps: Apple's MPS is not available here; use --device auto or cpu")
     return torch.device(name)
 
 
@@ -126,6 +140,22 @@ def run_progress(cfg: TrainConfig, step: int, elapsed: float, chunks_per_epoch: 
     if cfg.time_budget:
         fractions.append(elapsed / cfg.time_budget)
     return max(fractions)
+
+
+def evaluation_due(cfg: TrainConfig, step: int, elapsed_before: float, elapsed: float,
+                   steps: int | None) -> bool:
+    """Whether the step that just ended (`step`, training time `elapsed_before` -> `elapsed`)
+    is followed by a validation: every `eval_every` steps, and every 1/`min_evals` of the run's
+    step limit or time budget, whichever comes first, so that a short run draws a curve."""
+    every = cfg.eval_every
+    if steps:
+        every = min(every, max(1, math.ceil(steps / cfg.min_evals)))
+    if step % every == 0:
+        return True
+    if cfg.time_budget:
+        interval = cfg.time_budget / cfg.min_evals
+        return int(elapsed // interval) > int(elapsed_before // interval)
+    return False
 
 
 def make_optimizer(model: CharLSTM, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -217,7 +247,7 @@ class _Run:
     elapsed: float = 0.0  # seconds of training (evaluations not counted)
     best: float = math.inf  # lowest validation bpc so far
     init: dict | None = None  # where the starting weights came from, when not random
-    val_step: int | None = None  # the step of the latest evaluation
+    eval_pending: bool = False  # the latest step is due an evaluation that has not run yet
     lr: float = 0.0  # of the latest step; chars_per_s likewise: the metrics row needs them
     chars_per_s: float = 0.0
     loss_sum: float = 0.0  # training losses since the latest evaluation, for its metrics row
@@ -259,7 +289,7 @@ class _Checkpoints:
         return {"train_config": to_dict(self.config), "init": run.init,
                 "training": {"step": run.step, "elapsed": run.elapsed,
                              "best_val_bpc": finite(run.best), "val_bpc": finite(val_bpc),
-                             "val_step": run.val_step, "lr": run.lr,
+                             "eval_pending": run.eval_pending, "lr": run.lr,
                              "chars_per_s": run.chars_per_s, "loss_sum": run.loss_sum,
                              "loss_steps": run.loss_steps,
                              "corpus": self.corpus, "epochs": run.step / self.chunks_per_epoch,
@@ -346,7 +376,7 @@ def evaluate_and_save(run: _Run, checkpoints: _Checkpoints, val_ids: torch.Tenso
     if not math.isfinite(val_bpc):
         raise NonFiniteLossError(f"the validation loss became {val_bpc} at step {run.step}; "
                                  f"nothing was saved at that step: {checkpoints.kept()}. {_ADVICE}")
-    run.val_step = run.step
+    run.eval_pending = False
     log_row(val_bpc)
     if val_bpc < run.best:
         run.best = val_bpc
@@ -397,11 +427,9 @@ def _start_run(vocab: Vocab, model_config: ModelConfig, config: TrainConfig, las
     restore_optimizer(optimizer, {k: v.to(device) for k, v in ckpt.extra.items()}, last_path)
     torch.set_rng_state(ckpt.extra["rng"])
     best = training["best_val_bpc"]
-    # A file from before val_step was recorded was saved after its evaluation, unless it has none.
-    evaluated = training.get("val_step", training["step"] if training.get("val_bpc") else None)
     return _Run(ckpt.model, optimizer, (state[0].to(device), state[1].to(device)),
                 training["step"], training["elapsed"], math.inf if best is None else best,
-                ckpt.meta.get("init"), evaluated, training.get("lr", 0.0),
+                ckpt.meta.get("init"), training.get("eval_pending") is True, training.get("lr", 0.0),
                 training.get("chars_per_s", 0.0), training.get("loss_sum", 0.0),
                 training.get("loss_steps", 0))
 
@@ -440,6 +468,8 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
     # -- setup: the device, the data as parallel streams, the model and optimizer ---------------
     cb = callbacks or Callbacks()
     config.validate()
+    if model_config.text_kind == "auto":  # the checkpoint records what was decided
+        model_config = replace(model_config, text_kind=detect_text_kind(train_ids, vocab.newline_id))
     device = pick_device(config.device)
     if device.type == "cuda":  # TF32 matmuls: float32 range and accumulation, several times faster
         torch.set_float32_matmul_precision("high")
@@ -456,18 +486,7 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
         metrics_path = checkpoints.run_dir / "metrics.csv"
         _prepare_metrics(metrics_path, keep_until=run.step if resume else -1)
         steps = total_steps(config, chunks)
-        cb.on_start({"device": str(device), "parameters": run.model.num_parameters(),
-                     "vocab": len(vocab), "train_chars": train_ids.numel(),
-                     "val_chars": val_ids.numel(), "chunks_per_epoch": chunks,
-                     "total_steps": steps, "start_step": run.step,
-                     "time_budget": config.time_budget, "removed": lock.removed})
         meter = Throughput()
-
-        def due() -> bool:
-            """Whether the step just taken ends with an evaluation: every eval_every steps, and
-            at the end of the run."""
-            return (run.step % config.eval_every == 0
-                    or run_progress(config, run.step, run.elapsed, chunks) >= 1.0)
 
         def evaluate() -> float:
             """Validate, log the metrics row, checkpoint, preview (the end of an evaluation step)."""
@@ -484,15 +503,21 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
                 cb.on_eval(EvalInfo(run.step, val_bpc, run.best, train_loss / LN2, sample))
             return val_bpc
 
-        # -- an evaluation that an interruption skipped (e.g. at the last step) comes first ------
         last_val = math.nan
-        if resume and run.step > 0 and run.val_step != run.step and due():
-            last_val = evaluate()
-
         with _StopFlag() as stop:
+            # Announced once Ctrl-C is caught: from here on an interrupt saves `last`.
+            cb.on_start({"device": str(device), "parameters": run.model.num_parameters(),
+                         "vocab": len(vocab), "train_chars": train_ids.numel(),
+                         "val_chars": val_ids.numel(), "chunks_per_epoch": chunks,
+                         "total_steps": steps, "start_step": run.step,
+                         "text_kind": run.model.config.text_kind,
+                         "time_budget": config.time_budget, "removed": lock.removed})
+            # -- an evaluation that an interruption skipped (e.g. at the last step) comes first --
+            if run.eval_pending:
+                last_val = evaluate()
             while (progress := run_progress(config, run.step, run.elapsed, chunks)) < 1.0:
                 # -- one SGD step on the next chunk of every stream ----------------------------
-                t0 = time.perf_counter()
+                t0, elapsed_before = time.perf_counter(), run.elapsed
                 index = run.step % chunks
                 if index == 0:  # a new pass starts the streams afresh
                     run.state = run.model.zero_state(config.batch_size)
@@ -511,14 +536,19 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
                 run.chars_per_s = meter.chars_per_s
                 cb.on_step(StepInfo(run.step, steps, loss, run.lr, meter.chars_per_s,
                                     run.elapsed))
+                # Due (evaluation_due) or the end: recorded, so that a resume after an
+                # interrupt right here still evaluates this step.
+                run.eval_pending = (run_progress(config, run.step, run.elapsed, chunks) >= 1.0
+                                    or evaluation_due(config, run.step, elapsed_before,
+                                                      run.elapsed, steps))
 
                 # -- Ctrl-C or SIGTERM: save where we are (--resume evaluates if due), stop ----
                 if stop.signal is not None:
                     checkpoints.save_last(run, last_val)
                     raise TrainingInterrupted(checkpoints.last, run.step)
 
-                # -- every eval_every steps and at the end: validate, log, checkpoint, preview -
-                if due():
+                # -- when due and at the end: validate, log, checkpoint, preview ---------------
+                if run.eval_pending:
                     last_val = evaluate()
     return TrainResult(run.step, run.best, last_val, checkpoints.run_dir,
                        run.model.num_parameters(), meter.chars_per_s, run.elapsed)

@@ -19,19 +19,21 @@ can come only from --no-repeat exhausting a tiny vocabulary, and such poems are 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import torch
 
 from poetgen.lm.corpus import NEWLINE, Vocab
 from poetgen.errors import ConstraintError
-from poetgen.lm.model import CharLSTM, stepwise
+from poetgen.lm.model import CharLSTM, evaluating, stepwise
 from poetgen.verse.prosody import (COMMA, PERIOD, PING, ZE, Form, Template, free_positions, get_form,
                                    han_only, is_han, line_end_mark, line_rhymes, scheme, split_verse,
                                    templates)
 from poetgen.lm.sample import Sample, check_sampling_args, new_seed, prime_model, sample_next
 
 ANY, NONE = 2, 3  # tone requirement codes besides 0 = 平 and 1 = 仄
+FREE_MARKS = "?？_＿*"  # a free position in --pattern
 
 
 @dataclass
@@ -74,59 +76,75 @@ class Compiled:
     positions: list[tuple[int, int]] = field(default_factory=list)  # step -> (line, col), col -1 = punct
 
 
+Placed = list[tuple[tuple[int, int], str]]  # ((line, col), character), in order
+
+
 def _fixed_chars(spec: PoemSpec) -> dict[tuple[int, int], str]:
-    """(line, col) -> character, from the prime, the acrostic and the pattern."""
-    f = spec.form
+    """(line, col) -> character, from the acrostic, the pattern and the prime; a position two of
+    them fill with different characters is refused, naming both."""
     fixed: dict[tuple[int, int], str] = {}
+    for what, placed in (("--acrostic", _acrostic_chars(spec)), ("--pattern", _pattern_chars(spec)),
+                         ("--prime", _prime_chars(spec))):
+        for pos, ch in placed:
+            if pos in fixed and fixed[pos] != ch:
+                raise ConstraintError(f"{what} puts {ch!r} at line {pos[0] + 1}, character "
+                                      f"{pos[1] + 1}, where another constraint already puts "
+                                      f"{fixed[pos]!r}")
+            fixed[pos] = ch
+    return fixed
 
-    def put(pos, ch, what):
-        if pos in fixed and fixed[pos] != ch:
-            raise ConstraintError(f"{what} puts {ch!r} at line {pos[0] + 1}, character {pos[1] + 1}, "
-                                  f"where another constraint already puts {fixed[pos]!r}")
-        fixed[pos] = ch
 
-    heads = han_only(spec.acrostic)
+def _acrostic_chars(spec: PoemSpec) -> Placed:
+    f, heads = spec.form, han_only(spec.acrostic)
     if spec.acrostic and not heads:
         raise ConstraintError(f"--acrostic {spec.acrostic!r} holds no Chinese character")
     if len(heads) > f.lines:
         raise ConstraintError(f"--acrostic has {len(heads)} characters but a {f.name} has "
                               f"{f.lines} lines; give at most {f.lines}")
-    for i, ch in enumerate(heads):
-        put((i, 0), ch, "--acrostic")
-    if spec.pattern:
-        rows = [r for r in spec.pattern.replace("/", "|").replace(COMMA, "|").replace(PERIOD, "|")
-                .replace(",", "|").replace("\n", "|").split("|") if r.strip()]
-        if len(rows) > f.lines:
-            raise ConstraintError(f"--pattern has {len(rows)} lines but a {f.name} has {f.lines}")
-        for i, row in enumerate(rows):
-            row = row.strip()
-            if len(row) != f.chars_per_line:
-                raise ConstraintError(f"--pattern line {i + 1} {row!r} has {len(row)} characters; "
-                                      f"a {f.name} line has {f.chars_per_line} (use ? for a free one)")
-            for j, ch in enumerate(row):
-                if ch not in "?？_＿*":
-                    if not is_han(ch):
-                        raise ConstraintError(f"--pattern line {i + 1}: {ch!r} is not a Chinese "
-                                              "character or ? (free)")
-                    put((i, j), ch, "--pattern")
-    if spec.prime:
-        layout = f.layout()
-        if len(spec.prime) > len(layout):
-            raise ConstraintError(f"--prime is longer than a whole {f.name}")
-        line = col = 0
-        for k, (ch, want) in enumerate(zip(spec.prime, layout)):
-            if want == "X":
-                if not is_han(ch):
-                    raise ConstraintError(f"--prime {spec.prime!r}: character {k + 1} should be a "
-                                          f"Chinese character in a {f.name} (layout {layout})")
-                put((line, col), ch, "--prime")
-                col += 1
-            else:
-                if ch != want:
-                    raise ConstraintError(f"--prime {spec.prime!r}: character {k + 1} should be "
-                                          f"{want!r} in a {f.name} (layout {layout})")
-                line, col = line + 1, 0
-    return fixed
+    return [((i, 0), ch) for i, ch in enumerate(heads)]
+
+
+def _pattern_chars(spec: PoemSpec) -> Placed:
+    f = spec.form
+    if not spec.pattern:
+        return []
+    rows = [r.strip() for r in re.split(r"[/|，。,\n]", spec.pattern) if r.strip()]
+    if len(rows) > f.lines:
+        raise ConstraintError(f"--pattern has {len(rows)} lines but a {f.name} has {f.lines}")
+    placed: Placed = []
+    for i, row in enumerate(rows):
+        if len(row) != f.chars_per_line:
+            raise ConstraintError(f"--pattern line {i + 1} {row!r} has {len(row)} characters; "
+                                  f"a {f.name} line has {f.chars_per_line} (use ? for a free one)")
+        for j, ch in enumerate(row):
+            if ch in FREE_MARKS:
+                continue
+            if not is_han(ch):
+                raise ConstraintError(f"--pattern line {i + 1}: {ch!r} is not a Chinese "
+                                      "character or ? (free)")
+            placed.append(((i, j), ch))
+    return placed
+
+
+def _prime_chars(spec: PoemSpec) -> Placed:
+    f, layout = spec.form, spec.form.layout()
+    if len(spec.prime) > len(layout):
+        raise ConstraintError(f"--prime is longer than a whole {f.name}")
+    placed: Placed = []
+    line = col = 0
+    for k, (ch, want) in enumerate(zip(spec.prime, layout)):
+        if want == "X" and not is_han(ch):
+            raise ConstraintError(f"--prime {spec.prime!r}: character {k + 1} should be a "
+                                  f"Chinese character in a {f.name} (layout {layout})")
+        if want != "X" and ch != want:
+            raise ConstraintError(f"--prime {spec.prime!r}: character {k + 1} should be "
+                                  f"{want!r} in a {f.name} (layout {layout})")
+        if want == "X":
+            placed.append(((line, col), ch))
+            col += 1
+        else:
+            line, col = line + 1, 0
+    return placed
 
 
 def compile_spec(spec: PoemSpec, vocab: Vocab, device: torch.device | str = "cpu") -> Compiled:
@@ -422,7 +440,13 @@ def generate_poems(model: CharLSTM, compiled: Compiled, n: int = 1, temperature:
     """
     check_sampling_args(temperature, top_k, top_p)
     seed = new_seed() if seed is None else seed
-    model.eval()
+    with evaluating(model):
+        return _generate_poems(model, compiled, n, temperature, top_k, top_p, seed, best_of, beam,
+                               novel_lines, max_rounds)
+
+
+def _generate_poems(model, compiled, n, temperature, top_k, top_p, seed, best_of, beam, novel_lines,
+                    max_rounds) -> list[Poem]:
     if beam:
         if n > beam:
             raise ConstraintError(f"--beam {beam} keeps {beam} candidates; ask for at most that many poems")

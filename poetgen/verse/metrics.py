@@ -10,7 +10,7 @@ import torch
 
 from poetgen.verse.check import check_poem, distinct_n
 from poetgen.lm.corpus import NEWLINE, Vocab, iter_text
-from poetgen.lm.model import CharLSTM
+from poetgen.lm.model import CharLSTM, evaluating
 from poetgen.verse.prosody import split_verse
 
 MIN_COPY = 4  # copied runs shorter than this are ordinary phrasing, not copying
@@ -57,22 +57,22 @@ def mean_logprobs(model: CharLSTM, vocab: Vocab, poems: list[str], batch: int = 
     Poems start from the learned poem-start state, or from zeros with `from_zero` (to measure
     what the start state is worth).
     """
-    model.eval()
     out: list[float] = []
-    for s in range(0, len(poems), batch):
-        texts = [p + NEWLINE for p in poems[s:s + batch]]
-        T = max(len(t) for t in texts)
-        ids = torch.full((T, len(texts)), vocab.newline_id or 0, dtype=torch.long)
-        mask = torch.zeros(T, len(texts), dtype=torch.bool)
-        for j, t in enumerate(texts):
-            ids[: len(t), j] = torch.tensor(vocab.encode(t))
-            mask[: len(t), j] = True
-        state = model.zero_state(len(texts)) if from_zero else model.start_state(len(texts))
-        outputs, _ = model(ids, state)
-        predictors = torch.cat([state[0][-1:], outputs[:-1]])  # (T, B, P)
-        logp = model.log_probs(predictors).gather(-1, ids[..., None]).squeeze(-1)
-        total = (logp * mask).sum(0) / mask.sum(0)
-        out.extend(total.tolist())
+    with evaluating(model):
+        for s in range(0, len(poems), batch):
+            texts = [p + NEWLINE for p in poems[s:s + batch]]
+            T = max(len(t) for t in texts)
+            ids = torch.full((T, len(texts)), vocab.newline_id or 0, dtype=torch.long)
+            mask = torch.zeros(T, len(texts), dtype=torch.bool)
+            for j, t in enumerate(texts):
+                ids[: len(t), j] = torch.tensor(vocab.encode(t))
+                mask[: len(t), j] = True
+            state = model.zero_state(len(texts)) if from_zero else model.start_state(len(texts))
+            outputs, _ = model(ids, state)
+            predictors = torch.cat([state[0][-1:], outputs[:-1]])  # (T, B, P)
+            logp = model.log_probs(predictors).gather(-1, ids[..., None]).squeeze(-1)
+            total = (logp * mask).sum(0) / mask.sum(0)
+            out.extend(total.tolist())
     return out
 
 
