@@ -120,8 +120,9 @@ def corruption(t: Tally, run: Path, corpus: Path, rng: random.Random, flips: int
                     ["train", str(corpus), *TRAIN, "--max-steps", "1", "--init", str(target),
                      "--out", str(work / f"c{i}" / "init")]]
         refused = [one_line_refusal(runner.invoke(cli, c)) for c in commands]
-        t.add(f"{kind} in {name.split('.')[0]} (5 commands each)", all(refused) and not out.exists(),
-              note=None if all(refused) else f"{kind} accepted by {commands[refused.index(False)][0]}")
+        accepted = None if all(refused) else commands[refused.index(False)][0]
+        t.add(f"{kind} in {name.split('.')[0]} (5 commands each)",
+              all(refused) and not out.exists(), note=accepted and f"{kind} accepted by {accepted}")
 
 
 def kills(t: Tally, corpus: Path, ref: Path, duration: float, rng: random.Random, n: int,
@@ -213,7 +214,8 @@ def file_system(t: Tally, corpus: Path, work: Path):
             out = out / "run"
         else:
             (out / "metrics.csv").mkdir(parents=True)
-        r = runner.invoke(cli, ["train", str(corpus), *TRAIN, "--max-steps", "5", "--out", str(out)])
+        r = runner.invoke(cli, ["train", str(corpus), *TRAIN, "--max-steps", "5", "--out",
+                                str(out)])
         t.add("file system: " + case, one_line_refusal(r), note=r.output.strip()[-200:])
 
 

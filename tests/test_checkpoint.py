@@ -2,7 +2,6 @@
 file-system faults. tests/test_fuzz.py throws random bytes and headers at the same loader."""
 
 import errno
-import hashlib
 import json
 import os
 
@@ -331,7 +330,7 @@ def test_metadata_that_is_not_an_object_is_refused(saved, poetgen_json, message)
     (lambda h: h["model.start_c"].update(shape=[1, 1, 17]), "needs"),
     (lambda h: h["model.start_c"].update(dtype="Q8"), "unknown dtype"),
     (lambda h: h.update({"weird": h.pop("model.start_c")}), "no poetgen checkpoint has"),
-    (lambda h: h.update({"model.lstm.extra": h.pop("model.start_c")}), "missing model|missing start_c"),
+    (lambda h: h.update({"model.lstm.extra": h.pop("model.start_c")}), "missing start_c"),
 ])
 def test_tensor_table_is_checked(saved, change, message):
     path = saved[0]

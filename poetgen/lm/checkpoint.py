@@ -374,8 +374,9 @@ def check_resumable(meta: dict, path: str | Path) -> None:
     missing = [k for k in ("step", "elapsed", "best_val_bpc", "corpus")
                if not isinstance(training, dict) or k not in training]
     if missing or not isinstance(meta.get("train_config"), dict):
-        raise CheckpointError(f"{path}: holds no resumable run ({', '.join(missing) or 'train_config'}"
-                              " missing); start a new run, with --init to keep its weights")
+        what = ", ".join(missing) or "train_config"
+        raise CheckpointError(f"{path}: holds no resumable run ({what} missing); start a new run, "
+                              "with --init to keep its weights")
     unknown = sorted(set(meta["train_config"]) - set(to_dict(TrainConfig())))
     if unknown:
         raise CheckpointError(f"{path}: the run has training setting(s) this version of poetgen "

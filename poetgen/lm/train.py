@@ -35,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-from poetgen.errors import CheckpointError, ConfigError, NonFiniteLossError, PoetgenError, file_error
+from poetgen.errors import (CheckpointError, ConfigError, NonFiniteLossError, PoetgenError,
+                            file_error)
 from poetgen.files import atomic_open
 from poetgen.lm.checkpoint import check_resumable, load_checkpoint, read_meta, save_checkpoint
 from poetgen.lm.config import REGULARIZATION, ModelConfig, TrainConfig, to_dict
@@ -429,7 +430,8 @@ def _start_run(vocab: Vocab, model_config: ModelConfig, config: TrainConfig, las
     best = training["best_val_bpc"]
     return _Run(ckpt.model, optimizer, (state[0].to(device), state[1].to(device)),
                 training["step"], training["elapsed"], math.inf if best is None else best,
-                ckpt.meta.get("init"), training.get("eval_pending") is True, training.get("lr", 0.0),
+                ckpt.meta.get("init"), training.get("eval_pending") is True,
+                training.get("lr", 0.0),
                 training.get("chars_per_s", 0.0), training.get("loss_sum", 0.0),
                 training.get("loss_steps", 0))
 
@@ -489,7 +491,7 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
         meter = Throughput()
 
         def evaluate() -> float:
-            """Validate, log the metrics row, checkpoint, preview (the end of an evaluation step)."""
+            """Validate, log the metrics row, checkpoint, preview: the end of an evaluation step."""
             with meter.paused():
                 train_loss = run.loss_sum / max(1, run.loss_steps)
 
