@@ -125,7 +125,8 @@ PLACES = ([("meta", k) for k in ("format", "config", "vocab", "train_config", "t
                                  "dtype", "exported_from")]
           + [("meta", "config", f) for f in to_dict(ModelConfig())]
           + [("meta", "training", f) for f in ("step", "elapsed", "best_val_bpc", "val_bpc",
-                                               "corpus", "epochs")]
+                                               "corpus", "epochs", "eval_pending", "lr",
+                                               "chars_per_s", "loss_sum", "loss_steps")]
           + [("meta", "train_config", f) for f in ("lr", "batch_size", "unknown_setting")]
           + [("meta", "vocab", 0), ("meta", "vocab", -1), ("meta", "init", "from")]
           + [("table", "model.embedding.weight", f) for f in ("dtype", "shape", "data_offsets")]
@@ -242,3 +243,74 @@ def test_a_signed_header_with_sound_values_loads_as_written(files):
     path.write_bytes(_signed(original, meta, lambda header: None))
     ck = _load(path)
     assert ck.meta == meta and ck.model.config.dropout == 0.25
+
+
+# ----------------------------------------------------------------------------------------------
+# A resume from any signed header: the run state a resume restores (step, losses, RNG, carried
+# state, optimizer moments) trains on, or is refused in one line
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory, tiny_text):
+    from conftest import TINY_MODEL, TINY_TRAIN
+    from poetgen.lm.config import TrainConfig
+    from poetgen.lm.corpus import encode_tensor
+    from poetgen.lm.train import train
+
+    folder = tmp_path_factory.mktemp("resume")
+    vocab = Vocab.build(tiny_text)
+    ids = encode_tensor(vocab, tiny_text)
+    config = TrainConfig(**{**TINY_TRAIN, "max_steps": 4, "eval_every": 2})
+    train(ids, ids[:100], vocab, ModelConfig(**TINY_MODEL), config, folder)
+    return {"dir": folder, "ids": ids, "vocab": vocab, "config": config,
+            "last": (folder / "last.safetensors").read_bytes(),
+            "metrics": (folder / "metrics.csv").read_bytes()}
+
+
+RESUME_PLACES = ([("meta", "training", f) for f in ("step", "elapsed", "best_val_bpc", "val_bpc",
+                                                    "eval_pending", "lr", "chars_per_s",
+                                                    "loss_sum", "loss_steps", "corpus")]
+                 + [("meta", "train_config", f) for f in ("batch_size", "lr", "min_evals")]
+                 + [("table", name, f) for name in ("extra.rng", "extra.train_h",
+                                                    "extra.optim.0.exp_avg", "extra.optim.0.step")
+                    for f in ("dtype", "shape")])
+
+
+@settings(max_examples=20, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.data())
+def test_a_resume_from_any_signed_header_trains_on_or_is_refused(short_run, data):
+    from poetgen.lm.config import TrainConfig
+    from poetgen.lm.train import train
+
+    changes = data.draw(st.lists(st.tuples(st.sampled_from(RESUME_PLACES), json_values),
+                                 min_size=1, max_size=2))
+    meta_changes = [(p[1:], v) for p, v in changes if p[0] == "meta"]
+    table_changes = [(p[1:], v) for p, v in changes if p[0] == "table"]
+
+    def change_meta(meta):
+        for keys, value in meta_changes:
+            _put(meta, list(keys), value)
+
+    def change_table(header):
+        for keys, value in table_changes:
+            _put(header, list(keys), value)
+
+    run_dir = short_run["dir"]
+    (run_dir / "last.safetensors").write_bytes(
+        edit_header(short_run["last"], change_meta, change_table))
+    (run_dir / "metrics.csv").write_bytes(short_run["metrics"])
+    config = TrainConfig(**{**short_run["config"].__dict__, "max_steps": 6})
+    try:
+        result = train(short_run["ids"], short_run["ids"][:100], short_run["vocab"],
+                       ModelConfig(), config, run_dir, resume=True)
+    except PoetgenError as e:
+        _one_clear_error(e)
+        return
+    # It trained on: `last` is a loadable checkpoint of where the run stands, and every metrics
+    # row is of a step up to it, each once.
+    last = load_checkpoint(run_dir / "last.safetensors", with_extra=True)
+    assert last.meta["training"]["step"] == result.steps
+    steps = [int(line.split(",")[0]) for line in
+             (run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == sorted(set(steps)) and all(s <= result.steps for s in steps)

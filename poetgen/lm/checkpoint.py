@@ -341,9 +341,12 @@ def _check_meta(meta: dict, path: Path) -> tuple[ModelConfig, Vocab]:
     training = meta.get("training", {})
     if not isinstance(training, dict):
         raise bad("training is not an object")
-    counts = ("step", "train_chars")
-    amounts = ("elapsed", "epochs")
+    # What training writes (train._Checkpoints._meta), and a resume reads back.
+    counts = ("step", "train_chars", "loss_steps")
+    amounts = ("elapsed", "epochs", "lr", "chars_per_s", "loss_sum")
     scores = ("best_val_bpc", "val_bpc")  # null before the first evaluation
+    if not isinstance(training.get("eval_pending", False), bool):
+        raise bad("training.eval_pending is not true or false")
     for key in counts + amounts + scores:
         if key not in training:
             continue
