@@ -72,6 +72,7 @@ class Tally:
     def __init__(self):
         self.rows: dict[str, Counter] = {}
         self.notes: dict[str, list[str]] = {}
+        self.missed = Counter()  # signals that came after the run had finished: not counted
 
     def add(self, kind: str, survived: bool, lost: bool = False, note: str | None = None):
         c = self.rows.setdefault(kind, Counter())
@@ -139,9 +140,10 @@ def kills(t: Tally, corpus: Path, ref: Path, duration: float, rng: random.Random
             time.sleep(0.01)
             p.send_signal(sig)
         _, err = p.communicate()
-        # SIGINT: 130, or 0 when the run had finished; a traceback anywhere is a failure.
-        clean = "Traceback" not in err and p.returncode in ((-9,) if sig == signal.SIGKILL
-                                                            else (130, 0))
+        if p.returncode == 0:  # it had finished: the fault never landed
+            t.missed[label] += 1
+            continue
+        clean = "Traceback" not in err and p.returncode == (-9 if sig == signal.SIGKILL else 130)
         before = {f.name: f.read_bytes() for f in out.glob("*.safetensors")}
         intact = all(_loads(out / name) for name in before)
         resumed = cli_process(["train", str(corpus), "--max-steps", str(STEPS), "--out", str(out)]
@@ -290,13 +292,16 @@ def main() -> None:
         concurrency(t, corpus, work, 2)
         divergence(t, corpus, work)
     if args.json:
-        print(json.dumps({k: dict(v) for k, v in t.rows.items()}, ensure_ascii=False))
+        print(json.dumps({"faults": {k: dict(v) for k, v in t.rows.items()},
+                          "missed": dict(t.missed)}, ensure_ascii=False))
         return
     print(f"{'fault':58} {'tried':>6} {'survived':>9} {'lost':>5}")
     for kind, c in t.rows.items():
         print(f"{kind:58} {c['tried']:6} {c['survived']:9} {c['lost']:5}")
     total = sum(t.rows.values(), Counter())
     print(f"{'total':58} {total['tried']:6} {total['survived']:9} {total['lost']:5}")
+    for kind, n in t.missed.items():
+        print(f"  {kind}: {n} more signal(s) came after the run had finished (not counted)")
     for kind, notes in t.notes.items():
         if t.rows[kind]["survived"] < t.rows[kind]["tried"]:
             for note in notes:
