@@ -40,7 +40,7 @@ from poetgen.lm.checkpoint import load_checkpoint  # noqa: E402
 HAN = "春江花月夜山水风云雨雪天地人心秋声明光长空日落红南北东西来去不知何处归"
 TRAIN = ["--hidden-size", "32", "--embed-size", "16", "--num-layers", "1", "--batch-size", "4",
          "--bptt", "16", "--eval-every", "20", "--seed", "1", "--dropout", "0.1"]
-STEPS = 80
+STEPS = 120
 
 
 def poems(n: int, rng: random.Random) -> str:
@@ -128,13 +128,20 @@ def corruption(t: Tally, run: Path, corpus: Path, rng: random.Random, flips: int
 
 def kills(t: Tally, corpus: Path, ref: Path, duration: float, rng: random.Random, n: int,
           work: Path, sig: int, label: str, twice: bool = False):
-    """Start a run, signal it at a random moment, then --resume until done; compare with `ref`."""
+    """Start a run, signal it at a random moment (a fifth in start-up, the rest within
+    `duration` seconds of training), then --resume until done; compare with `ref`."""
     ref_last, ref_best = weights(ref / "last.safetensors"), weights(ref / "best.safetensors")
     for i in range(n):
         out = work / f"{label.replace(' ', '-')}-{i}"
         p = cli_process(["train", str(corpus), *TRAIN, "--max-steps", str(STEPS), "--out",
                          str(out)])
-        time.sleep(rng.uniform(0.2, duration))
+        if rng.random() < 0.2:  # during start-up: before anything is saved
+            time.sleep(rng.uniform(0.05, 1.0))
+        else:  # during training: anywhere in it, evaluations and saves included
+            line = ""
+            while "Training on" not in line and p.poll() is None:
+                line = p.stderr.readline()
+            time.sleep(rng.uniform(0.0, duration))
         p.send_signal(sig)
         if twice:
             time.sleep(0.01)
@@ -276,12 +283,15 @@ def main() -> None:
         corpus = work / "poems.txt"
         corpus.write_text(poems(300, rng), encoding="utf-8")
         ref = work / "ref"
-        t0 = time.perf_counter()
         p = cli_process(["train", str(corpus), *TRAIN, "--max-steps", str(STEPS), "--out",
                          str(ref)])
+        line = ""
+        while "Training on" not in line and p.poll() is None:
+            line = p.stderr.readline()
+        t0 = time.perf_counter()
         _, err = p.communicate()
         assert p.returncode == 0, err
-        duration = time.perf_counter() - t0
+        duration = time.perf_counter() - t0  # of training, start-up not included
         corruption(t, ref, corpus, rng, args.flips, work)
         kills(t, corpus, ref, duration, rng, args.kills, work, signal.SIGKILL, "kill -9, --resume")
         kills(t, corpus, ref, duration, rng, max(1, args.kills // 2), work, signal.SIGINT,
