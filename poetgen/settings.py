@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,9 +182,10 @@ class GenerationSettings:
         choices=("poem", "free")))
     # -- the poem's form and constraints ------------------------------------------------------
     form: str | None = setting(None, Option(
-        "form", "Write a Tang poem of this form (or 5x4 5x8 7x4 7x8); form, rhyme and tones are "
-        "then guaranteed.", _form, "五绝, 五律, 七绝, 七律 (or 5x4 5x8 7x4 7x8), or off",
-        choices=("五绝", "五律", "七绝", "七律")))
+        "form", "Write a Tang poem of this form: 五绝, 五律, 七绝 or 七律 (or 5x4 5x8 7x4 7x8); "
+        "form, rhyme and tones are then guaranteed.", _form,
+        "五绝, 五律, 七绝, 七律 (or 5x4 5x8 7x4 7x8), or off",
+        choices=("五绝", "五律", "七绝", "七律"), metavar="FORM"))  # 五绝|… misaligns click's help
     rhyme: str = setting("pingshui", Option(
         "rhyme", "Rhyme scheme: 平水韵 (pingshui), 中华新韵 (modern), or none (off).",
         _choice("pingshui", "modern", "off"), "pingshui, modern or off",
@@ -197,6 +199,10 @@ class GenerationSettings:
         "tones", "平仄: loose frees positions 1, 3 (, 5) but avoids 孤平 and 三平尾; strict follows "
         "the template everywhere; off.", _choice("loose", "strict", "off"),
         "loose, strict or off", choices=("loose", "strict", "off"), poem_only=True))
+    readings: str = setting("common", Option(
+        "readings", "Which readings of a character (平/仄, rhyme group) a poem may use: common = "
+        "those Tang poets used (poetgen/data/readings.json); all = every reading in the tables.",
+        _choice("common", "all"), "common or all", choices=("common", "all"), poem_only=True))
     acrostic: str = setting("", Option(
         "acrostic", "藏头: the first characters of the lines, e.g. 春江花月.", _han_heads,
         "Chinese characters, one per line, or off", metavar="HEADS", poem_only=True))
@@ -259,6 +265,22 @@ class GenerationSettings:
     def public(cls, name: str, side: Side) -> str:
         """How `side` spells field `name`: --top-k, :top-k, or top_k (Python)."""
         return name if side == "api" else cls.options()[name].public(side)
+
+    @classmethod
+    def named_for(cls, message: str, side: Side) -> str:
+        """A message that names settings as command-line flags (the decoder's, which serves all
+        front ends), with the names `side` uses: '--acrostic' -> ':acrostic' in the REPL, where
+        '--prime' is the start typed at the prompt."""
+        if side == "cli":
+            return message
+
+        def public(flag: re.Match) -> str:
+            name = cls.field_for(flag[1], "cli")
+            if name == "prime" and side == "repl":
+                return "the start"
+            return cls.public(name, side) if name else flag[0]
+
+        return re.sub(r"--([a-z][a-z-]*)", public, message)
 
     @classmethod
     def default(cls, name: str) -> Any:
@@ -329,7 +351,7 @@ class GenerationSettings:
                              rhyme_group=self.rhyme_group, tones=self.tones,
                              acrostic=self.acrostic, pattern=self.pattern,
                              prime=self.prime if prime is None else prime,
-                             no_repeat=self.no_repeat, banned=self.ban)
+                             no_repeat=self.no_repeat, banned=self.ban, readings=self.readings)
 
     def summary(self) -> str:
         """One line for a status bar: what the next generation will be."""

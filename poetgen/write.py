@@ -15,15 +15,14 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
 
-from poetgen.errors import ConfigError, CorpusError
+from poetgen.errors import ConfigError, CorpusError, PoetgenError
 from poetgen.lm.corpus import NEWLINE, Vocab, iter_text, read_text
 from poetgen.lm.model import CharLSTM
 from poetgen.lm.sample import Sample, generate
 from poetgen.settings import GenerationSettings, Side
 from poetgen.verse.constrain import Poem, compile_spec, generate_poems
-from poetgen.verse.check import detect_form
 from poetgen.verse.metrics import CopyIndex, PoemMetrics, mean_logprobs, poem_metrics, verse_lines
-from poetgen.verse.prosody import get_form, split_verse
+from poetgen.verse.prosody import detect_form, get_form, split_verse
 
 
 def write(model: CharLSTM, vocab: Vocab, settings: GenerationSettings, *, prime: str | None = None,
@@ -41,8 +40,7 @@ def write(model: CharLSTM, vocab: Vocab, settings: GenerationSettings, *, prime:
         what = {"cli": "--prime", "repl": "the start"}.get(side, "prime")
         raise ConfigError(f"{what} has characters the model never saw: "
                           f"{' '.join(repr(c) for c in unknown)}; remove or replace them")
-    spec = settings.poem_spec(prime)
-    if spec is None:
+    if not settings.writes_poem:
         # A model of running text has no "end of a poem": its newlines are line breaks, and the
         # first thing it writes at a paragraph start is often one (tinyshakespeare separates
         # speeches with blank lines), so stopping there printed nothing at all.
@@ -58,10 +56,14 @@ def write(model: CharLSTM, vocab: Vocab, settings: GenerationSettings, *, prime:
         return samples
     if novel_lines is None and settings.novel:
         novel_lines = _verse_lines(Path(settings.novel))
-    compiled = compile_spec(spec, vocab)
-    return generate_poems(model, compiled, n=settings.n, temperature=settings.temperature,
-                          top_k=settings.top_k, top_p=settings.top_p, seed=settings.seed,
-                          best_of=settings.best_of, beam=settings.beam, novel_lines=novel_lines)
+    try:
+        compiled = compile_spec(settings.poem_spec(prime), vocab)
+        return generate_poems(model, compiled, n=settings.n, temperature=settings.temperature,
+                              top_k=settings.top_k, top_p=settings.top_p, seed=settings.seed,
+                              best_of=settings.best_of, beam=settings.beam,
+                              novel_lines=novel_lines)
+    except PoetgenError as e:  # the decoder names settings as flags; say them as `side` does
+        raise type(e)(GenerationSettings.named_for(str(e), side)) from None
 
 
 def session_defaults(model: CharLSTM, vocab: Vocab) -> dict:

@@ -386,8 +386,8 @@ def _complete_forms(incomplete: str) -> list[str]:
 UNKNOWN_WARNING = 0.05  # eval warns above this share of unknown characters (tang_val: 0.15%)
 
 # The generation settings `eval --generate` offers (its --form is a list of forms to measure).
-EVAL_GENERATION = ("temperature", "top_k", "top_p", "seed", "rhyme", "tones", "no_repeat", "ban",
-                   "best_of", "beam", "novel")
+EVAL_GENERATION = ("temperature", "top_k", "top_p", "seed", "rhyme", "tones", "readings",
+                   "no_repeat", "ban", "best_of", "beam", "novel")
 
 
 @cli.command("eval")
@@ -594,8 +594,14 @@ def checkpoints_cmd(as_json):
               show_default=True, help="Rhyme scheme to judge by.")
 @click.option("--tones", type=click.Choice(["loose", "strict", "off"]), default="loose",
               show_default=True, help="How strictly to judge 平仄 (see `sample --help`).")
+@click.option("--readings", type=click.Choice(["all", "common"]), default="all", show_default=True,
+              help="Which readings of a 多音字 count: all (a rare one is allowed with a warning naming "
+                   "it) or common (only readings Tang poets really used; a rare one fails).")
+@click.option("--warnings-fail", is_flag=True,
+              help="Exit 1 on warnings too (a rare reading, a 拗 outside the accepted forms, 三仄尾).")
+@click.option("--sanzewei", is_flag=True, help="Warn about lines ending in three 仄 (三仄尾).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per poem.")
-def check(poem, rhyme, tones, as_json):
+def check(poem, rhyme, tones, readings, warnings_fail, sanzewei, as_json):
     """Check a poem's form, rhyme and tones. POEM is the text, a file with one poem per line, or
     - to read poems (one per line) from stdin.
 
@@ -604,43 +610,43 @@ def check(poem, rhyme, tones, as_json):
       poetgen check 白日依山尽，黄河入海流。欲穷千里目，更上一层楼。
       poetgen check poems.txt --json
       poetgen sample --form 七绝 --n 5 | poetgen check -
+      poetgen check poems.txt --readings common --warnings-fail
 
     Shows every character with its pinyin, 平/仄 and rhyme group, names the form, the best-matching
-    tonal template and rhyme group, and lists every violation. Exits 0 if all poems pass, else 1.
+    tonal template and rhyme group, and gives a verdict (近体: passes; 古体, 出韵, 非律绝: why
+    not) with every violation. Accepted variants (孤平拗救, 对句相救, the special form
+    平平仄平仄, 首句借邻韵) are listed as notes; a rare reading or a 拗 outside those forms is a
+    warning. Exits 0 if all poems pass, else 1 (with --warnings-fail, warnings count too).
     """
     from poetgen.verse.check import check_poem
     from poetgen.app.render import render_report
 
     poems = _poems_to_check(poem)
-    reports = [check_poem(p, rhyme=rhyme, tones=tones) for _, p in poems]
+    reports = [check_poem(p, rhyme=rhyme, tones=tones, readings=readings, sanzewei=sanzewei)
+               for _, p in poems]
     for r in reports:
         if as_json:
             click.echo(json.dumps(r.to_dict(), ensure_ascii=False))
         else:
             out.print(render_report(r))
-    if not all(r.ok for r in reports):
+    if not all(r.ok and not (warnings_fail and r.warnings) for r in reports):
         sys.exit(1)
 
 
 def _poems_to_check(poem: str) -> list[tuple[str, str]]:
     """(where, text) of each poem POEM stands for, refusing input that is no Chinese verse with
     a message that says so (the checker would report an empty grid of '?' marks)."""
-    from poetgen.lm.corpus import read_text
     from poetgen.verse.prosody import is_han
 
     path = Path(poem)
     if poem == "-":
-        try:
-            text = sys.stdin.buffer.read().decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"stdin: not valid UTF-8 at byte {e.start}; pipe UTF-8 text") from None
-        lines = text.replace("\r\n", "\n").split("\n")
+        lines = _utf8_lines(sys.stdin.buffer.read(), "stdin", "pipe UTF-8 text")
         poems = [(f"stdin line {i}", p) for i, p in enumerate(lines, 1) if p.strip()]
         if not poems:
             raise ConfigError("stdin held no poem; pipe poems one per line, e.g. "
                               "`poetgen sample --form 七绝 | poetgen check -`")
-    elif len(poem) < 256 and path.is_file():
-        lines = read_text(path).split("\n")
+    elif len(poem) < 256 and path.is_file():  # read here, not with lm.corpus: that imports torch
+        lines = _utf8_lines(path.read_bytes(), str(path), "re-save the file as UTF-8")
         poems = [(f"{path} line {i}", p) for i, p in enumerate(lines, 1) if p.strip()]
     elif not poem.strip():
         raise ConfigError("POEM is empty; give the text of a poem, a file with one poem per "
@@ -653,6 +659,14 @@ def _poems_to_check(poem: str) -> list[tuple[str, str]]:
             raise ConfigError(f"{where}: {shown!r} has no Chinese characters; `poetgen check` "
                               "judges Chinese regular verse (五绝 五律 七绝 七律)")
     return poems
+
+
+def _utf8_lines(data: bytes, where: str, fix: str) -> list[str]:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{where}: not valid UTF-8 at byte {e.start}; {fix}") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -671,12 +685,23 @@ REPL_START = ("form", "seed", "temperature", "rhyme", "tones")
 def repl(ctx, checkpoint, device, threads, **values):
     """Write poems (or text) together with the model, interactively.
 
-    Type the start of a poem and the model completes it; :line 3 rewrites line 3 only, :pick lets
-    you choose each next character from the model's top choices, :check shows 平仄 and rhyme,
-    :save FILE keeps a poem. Type :help inside for every command. Ctrl-D quits. A model of
-    running text (prose) starts in :mode free: what you type is continued for :max-chars.
+    Type the start of a poem and the model completes it (with a model of running text, prose,
+    it starts in free mode and continues what you type). Inside, :help lists every command;
+    the main ones:
 
-    When stdin is not a terminal, commands are read line by line (scriptable):
+    \b
+      :line 3      rewrite line 3 only (of poem #2 of several: :line 3 #2)
+      :pick        choose each next character from the model's top choices
+      :check       pinyin, 平仄 and rhyme of the poem (:check POEM: any poem)
+      :save FILE   append the poem to FILE
+      :form 五绝   settings: :temp 0.7, :acrostic 春江花月, :n 3 (Tab completes)
+
+    In a terminal: a status bar shows the settings, history persists (Up, Ctrl-R), Ctrl-C stops
+    a poem being written, Ctrl-D quits, and every poem is also kept in a session file under
+    $XDG_DATA_HOME/poetgen/sessions (~/.local/share/poetgen/sessions), named at start.
+
+    When stdin is not a terminal, commands are read line by line: poems and reports go to
+    stdout, errors to stderr, and the exit status is 1 if any command failed (0 otherwise):
 
     \b
       printf '春风\\n:line 2\\n:check\\n:save poems.txt\\n' | poetgen repl
@@ -690,7 +715,8 @@ def repl(ctx, checkpoint, device, threads, **values):
         settings = settings_from_options(values, defaults=session_defaults(ck.model, ck.vocab))
     except PoetgenError as e:
         raise loaded.blame(e) from None
-    ctx.exit(run(ck.model, ck.vocab, out, sys.stdin, settings))
+    ctx.exit(run(ck.model, ck.vocab, out, sys.stdin, settings, err_console=err,
+                 debug=bool(ctx.obj and ctx.obj.get("debug"))))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,18 +1,20 @@
-"""Rich rendering of a checked poem: characters with pinyin, 平仄 and rhyme marks, coloured.
+"""Rendering for the terminal: a checked poem (characters with pinyin, 平仄 and rhyme marks,
+coloured), and a poem laid out one verse line per row (`sample --by-line`, and the REPL when a
+poem is wider than the terminal).
 
-Shared by `poetgen check` and the REPL's `:check`, so both show the same thing. Also how a poem
-is laid out one verse line per row (`sample --by-line`).
+Shared by `poetgen check` and the REPL's `:check`, so both show the same thing.
 """
 
 from __future__ import annotations
 
 import re
 
+from rich.cells import cell_len
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from poetgen.verse.check import Report
+from poetgen.verse.check import VERDICTS, Report
 
 TONE_STYLE = {"平": "green", "仄": "blue", "both": "yellow", None: "dim"}
 TONE_MARK = {"平": "平", "仄": "仄", "both": "中", None: "?"}
@@ -39,7 +41,7 @@ def render_report(report: Report) -> Group:
             bad = "bold red" if not info.ok else ""
             chars.append(Text(info.char, style=bad or ("bold underline" if info.rhyme else "")))
             pinyin.append(Text(info.pinyin, style="cyan"))
-            mark = TONE_MARK[info.tone] + ("韵" if info.rhyme else "")
+            mark = TONE_MARK[info.tone] + ("韵" if info.rhyme else "") + ("*" if info.rare else "")
             tones.append(Text(mark, style=bad or TONE_STYLE[info.tone]))
         table.add_row(str(i + 1), *chars)
         table.add_row("", *pinyin)
@@ -51,7 +53,41 @@ def render_report(report: Report) -> Group:
     if report.rhyme_group:
         head.append(f"  韵 {report.rhyme_group} ({report.scheme})")
     head.append(f"  tones {report.tones}")
-    verdict = Text("✓ no violations", style="green") if report.ok else Text(
-        "\n".join(f"✗ {v}" for v in report.violations), style="red")
-    legend = Text("平 level  仄 oblique  中 either reading  ? unknown  韵 rhyme position", style="dim")
-    return Group(head, table, verdict, legend)
+    if report.readings != "all":
+        head.append(f"  readings {report.readings}")
+    verdict = Text(f"{report.verdict}: {VERDICTS[report.verdict]}", style="green" if report.ok else "red")
+    if report.reasons:
+        verdict.append(" — " + ", ".join(report.reasons))
+    findings = Text("\n".join([f"✗ {v}" for v in report.violations]), style="red")
+    if report.ok:
+        findings = Text("✓ no violations", style="green")
+    for w in report.warnings:
+        findings.append(f"\n! {w}", style="yellow")
+    for n in report.notes:
+        findings.append(f"\n· {n}", style="dim")
+    legend = Text("平 level  仄 oblique  中 either reading  ? unknown  韵 rhyme position  "
+                  "* a rare reading", style="dim")
+    return Group(head, table, verdict, findings, legend)
+
+
+def poem_rows(poem: str, width: int | None, label: str = "") -> list[str]:
+    """How to print a poem in `width` terminal cells: one row if it fits, else one verse line per
+    row (continuation rows indented under `label`, e.g. '2. '). width None: always one row."""
+    if width is None or max(cell_len(row) for row in (label + poem).split("\n")) <= width:
+        return [label + poem]
+    rows = verse_rows(poem.strip()).split("\n")
+    return [label + rows[0]] + [" " * cell_len(label) + row for row in rows[1:]]
+
+
+def wrap_fields(text: str, width: int, sep: str = " · ") -> str:
+    """Fields joined by `sep`, broken between fields into rows of at most `width` cells (a field
+    wider than the row stays whole): a status line that fits a narrow terminal."""
+    rows, row = [], ""
+    for field in text.split(sep):
+        longer = f"{row}{sep}{field}" if row else field
+        if row and cell_len(longer) > width:
+            rows.append(row)
+            row = field
+        else:
+            row = longer
+    return "\n".join(rows + [row])
