@@ -51,8 +51,11 @@ def poems(n: int, rng: random.Random) -> str:
 def cli_process(args: list[str], **kw) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
                PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    # SIGINT's default action in the child, as a terminal gives it: a script started in the
+    # background (`&`) has SIGINT ignored, and its children would inherit that.
     return subprocess.Popen([sys.executable, "-m", "poetgen", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, **kw)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kw)
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
