@@ -41,6 +41,7 @@ HAN = "春江花月夜山水风云雨雪天地人心秋声明光长空日落红�
 TRAIN = ["--hidden-size", "32", "--embed-size", "16", "--num-layers", "1", "--batch-size", "4",
          "--bptt", "16", "--eval-every", "20", "--seed", "1", "--dropout", "0.1"]
 STEPS = 120
+EVALS = 10  # a run of STEPS steps evaluates every tenth of them (TrainConfig.min_evals)
 
 
 def poems(n: int, rng: random.Random) -> str:
@@ -51,8 +52,11 @@ def poems(n: int, rng: random.Random) -> str:
 def cli_process(args: list[str], **kw) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
                PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    # SIGINT's default action in the child, as a terminal gives it: a script started in the
+    # background (`&`) has SIGINT ignored, and its children would inherit that.
     return subprocess.Popen([sys.executable, "-m", "poetgen", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, **kw)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kw)
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -128,8 +132,9 @@ def corruption(t: Tally, run: Path, corpus: Path, rng: random.Random, flips: int
 
 def kills(t: Tally, corpus: Path, ref: Path, duration: float, rng: random.Random, n: int,
           work: Path, sig: int, label: str, twice: bool = False):
-    """Start a run, signal it at a random moment (a fifth in start-up, the rest within
-    `duration` seconds of training), then --resume until done; compare with `ref`."""
+    """Start a run, signal it at a random moment (a fifth in start-up, the rest anywhere in its
+    training, which took `ref` `duration` seconds), then --resume until done; compare with
+    `ref`."""
     ref_last, ref_best = weights(ref / "last.safetensors"), weights(ref / "best.safetensors")
     for i in range(n):
         out = work / f"{label.replace(' ', '-')}-{i}"
@@ -137,11 +142,15 @@ def kills(t: Tally, corpus: Path, ref: Path, duration: float, rng: random.Random
                          str(out)])
         if rng.random() < 0.2:  # during start-up: before anything is saved
             time.sleep(rng.uniform(0.05, 1.0))
-        else:  # during training: anywhere in it, evaluations and saves included
-            line = ""
+        else:  # during training: after a random number of its evaluations (read as they are
+            # printed, so a busy machine does not move the signal past the end), then a random
+            # part of the time between two of them
+            evaluations, line = rng.randrange(EVALS), ""
             while "Training on" not in line and p.poll() is None:
                 line = p.stderr.readline()
-            time.sleep(rng.uniform(0.0, duration))
+            while evaluations and p.poll() is None:
+                evaluations -= "val bpc" in p.stderr.readline()
+            time.sleep(rng.uniform(0.0, duration / EVALS))
         p.send_signal(sig)
         if twice:
             time.sleep(0.01)
