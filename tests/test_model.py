@@ -131,9 +131,10 @@ def test_token_bits_add_up_to_the_streamed_evaluation():
     from poetgen.lm.evaluate import PIECE, evaluate_ids, token_bits
 
     torch.manual_seed(0)
+    vocab = Vocab(tuple(chr(0x4e00 + i) for i in range(59)) + ("\ufffd",))
     m = CharLSTM(ModelConfig(vocab_size=60, hidden_size=16, embed_size=8, cutoffs=(20,)))
     ids = torch.randint(0, 60, (PIECE + 37,))  # crosses a piece boundary
-    bits = token_bits(m, ids)
+    bits = token_bits(m, vocab, ids, kind="running")
     assert bits.shape == (ids.numel(),) and m.training  # the mode is restored
-    total = evaluate_ids(m, [ids[:100], ids[100:]])  # the split does not change the stream
+    total = evaluate_ids(m, vocab, [ids[:100], ids[100:]], kind="running")  # a split changes nothing
     assert float(bits.sum()) == pytest.approx(total.bpc * total.chars, rel=1e-5)

@@ -70,6 +70,9 @@ _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
     "--proj-size": ("proj_size", int, "LSTM output projection size (0 = none)."),
     "--dropout": ("dropout", float, "Dropout on embeddings, between layers and before the softmax."),
     "--weight-drop": ("weight_drop", float, "DropConnect on the recurrent weights (AWD-LSTM)."),
+    "--text-kind": ("text_kind", click.Choice(["auto", "lines", "running"]),
+                    "What the corpus is: one document per line (poems), or running text (prose); "
+                    "decides how the model is evaluated. auto: running if it has blank lines."),
     "--softmax": ("softmax", click.Choice(["adaptive", "full"]), "Output layer."),
     "--bptt": ("bptt", int, "Characters per truncated-BPTT chunk."),
     "--batch-size": ("batch_size", int, "Parallel streams per step."),
@@ -343,8 +346,10 @@ def eval_cmd(checkpoint, file, as_json, generate, forms, temperature, tones, bes
              real_file, novel, seed):
     """Bits per character of CHECKPOINT on FILE, and/or metrics of generated poems.
 
-    FILE is read as one stream with the model state carried across lines, as in training, in
-    pieces (any size fits in memory). CHECKPOINT may be `default`.
+    FILE is read the way the model learned its text (`text_kind` in `poetgen info`): a model of
+    one poem per line scores each line alone from the poem-start state, many lines per batch; a
+    model of running text reads FILE as one stream with the state carried across lines. Either
+    way in pieces, so any size fits in memory. CHECKPOINT may be `default`.
 
     \b
     Examples:

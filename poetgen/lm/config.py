@@ -16,6 +16,9 @@ from pathlib import Path
 from poetgen.errors import ConfigError
 
 
+TEXT_KINDS = ("auto", "lines", "running")
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 0  # set from the corpus vocabulary, never by hand
@@ -28,6 +31,12 @@ class ModelConfig:
     softmax: str = "adaptive"  # "adaptive" (fast for thousands of characters) or "full"
     cutoffs: tuple[int, ...] = (1000, 3000)  # adaptive softmax cluster boundaries (by frequency rank)
     tie_weights: bool = False  # share input embedding and output matrix (full softmax only)
+    # What kind of text the model learned, which decides how it is evaluated (and sampled):
+    # "lines" = one document per line (poems: each line is scored alone from the poem-start
+    # state), "running" = running text (prose, plays: one stream, state carried across lines).
+    # "auto" is decided from the training corpus when training starts (corpus.detect_text_kind)
+    # and the checkpoint stores the result; checkpoints from before this field read as "lines".
+    text_kind: str = "auto"
 
     def validate(self) -> None:
         _check(self.embed_size > 0, "embed_size must be positive")
@@ -40,6 +49,7 @@ class ModelConfig:
         _check(self.softmax in ("adaptive", "full"), "softmax must be 'adaptive' or 'full'")
         _check(not (self.tie_weights and self.softmax == "adaptive"),
                "tie_weights needs softmax = 'full'")
+        _check(self.text_kind in TEXT_KINDS, f"text_kind must be one of {', '.join(TEXT_KINDS)}")
         _check(list(self.cutoffs) == sorted(set(self.cutoffs)) and all(c > 0 for c in self.cutoffs),
                "cutoffs must be increasing positive integers, e.g. 1000,3000")
 
@@ -179,6 +189,7 @@ def to_dict(cfg) -> dict:
 def model_config_from_dict(d: dict) -> ModelConfig:
     names = {f.name for f in dataclasses.fields(ModelConfig)}
     kwargs = {k: v for k, v in d.items() if k in names}
+    kwargs.setdefault("text_kind", "lines")  # older checkpoints: all learned one poem per line
     if "cutoffs" in kwargs:
         kwargs["cutoffs"] = tuple(kwargs["cutoffs"])
     return ModelConfig(**kwargs)

@@ -173,6 +173,27 @@ class Vocab:
         return cls(tuple(chars))
 
 
+BLANK_LINE_SHARE = 0.01  # a text with more blank lines than this share of its lines is running text
+
+
+def detect_text_kind(ids: torch.Tensor, newline_id: int | None) -> str:
+    """"lines" if the token stream reads as one document per line, else "running".
+
+    A corpus of one document per line (poems, names, sentences) has no blank lines, while
+    running text (prose, plays, code) separates its paragraphs, speeches or blocks with them:
+    tang_train.txt has none in 33,473 lines, tinyshakespeare.txt 7,223 in 40,000. A text with
+    no line break at all is running text. `train --text-kind` overrides the guess.
+    """
+    if newline_id is None:
+        return "running"
+    is_newline = ids == newline_id
+    lines = int(is_newline.sum())
+    if lines < 2:
+        return "running"
+    blank = int((is_newline[1:] & is_newline[:-1]).sum()) + int(is_newline[0])
+    return "running" if blank >= BLANK_LINE_SHARE * lines else "lines"
+
+
 def encode_tensor(vocab: Vocab, text: str) -> torch.Tensor:
     return torch.tensor(vocab.encode(text), dtype=torch.long)
 

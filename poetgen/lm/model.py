@@ -102,10 +102,18 @@ class CharLSTM(nn.Module):
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean negative log-likelihood in nats of `targets` (T, B) given `outputs` (T, B, P)."""
+        return self.token_nll(outputs, targets).mean()
+
+    def token_nll(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood in nats of each of `targets` (T, B) given `outputs` (T, B, P)."""
         flat = outputs.reshape(-1, outputs.size(-1))
         if self.adaptive is not None:
-            return self.adaptive(flat, targets.reshape(-1)).loss
-        return F.cross_entropy(self.decoder(self.to_embed(flat)), targets.reshape(-1))
+            # Only the target's cluster is computed, far cheaper than the whole distribution.
+            nll = -self.adaptive(flat, targets.reshape(-1)).output
+        else:
+            nll = F.cross_entropy(self.decoder(self.to_embed(flat)), targets.reshape(-1),
+                                  reduction="none")
+        return nll.view(targets.shape)
 
     def log_probs(self, outputs: torch.Tensor) -> torch.Tensor:
         """Log-probabilities over the whole vocabulary: (..., P) -> (..., V)."""

@@ -29,7 +29,7 @@ import torch
 
 from poetgen.lm.checkpoint import load_checkpoint, save_checkpoint
 from poetgen.lm.config import REGULARIZATION, ModelConfig, TrainConfig, to_dict
-from poetgen.lm.corpus import Vocab, batchify, get_chunk, num_chunks
+from poetgen.lm.corpus import Vocab, batchify, detect_text_kind, get_chunk, num_chunks
 from poetgen.errors import CheckpointError, NonFiniteLossError
 from poetgen.lm.evaluate import evaluate_ids
 from poetgen.lm.model import CharLSTM, burn_in_start_state
@@ -240,6 +240,8 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
     cb = callbacks or Callbacks()
     run_dir = Path(run_dir)
     config.validate()
+    if model_config.text_kind == "auto":  # the checkpoint records what was decided
+        model_config = replace(model_config, text_kind=detect_text_kind(train_ids, vocab.newline_id))
     device = pick_device(config.device)
     last_path, best_path = run_dir / "last.safetensors", run_dir / "best.safetensors"
     fingerprint = corpus_fingerprint(train_ids)
@@ -280,7 +282,7 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
 
     def validate_and_save() -> float:
         burn_in_start_state(model, burn_ids)
-        val_bpc = evaluate_ids(model, [val_ids]).bpc
+        val_bpc = evaluate_ids(model, vocab, [val_ids]).bpc
         if val_bpc < run.best:
             run.best = val_bpc
             save_checkpoint(best_path, model, vocab, meta(val_bpc))
