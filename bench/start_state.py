@@ -5,14 +5,13 @@ learned start state, and of the whole file as one stream (state carried from poe
 """
 
 import json
-import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from poetgen.lm.checkpoint import load_checkpoint, resolve  # noqa: E402
 from poetgen.lm.corpus import read_text  # noqa: E402
-from poetgen.lm.evaluate import evaluate_file  # noqa: E402
+from poetgen.lm.evaluate import LN2, evaluate_file  # noqa: E402
 from poetgen.verse.metrics import mean_logprobs  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora"
@@ -21,7 +20,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 def per_poem_bpc(ck, poems, from_zero):
     means = mean_logprobs(ck.model, ck.vocab, poems, from_zero=from_zero)
     lengths = [len(p) + 1 for p in poems]
-    return -sum(m * n for m, n in zip(means, lengths)) / sum(lengths) / math.log(2)
+    return -sum(m * n for m, n in zip(means, lengths)) / sum(lengths) / LN2
 
 
 def main():

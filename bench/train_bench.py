@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from poetgen.lm.config import ModelConfig, TrainConfig  # noqa: E402
-from poetgen.lm.corpus import Vocab, encode_tensor, read_text  # noqa: E402
+from poetgen.lm.corpus import prepare  # noqa: E402
 from poetgen.lm.train import Callbacks, train  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora"
@@ -56,9 +56,7 @@ def main() -> None:
     mcfg = ModelConfig(**{k: parse_value(v) for k, v in overrides.items() if k in model_fields})
     tcfg = TrainConfig(**{k: parse_value(v) for k, v in overrides.items() if k not in model_fields},
                        time_budget=args.budget, device="cpu")
-    text = read_text(args.train)
-    vocab = Vocab.build(text, tcfg.min_count, tcfg.max_vocab)
-    train_ids, val_ids = encode_tensor(vocab, text), encode_tensor(vocab, read_text(args.val))
+    data = prepare(args.train, args.val, tcfg)
     speeds: list[float] = []
     evals: list[tuple[int, float]] = []
 
@@ -69,7 +67,7 @@ def main() -> None:
     cb = Callbacks(on_step=on_step, on_eval=lambda e: evals.append((e.step, round(e.val_bpc, 4))))
     out = args.out or tempfile.mkdtemp(prefix="poetgen-bench-")
     t0 = time.time()
-    result = train(train_ids, val_ids, vocab, mcfg, tcfg, out, callbacks=cb)
+    result = train(data.train_ids, data.val_ids, data.vocab, mcfg, tcfg, out, callbacks=cb)
     print(json.dumps({
         "label": args.label, "overrides": overrides, "budget_s": args.budget,
         "train_chars_per_s": round(statistics.median(speeds)) if speeds else None,

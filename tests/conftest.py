@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from poetgen.lm.config import ModelConfig, TrainConfig
-from poetgen.lm.corpus import Vocab, encode_tensor
+from poetgen.lm.corpus import prepare_text
 from poetgen.lm.train import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -52,12 +52,30 @@ TINY_TRAIN = dict(batch_size=4, bptt=16, lr=1e-2, warmup_steps=5, eval_every=20,
 def tiny_run(tmp_path_factory, tiny_text):
     """A tiny model trained for 40 steps; returns its run directory."""
     run_dir = tmp_path_factory.mktemp("run")
-    vocab = Vocab.build(tiny_text)
-    ids = encode_tensor(vocab, tiny_text)
-    train(ids, ids[:200], vocab, ModelConfig(**TINY_MODEL), TrainConfig(**TINY_TRAIN), run_dir)
+    config = TrainConfig(**TINY_TRAIN)
+    data = prepare_text(tiny_text, tiny_text[:200], config)
+    train(data.train_ids, data.val_ids, data.vocab, ModelConfig(**TINY_MODEL), config, run_dir)
     return run_dir
 
 
 @pytest.fixture(autouse=True)
 def _single_thread():
     torch.set_num_threads(1)  # small tensors: threads only add noise and contention
+
+
+@pytest.fixture(scope="session")
+def verse_checkpoint(tmp_path_factory) -> Path:
+    """A small model over common Tang characters, trained briefly through the CLI."""
+    from click.testing import CliRunner
+
+    from poetgen.app.cli import cli
+    from test_constrain import synthetic_poems
+
+    d = tmp_path_factory.mktemp("verse")
+    corpus = d / "poems.txt"
+    corpus.write_text(synthetic_poems(200), encoding="utf-8")
+    r = CliRunner().invoke(cli, ["train", str(corpus), "--out", str(d / "run"), "--hidden-size", "32",
+                                 "--embed-size", "16", "--batch-size", "8", "--bptt", "32",
+                                 "--max-steps", "20", "--eval-every", "20"])
+    assert r.exit_code == 0, r.output
+    return d / "run" / "best.safetensors"

@@ -88,9 +88,15 @@ def trained(runner, corpus_file):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--temp", "0"], "temperature must be a positive number"),
-    (["--temp", "-1"], "temperature must be a positive number"),
-    (["--top-p", "2"], "top-p must be in (0, 1]"),
+    (["--temp", "0"], "--temp needs a number > 0"),
+    (["--temp", "-1"], "--temp needs a number > 0"),
+    (["--temp", "inf"], "--temp needs a number > 0"),
+    (["--top-p", "2"], "--top-p needs a number in (0, 1]"),
+    (["--seed", "99999999999999999999999"], "--seed needs a whole number >= 0"),
+    (["--acrostic", "春江"], "--acrostic needs --form"),
+    (["--form", "七绝", "--acrostic", "春a花月"], "--acrostic needs Chinese characters"),
+    (["--form", "七绝", "--acrostic", "春江花月夜"], "a 七绝 has 4 lines"),
+    (["--beam", "2", "--n", "3", "--form", "五绝"], "ask for at most that many poems"),
     (["--prime", "李白Z"], "never saw: '李' '白' 'Z'"),
     (["--checkpoint", "missing.safetensors"], "no such checkpoint"),
 ])
@@ -165,9 +171,8 @@ def test_ctrl_c_saves_last_and_exits_130(tmp_path, corpus_file):
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
     deadline = time.time() + 60
     line = ""
-    while "Training on" not in line and time.time() < deadline:
+    while "Training on" not in line and time.time() < deadline:  # said once Ctrl-C is caught
         line = proc.stderr.readline()
-    time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     _, rest = proc.communicate(timeout=60)
     assert proc.returncode == 130, rest

@@ -3,8 +3,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from poetgen.lm.corpus import (UNK, Vocab, batchify, get_chunk, iter_text, num_chunks, read_text,
-                            split_lines)
+from poetgen.lm.config import TrainConfig
+from poetgen.lm.corpus import (UNK, Vocab, batchify, get_chunk, iter_text, num_chunks, prepare,
+                               read_text, split_lines)
 from poetgen.errors import CorpusError
 
 VOCAB_TEXT = "床前明月光，疑是地上霜。\nHello, world! 🌙\n"
@@ -113,3 +114,20 @@ def test_iter_lines_streams_lines_across_chunks(tmp_path, chunk):
         assert list(iter_lines(p)) == ["春江", "", "花月夜", "最后一行"]
     finally:
         corpus.iter_text = original
+
+
+def test_prepare_holds_out_lines_and_builds_the_vocabulary_from_the_training_side(tmp_path):
+    lines = [f"{chr(0x4E00 + i)}{i}" for i in range(300)]  # a character of its own on every line
+    text = "\n".join(lines) + "\n"
+    (tmp_path / "c.txt").write_text(text, encoding="utf-8")
+    data = prepare(tmp_path / "c.txt", None, TrainConfig(val_fraction=0.1))
+    train_text, val_text = split_lines(text, 0.1)
+    assert data.train_ids.numel() == len(train_text) and data.val_ids.numel() == len(val_text)
+    assert 10 < val_text.count("\n") < 60
+    assert data.vocab == Vocab.build(train_text)  # held-out lines' own characters are unknown
+    assert (data.val_ids == data.vocab.unk_id).sum() == val_text.count("\n")
+    # A given vocabulary (a resumed run's) is kept; a --val file is used whole.
+    (tmp_path / "v.txt").write_text(train_text[0] + "鑫\n", encoding="utf-8")
+    kept = prepare(tmp_path / "c.txt", tmp_path / "v.txt", TrainConfig(), vocab=data.vocab)
+    assert kept.vocab is data.vocab and kept.train_ids.numel() == len(text)
+    assert kept.vocab.decode(kept.val_ids.tolist()) == train_text[0] + UNK + "\n"

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from poetgen.app.cli import cli
-from poetgen.verse.corpus_tools import build_corpus, corpus_stats, iter_json_array, regular_form, strip_notes
+from poetgen.verse.corpus_tools import BuildOptions, build_corpus, corpus_stats, iter_json_array, regular_form, strip_notes
 from poetgen.errors import CorpusError
 
 from conftest import SHARED
@@ -38,14 +38,15 @@ def json_dir(tmp_path):
 
 def test_build_filters_converts_dedupes_and_reports(json_dir, tmp_path):
     out = tmp_path / "out.txt"
-    r = build_corpus([json_dir], out, forms={"5x4", "7x4"}, simplified=True, dedupe=True, notes=True)
+    r = build_corpus([json_dir], out, BuildOptions(forms=frozenset({"5x4", "7x4"}), simplified=True,
+                                                dedupe=True, strip_notes=True))
     lines = out.read_text(encoding="utf-8").splitlines()
     assert lines == ["白日依山尽，黄河入海流。欲穷千里目，更上一层楼。",
                      "床前明月光，疑是地上霜。举头望明月，低头思故乡。",  # the note was removed
                      "朝辞白帝彩云间，千里江陵一日还。两岸猿声啼不住，轻舟已过万重山。"]
     assert r.read == 7 and r.kept == 3
     assert r.dropped == {"duplicate": 1, "line count not 4 or 8": 2, "odd characters": 1}
-    only7 = build_corpus([json_dir], tmp_path / "o7.txt", forms={"7x4"}, simplified=True)
+    only7 = build_corpus([json_dir], tmp_path / "o7.txt", BuildOptions(forms=frozenset({"7x4"}), simplified=True))
     assert only7.kept == 1 and only7.dropped["form 5x4 not selected"] == 2
 
 
@@ -54,13 +55,13 @@ def test_split_keeps_variants_together(tmp_path):
     poems = [f"{a}山{b}水流，白云{a}{b}秋。明月照高楼，清风{a}满舟。" for a in "春夏秋冬东西南北" for b in "江河湖海"]
     variant = poems[0].replace("白云", "青云")  # shares three verse lines with poems[0]
     src.write_text("\n".join(poems + [variant]) + "\n", encoding="utf-8")
-    build_corpus([src], tmp_path / "c.txt", val_fraction=0.3)
+    build_corpus([src], tmp_path / "c.txt", BuildOptions(val_fraction=0.3))
     train = (tmp_path / "c_train.txt").read_text(encoding="utf-8").splitlines()
     val = (tmp_path / "c_val.txt").read_text(encoding="utf-8").splitlines()
     assert len(train) + len(val) == len(poems) + 1
     assert (poems[0] in val) == (variant in val)
     again = tmp_path / "again.txt"
-    build_corpus([src], again, val_fraction=0.3)
+    build_corpus([src], again, BuildOptions(val_fraction=0.3))
     assert (tmp_path / "again_val.txt").read_text(encoding="utf-8").splitlines() == val
 
 
@@ -207,8 +208,8 @@ def test_build_cli_errors(tmp_path):
 def test_build_reproduces_the_shared_tang_corpus(tmp_path):
     pytest.importorskip("opencc")
     out = tmp_path / "tang.txt"
-    report = build_corpus([SHARED / "corpora" / "chinese-poetry"], out, forms={"5x4", "5x8", "7x4", "7x8"},
-                          simplified=True, dedupe=True)
+    options = BuildOptions(forms=frozenset({"5x4", "5x8", "7x4", "7x8"}), simplified=True, dedupe=True)
+    report = build_corpus([SHARED / "corpora" / "chinese-poetry"], out, options)
     ours = out.read_text(encoding="utf-8").splitlines()
     shared = (SHARED / "corpora" / "tang.txt").read_text(encoding="utf-8").splitlines()
     assert report.kept == len(shared) == 35297 and set(ours) == set(shared)

@@ -18,16 +18,8 @@ from test_constrain import synthetic_poems
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A small model over common Tang characters, trained briefly via the CLI."""
-    d = tmp_path_factory.mktemp("repl")
-    corpus = d / "poems.txt"
-    corpus.write_text(synthetic_poems(200), encoding="utf-8")
-    r = CliRunner().invoke(cli, ["train", str(corpus), "--out", str(d / "run"), "--hidden-size", "32",
-                                 "--embed-size", "16", "--batch-size", "8", "--bptt", "32",
-                                 "--max-steps", "20", "--eval-every", "20"])
-    assert r.exit_code == 0, r.output
-    return d / "run" / "best.safetensors"
+def checkpoint(verse_checkpoint):
+    return verse_checkpoint
 
 
 def repl(checkpoint, script, *args):
@@ -42,7 +34,7 @@ def test_scripted_session(checkpoint, tmp_path):
     r = repl(checkpoint, script)
     assert r.exit_code == 0, r.output
     out = r.stdout
-    assert "[form 五绝 · rhyme pingshui · tones strict · temp 0.7" in out
+    assert "form 五绝 · rhyme pingshui · tones strict · temp 0.7" in out
     poems = [line for line in out.splitlines() if line.count("，") == 2 and line.endswith("。")]
     first, rewritten = poems[0], poems[1]
     assert first.startswith("春风") and check_poem(first, tones="strict").ok
@@ -68,14 +60,14 @@ def test_bad_commands_keep_the_session_going(checkpoint):
     assert r.exit_code == 0  # Ctrl-D (end of input) exits 0
     errors = [line for line in r.stdout.splitlines() if line.startswith("error:")]
     assert len(errors) == 7, r.stdout
-    assert "temp needs a number > 0" in errors[0] and "unknown form" in errors[1]
+    assert ":temp needs a number > 0" in errors[0] and ":form needs 五绝" in errors[1]
     assert "unknown command :frobnicate" in r.stdout
     assert any(line.startswith("春风") for line in r.stdout.splitlines())  # still writes poems
 
 
 def test_unknown_characters_and_free_mode(checkpoint):
     r = repl(checkpoint, "鑫\n:mode free\n春\n:quit\n")
-    assert "never saw 鑫" in r.stdout
+    assert "never saw: '鑫'" in r.stdout
     assert any(line.startswith("春") for line in r.stdout.splitlines()[2:])
 
 

@@ -47,13 +47,27 @@ def test_bad_sampling_arguments(ck, kwargs):
         generate(ck.model, ck.vocab, **kwargs)
 
 
-@settings(max_examples=50, deadline=None)
-@given(st.lists(st.floats(-20, 20), min_size=2, max_size=30), st.integers(0, 40), st.floats(0.01, 1.0))
-def test_filter_logits_keeps_the_best_and_respects_k(values, k, p):
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(-20, 20), min_size=2, max_size=30), st.integers(0, 40))
+def test_top_k_keeps_the_k_likeliest(values, k):
     logits = torch.tensor([values])
-    kept = torch.isfinite(filter_logits(logits, k, p))
-    assert kept[0, logits.argmax()]  # the likeliest character always survives
-    if k:
-        assert kept.sum() <= max(k, (logits == logits.max()).sum())
-    probs = torch.softmax(logits, -1)
-    assert probs[kept].sum() >= min(p, 1.0) - 1e-5 or kept.sum() < len(values)
+    kept = torch.isfinite(filter_logits(logits, top_k=k))[0]
+    if k == 0 or k >= len(values):
+        assert kept.all()
+        return
+    kth = torch.topk(logits[0], k).values[-1]
+    assert torch.equal(kept, logits[0] >= kth)  # the k likeliest, and any tied with the k-th
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(-20, 20), min_size=2, max_size=30), st.floats(0.01, 1.0))
+def test_top_p_keeps_the_smallest_set_holding_p(values, p):
+    """Nucleus sampling: the kept characters are the likeliest ones, hold at least p of the
+    probability, and dropping the least likely of them would fall below p (the set is minimal)."""
+    logits = torch.tensor([values])
+    kept = torch.isfinite(filter_logits(logits, top_p=p))[0]
+    probs = torch.softmax(logits[0].double(), -1)
+    mass, least = probs[kept].sum(), probs[kept].min()
+    assert mass >= p - 1e-6
+    assert mass - least < p + 1e-6
+    assert (probs[~kept] <= least + 1e-12).all()

@@ -8,17 +8,18 @@ import torch
 
 from poetgen.lm.checkpoint import load_checkpoint
 from poetgen.lm.config import ModelConfig, TrainConfig
-from poetgen.lm.corpus import Vocab, encode_tensor
+from poetgen.lm.corpus import Vocab, prepare_text
 from poetgen.errors import CheckpointError, ConfigError, NonFiniteLossError
-from poetgen.lm.train import Callbacks, TrainingInterrupted, learning_rate, train
+from poetgen.lm.model import CharLSTM
+from poetgen.lm.train import (Callbacks, TrainingInterrupted, learning_rate, make_optimizer,
+                               sgd_step, train)
 
-from conftest import TINY_MODEL, TINY_TRAIN
+from conftest import TINY_MODEL, TINY_TRAIN, make_poems
 
 
 def setup(text):
-    vocab = Vocab.build(text)
-    ids = encode_tensor(vocab, text)
-    return ids, ids[:150], vocab
+    data = prepare_text(text, text[:150], TrainConfig())
+    return data.train_ids, data.val_ids, data.vocab
 
 
 def run(tmp, text, resume=False, callbacks=None, **overrides):
@@ -155,3 +156,35 @@ def test_interrupt_before_any_evaluation_writes_strict_json(tmp_path, tiny_text)
     meta = json.loads(header["__metadata__"]["poetgen"], parse_constant=no_constants)
     assert meta["training"]["best_val_bpc"] is None and meta["training"]["val_bpc"] is None
     run(tmp_path, tiny_text, resume=True)  # and it resumes from there
+
+
+def test_sgd_step_clips_the_gradient_norm():
+    def gradients_after_one_step(clip):
+        torch.manual_seed(0)
+        model = CharLSTM(ModelConfig(vocab_size=40, hidden_size=24, embed_size=8, cutoffs=()))
+        x, y = torch.randint(0, 40, (10, 4)), torch.randint(0, 40, (10, 4))
+        sgd_step(model, make_optimizer(model, TrainConfig()), x, y, model.zero_state(4), lr=1e-3,
+                 clip=clip)
+        return [p.grad.clone() for p in model.parameters()]
+
+    def norm(grads):
+        return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+
+    raw = gradients_after_one_step(clip=1e9)
+    clipped = gradients_after_one_step(clip=norm(raw) / 10)
+    assert norm(clipped) == pytest.approx(norm(raw) / 10, rel=1e-4)
+    for r, c in zip(raw, clipped):  # scaled down, same direction
+        assert torch.allclose(c, r / 10, rtol=1e-3, atol=1e-7)
+
+
+def test_training_overfits_a_tiny_corpus(tmp_path):
+    text = make_poems(8)  # 200 characters: one chunk of two streams, the same every step
+    config = TrainConfig(batch_size=2, bptt=128, lr=1e-2, warmup_steps=1, max_steps=150,
+                         time_budget=0, eval_every=150, device="cpu", seed=0, sample_chars=10)
+    data = prepare_text(text, text, config)
+    losses = []
+    result = train(data.train_ids, data.val_ids, data.vocab,
+                   ModelConfig(embed_size=16, hidden_size=64, cutoffs=()), config, tmp_path,
+                   callbacks=Callbacks(on_step=lambda info: losses.append(info.loss)))
+    assert len(losses) == result.steps == 150
+    assert losses[-1] < 0.25 * losses[0], (losses[0], losses[-1])

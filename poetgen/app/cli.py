@@ -17,6 +17,7 @@ from rich.table import Table
 from poetgen import __version__
 from poetgen.lm.config import ModelConfig, TrainConfig, load_toml, parse_duration, run_configs, to_dict
 from poetgen.errors import ConfigError, PoetgenError
+from poetgen.settings import GenerationSettings
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -139,7 +140,7 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_
     Ctrl-C saves `last` and exits; --resume continues exactly where it stopped.
     """
     from poetgen.lm import checkpoint as ckpt_mod
-    from poetgen.lm.corpus import Vocab, encode_tensor, read_text, split_lines
+    from poetgen.lm.corpus import Vocab, prepare
     from poetgen.lm.train import TrainingInterrupted
     from poetgen.lm.train import train as run_training
 
@@ -163,21 +164,15 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_
     source = out_dir / "last.safetensors" if resume else init_from
     meta = ckpt_mod.read_meta(source) if source else None
     model_config, config = run_configs(values, meta, keep="all" if resume else "shape")
-    vocab = Vocab.from_list(meta["vocab"]) if meta else None
-    text = read_text(corpus)
-    if val_path:
-        train_text, val_text = text, read_text(val_path)
-    else:
-        train_text, val_text = split_lines(text, config.val_fraction)
-    vocab = vocab or Vocab.build(train_text, config.min_count, config.max_vocab)
-    train_ids, val_ids = encode_tensor(vocab, train_text), encode_tensor(vocab, val_text)
+    data = prepare(corpus, val_path, config, Vocab.from_list(meta["vocab"]) if meta else None)
 
     from poetgen.app.progress import TrainProgress
 
     progress = TrainProgress(err, config)
     try:
-        result = run_training(train_ids, val_ids, vocab, model_config, config, out_dir,
-                              resume=resume, callbacks=progress.callbacks(), init=init_from)
+        result = run_training(data.train_ids, data.val_ids, data.vocab, model_config, config,
+                              out_dir, resume=resume, callbacks=progress.callbacks(),
+                              init=init_from)
     except TrainingInterrupted as e:
         progress.close()
         err.print(f"[yellow]Interrupted at step {e.step}: saved {e.checkpoint}.[/] "
@@ -197,57 +192,62 @@ _CHECKPOINT_HELP = ("Checkpoint file or run directory, or `default` for the bund
                     "else the bundled model]")
 
 
-def constraint_options(f):
-    """Options shared by `sample` and the REPL's settings: form, rhyme, tones, fixed characters."""
-    options = [
-        click.option("--form", default=None,
-                     help="Write a Tang poem of this form: 五绝 五律 七绝 七律 (or 5x4 5x8 7x4 7x8). "
-                          "Form, rhyme and tones are then guaranteed."),
-        click.option("--rhyme", type=click.Choice(["pingshui", "modern", "off"]), default="pingshui",
-                     show_default=True, help="Rhyme scheme: 平水韵, 中华新韵 (pinyin), or none."),
-        click.option("--rhyme-group", default=None,
-                     help="Rhyme in this group (e.g. 下平十一尤, 十唐) or in the group of this character. "
-                          "[default: chosen by the first rhyme]"),
-        click.option("--tones", type=click.Choice(["loose", "strict", "off"]), default="loose",
-                     show_default=True,
-                     help="平仄 templates: loose frees positions 1, 3 (, 5) but avoids 孤平 and 三平尾; "
-                          "strict follows the template everywhere."),
-        click.option("--acrostic", default="", help="藏头: the first characters of the lines, e.g. 春江花月."),
-        click.option("--pattern", default="",
-                     help="Fixed characters per line, ? for free, lines split by / , e.g. '??春??/?????'."),
-        click.option("--no-repeat", is_flag=True, help="No character twice in a poem."),
-        click.option("--ban", default="", help="Characters never to use."),
-        click.option("--best-of", type=click.IntRange(1, 1000), default=1, show_default=True,
-                     help="Sample this many candidates per poem; keep the likeliest per character."),
-        click.option("--beam", type=click.IntRange(0, 1000), default=0,
-                     help="Beam search of this width instead of sampling (0 = off)."),
-        click.option("--novel", type=click.Path(path_type=Path), default=None,
-                     help="Redo poems that copy a verse line of this corpus verbatim."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+class SettingType(click.ParamType):
+    """A generation setting's value, parsed and checked by its entry in the settings table."""
+
+    def __init__(self, field_name: str):
+        self.field_name = field_name
+        self.option = GenerationSettings.options()[field_name]
+        self.name = self.option.metavar or (self.option.choices and "|".join(self.option.choices)) \
+            or type(GenerationSettings.default(field_name)).__name__.upper()
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        return GenerationSettings.parse(self.field_name, value, "cli")  # ConfigError: one line
+
+    def shell_complete(self, ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(c) for c in self.option.choices if c.startswith(incomplete)]
+
+
+def generation_options(only: tuple[str, ...] | None = None, defaults: dict | None = None):
+    """The command-line options of GenerationSettings' fields (those for the CLI, or `only`).
+
+    `defaults` overrides a field's default for this command (e.g. `eval --generate` seeds with 0).
+    Options default to None so that the command knows which were given.
+    """
+    defaults = defaults or {}
+
+    def decorate(f):
+        for name, option in reversed(GenerationSettings.options("cli").items()):
+            if only is not None and name not in only:
+                continue
+            default = defaults.get(name, GenerationSettings.default(name))
+            if option.flag:
+                f = click.option(option.public("cli"), name, is_flag=True, default=None,
+                                 help=option.help)(f)
+                continue
+            shown = "" if default in (None, "") or "[default" in option.help else \
+                f" [default: {default}]"
+            f = click.option(option.public("cli"), name, type=SettingType(name), default=None,
+                             help=option.help + shown)(f)
+        return f
+    return decorate
+
+
+def settings_from_options(values: dict, defaults: dict | None = None) -> GenerationSettings:
+    """GenerationSettings from the options given (None = not given), checked as the CLI names them."""
+    given = {k: v for k, v in values.items() if v is not None}
+    return GenerationSettings(**{**(defaults or {}), **given}).validate("cli")
 
 
 @cli.command()
 @click.option("--checkpoint", "-c", default=None, help=_CHECKPOINT_HELP)
-@click.option("--temp", "temperature", type=float, default=0.8, show_default=True,
-              help="Sampling temperature (> 0): lower is safer, higher is wilder.")
-@click.option("--top-k", type=int, default=0, show_default=True,
-              help="Sample only from the k likeliest characters (0 = off).")
-@click.option("--top-p", type=float, default=1.0, show_default=True,
-              help="Sample from the smallest set of characters holding this much probability.")
-@click.option("--prime", default="", help="Text the poem starts with; the model continues it.")
-@click.option("--n", "n", type=click.IntRange(1, 10_000), default=1, show_default=True,
-              help="Number of samples (generated together in one batch).")
-@click.option("--max-chars", type=click.IntRange(1), default=200, show_default=True,
-              help="Stop a sample after this many characters if it has not ended (free text).")
-@click.option("--no-stop", is_flag=True, help="Do not stop at the end of a poem (newline).")
-@click.option("--seed", type=int, default=None, help="Random seed; the same seed gives the same text.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per sample on stdout.")
-@constraint_options
-def sample(checkpoint, temperature, top_k, top_p, prime, n, max_chars, no_stop, seed, as_json,
-           **constraints):
+@generation_options()
+def sample(checkpoint, as_json, **values):
     """Generate text or poems from a trained model.
 
     \b
@@ -259,66 +259,21 @@ def sample(checkpoint, temperature, top_k, top_p, prime, n, max_chars, no_stop, 
       poetgen sample --form 5x4 --pattern '??春??' --rhyme-group 下平七阳
     """
     from poetgen.lm import checkpoint as ckpt_mod
-    from poetgen.lm.sample import check_sampling_args, generate
+    from poetgen.write import write
 
-    check_sampling_args(temperature, top_k, top_p)
+    settings = settings_from_options(values)
     ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
-    _check_prime(prime, ck.vocab, ck.path)
-    spec = poem_spec(constraints, prime)
-    if spec is None:
-        samples = generate(ck.model, ck.vocab, n=n, max_chars=max_chars, temperature=temperature,
-                           top_k=top_k, top_p=top_p, prime=prime, seed=seed,
-                           stop_at_newline=not no_stop)
-        rows = [{"text": s.text, "mean_logprob": round(s.mean_logprob, 4), "seed": s.seed}
-                for s in samples]
-    else:
-        from poetgen.verse.constrain import compile_spec, generate_poems
-
-        compiled = compile_spec(spec, ck.vocab)
-        from poetgen.verse.metrics import verse_lines
-
-        novel = verse_lines(constraints["novel"]) if constraints["novel"] else None
-        poems = generate_poems(ck.model, compiled, n=n, temperature=temperature, top_k=top_k,
-                               top_p=top_p, seed=seed, best_of=constraints["best_of"],
-                               beam=constraints["beam"], novel_lines=novel)
-        rows = [{"text": p.text, "mean_logprob": round(p.mean_logprob, 4), "seed": p.seed,
-                 "form": spec.form.name, "template": p.template, "rhyme_group": p.rhyme_group}
-                for p in poems]
-    for row in rows:
-        click.echo(json.dumps(row, ensure_ascii=False) if as_json else row["text"])
-
-
-_CONSTRAINT_DEFAULTS = {"rhyme": "pingshui", "rhyme_group": None, "tones": "loose", "acrostic": "",
-                        "pattern": "", "no_repeat": False, "ban": "", "best_of": 1, "beam": 0,
-                        "novel": None}
-
-
-def poem_spec(constraints: dict, prime: str = ""):
-    """A PoemSpec from the constraint options, or None for free text (no --form)."""
-    from poetgen.verse.constrain import PoemSpec
-
-    if not constraints.get("form"):
-        given = [k.replace("_", "-") for k, v in constraints.items()
-                 if k != "form" and v != _CONSTRAINT_DEFAULTS.get(k)]
-        if given:
-            raise ConfigError(f"--{given[0]} needs --form (五绝 五律 七绝 七律)")
-        return None
-    return PoemSpec.make(constraints["form"],
-                         rhyme=None if constraints["rhyme"] == "off" else constraints["rhyme"],
-                         rhyme_group=constraints["rhyme_group"], tones=constraints["tones"],
-                         acrostic=constraints["acrostic"], pattern=constraints["pattern"],
-                         prime=prime, no_repeat=constraints["no_repeat"], banned=constraints["ban"])
-
-
-def _check_prime(prime: str, vocab, path) -> None:
-    missing = vocab.unknown(prime)
-    if missing:
-        raise ConfigError(f"--prime has characters the model at {path} never saw: "
-                          f"{' '.join(repr(c) for c in missing)}; remove or replace them")
+    for item in write(ck.model, ck.vocab, settings, side="cli"):
+        click.echo(json.dumps(item.to_dict(), ensure_ascii=False) if as_json else item.text)
 
 
 # ----------------------------------------------------------------------------------------------
 # eval and info
+
+
+# The generation settings `eval --generate` offers (its --form is a list of forms to measure).
+EVAL_GENERATION = ("temperature", "top_k", "top_p", "seed", "rhyme", "tones", "no_repeat", "ban",
+                   "best_of", "beam", "novel")
 
 
 @cli.command("eval")
@@ -329,21 +284,12 @@ def _check_prime(prime: str, vocab, path) -> None:
               help="Also write this many constrained poems per form and measure them.")
 @click.option("--form", "forms", default="五绝,五律,七绝,七律", show_default=True,
               help="Forms for --generate, comma-separated.")
-@click.option("--temp", "temperature", type=float, default=0.8, show_default=True,
-              help="Sampling temperature for --generate.")
-@click.option("--tones", type=click.Choice(["loose", "strict", "off"]), default="loose",
-              show_default=True, help="Tone constraint for --generate.")
-@click.option("--best-of", type=click.IntRange(1, 1000), default=1, show_default=True,
-              help="Candidates per poem for --generate.")
 @click.option("--corpus", "copy_corpus", type=click.Path(path_type=Path), default=None,
               help="Training corpus: measure how much the poems copy from it.")
 @click.option("--real", "real_file", type=click.Path(path_type=Path), default=None,
               help="Real poems (one per line, e.g. tang_val.txt) measured the same way, side by side.")
-@click.option("--novel", type=click.Path(path_type=Path), default=None,
-              help="Redo generated poems that copy a verse line of this corpus.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed for --generate.")
-def eval_cmd(checkpoint, file, as_json, generate, forms, temperature, tones, best_of, copy_corpus,
-             real_file, novel, seed):
+@generation_options(only=EVAL_GENERATION, defaults={"seed": 0})
+def eval_cmd(checkpoint, file, as_json, generate, forms, copy_corpus, real_file, **values):
     """Bits per character of CHECKPOINT on FILE, and/or metrics of generated poems.
 
     FILE is read the way the model learned its text (`text_kind` in `poetgen info`): a model of
@@ -360,6 +306,7 @@ def eval_cmd(checkpoint, file, as_json, generate, forms, temperature, tones, bes
 
     if file is None and generate is None:
         raise ConfigError("give a FILE to score, or --generate N to measure generated poems")
+    settings = settings_from_options(values, defaults={"seed": 0, "form": "五绝"})
     ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
     if file is not None:
         from poetgen.lm.evaluate import evaluate_file
@@ -379,13 +326,12 @@ def eval_cmd(checkpoint, file, as_json, generate, forms, temperature, tones, bes
             click.echo(f"{file}: {r.bpc:.4f} bits/char, perplexity {r.perplexity:.2f} over "
                        f"{r.chars:,} characters ({r.unknown:,} outside the vocabulary)")
     if generate is not None:
-        from poetgen.verse.metrics import compare_generated
         from poetgen.app.progress import progress_bar
+        from poetgen.write import compare_generated
 
         rows = compare_generated(
             ck.model, ck.vocab, [f.strip() for f in forms.split(",") if f.strip()], generate,
-            temperature=temperature, tones=tones, best_of=best_of, seed=seed,
-            copy_corpus=copy_corpus, real_file=real_file, novel=novel,
+            settings, copy_corpus=copy_corpus, real_file=real_file,
             progress=lambda forms: progress_bar(forms, desc="forms", leave=False))
         if as_json:
             for row in rows:
@@ -491,13 +437,15 @@ def check(poem, rhyme, tones, as_json):
 # repl
 
 
+# Settings a REPL session can start with (all of them can be changed inside with :NAME VALUE).
+REPL_START = ("form", "seed", "temperature", "rhyme", "tones")
+
+
 @cli.command()
 @click.option("--checkpoint", "-c", default=None, help=_CHECKPOINT_HELP)
-@click.option("--form", default="七绝", show_default=True,
-              help="Starting form (change it in the session with :form).")
-@click.option("--seed", type=int, default=None, help="Seed the session's generations.")
+@generation_options(only=REPL_START, defaults={"form": "七绝"})
 @click.pass_context
-def repl(ctx, checkpoint, form, seed):
+def repl(ctx, checkpoint, **values):
     """Write poems together with the model, interactively.
 
     Type the start of a poem and the model completes it; :line 3 rewrites line 3 only, :pick lets
@@ -510,11 +458,10 @@ def repl(ctx, checkpoint, form, seed):
       printf '春风\n:line 2\n:check\n:save poems.txt\n' | poetgen repl
     """
     from poetgen.lm import checkpoint as ckpt_mod
-    from poetgen.verse.prosody import get_form
-    from poetgen.app.repl import Settings, run
+    from poetgen.app.repl import run
 
+    settings = settings_from_options(values, defaults={"form": "七绝"})
     ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
-    settings = Settings(form=get_form(form).name, seed=seed)
     ctx.exit(run(ck.model, ck.vocab, out, click.get_text_stream("stdin"), settings))
 
 
@@ -548,14 +495,16 @@ def corpus_build(sources, out_path, forms, simplified, dedupe, strip_notes, min_
       poetgen corpus build ../shared/corpora/chinese-poetry -o corpora/tang.txt \\
           --form 5x4,5x8,7x4,7x8 --simplified --dedupe
     """
-    from poetgen.verse.corpus_tools import build_corpus
+    from poetgen.verse.corpus_tools import BuildOptions, build_corpus
     from poetgen.app.progress import progress_bar
     from poetgen.verse.prosody import get_form
 
-    wanted = {get_form(f.strip()).code for f in forms.split(",") if f.strip()} if forms else None
+    wanted = (frozenset(get_form(f.strip()).code for f in forms.split(",") if f.strip())
+              if forms else None)
+    options = BuildOptions(forms=wanted, simplified=simplified, dedupe=dedupe,
+                           strip_notes=strip_notes, min_count=min_count, val_fraction=val_fraction)
     with progress_bar(unit=" poems", desc="reading") as bar:
-        report = build_corpus(list(sources), out_path, wanted, simplified, dedupe, strip_notes,
-                              min_count, val_fraction, progress=lambda n: bar.update(1))
+        report = build_corpus(list(sources), out_path, options, progress=lambda n: bar.update(1))
     table = Table(title=f"{report.read:,} poems read")
     table.add_column("result")
     table.add_column("poems", justify="right")
@@ -608,7 +557,8 @@ def corpus_fetch(name, url, sha256, dest, manifest_path):
 
     Resumes an interrupted download (run it again), verifies the sha256, then builds the text.
     """
-    from poetgen.verse.corpus_tools import build_corpus, download, extract_members, manifest
+    from poetgen.verse.corpus_tools import (BuildOptions, build_corpus, download, extract_members,
+                                            manifest)
     from poetgen.app.progress import progress_bar
 
     entry = dict(manifest(manifest_path).get(name) or {}) if not url else {}
@@ -628,9 +578,10 @@ def corpus_fetch(name, url, sha256, dest, manifest_path):
         download(entry["url"], archive, entry.get("sha256"), bar)
     raw = extract_members(archive, entry["members"], dest / "raw" / name)
     b = entry.get("build", {})
-    forms = {f.strip() for f in b["forms"].split(",")} if b.get("forms") else None
-    report = build_corpus(raw, dest / f"{name}.txt", forms, b.get("simplified", False),
-                          b.get("dedupe", False), b.get("strip_notes", False))
+    forms = frozenset(f.strip() for f in b["forms"].split(",")) if b.get("forms") else None
+    options = BuildOptions(forms=forms, simplified=b.get("simplified", False),
+                           dedupe=b.get("dedupe", False), strip_notes=b.get("strip_notes", False))
+    report = build_corpus(raw, dest / f"{name}.txt", options)
     click.echo(f"wrote {dest / f'{name}.txt'} ({report.kept:,} of {report.read:,} poems)")
 
 
@@ -648,7 +599,7 @@ def plot(run_dirs, out_path):
     Several RUN_DIRs are drawn one after another, as the stages of one model (a run started
     with `train --init` from the one before): `poetgen plot checkpoints/tang checkpoints/tang2`.
     """
-    from poetgen.lm.checkpoint import atomic_write_bytes
+    from poetgen.files import atomic_write_bytes
     from poetgen.app.plot import curve_png, read_metrics
 
     png = curve_png([read_metrics(d) for d in run_dirs], " → ".join(d.name for d in run_dirs))

@@ -45,7 +45,7 @@ class TrainProgress:
         if self.bar is None:
             return
         self.bar.set_postfix_str(f"step {info.step} loss {info.loss:.3f} "
-                                 f"bpc {info.loss / 0.6931471805599453:.3f} lr {info.lr:.1e} "
+                                 f"bpc {info.bpc:.3f} lr {info.lr:.1e} "
                                  f"{info.chars_per_s:,.0f} chars/s", refresh=False)
         position = min(self.bar.total, int(info.elapsed)) if self.by_time else info.step
         self.bar.update(position - self.bar.n)  # tqdm redraws at most every mininterval

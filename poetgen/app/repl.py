@@ -19,112 +19,35 @@ from typing import Callable, TextIO
 from rich.console import Console
 from rich.markup import escape
 
-from poetgen.lm.checkpoint import atomic_write_bytes
+from poetgen.files import atomic_write_bytes
 from poetgen.errors import ConfigError, PoetgenError
+from poetgen.settings import GenerationSettings
 
-HELP = """\
-Type text to start a poem (or with :mode free, a prime for :max characters of free text).
+COMMANDS_HELP = """\
+Type text to start a poem (or with :mode free, a prime for :max-chars characters of free text).
   :again            regenerate with the same start        :line K    rewrite line K only
   :pick             choose the next characters yourself   :undo      back to the previous poem
   :check            pinyin, 平仄 and rhyme of the poem      :save FILE append the poem to FILE
   :history          poems of this session                 :help  :quit (or Ctrl-D)
-Settings (shown in the status line):
-  :temp 0.7  :top-k 20  :top-p 0.9  :n 3  :seed 42|off  :beam 8|0  :mode poem|free  :max 400
-  :form 七绝|off  :rhyme pingshui|modern|off  :group 下平十一尤|off  :tones loose|strict|off
-  :acrostic 春江花月|off
 In :pick, type a number or a character, Enter for the first choice, :done to let the model
 finish, :undo to take a character back, :cancel to leave."""
 
 
-@dataclass
-class Settings:
-    temp: float = 0.8
-    top_k: int = 0
-    top_p: float = 1.0
-    form: str | None = "七绝"
-    rhyme: str | None = "pingshui"
-    group: str | None = None
-    tones: str = "loose"
-    acrostic: str = ""
-    n: int = 1
-    seed: int | None = None
-    beam: int = 0
-    mode: str = "poem"
-    max: int = 400  # length limit of free text
-
-    def status(self) -> str:
-        if self.mode == "free":
-            shape = f"free text up to {self.max} characters"
-        else:
-            shape = f"form {self.form or 'any'} · rhyme {self.rhyme or 'off'}" + \
-                (f" {self.group}" if self.group else "") + f" · tones {self.tones}" + \
-                (f" · acrostic {self.acrostic}" if self.acrostic else "")
-        extra = f" · beam {self.beam}" if self.beam else ""
-        return (f"[{shape} · temp {self.temp} · top-k {self.top_k or 'off'} · top-p {self.top_p} · "
-                f"n {self.n} · seed {self.seed if self.seed is not None else 'random'}{extra}]")
-
-
-def _parse_setting(name: str, value: str, current: Settings) -> dict:
-    """':name value' -> {field: parsed}; raises ConfigError with the allowed values."""
-    from poetgen.verse.prosody import get_form
-
-    off = value.lower() in ("off", "none", "")
-    try:
-        if name == "temp":
-            v = float(value)
-            if not v > 0:
-                raise ValueError
-            return {"temp": v}
-        if name in ("top-k", "n", "beam", "max"):
-            v = int(value)
-            if v < (1 if name in ("n", "max") else 0) or (name == "n" and v > 100):
-                raise ValueError
-            return {name.replace("-", "_"): v}
-        if name == "top-p":
-            v = float(value)
-            if not 0 < v <= 1:
-                raise ValueError
-            return {"top_p": v}
-        if name == "seed":
-            return {"seed": None if off else int(value)}
-    except ValueError:
-        allowed = {"temp": "a number > 0", "top-k": "an integer >= 0 (0 = off)", "n": "1 to 100",
-                   "beam": "an integer >= 0 (0 = off)", "top-p": "a number in (0, 1]",
-                   "max": "an integer >= 1",
-                   "seed": "an integer or off"}[name]
-        raise ConfigError(f":{name} needs {allowed}, not {value!r}") from None
-    if name == "form":
-        return {"form": None if off else get_form(value).name}
-    if name == "rhyme":
-        if value not in ("pingshui", "modern", "off"):
-            raise ConfigError(f":rhyme needs pingshui, modern or off, not {value!r}")
-        return {"rhyme": None if off else value}
-    if name == "group":
-        return {"group": None if off else value}
-    if name == "tones":
-        if value not in ("loose", "strict", "off"):
-            raise ConfigError(f":tones needs loose, strict or off, not {value!r}")
-        return {"tones": value}
-    if name == "acrostic":
-        return {"acrostic": "" if off else value}
-    if name == "mode":
-        if value not in ("poem", "free"):
-            raise ConfigError(f":mode needs poem or free, not {value!r}")
-        return {"mode": value}
-    raise ConfigError(f"unknown command :{name}; type :help for the list")
-
-
-SETTINGS = {"temp", "top-k", "top-p", "form", "rhyme", "group", "tones", "acrostic", "n", "seed",
-            "beam", "mode", "max"}
+def settings_help() -> str:
+    """One line per setting, from the settings table: `:temp VALUE   help`."""
+    rows = ["Settings (shown in the status line; a command without a value shows the current one):"]
+    for option in GenerationSettings.options("repl").values():
+        rows.append(f"  :{option.name:<12} {option.help}")
+    return "\n".join(rows)
 
 
 class Session:
     """The REPL's state and commands; `handle` takes one input line and returns False to quit."""
 
-    def __init__(self, model, vocab, console: Console, settings: Settings | None = None,
+    def __init__(self, model, vocab, console: Console, settings: GenerationSettings | None = None,
                  read_line: Callable[[str], str] | None = None):
         self.model, self.vocab, self.console = model, vocab, console
-        self.settings = settings or Settings()
+        self.settings = settings or GenerationSettings(form="七绝")
         self.poem: str | None = None
         self.previous: list[str | None] = []  # for :undo
         self.history: list[str] = []
@@ -140,37 +63,20 @@ class Session:
         self.say(f"error: {text}", "red")
 
     # -- generation -----------------------------------------------------------------------
-    def _seed(self) -> int | None:
-        s = self.settings.seed
+    def _next_settings(self, **changes) -> GenerationSettings:
+        """The settings of the next generation: seeds advance so :again gives a new poem."""
+        seed = self.settings.seed
         self.generation += 1
-        return None if s is None else s + self.generation - 1
-
-    def _spec(self, prime: str = "", pattern: str = ""):
-        from poetgen.verse.constrain import PoemSpec
-
-        s = self.settings
-        return PoemSpec.make(s.form, rhyme=s.rhyme, rhyme_group=s.group, tones=s.tones,
-                             acrostic=s.acrostic, pattern=pattern, prime=prime)
+        if seed is not None:
+            changes["seed"] = seed + self.generation - 1
+        return self.settings.replace(**changes)
 
     def compose(self, prime: str) -> None:
-        from poetgen.verse.constrain import compile_spec, generate_poems
-        from poetgen.lm.sample import generate
+        from poetgen.write import write
 
-        s = self.settings
-        unknown = self.vocab.unknown(prime)
-        if unknown:
-            raise ConfigError(f"the model never saw {' '.join(unknown)}; remove or replace them")
+        written = write(self.model, self.vocab, self._next_settings(), prime=prime, side="repl")
         self.last_prime = prime
-        if s.mode == "free" or not s.form:
-            texts = [x.text for x in generate(self.model, self.vocab, n=s.n, temperature=s.temp,
-                                              top_k=s.top_k, top_p=s.top_p, prime=prime,
-                                              seed=self._seed(), max_chars=s.max,
-                                              stop_at_newline=s.mode == "poem")]
-        else:
-            compiled = compile_spec(self._spec(prime=prime), self.vocab)
-            poems = generate_poems(self.model, compiled, n=s.n, temperature=s.temp, top_k=s.top_k,
-                                   top_p=s.top_p, seed=self._seed(), beam=s.beam)
-            texts = [p.text for p in poems]
+        texts = [w.text for w in written]
         self._set_poem(texts[0])
         self.history.extend(texts)
         for i, text in enumerate(texts):
@@ -181,8 +87,8 @@ class Session:
         self.poem = text
 
     def regenerate_line(self, arg: str) -> None:
-        from poetgen.verse.constrain import compile_spec, generate_poems
         from poetgen.verse.prosody import split_verse
+        from poetgen.write import write
 
         if not self.poem or not self.settings.form:
             raise ConfigError(":line needs a poem written with a :form")
@@ -194,12 +100,9 @@ class Session:
         if not 1 <= k <= len(lines):
             raise ConfigError(f":line needs a line number, 1 to {len(lines)}")
         pattern = "/".join("?" * len(x) if i == k - 1 else x for i, x in enumerate(lines))
-        spec = self._spec(pattern=pattern)
-        spec.acrostic = ""  # the kept lines already carry their heads
-        compiled = compile_spec(spec, self.vocab)
-        s = self.settings
-        poem = generate_poems(self.model, compiled, n=1, temperature=s.temp, top_k=s.top_k,
-                              top_p=s.top_p, seed=self._seed())[0]
+        # The kept lines already carry their heads, and one poem replaces the one shown.
+        settings = self._next_settings(pattern=pattern, acrostic="", n=1, beam=0)
+        poem = write(self.model, self.vocab, settings, prime="", side="repl")[0]
         self._set_poem(poem.text)
         self.history.append(poem.text)
         self.say(poem.text, "bold")
@@ -208,10 +111,11 @@ class Session:
         from poetgen.verse.constrain import Stepper, compile_spec
 
         s = self.settings
-        compiled = compile_spec(self._spec(), self.vocab) if s.mode == "poem" and s.form else None
+        spec = s.validate("repl").poem_spec(prime="")
+        compiled = compile_spec(spec, self.vocab) if spec else None
         stepper = Stepper(self.model, self.vocab, compiled)
         while not stepper.done:
-            choices = stepper.choices(9, s.temp)
+            choices = stepper.choices(9, s.temperature)
             self.say(f"{stepper.text}▌")
             self.say("  ".join(f"{i + 1}:{c if c != chr(10) else '⏎'} {p:.0%}"
                                for i, (c, p) in enumerate(choices)), "cyan")
@@ -223,7 +127,7 @@ class Session:
                 self.say("pick cancelled")
                 return
             if answer == ":done":
-                stepper.finish(s.temp, self._seed())
+                stepper.finish(s.temperature, self._next_settings().seed)
                 break
             if answer == ":undo":
                 if not stepper.undo():
@@ -253,7 +157,7 @@ class Session:
 
         if not self.poem:
             raise ConfigError("no poem yet: type a start, or :again")
-        self.console.print(render_report(check_poem(self.poem, rhyme=self.settings.rhyme or "pingshui",
+        self.console.print(render_report(check_poem(self.poem, rhyme=self.settings.rhyme if self.settings.rhyme != "off" else "pingshui",
                                                     tones=self.settings.tones)))
 
     def save(self, arg: str) -> None:
@@ -268,6 +172,18 @@ class Session:
         atomic_write_bytes(path, old + (self.poem + "\n").encode("utf-8"))
         self.say(f"saved to {path}")
 
+    def change_setting(self, field_name: str, arg: str) -> None:
+        """`:NAME VALUE` sets a setting (checked as the CLI checks it); `:NAME` shows it."""
+        option = GenerationSettings.options()[field_name]
+        if not arg:
+            value = getattr(self.settings, field_name)
+            self.say(f":{option.name} is {_shown(value)}")
+            return
+        value = GenerationSettings.parse(field_name, arg, "repl")
+        candidate = self.settings.replace(**{field_name: value}).validate("repl")
+        self.settings = candidate
+        self.say(self.settings.summary(), "dim")
+
     def handle(self, line: str) -> bool:
         line = line.strip()
         if not line:
@@ -280,7 +196,8 @@ class Session:
         if name in ("quit", "q", "exit"):
             return False
         if name == "help":
-            self.say(HELP)
+            self.say(COMMANDS_HELP)
+            self.say(settings_help())
         elif name == "again":
             self.compose(self.last_prime)
         elif name == "line":
@@ -301,16 +218,19 @@ class Session:
                 self.say(f"{i}. {text}")
             if not self.history:
                 self.say("(no poems yet)")
-        elif name in SETTINGS:
-            if not arg:
-                raise ConfigError(f":{name} needs a value; type :help")
-            changes = _parse_setting(name, arg, self.settings)
-            for k, v in changes.items():
-                setattr(self.settings, k, v)
-            self.say(self.settings.status(), "dim")
+        elif GenerationSettings.field_for(name, "repl"):
+            self.change_setting(GenerationSettings.field_for(name, "repl"), arg)
         else:
             raise ConfigError(f"unknown command :{name}; type :help for the list")
         return True
+
+
+def _shown(value) -> str:
+    if value is None or value == "":
+        return "off"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
 
 
 def history_file() -> Path:
@@ -319,7 +239,7 @@ def history_file() -> Path:
 
 
 def run(model, vocab, console: Console, stdin: TextIO | None = None,
-        settings: Settings | None = None) -> int:
+        settings: GenerationSettings | None = None) -> int:
     """The loop: returns the exit code (0 on :quit or Ctrl-D)."""
     stdin = stdin or sys.stdin
     interactive = stdin.isatty()
@@ -339,7 +259,7 @@ def run(model, vocab, console: Console, stdin: TextIO | None = None,
     session = Session(model, vocab, console, settings, read_line)
     if interactive:
         console.print("poetgen REPL: type the start of a poem, or :help. Ctrl-D to quit.", style="dim")
-    session.say(session.settings.status(), "dim")
+    session.say(session.settings.summary(), "dim")
     pending, ended = [], False  # lines (and a Ctrl-D) typed ahead while a poem was generated
     while True:
         try:
@@ -449,4 +369,4 @@ def _save_history(readline, path: Path) -> None:
         pass
 
 
-__all__ = ["Session", "Settings", "run", "history_file", "typed_ahead", "parse_typed"]
+__all__ = ["Session", "run", "history_file", "typed_ahead", "parse_typed"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from safetensors.torch import save as safetensors_bytes
 from poetgen.lm.config import model_config_from_dict, to_dict
 from poetgen.lm.corpus import Vocab
 from poetgen.errors import CheckpointError
+from poetgen.files import atomic_write_bytes
 from poetgen.lm.model import CharLSTM
 
 FORMAT = "poetgen-checkpoint-v1"
@@ -40,24 +40,6 @@ class Checkpoint:
     meta: dict  # everything in the JSON header: config, train_config, training, history
     path: Path
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # training state, if saved
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same directory and os.replace: all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from poetgen.errors import CorpusError
+from poetgen.lm.config import TrainConfig
 
 NEWLINE = "\n"
 UNK = "\ufffd"  # stands for every character outside the vocabulary (U+FFFD REPLACEMENT CHARACTER)
@@ -94,18 +95,26 @@ def read_text(path: str | Path) -> str:
     return text
 
 
-def split_lines(text: str, val_fraction: float) -> tuple[str, str]:
-    """Hold out about `val_fraction` of the lines, chosen by a hash of each line's text.
+def held_out(key: str, fraction: float) -> bool:
+    """Whether `key` belongs to the held-out (validation) share `fraction`, by a hash of its text.
 
-    Hashing (not position) makes the split deterministic, independent of line order, and keeps
-    duplicate lines on the same side. A text with too few lines for that falls back to holding
-    out its tail.
+    Hashing (not position) makes the split deterministic, independent of order, and keeps equal
+    keys on the same side. Used by `split_lines` (key: a line) and `corpus build --val-fraction`
+    (key: a group of poems sharing a verse line). round(), not a float comparison or int(): 0.07
+    means 700 of the 10,000 buckets, though 0.07 * 10_000 is 700.0000000000001.
+    """
+    return zlib.crc32(key.encode("utf-8")) % 10_000 < round(fraction * 10_000)
+
+
+def split_lines(text: str, val_fraction: float) -> tuple[str, str]:
+    """Hold out about `val_fraction` of the lines, chosen by `held_out` on each line's text.
+
+    A text with too few lines for that falls back to holding out its tail.
     """
     lines = text.splitlines(keepends=True)
-    bucket = int(val_fraction * 10_000)
     train, val = [], []
     for ln in lines:
-        (val if zlib.crc32(ln.encode("utf-8")) % 10_000 < bucket else train).append(ln)
+        (val if held_out(ln, val_fraction) else train).append(ln)
     if not train or not val:
         cut = max(1, int(len(text) * (1 - val_fraction)))
         return text[:cut], text[cut:]
@@ -196,6 +205,38 @@ def detect_text_kind(ids: torch.Tensor, newline_id: int | None) -> str:
 
 def encode_tensor(vocab: Vocab, text: str) -> torch.Tensor:
     return torch.tensor(vocab.encode(text), dtype=torch.long)
+
+
+# --------------------------------------------------------------------------------------------
+# Training data: the one way `poetgen train`, bench/ and the tests turn text into id streams
+
+
+@dataclass
+class TrainingData:
+    vocab: Vocab
+    train_ids: torch.Tensor  # 1-D, the whole training text
+    val_ids: torch.Tensor  # 1-D, the validation text (held-out lines, or the --val file)
+
+
+def prepare(train_path: str | Path, val_path: str | Path | None, config: TrainConfig,
+            vocab: Vocab | None = None) -> TrainingData:
+    """Read the training file (and the validation file, if any) and encode them: see prepare_text."""
+    return prepare_text(read_text(train_path), read_text(val_path) if val_path else None,
+                        config, vocab)
+
+
+def prepare_text(train_text: str, val_text: str | None, config: TrainConfig,
+                 vocab: Vocab | None = None) -> TrainingData:
+    """Encode a training text and its validation text for `train`.
+
+    Without `val_text`, `config.val_fraction` of the training lines are held out (`split_lines`).
+    The vocabulary is built from the training side only, with `config.min_count` and
+    `config.max_vocab`, unless `vocab` is given (a resumed or --init run keeps its checkpoint's).
+    """
+    if val_text is None:
+        train_text, val_text = split_lines(train_text, config.val_fraction)
+    vocab = vocab or Vocab.build(train_text, config.min_count, config.max_vocab)
+    return TrainingData(vocab, encode_tensor(vocab, train_text), encode_tensor(vocab, val_text))
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,11 +26,12 @@ from dataclasses import dataclass
 import torch
 
 from poetgen.lm.corpus import Vocab, iter_text
-from poetgen.lm.model import CharLSTM
+from poetgen.lm.model import CharLSTM, evaluating
 
 PIECE = 2048  # characters per forward pass along time (a longer line is read in pieces)
 BATCH_CHARS = 8192  # characters (lines x longest line) per batch in "lines" mode
 POOL_CHARS = 1 << 20  # characters of lines read ahead and sorted by length in "lines" mode
+LN2 = math.log(2)  # nats per bit: bits = nats / LN2
 
 
 @dataclass
@@ -41,7 +42,7 @@ class EvalResult:
 
     @property
     def bpc(self) -> float:
-        return self.nats / max(1, self.chars) / math.log(2)
+        return self.nats / max(1, self.chars) / LN2
 
     @property
     def perplexity(self) -> float:
@@ -166,16 +167,12 @@ def evaluate_ids(model: CharLSTM, vocab: Vocab, pieces: Iterable[torch.Tensor],
                  kind: str | None = None) -> EvalResult:
     """Score 1-D id tensors (one text cut anywhere) as the model reads text (see `reading`), or
     as `kind` ("lines" or "running") says."""
-    was_training = model.training
-    model.eval()
     nats, chars = 0.0, 0
-    try:
+    with evaluating(model):
         for nll in _token_nll(model, vocab, pieces, kind):
             nats += float(nll.sum(dtype=torch.float64))
             chars += nll.numel()
             progress(nll.numel())
-    finally:
-        model.train(was_training)
     return EvalResult(nats, chars, 0)
 
 
@@ -183,13 +180,9 @@ def evaluate_ids(model: CharLSTM, vocab: Vocab, pieces: Iterable[torch.Tensor],
 def token_bits(model: CharLSTM, vocab: Vocab, ids: torch.Tensor,
                kind: str | None = None) -> torch.Tensor:
     """Bits of every token of the 1-D `ids`, read as evaluate_ids reads them: (N,)."""
-    was_training = model.training
-    model.eval()
-    try:
-        bits = list(_token_nll(model, vocab, [ids], kind))
-    finally:
-        model.train(was_training)
-    return (torch.cat(bits) if bits else torch.zeros(0)) / math.log(2)
+    with evaluating(model):
+        nats = list(_token_nll(model, vocab, [ids], kind))
+    return (torch.cat(nats) if nats else torch.zeros(0)) / LN2
 
 
 def evaluate_file(model: CharLSTM, vocab: Vocab, path,

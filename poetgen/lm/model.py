@@ -11,6 +11,7 @@ head and the rare ones smaller projected clusters, which is several times cheape
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -139,6 +140,19 @@ class CharLSTM(nn.Module):
 
 
 @contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Put `model` in evaluation mode (no dropout, no weight drop) for the block, then back in the
+    mode it was in, even if the block raises: scoring in the middle of training must not leave the
+    model training without dropout."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
 def stepwise():
     """Run the LSTM with ATen's kernel instead of oneDNN's, for two cases.
 
@@ -162,9 +176,7 @@ def burn_in_start_state(model: CharLSTM, ids: torch.Tensor) -> None:
     from zeros; generating from a zero state costs ~0.6 bpc. The state after reading real poems and
     a newline is exactly what the model saw at poem starts while it learned.
     """
-    was_training = model.training
-    model.eval()
-    _, (h, c) = model(ids.view(-1, 1).to(model.start_h.device), model.zero_state(1))
+    with evaluating(model):
+        _, (h, c) = model(ids.view(-1, 1).to(model.start_h.device), model.zero_state(1))
     model.start_h.copy_(h)
     model.start_c.copy_(c)
-    model.train(was_training)

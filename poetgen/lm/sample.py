@@ -16,7 +16,7 @@ import torch
 
 from poetgen.lm.corpus import NEWLINE, Vocab
 from poetgen.errors import ConfigError
-from poetgen.lm.model import CharLSTM, State, stepwise
+from poetgen.lm.model import CharLSTM, State, evaluating, stepwise
 
 
 @dataclass
@@ -29,6 +29,10 @@ class Sample:
     @property
     def mean_logprob(self) -> float:
         return self.logprob / max(1, self.num_chars)
+
+    def to_dict(self) -> dict:
+        """The JSON row of `poetgen sample --json`."""
+        return {"text": self.text, "mean_logprob": round(self.mean_logprob, 4), "seed": self.seed}
 
 
 def new_seed() -> int:
@@ -68,6 +72,20 @@ def draw(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.size(1) - 1)
 
 
+def sample_next(logp: torch.Tensor, temperature: float, generator: torch.Generator,
+                top_k: int = 0, top_p: float = 1.0,
+                allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """The decode step every sampler shares: one character per row of log-probabilities (N, V).
+
+    Characters outside `allowed` (N, V) are impossible; then temperature, top-k and top-p shape
+    what is left, and one character is drawn per row. Returns (N,) ids.
+    """
+    logits = logp / temperature
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    return draw(filter_logits(logits, top_k, top_p), generator)
+
+
 def prime_model(model: CharLSTM, ids: list[int], batch: int) -> tuple[torch.Tensor, State]:
     """Run the start state through `ids`; return the last output (B, P) and the state."""
     state = model.start_state(batch)
@@ -87,12 +105,11 @@ def generate(model: CharLSTM, vocab: Vocab, n: int = 1, max_chars: int = 200,
     check_sampling_args(temperature, top_k, top_p)
     if max_chars < 1:
         raise ConfigError(f"max-chars must be at least 1, got {max_chars}")
-    model.eval()
     seed = new_seed() if seed is None else seed
     device = model.start_h.device
     gen = torch.Generator(device=device).manual_seed(seed)
-    out, state = prime_model(model, vocab.encode(prime), n)
-    with stepwise():
+    with evaluating(model), stepwise():
+        out, state = prime_model(model, vocab.encode(prime), n)
         chosen, logprob, length = _sample_loop(model, vocab, out, state, n, max_chars, temperature,
                                                top_k, top_p, gen, stop_at_newline)
     samples = []
@@ -114,8 +131,7 @@ def _sample_loop(model, vocab, out, state, n, max_chars, temperature, top_k, top
     for t in range(max_chars):
         logp = model.log_probs(out)  # (n, V)
         logp[:, vocab.unk_id] = float("-inf")  # never write the unknown-character token
-        logits = filter_logits(logp / temperature, top_k, top_p)
-        token = draw(logits, gen)
+        token = sample_next(logp, temperature, gen, top_k, top_p)
         chosen[t] = token
         logprob += torch.where(done, 0.0, logp.gather(1, token[:, None]).squeeze(1))
         if newline is not None:

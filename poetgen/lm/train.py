@@ -17,26 +17,26 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
-import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 
+from poetgen.errors import CheckpointError, NonFiniteLossError
+from poetgen.files import atomic_open
 from poetgen.lm.checkpoint import load_checkpoint, save_checkpoint
 from poetgen.lm.config import REGULARIZATION, ModelConfig, TrainConfig, to_dict
 from poetgen.lm.corpus import Vocab, batchify, detect_text_kind, get_chunk, num_chunks
-from poetgen.errors import CheckpointError, NonFiniteLossError
-from poetgen.lm.evaluate import evaluate_ids
-from poetgen.lm.model import CharLSTM, burn_in_start_state
+from poetgen.lm.evaluate import LN2, evaluate_ids
+from poetgen.lm.model import CharLSTM, State, burn_in_start_state, evaluating
 from poetgen.lm.sample import generate
 
 METRICS_FIELDS = ["step", "train_loss", "train_bpc", "val_bpc", "lr", "chars_per_s", "elapsed_s"]
-LN2 = math.log(2)
 
 
 class TrainingInterrupted(Exception):
@@ -55,6 +55,10 @@ class StepInfo:
     lr: float
     chars_per_s: float
     elapsed: float
+
+    @property
+    def bpc(self) -> float:
+        return self.loss / LN2
 
 
 @dataclass
@@ -188,11 +192,124 @@ class _Run:
 
     model: CharLSTM
     optimizer: torch.optim.AdamW
-    state: tuple[torch.Tensor, torch.Tensor]  # the LSTM state carried from chunk to chunk
+    state: State  # the LSTM state carried from chunk to chunk
     step: int = 0
     elapsed: float = 0.0  # seconds of training (evaluations not counted)
     best: float = math.inf  # lowest validation bpc so far
     init: dict | None = None  # where the starting weights came from, when not random
+
+
+@dataclass(frozen=True)
+class _Checkpoints:
+    """Where a run saves, and what every checkpoint's header says about the run."""
+
+    run_dir: Path
+    vocab: Vocab
+    config: TrainConfig
+    corpus: str  # fingerprint of the training ids: a resume on another corpus is refused
+    train_chars: int
+    chunks_per_epoch: int
+
+    @property
+    def last(self) -> Path:
+        return self.run_dir / "last.safetensors"
+
+    @property
+    def best(self) -> Path:
+        return self.run_dir / "best.safetensors"
+
+    def save_last(self, run: _Run, val_bpc: float) -> None:
+        """Weights plus everything an exact resume needs: optimizer moments, state, RNG."""
+        extra = optimizer_tensors(run.optimizer)
+        extra.update(train_h=run.state[0], train_c=run.state[1], rng=torch.get_rng_state())
+        save_checkpoint(self.last, run.model, self.vocab, self._meta(run, val_bpc), extra)
+
+    def save_best(self, run: _Run, val_bpc: float) -> None:
+        save_checkpoint(self.best, run.model, self.vocab, self._meta(run, val_bpc))
+
+    def _meta(self, run: _Run, val_bpc: float) -> dict:
+        finite = lambda x: x if math.isfinite(x) else None  # noqa: E731 (strict JSON has no NaN)
+        return {"train_config": to_dict(self.config), "init": run.init,
+                "training": {"step": run.step, "elapsed": run.elapsed,
+                             "best_val_bpc": finite(run.best), "val_bpc": finite(val_bpc),
+                             "corpus": self.corpus, "epochs": run.step / self.chunks_per_epoch,
+                             "train_chars": self.train_chars}}
+
+
+class Throughput:
+    """Training characters per second, measured over windows of at least `window` seconds.
+
+    Time inside `paused()` (evaluation, sampling, saving) is left out: it is not training speed.
+    """
+
+    def __init__(self, window: float = 2.0):
+        self.window = window
+        self.chars_per_s = 0.0  # of the last complete window; 0 until one has passed
+        self._chars, self._start = 0, time.perf_counter()
+
+    def count(self, chars: int) -> None:
+        self._chars += chars
+        if (now := time.perf_counter()) - self._start >= self.window:
+            self.chars_per_s = self._chars / (now - self._start)
+            self._chars, self._start = 0, now
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._start += time.perf_counter() - t0
+
+
+def sgd_step(model: CharLSTM, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+             state: State, lr: float, clip: float, bf16: bool = False) -> tuple[float, State]:
+    """One step of truncated BPTT on the chunk `x` -> `y`, starting from the carried `state`.
+
+    Forward, loss, backward, clip the global gradient norm to `clip`, AdamW update at `lr`.
+    Returns the loss (nats per character) and the state to carry into the next chunk. A loss that
+    is not finite is returned without updating anything: the caller stops the run.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    state = (state[0].detach(), state[1].detach())  # keep the values, cut the graph
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        outputs, state = model(x, state)
+        loss = model.loss(outputs, y)
+    if not torch.isfinite(loss):
+        return loss.item(), state
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    return loss.item(), state
+
+
+def evaluate_and_save(run: _Run, checkpoints: _Checkpoints, val_ids: torch.Tensor,
+                      burn_ids: torch.Tensor) -> float:
+    """Validation bpc (from a start state burned in anew); saves `best` when it is the lowest so
+    far, and `last` always."""
+    burn_in_start_state(run.model, burn_ids)
+    val_bpc = evaluate_ids(run.model, checkpoints.vocab, [val_ids]).bpc
+    if val_bpc < run.best:
+        run.best = val_bpc
+        checkpoints.save_best(run, val_bpc)
+    checkpoints.save_last(run, val_bpc)
+    return val_bpc
+
+
+def preview(model: CharLSTM, vocab: Vocab, config: TrainConfig, step: int) -> str:
+    """A short free sample, shown at each evaluation to see what the model writes by now."""
+    with evaluating(model):
+        return generate(model, vocab, n=1, max_chars=config.sample_chars, temperature=0.8,
+                        seed=config.seed + step, stop_at_newline=False)[0].text
+
+
+def total_steps(config: TrainConfig, chunks_per_epoch: int) -> int | None:
+    """The step count the run stops at, or None when only a time budget bounds it."""
+    if not (config.max_steps or config.epochs):
+        return None
+    return int(min(config.max_steps or math.inf, (config.epochs * chunks_per_epoch) or math.inf))
 
 
 def _start_run(vocab: Vocab, model_config: ModelConfig, config: TrainConfig, last_path: Path,
@@ -237,113 +354,75 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
     shape-free REGULARIZATION fields (dropout, weight_drop) are taken from `model_config`. The
     optimizer and schedule start afresh.
     """
+    # -- setup: the device, the data as parallel streams, the model and optimizer ---------------
     cb = callbacks or Callbacks()
-    run_dir = Path(run_dir)
     config.validate()
     if model_config.text_kind == "auto":  # the checkpoint records what was decided
         model_config = replace(model_config, text_kind=detect_text_kind(train_ids, vocab.newline_id))
     device = pick_device(config.device)
-    last_path, best_path = run_dir / "last.safetensors", run_dir / "best.safetensors"
-    fingerprint = corpus_fingerprint(train_ids)
-    run = _start_run(vocab, model_config, config, last_path, fingerprint, device, resume, init)
-    model, optimizer = run.model, run.optimizer
-    model.train()
-    data = batchify(train_ids, config.batch_size).to(device)  # (rows, B)
-    chunks = num_chunks(data, config.bptt)
-    val_ids = val_ids.cpu()
-    burn_ids = burn_in_ids(train_ids, vocab)
-    metrics_path = run_dir / "metrics.csv"
-    _prepare_metrics(metrics_path, keep_until=run.step if resume else -1)
-
-    total_steps = None
-    if config.max_steps or config.epochs:
-        limits = [config.max_steps or math.inf, (config.epochs * chunks) or math.inf]
-        total_steps = int(min(limits))
-    use_amp = device.type == "cuda" and config.precision == "bf16"
     if device.type == "cuda":  # TF32 matmuls: float32 range and accumulation, several times faster
         torch.set_float32_matmul_precision("high")
-    cb.on_start({"device": str(device), "parameters": model.num_parameters(), "vocab": len(vocab),
-                 "train_chars": train_ids.numel(), "val_chars": val_ids.numel(),
-                 "chunks_per_epoch": chunks, "total_steps": total_steps, "start_step": run.step,
-                 "time_budget": config.time_budget})
-
-    def meta(val_bpc: float) -> dict:
-        finite = lambda x: x if math.isfinite(x) else None  # noqa: E731 (strict JSON has no NaN)
-        return {"train_config": to_dict(config), "init": run.init,
-                "training": {"step": run.step, "elapsed": run.elapsed,
-                             "best_val_bpc": finite(run.best), "val_bpc": finite(val_bpc),
-                             "corpus": fingerprint, "epochs": run.step / chunks,
-                             "train_chars": int(train_ids.numel())}}
-
-    def save_last(val_bpc: float) -> None:
-        extra = optimizer_tensors(optimizer)
-        extra.update(train_h=run.state[0], train_c=run.state[1], rng=torch.get_rng_state())
-        save_checkpoint(last_path, model, vocab, meta(val_bpc), extra)
-
-    def validate_and_save() -> float:
-        burn_in_start_state(model, burn_ids)
-        val_bpc = evaluate_ids(model, vocab, [val_ids]).bpc
-        if val_bpc < run.best:
-            run.best = val_bpc
-            save_checkpoint(best_path, model, vocab, meta(val_bpc))
-        save_last(val_bpc)
-        return val_bpc
-
-    window_chars, window_start = 0, time.perf_counter()
-    chars_per_s, last_val = 0.0, math.nan
-    loss_sum, loss_steps = 0.0, 0  # mean training loss since the last evaluation
+    bf16 = device.type == "cuda" and config.precision == "bf16"
+    data = batchify(train_ids, config.batch_size).to(device)  # (rows, B)
+    chunks = num_chunks(data, config.bptt)
+    val_ids, burn_ids = val_ids.cpu(), burn_in_ids(train_ids, vocab)
+    checkpoints = _Checkpoints(Path(run_dir), vocab, config, corpus_fingerprint(train_ids),
+                               int(train_ids.numel()), chunks)
+    run = _start_run(vocab, model_config, config, checkpoints.last, checkpoints.corpus, device,
+                     resume, init)
+    run.model.train()
+    metrics_path = checkpoints.run_dir / "metrics.csv"
+    _prepare_metrics(metrics_path, keep_until=run.step if resume else -1)
+    steps = total_steps(config, chunks)
+    meter = Throughput()
+    losses: list[float] = []  # training losses since the last evaluation
+    last_val = math.nan
     with _StopFlag() as stop:
+        # Announced once Ctrl-C is caught: from here on an interrupt saves `last`.
+        cb.on_start({"device": str(device), "parameters": run.model.num_parameters(),
+                     "vocab": len(vocab), "train_chars": train_ids.numel(),
+                     "val_chars": val_ids.numel(), "chunks_per_epoch": chunks,
+                     "total_steps": steps, "start_step": run.step,
+                     "time_budget": config.time_budget})
         while (progress := run_progress(config, run.step, run.elapsed, chunks)) < 1.0:
+            # -- one SGD step on the next chunk of every stream --------------------------------
             t0 = time.perf_counter()
             index = run.step % chunks
             if index == 0:  # a new pass starts the streams afresh
-                run.state = model.zero_state(config.batch_size)
-            lr = learning_rate(config, run.step, progress)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+                run.state = run.model.zero_state(config.batch_size)
             x, y = get_chunk(data, index, config.bptt)
-            run.state = (run.state[0].detach(), run.state[1].detach())  # truncate the graph
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                outputs, run.state = model(x, run.state)
-                loss = model.loss(outputs, y)
-            if not torch.isfinite(loss):
+            lr = learning_rate(config, run.step, progress)
+            loss, run.state = sgd_step(run.model, run.optimizer, x, y, run.state, lr, config.clip,
+                                       bf16)
+            if not math.isfinite(loss):
                 raise NonFiniteLossError(
-                    f"the training loss became {loss.item()} at step {run.step + 1}; "
-                    f"{last_path if last_path.exists() else 'no checkpoint'} is left as it was. "
-                    "Lower --lr (e.g. halve it) or --clip, then --resume")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-            optimizer.step()
+                    f"the training loss became {loss} at step {run.step + 1}; "
+                    f"{checkpoints.last if checkpoints.last.exists() else 'no checkpoint'} is "
+                    "left as it was. Lower --lr (e.g. halve it) or --clip, then --resume")
             run.step += 1
-            step_loss = loss.item()
-            loss_sum, loss_steps = loss_sum + step_loss, loss_steps + 1
             run.elapsed += time.perf_counter() - t0
-            window_chars += x.numel()
-            if (now := time.perf_counter()) - window_start >= 2.0:
-                chars_per_s = window_chars / (now - window_start)
-                window_chars, window_start = 0, now
-            cb.on_step(StepInfo(run.step, total_steps, step_loss, lr, chars_per_s, run.elapsed))
+            losses.append(loss)
+            meter.count(x.numel())
+            cb.on_step(StepInfo(run.step, steps, loss, lr, meter.chars_per_s, run.elapsed))
 
-            finished = run_progress(config, run.step, run.elapsed, chunks) >= 1.0
+            # -- Ctrl-C or SIGTERM: save where we are, then stop -------------------------------
             if stop.signal is not None:
-                save_last(last_val)
-                raise TrainingInterrupted(last_path, run.step)
+                checkpoints.save_last(run, last_val)
+                raise TrainingInterrupted(checkpoints.last, run.step)
+
+            # -- every eval_every steps and at the end: validate, checkpoint, log, preview -----
+            finished = run_progress(config, run.step, run.elapsed, chunks) >= 1.0
             if run.step % config.eval_every == 0 or finished:
-                t_eval = time.perf_counter()
-                last_val = validate_and_save()
-                sample = generate(model, vocab, n=1, max_chars=config.sample_chars,  # a preview
-                                  temperature=0.8, seed=config.seed + run.step,
-                                  stop_at_newline=False)[0].text
-                model.train()
-                train_loss = loss_sum / max(1, loss_steps)
-                loss_sum, loss_steps = 0.0, 0
-                _append_metrics(metrics_path, [run.step, train_loss, train_loss / LN2, last_val,
-                                               lr, chars_per_s, run.elapsed])
-                cb.on_eval(EvalInfo(run.step, last_val, run.best, train_loss / LN2, sample))
-                window_start += time.perf_counter() - t_eval  # evaluation is not training speed
-    return TrainResult(run.step, run.best, last_val, run_dir, model.num_parameters(), chars_per_s,
-                       run.elapsed)
+                with meter.paused():
+                    last_val = evaluate_and_save(run, checkpoints, val_ids, burn_ids)
+                    sample = preview(run.model, vocab, config, run.step)
+                    train_loss = sum(losses) / max(1, len(losses))
+                    losses.clear()
+                    _append_metrics(metrics_path, [run.step, train_loss, train_loss / LN2,
+                                                   last_val, lr, meter.chars_per_s, run.elapsed])
+                    cb.on_eval(EvalInfo(run.step, last_val, run.best, train_loss / LN2, sample))
+    return TrainResult(run.step, run.best, last_val, checkpoints.run_dir,
+                       run.model.num_parameters(), meter.chars_per_s, run.elapsed)
 
 
 def _initial_model(path: str | Path, vocab: Vocab,
@@ -368,12 +447,10 @@ def _prepare_metrics(path: Path, keep_until: int) -> None:
     if keep_until >= 0 and path.exists():
         with path.open(newline="", encoding="utf-8") as f:
             rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with atomic_open(path, newline="") as f:
         writer = csv.DictWriter(f, METRICS_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _append_metrics(path: Path, row: list) -> None:

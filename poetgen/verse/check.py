@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
-from poetgen.verse.prosody import (FORMS, PING, ZE, Form, free_positions, is_han, scheme, split_verse,
-                             templates)
+from poetgen.verse.prosody import (FORMS, PING, ZE, Form, free_positions, is_han, line_rhymes, scheme,
+                                    split_verse, templates)
 
 
 @dataclass
@@ -119,9 +119,8 @@ def _judge(lines, form: Form, tpl, rs, tones):
     messages: list[str] = []
     marks: dict[tuple[int, int], tuple[bool, str | None, bool]] = {}
     last = form.chars_per_line - 1
-    rhyme_lines = [i for i in range(form.lines) if i % 2 == 1]
-    if tpl is not None and tpl.first_line_rhymes:
-        rhyme_lines = [0] + rhyme_lines
+    first_rhymes = tpl is not None and tpl.first_line_rhymes
+    rhyme_lines = [i for i in range(form.lines) if line_rhymes(i, first_rhymes)]
     rhyme_chars = [lines[i][last] for i in rhyme_lines]
     group, off = _shared_group(rhyme_chars, rs)
     for k in off:

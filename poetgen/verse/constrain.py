@@ -19,18 +19,21 @@ can come only from --no-repeat exhausting a tiny vocabulary, and such poems are 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import torch
 
 from poetgen.lm.corpus import NEWLINE, Vocab
 from poetgen.errors import ConstraintError
-from poetgen.lm.model import CharLSTM, stepwise
+from poetgen.lm.model import CharLSTM, evaluating, stepwise
 from poetgen.verse.prosody import (COMMA, PERIOD, PING, ZE, Form, Template, free_positions, get_form,
-                             han_only, is_han, scheme, split_verse, templates)
-from poetgen.lm.sample import check_sampling_args, draw, filter_logits, new_seed, prime_model
+                                   han_only, is_han, line_end_mark, line_rhymes, scheme, split_verse,
+                                   templates)
+from poetgen.lm.sample import Sample, check_sampling_args, new_seed, prime_model, sample_next
 
 ANY, NONE = 2, 3  # tone requirement codes besides 0 = 平 and 1 = 仄
+FREE_MARKS = "?？_＿*"  # a free position in --pattern
 
 
 @dataclass
@@ -73,170 +76,242 @@ class Compiled:
     positions: list[tuple[int, int]] = field(default_factory=list)  # step -> (line, col), col -1 = punct
 
 
+Placed = list[tuple[tuple[int, int], str]]  # ((line, col), character), in order
+
+
 def _fixed_chars(spec: PoemSpec) -> dict[tuple[int, int], str]:
-    """(line, col) -> character, from the prime, the acrostic and the pattern."""
-    f = spec.form
+    """(line, col) -> character, from the acrostic, the pattern and the prime; a position two of
+    them fill with different characters is refused, naming both."""
     fixed: dict[tuple[int, int], str] = {}
+    for what, placed in (("--acrostic", _acrostic_chars(spec)), ("--pattern", _pattern_chars(spec)),
+                         ("--prime", _prime_chars(spec))):
+        for pos, ch in placed:
+            if pos in fixed and fixed[pos] != ch:
+                raise ConstraintError(f"{what} puts {ch!r} at line {pos[0] + 1}, character "
+                                      f"{pos[1] + 1}, where another constraint already puts "
+                                      f"{fixed[pos]!r}")
+            fixed[pos] = ch
+    return fixed
 
-    def put(pos, ch, what):
-        if pos in fixed and fixed[pos] != ch:
-            raise ConstraintError(f"{what} puts {ch!r} at line {pos[0] + 1}, character {pos[1] + 1}, "
-                                  f"where another constraint already puts {fixed[pos]!r}")
-        fixed[pos] = ch
 
-    heads = han_only(spec.acrostic)
+def _acrostic_chars(spec: PoemSpec) -> Placed:
+    f, heads = spec.form, han_only(spec.acrostic)
     if spec.acrostic and not heads:
         raise ConstraintError(f"--acrostic {spec.acrostic!r} holds no Chinese character")
     if len(heads) > f.lines:
         raise ConstraintError(f"--acrostic has {len(heads)} characters but a {f.name} has "
                               f"{f.lines} lines; give at most {f.lines}")
-    for i, ch in enumerate(heads):
-        put((i, 0), ch, "--acrostic")
-    if spec.pattern:
-        rows = [r for r in spec.pattern.replace("/", "|").replace(COMMA, "|").replace(PERIOD, "|")
-                .replace(",", "|").replace("\n", "|").split("|") if r.strip()]
-        if len(rows) > f.lines:
-            raise ConstraintError(f"--pattern has {len(rows)} lines but a {f.name} has {f.lines}")
-        for i, row in enumerate(rows):
-            row = row.strip()
-            if len(row) != f.chars_per_line:
-                raise ConstraintError(f"--pattern line {i + 1} {row!r} has {len(row)} characters; "
-                                      f"a {f.name} line has {f.chars_per_line} (use ? for a free one)")
-            for j, ch in enumerate(row):
-                if ch not in "?？_＿*":
-                    if not is_han(ch):
-                        raise ConstraintError(f"--pattern line {i + 1}: {ch!r} is not a Chinese "
-                                              "character or ? (free)")
-                    put((i, j), ch, "--pattern")
-    if spec.prime:
-        layout = f.layout()
-        if len(spec.prime) > len(layout):
-            raise ConstraintError(f"--prime is longer than a whole {f.name}")
-        line = col = 0
-        for k, (ch, want) in enumerate(zip(spec.prime, layout)):
-            if want == "X":
-                if not is_han(ch):
-                    raise ConstraintError(f"--prime {spec.prime!r}: character {k + 1} should be a "
-                                          f"Chinese character in a {f.name} (layout {layout})")
-                put((line, col), ch, "--prime")
-                col += 1
-            else:
-                if ch != want:
-                    raise ConstraintError(f"--prime {spec.prime!r}: character {k + 1} should be "
-                                          f"{want!r} in a {f.name} (layout {layout})")
-                line, col = line + 1, 0
-    return fixed
+    return [((i, 0), ch) for i, ch in enumerate(heads)]
+
+
+def _pattern_chars(spec: PoemSpec) -> Placed:
+    f = spec.form
+    if not spec.pattern:
+        return []
+    rows = [r.strip() for r in re.split(r"[/|，。,\n]", spec.pattern) if r.strip()]
+    if len(rows) > f.lines:
+        raise ConstraintError(f"--pattern has {len(rows)} lines but a {f.name} has {f.lines}")
+    placed: Placed = []
+    for i, row in enumerate(rows):
+        if len(row) != f.chars_per_line:
+            raise ConstraintError(f"--pattern line {i + 1} {row!r} has {len(row)} characters; "
+                                  f"a {f.name} line has {f.chars_per_line} (use ? for a free one)")
+        for j, ch in enumerate(row):
+            if ch in FREE_MARKS:
+                continue
+            if not is_han(ch):
+                raise ConstraintError(f"--pattern line {i + 1}: {ch!r} is not a Chinese "
+                                      "character or ? (free)")
+            placed.append(((i, j), ch))
+    return placed
+
+
+def _prime_chars(spec: PoemSpec) -> Placed:
+    f, layout = spec.form, spec.form.layout()
+    if len(spec.prime) > len(layout):
+        raise ConstraintError(f"--prime is longer than a whole {f.name}")
+    placed: Placed = []
+    line = col = 0
+    for k, (ch, want) in enumerate(zip(spec.prime, layout)):
+        if want == "X" and not is_han(ch):
+            raise ConstraintError(f"--prime {spec.prime!r}: character {k + 1} should be a "
+                                  f"Chinese character in a {f.name} (layout {layout})")
+        if want != "X" and ch != want:
+            raise ConstraintError(f"--prime {spec.prime!r}: character {k + 1} should be "
+                                  f"{want!r} in a {f.name} (layout {layout})")
+        if want == "X":
+            placed.append(((line, col), ch))
+            col += 1
+        else:
+            line, col = line + 1, 0
+    return placed
 
 
 def compile_spec(spec: PoemSpec, vocab: Vocab, device: torch.device | str = "cpu") -> Compiled:
-    """Build the masks once, and refuse impossible constraint sets before any generation."""
-    f = spec.form
+    """Build the masks once, and refuse impossible constraint sets before any generation.
+
+    Four parts, each a named result: where characters and punctuation go (layout), which 平/仄
+    each template wants where (tones), which positions rhyme and in which groups (rhyme), and
+    which templates the fixed characters leave possible (fit).
+    """
+    _check_vocabulary_can_write(spec, vocab)
+    fixed = _fixed_chars(spec)
+    _check_fixed_chars(spec, vocab, fixed)
+    writable = _writable(spec, vocab)
+    layout = _layout(spec, vocab, fixed, writable)
+    tones = _tones(spec, vocab, layout.positions, writable)
+    rhyme = _rhyme(spec, vocab, layout.positions, tones.templates)
+    alive0, cand0 = _fit(spec, vocab, fixed, layout, tones, rhyme)
+    return Compiled(spec, vocab, len(layout.positions), layout.static.to(device),
+                    tones.required.to(device), tones.ok.to(device), rhyme.at.to(device),
+                    rhyme.member.to(device), alive0.to(device), cand0.to(device),
+                    rhyme.group_names, tones.templates, layout.positions)
+
+
+@dataclass
+class _Layout:
+    positions: list[tuple[int, int]]  # step -> (line, col); col -1 = the punctuation or the end
+    static: torch.Tensor  # (T, V) bool: what the layout, fixed and banned characters allow
+
+
+@dataclass
+class _Tones:
+    templates: list[Template | None]  # [None] with tones off
+    required: torch.Tensor  # (K, T) long: 0 平, 1 仄, ANY, or NONE (not a verse position)
+    ok: torch.Tensor  # (4, V) bool: characters that can stand for 平, 仄, ANY, NONE
+
+
+@dataclass
+class _Rhyme:
+    group_names: list[str]  # [] without a rhyme scheme
+    member: torch.Tensor  # (V, G) bool: character -> its rhyme groups
+    at: torch.Tensor  # (K, T) bool: template k rhymes at step t
+    cand0: torch.Tensor  # (G,) bool: groups allowed before any rhyme (level groups, --rhyme-group)
+
+
+def _check_vocabulary_can_write(spec: PoemSpec, vocab: Vocab) -> None:
     if spec.tones not in ("off", "loose", "strict"):
         raise ConstraintError(f"tones must be off, loose or strict, not {spec.tones!r}")
     for ch, name in ((COMMA, "'，'"), (PERIOD, "'。'"), (NEWLINE, "the newline (end of poem)")):
         if ch not in vocab:
             raise ConstraintError(f"the model's vocabulary has no {name}; it was not trained on "
                                   "one-poem-per-line Chinese verse, so it cannot write a "
-                                  f"{f.name}")
-    V = len(vocab)
-    rs = scheme(spec.rhyme) if spec.rhyme else None
-    ts = scheme(spec.tone_scheme)
-    fixed = _fixed_chars(spec)
+                                  f"{spec.form.name}")
+
+
+def _banned(spec: PoemSpec) -> set[str]:
+    return set(spec.banned) - {" ", ",", "，"}
+
+
+def _check_fixed_chars(spec: PoemSpec, vocab: Vocab, fixed: dict[tuple[int, int], str]) -> None:
     for (i, j), ch in fixed.items():
         if ch not in vocab:
             raise ConstraintError(f"{ch!r} (line {i + 1}, character {j + 1}) is not in the model's "
                                   "vocabulary, so it cannot be written; choose another character")
-    banned = set(spec.banned) - {" ", ",", "，"}
-    clash = sorted({ch for ch in fixed.values() if ch in banned})
+    clash = sorted({ch for ch in fixed.values() if ch in _banned(spec)})
     if clash:
         raise ConstraintError(f"{' '.join(clash)} is both required and banned")
     if spec.no_repeat:
-        seen: dict[str, int] = {}
-        for ch in fixed.values():
-            seen[ch] = seen.get(ch, 0) + 1
-        twice = sorted(c for c, n in seen.items() if n > 1)
+        values = list(fixed.values())
+        twice = sorted({c for c in values if values.count(c) > 1})
         if twice:
             raise ConstraintError(f"--no-repeat, but the fixed characters repeat {' '.join(twice)}")
 
-    chars = vocab.chars
-    han = torch.tensor([is_han(c) and c not in banned for c in chars])
-    tone_of = [ts.tone(c) if is_han(c) else None for c in chars]
-    tone_ok = torch.stack([
-        han & torch.tensor([t in (PING, "both") for t in tone_of]),
-        han & torch.tensor([t in (ZE, "both") for t in tone_of]),
-        han,
-        torch.ones(V, dtype=torch.bool),  # not a verse position: the static mask decides
-    ])
-    group_names = rs.group_names if rs else []
-    gindex = {g: k for k, g in enumerate(group_names)}
-    member = torch.zeros(V, max(1, len(group_names)), dtype=torch.bool)
-    if rs:
-        for v, c in enumerate(chars):
-            for g in rs.groups(c) if is_han(c) else ():
-                member[v, gindex[g]] = True
 
-    # Steps: the layout, then the newline.
+def _writable(spec: PoemSpec, vocab: Vocab) -> torch.Tensor:
+    """(V,) bool: the characters a verse position may hold (Han, not banned)."""
+    banned = _banned(spec)
+    return torch.tensor([is_han(c) and c not in banned for c in vocab.chars])
+
+
+def _layout(spec: PoemSpec, vocab: Vocab, fixed: dict[tuple[int, int], str],
+            writable: torch.Tensor) -> _Layout:
+    """Steps: each line's characters then its punctuation, then the newline that ends the poem."""
+    f, V = spec.form, len(vocab)
     positions: list[tuple[int, int]] = []
-    static_rows: list[torch.Tensor] = []
+    rows: list[torch.Tensor] = []
     for i in range(f.lines):
         for j in range(f.chars_per_line):
             positions.append((i, j))
-            row = han.clone()
-            if (i, j) in fixed:
-                row = torch.zeros(V, dtype=torch.bool)
-                row[vocab.id(fixed[(i, j)])] = True
-            static_rows.append(row)
+            rows.append(_one_hot(V, vocab.id(fixed[(i, j)])) if (i, j) in fixed else writable.clone())
         positions.append((i, -1))
-        static_rows.append(_one_hot(V, vocab.id(COMMA if i % 2 == 0 else PERIOD)))
+        rows.append(_one_hot(V, vocab.id(line_end_mark(i))))
     positions.append((f.lines, -1))
-    static_rows.append(_one_hot(V, vocab.newline_id))
-    static = torch.stack(static_rows)
+    rows.append(_one_hot(V, vocab.newline_id))
+    static = torch.stack(rows)
     if spec.no_repeat and fixed:  # a fixed character used early would block its own position later
         reserved = torch.tensor(sorted({vocab.id(ch) for ch in fixed.values()}))
         for t, pos in enumerate(positions):
             if pos[1] >= 0 and pos not in fixed:
                 static[t, reserved] = False
-    T = len(positions)
+    return _Layout(positions, static)
 
+
+def _tones(spec: PoemSpec, vocab: Vocab, positions: list[tuple[int, int]],
+           writable: torch.Tensor) -> _Tones:
+    """What each template asks at each step, and which characters can give it."""
+    f, ts = spec.form, scheme(spec.tone_scheme)
+    tone_of = [ts.tone(c) if is_han(c) else None for c in vocab.chars]
+    ok = torch.stack([
+        writable & torch.tensor([t in (PING, "both") for t in tone_of]),
+        writable & torch.tensor([t in (ZE, "both") for t in tone_of]),
+        writable,
+        torch.ones(len(vocab), dtype=torch.bool),  # not a verse position: the static mask decides
+    ])
     tpls: list[Template | None] = templates(f) if spec.tones != "off" else [None]
-    K = len(tpls)
-    tone_req = torch.full((K, T), NONE, dtype=torch.long)
-    rhymes_at = torch.zeros(K, T, dtype=torch.bool)
+    required = torch.full((len(tpls), len(positions)), NONE, dtype=torch.long)
     for k, tpl in enumerate(tpls):
         for t, (i, j) in enumerate(positions):
             if j < 0:
                 continue
             if tpl is None:
-                tone_req[k, t] = ANY
-            else:
-                free = free_positions(f.chars_per_line, tpl.line_types[i], spec.tones)
-                need = tpl.lines[i][j]
-                last = j == f.chars_per_line - 1
-                tone_req[k, t] = ANY if (j in free and not last) else (0 if need == PING else 1)
-            line_end = j == f.chars_per_line - 1
-            rhymes_at[k, t] = bool(rs) and line_end and (
-                i % 2 == 1 or (i == 0 and tpl is not None and tpl.first_line_rhymes))
+                required[k, t] = ANY
+                continue
+            free = free_positions(f.chars_per_line, tpl.line_types[i], spec.tones)
+            last = j == f.chars_per_line - 1
+            required[k, t] = ANY if (j in free and not last) else (0 if tpl.lines[i][j] == PING else 1)
+    return _Tones(tpls, required, ok)
 
-    # Rhyme groups possible before any rhyme is written.
+
+def _rhyme(spec: PoemSpec, vocab: Vocab, positions: list[tuple[int, int]],
+           tpls: list[Template | None]) -> _Rhyme:
+    """Rhyme positions per template, every character's groups, and the groups allowed at all."""
+    f = spec.form
+    rs = scheme(spec.rhyme) if spec.rhyme else None
+    group_names = rs.group_names if rs else []
+    gindex = {g: k for k, g in enumerate(group_names)}
+    member = torch.zeros(len(vocab), max(1, len(group_names)), dtype=torch.bool)
+    at = torch.zeros(len(tpls), len(positions), dtype=torch.bool)
     cand0 = torch.zeros(max(1, len(group_names)), dtype=torch.bool)
-    if rs:
-        allowed_groups = rs.level_groups if spec.tones != "off" else set(group_names)
-        if spec.rhyme_group:
-            wanted = rs.resolve_group(spec.rhyme_group)
-            if spec.tones != "off" and not wanted & allowed_groups:
-                raise ConstraintError(f"rhyme group {spec.rhyme_group!r} is an oblique (仄) group, "
-                                      "but the tonal templates rhyme in level (平) groups; choose a "
-                                      "level group or use --tones off")
-            allowed_groups = allowed_groups & wanted
-        for g in allowed_groups:
-            cand0[gindex[g]] = True
+    if rs is None:
+        return _Rhyme(group_names, member, at, cand0)
+    for v, c in enumerate(vocab.chars):
+        for g in rs.groups(c) if is_han(c) else ():
+            member[v, gindex[g]] = True
+    for k, tpl in enumerate(tpls):
+        first_rhymes = tpl is not None and tpl.first_line_rhymes
+        for t, (i, j) in enumerate(positions):
+            at[k, t] = j == f.chars_per_line - 1 and line_rhymes(i, first_rhymes)
+    allowed = rs.level_groups if spec.tones != "off" else set(group_names)
+    if spec.rhyme_group:
+        wanted = rs.resolve_group(spec.rhyme_group)
+        if spec.tones != "off" and not wanted & allowed:
+            raise ConstraintError(f"rhyme group {spec.rhyme_group!r} is an oblique (仄) group, "
+                                  "but the tonal templates rhyme in level (平) groups; choose a "
+                                  "level group or use --tones off")
+        allowed = allowed & wanted
+    for g in allowed:
+        cand0[gindex[g]] = True
+    return _Rhyme(group_names, member, at, cand0)
 
-    # Which templates can the fixed characters live with?
-    alive0 = torch.ones(K, dtype=torch.bool)
+
+def _fit(spec: PoemSpec, vocab: Vocab, fixed: dict[tuple[int, int], str], layout: _Layout,
+         tones: _Tones, rhyme: _Rhyme) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alive0, cand0): the templates the fixed characters allow, and the rhyme groups left."""
+    alive0 = torch.ones(len(tones.templates), dtype=torch.bool)
     reasons: list[str] = []
-    for k in range(K):
-        reason = _template_conflict(k, tpls[k], positions, fixed, vocab, tone_req, tone_ok,
-                                    rhymes_at, member, cand0, static, group_names)
+    for k in range(len(tones.templates)):
+        reason = _template_conflict(k, layout, fixed, vocab, tones, rhyme)
         if reason:
             alive0[k] = False
             reasons.append(reason)
@@ -244,12 +319,11 @@ def compile_spec(spec: PoemSpec, vocab: Vocab, device: torch.device | str = "cpu
         raise ConstraintError(reasons[0] if len(set(reasons)) == 1 else
                               "no tonal template fits the constraints: " + "; ".join(sorted(set(reasons))))
     # Rhymes every surviving template shares narrow the candidates up front.
-    for t, (i, j) in enumerate(positions):
-        if (i, j) in fixed and bool(rhymes_at[alive0, t].all()) and rs:
-            cand0 &= member[vocab.id(fixed[(i, j)])]
-    return Compiled(spec, vocab, T, static.to(device), tone_req.to(device), tone_ok.to(device),
-                    rhymes_at.to(device), member.to(device), alive0.to(device), cand0.to(device),
-                    group_names, tpls, positions)
+    cand0 = rhyme.cand0.clone()
+    for t, pos in enumerate(layout.positions):
+        if pos in fixed and rhyme.group_names and bool(rhyme.at[alive0, t].all()):
+            cand0 &= rhyme.member[vocab.id(fixed[pos])]
+    return alive0, cand0
 
 
 def _one_hot(V: int, index: int) -> torch.Tensor:
@@ -258,31 +332,32 @@ def _one_hot(V: int, index: int) -> torch.Tensor:
     return row
 
 
-def _template_conflict(k, tpl, positions, fixed, vocab, tone_req, tone_ok, rhymes_at, member, cand0,
-                       static, group_names) -> str | None:
+def _template_conflict(k: int, layout: _Layout, fixed: dict[tuple[int, int], str], vocab: Vocab,
+                       tones: _Tones, rhyme: _Rhyme) -> str | None:
     """Why template k cannot hold these constraints, or None if it can."""
-    cand = cand0.clone()
-    where = {pos: t for t, pos in enumerate(positions)}
+    cand = rhyme.cand0.clone()
+    where = {pos: t for t, pos in enumerate(layout.positions)}
     for (i, j), ch in sorted(fixed.items()):
         t, v = where[(i, j)], vocab.id(ch)
-        if not tone_ok[tone_req[k, t], v]:
-            need = PING if tone_req[k, t] == 0 else ZE
+        if not tones.ok[tones.required[k, t], v]:
+            need = PING if tones.required[k, t] == 0 else ZE
             return (f"{ch!r} at line {i + 1}, character {j + 1} cannot be {need} as the tonal "
                     f"template needs; use another character, --tones loose, or --tones off")
-        if rhymes_at[k, t]:
-            cand = cand & member[v]
+        if rhyme.at[k, t]:
+            cand = cand & rhyme.member[v]
             if not cand.any():
                 return (f"{ch!r} at line {i + 1}, character {j + 1} is at a rhyme position but "
                         "does not rhyme with the other fixed rhymes or the rhyme group")
-    if group_names and not cand.any():
+    if rhyme.group_names and not cand.any():
         return "no rhyme group is left to rhyme in"
-    for t in range(static.size(0)):
-        ok = static[t] & tone_ok[tone_req[k, t]]
-        if rhymes_at[k, t]:
-            ok = ok & (member.float() @ cand.float() > 0)
+    rhymable = rhyme.member.float() @ cand.float() > 0
+    for t in range(layout.static.size(0)):
+        ok = layout.static[t] & tones.ok[tones.required[k, t]]
+        if rhyme.at[k, t]:
+            ok = ok & rhymable
         if not ok.any():
-            i, j = positions[t]
-            what = "rhyming " if rhymes_at[k, t] else ""
+            i, j = layout.positions[t]
+            what = "rhyming " if rhyme.at[k, t] else ""
             return (f"the model's vocabulary has no {what}character that fits line {i + 1}, "
                     f"character {j + 1}; choose another rhyme group or loosen --tones")
     return None
@@ -293,17 +368,16 @@ def _template_conflict(k, tpl, positions, fixed, vocab, tone_req, tone_ok, rhyme
 
 
 @dataclass
-class Poem:
-    text: str
-    logprob: float  # model log-probability (nats, temperature 1) of the poem and its end
-    num_chars: int
-    seed: int
-    template: str | None  # the tonal template it follows (None with --tones off)
-    rhyme_group: str | None
+class Poem(Sample):
+    """A constrained poem: the text and its score (see Sample), and how it met the constraints."""
 
-    @property
-    def mean_logprob(self) -> float:
-        return self.logprob / max(1, self.num_chars)
+    form: str = ""  # 五绝 五律 七绝 七律
+    template: str | None = None  # the tonal template it follows (None with --tones off)
+    rhyme_group: str | None = None  # the group(s) its rhymes share (None without rhyme)
+
+    def to_dict(self) -> dict:
+        return super().to_dict() | {"form": self.form, "template": self.template,
+                                    "rhyme_group": self.rhyme_group}
 
 
 class _Hyps:
@@ -366,7 +440,13 @@ def generate_poems(model: CharLSTM, compiled: Compiled, n: int = 1, temperature:
     """
     check_sampling_args(temperature, top_k, top_p)
     seed = new_seed() if seed is None else seed
-    model.eval()
+    with evaluating(model):
+        return _generate_poems(model, compiled, n, temperature, top_k, top_p, seed, best_of, beam,
+                               novel_lines, max_rounds)
+
+
+def _generate_poems(model, compiled, n, temperature, top_k, top_p, seed, best_of, beam, novel_lines,
+                    max_rounds) -> list[Poem]:
     if beam:
         if n > beam:
             raise ConstraintError(f"--beam {beam} keeps {beam} candidates; ask for at most that many poems")
@@ -411,8 +491,7 @@ def _sample(model, c: Compiled, n, temperature, top_k, top_p, gen, seed) -> list
         allowed, per = _allowed(c, h, t)
         h.failed |= ~allowed.any(1)
         allowed = torch.where(h.failed[:, None], c.static[t][None], allowed)  # keep going; redone later
-        logits = filter_logits((logp / temperature).masked_fill(~allowed, float("-inf")), top_k, top_p)
-        token = draw(logits, gen)
+        token = sample_next(logp, temperature, gen, top_k, top_p, allowed)
         h.logprob += logp.gather(1, token[:, None]).squeeze(1)
         _advance(c, h, t, token, per)
         h.alive = torch.where(h.failed[:, None], c.alive0[None], h.alive)
@@ -455,8 +534,9 @@ def _poem(c: Compiled, h: _Hyps, j: int, seed: int) -> Poem:
     alive = [k for k in range(len(c.templates)) if h.alive[j, k]]
     tpl = c.templates[alive[0]] if alive and c.templates[alive[0]] is not None else None
     groups = [c.group_names[g] for g in range(len(c.group_names)) if h.cand[j, g]] if c.group_names else []
-    return Poem(text, float(h.logprob[j]), len(ids), seed, tpl.name if tpl else None,
-                "/".join(groups) if c.spec.rhyme and len(groups) <= 3 else None)
+    return Poem(text, float(h.logprob[j]), len(ids), seed, form=c.spec.form.name,
+                template=tpl.name if tpl else None,
+                rhyme_group="/".join(groups) if c.spec.rhyme and len(groups) <= 3 else None)
 
 
 class Stepper:
@@ -539,8 +619,8 @@ class Stepper:
         gen = torch.Generator(device=self.out.device).manual_seed(new_seed() if seed is None else seed)
         while not self.done:
             allowed, per = self._allowed()
-            logits = (self.model.log_probs(self.out)[0] / temperature).masked_fill(~allowed, float("-inf"))
-            v = int(draw(logits[None], gen))
+            v = int(sample_next(self.model.log_probs(self.out), temperature, gen,
+                                allowed=allowed[None]))
             self._step(v, per)
         return self.text
 

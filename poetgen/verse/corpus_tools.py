@@ -14,15 +14,17 @@ import re
 import tarfile
 import tempfile
 import tomllib
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
-from poetgen.lm.corpus import iter_lines, iter_text
 from poetgen.errors import CorpusError
-from poetgen.verse.prosody import COMMA, PERIOD, is_han, split_verse
+from poetgen.files import atomic_open
+from poetgen.lm.corpus import held_out, iter_lines, iter_text
+from poetgen.verse.prosody import COMMA, PERIOD, is_han, line_end_mark, split_verse
 
 # --------------------------------------------------------------------------------------------
 # Reading sources
@@ -153,10 +155,22 @@ def regular_form(text: str) -> tuple[str | None, str | None]:
     n = lengths.pop()
     if n not in (5, 7):
         return None, "uniform but not 5 or 7 characters"
-    canonical = "".join(x + (COMMA if i % 2 == 0 else PERIOD) for i, x in enumerate(lines))
+    canonical = "".join(x + line_end_mark(i) for i, x in enumerate(lines))
     if text != canonical:
         return None, "non-canonical punctuation"
     return f"{n}x{len(lines)}", None
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What `corpus build` keeps and how it splits; each field is one `corpus build` flag."""
+
+    forms: frozenset[str] | None = None  # keep only regular verse of these forms (5x4 ...); None = any
+    simplified: bool = False  # convert traditional characters to simplified (OpenCC t2s)
+    dedupe: bool = False  # drop poems identical to an earlier one
+    strip_notes: bool = False  # remove editorial notes such as （一作…）, keeping the poem
+    min_count: int = 0  # drop poems with a character seen fewer times in the kept poems; 0 = off
+    val_fraction: float = 0.0  # hold out this share as <stem>_val (and <stem>_train); 0 = one file
 
 
 @dataclass
@@ -168,9 +182,7 @@ class BuildReport:
     outputs: dict[str, int] = field(default_factory=dict)  # path -> poems written
 
 
-def build_corpus(sources: list[Path], out: Path, forms: set[str] | None = None,
-                 simplified: bool = False, dedupe: bool = False, notes: bool = False,
-                 min_count: int = 0, val_fraction: float = 0.0,
+def build_corpus(sources: list[Path], out: Path, options: BuildOptions = BuildOptions(), *,
                  progress: Callable[[int], None] = lambda n: None) -> BuildReport:
     """Filter sources into `out` (and `<stem>_train` / `<stem>_val` with a val fraction).
 
@@ -178,105 +190,101 @@ def build_corpus(sources: list[Path], out: Path, forms: set[str] | None = None,
     lines; the second applies --min-count and the split. The split groups poems that share a
     verse line (duplicates and variants), so a poem and its variant never straddle train and val.
     """
-    files = source_files(sources)
-    convert = _opencc() if simplified else None
     report = BuildReport()
-    seen: set[bytes] = set()
-    counts: Counter = Counter()
-    parent: dict[str, str] = {}  # union-find over verse lines, for the split
-
-    def find(x: str) -> str:
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile("w+", encoding="utf-8") as tmp:
-        for _, text in iter_poems(files):
-            report.read += 1
-            progress(report.read)
-            if convert:
-                text = convert(text)
-            if notes:
-                text = strip_notes(text)
-            text = re.sub(r"\s+", "", text)
-            if forms is not None:
-                form, reason = regular_form(text)
-                if reason:
-                    report.dropped[reason] += 1
-                    continue
-                if form not in forms:
-                    report.dropped[f"form {form} not selected"] += 1
-                    continue
-            elif not text:
-                report.dropped["empty"] += 1
-                continue
-            if dedupe:
-                key = hashlib.blake2b(text.encode(), digest_size=16).digest()
-                if key in seen:
-                    report.dropped["duplicate"] += 1
-                    continue
-                seen.add(key)
-            if min_count:
+    counts: Counter = Counter()  # characters of the kept poems, for --min-count
+    groups = _VerseGroups()
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as kept:
+        for text in _filtered_poems(source_files(sources), options, report, progress):
+            if options.min_count:
                 counts.update(text)
-            if val_fraction:
-                lines = [x for x in split_verse(text) if len(x) >= 5] or [text]
-                for line in lines[1:]:
-                    a, b = find(lines[0]), find(line)
-                    if a != b:
-                        parent[b] = a
-                find(lines[0])
-            tmp.write(text + "\n")
-        tmp.seek(0)
-        targets = {"all": out} if not val_fraction else {
-            "train": out.with_name(f"{out.stem}_train{out.suffix}"),
-            "val": out.with_name(f"{out.stem}_val{out.suffix}")}
-        handles = {k: _AtomicText(p) for k, p in targets.items()}
-        try:
-            for line in tmp:
-                text = line.rstrip("\n")
-                if min_count and any(counts[c] < min_count for c in text if c not in _PUNCT):
-                    report.dropped[f"character seen < {min_count} times"] += 1
-                    continue
-                side = "all"
-                if val_fraction:
-                    lines = [x for x in split_verse(text) if len(x) >= 5] or [text]
-                    group = find(lines[0])
-                    side = "val" if zlib.crc32(group.encode()) % 10_000 < val_fraction * 10_000 else "train"
-                handles[side].write(text + "\n")
-                report.kept += 1
-                report.forms[regular_form(text)[0] or "other"] += 1
-                report.outputs[str(targets[side])] = report.outputs.get(str(targets[side]), 0) + 1
-            for h in handles.values():
-                h.commit()
-        finally:
-            for h in handles.values():
-                h.abort()
+            if options.val_fraction:
+                groups.join(_verse_keys(text))
+            kept.write(text + "\n")
+        kept.seek(0)
+        _write_outputs(kept, out, options, counts, groups, report)
     if report.kept == 0:
         raise CorpusError("no poem passed the filters; check --form and the sources")
     return report
 
 
-class _AtomicText:
-    """A text file written to a temporary name and renamed into place on commit."""
+def _filtered_poems(files: list[Path], options: BuildOptions, report: BuildReport,
+                    progress: Callable[[int], None]) -> Iterator[str]:
+    """Pass 1: the poems that pass the form and duplicate filters, cleaned, one string each."""
+    convert = _opencc() if options.simplified else None
+    seen: set[bytes] = set()
+    for _, text in iter_poems(files):
+        report.read += 1
+        progress(report.read)
+        if convert:
+            text = convert(text)
+        if options.strip_notes:
+            text = strip_notes(text)
+        text = re.sub(r"\s+", "", text)
+        if options.forms is not None:
+            form, reason = regular_form(text)
+            if reason or form not in options.forms:
+                report.dropped[reason or f"form {form} not selected"] += 1
+                continue
+        elif not text:
+            report.dropped["empty"] += 1
+            continue
+        if options.dedupe:
+            key = hashlib.blake2b(text.encode(), digest_size=16).digest()
+            if key in seen:
+                report.dropped["duplicate"] += 1
+                continue
+            seen.add(key)
+        yield text
 
-    def __init__(self, path: Path):
-        self.path = path
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        self.f = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
 
-    def write(self, s: str) -> None:
-        self.f.write(s)
+def _write_outputs(kept: IO[str], out: Path, options: BuildOptions, counts: Counter,
+                   groups: _VerseGroups, report: BuildReport) -> None:
+    """Pass 2: --min-count, then each poem to `out`, or to the train or val file of its group."""
+    targets = {"all": out} if not options.val_fraction else {
+        "train": out.with_name(f"{out.stem}_train{out.suffix}"),
+        "val": out.with_name(f"{out.stem}_val{out.suffix}")}
+    with ExitStack() as stack:  # all outputs are replaced together, or none is
+        handles = {side: stack.enter_context(atomic_open(p)) for side, p in targets.items()}
+        for line in kept:
+            text = line.rstrip("\n")
+            if options.min_count and any(counts[c] < options.min_count
+                                         for c in text if c not in _PUNCT):
+                report.dropped[f"character seen < {options.min_count} times"] += 1
+                continue
+            side = "all"
+            if options.val_fraction:
+                group = groups.find(_verse_keys(text)[0])
+                side = "val" if held_out(group, options.val_fraction) else "train"
+            handles[side].write(text + "\n")
+            report.kept += 1
+            report.forms[regular_form(text)[0] or "other"] += 1
+            report.outputs[str(targets[side])] = report.outputs.get(str(targets[side]), 0) + 1
 
-    def commit(self) -> None:
-        self.f.close()
-        os.replace(self.tmp, self.path)
 
-    def abort(self) -> None:
-        if not self.f.closed:
-            self.f.close()
-        Path(self.tmp).unlink(missing_ok=True)
+def _verse_keys(text: str) -> list[str]:
+    """The verse lines that tie a poem to its variants (the whole text if it has none)."""
+    return [x for x in split_verse(text) if len(x) >= 5] or [text]
+
+
+class _VerseGroups:
+    """Union-find over verse lines: poems sharing a line, directly or through others, are one
+    group, named by one of its lines."""
+
+    def __init__(self):
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        while self.parent.setdefault(x, x) != x:
+            self.parent[x] = self.parent[self.parent[x]]  # path halving
+            x = self.parent[x]
+        return x
+
+    def join(self, keys: list[str]) -> None:
+        root = self.find(keys[0])
+        for key in keys[1:]:
+            other = self.find(key)
+            if other != root:
+                self.parent[other] = root
 
 
 def _opencc():

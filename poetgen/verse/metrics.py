@@ -4,15 +4,13 @@ and copying, so model and human poems can sit side by side in one table.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from poetgen.verse.check import check_poem, distinct_n
 from poetgen.lm.corpus import NEWLINE, Vocab, iter_text
-from poetgen.lm.model import CharLSTM
+from poetgen.lm.model import CharLSTM, evaluating
 from poetgen.verse.prosody import split_verse
 
 MIN_COPY = 4  # copied runs shorter than this are ordinary phrasing, not copying
@@ -59,22 +57,22 @@ def mean_logprobs(model: CharLSTM, vocab: Vocab, poems: list[str], batch: int = 
     Poems start from the learned poem-start state, or from zeros with `from_zero` (to measure
     what the start state is worth).
     """
-    model.eval()
     out: list[float] = []
-    for s in range(0, len(poems), batch):
-        texts = [p + NEWLINE for p in poems[s:s + batch]]
-        T = max(len(t) for t in texts)
-        ids = torch.full((T, len(texts)), vocab.newline_id or 0, dtype=torch.long)
-        mask = torch.zeros(T, len(texts), dtype=torch.bool)
-        for j, t in enumerate(texts):
-            ids[: len(t), j] = torch.tensor(vocab.encode(t))
-            mask[: len(t), j] = True
-        state = model.zero_state(len(texts)) if from_zero else model.start_state(len(texts))
-        outputs, _ = model(ids, state)
-        predictors = torch.cat([state[0][-1:], outputs[:-1]])  # (T, B, P)
-        logp = model.log_probs(predictors).gather(-1, ids[..., None]).squeeze(-1)
-        total = (logp * mask).sum(0) / mask.sum(0)
-        out.extend(total.tolist())
+    with evaluating(model):
+        for s in range(0, len(poems), batch):
+            texts = [p + NEWLINE for p in poems[s:s + batch]]
+            T = max(len(t) for t in texts)
+            ids = torch.full((T, len(texts)), vocab.newline_id or 0, dtype=torch.long)
+            mask = torch.zeros(T, len(texts), dtype=torch.bool)
+            for j, t in enumerate(texts):
+                ids[: len(t), j] = torch.tensor(vocab.encode(t))
+                mask[: len(t), j] = True
+            state = model.zero_state(len(texts)) if from_zero else model.start_state(len(texts))
+            outputs, _ = model(ids, state)
+            predictors = torch.cat([state[0][-1:], outputs[:-1]])  # (T, B, P)
+            logp = model.log_probs(predictors).gather(-1, ids[..., None]).squeeze(-1)
+            total = (logp * mask).sum(0) / mask.sum(0)
+            out.extend(total.tolist())
     return out
 
 
@@ -123,40 +121,3 @@ def poem_metrics(poems: list[str], form: str, source: str, copy_index: CopyIndex
         copy_lines=copy_lines, copy_run4=copy_run, longest_copy=longest,
         mean_logprob=sum(logprobs) / len(logprobs) if logprobs else None,
     )
-
-
-def compare_generated(model: CharLSTM, vocab: Vocab, forms: list[str], n: int, *,
-                      temperature: float = 0.8, tones: str = "loose", best_of: int = 1,
-                      seed: int | None = 0, copy_corpus=None, real_file=None, novel=None,
-                      progress: Callable[[Iterable], Iterable] = lambda forms: forms,
-                      ) -> list[PoemMetrics]:
-    """Metrics of `n` generated poems per form, each followed by `real_file`'s poems of that form.
-
-    `copy_corpus` measures copying against a training corpus; `novel` forbids its verse lines in
-    generation (the same file as `copy_corpus` is read once).
-    """
-    from poetgen.verse.check import detect_form
-    from poetgen.verse.constrain import PoemSpec, compile_spec, generate_poems
-    from poetgen.lm.corpus import read_text
-    from poetgen.verse.prosody import get_form
-
-    copy_index = CopyIndex(copy_corpus) if copy_corpus else None
-    if novel and copy_index and Path(novel).resolve() == Path(copy_corpus).resolve():
-        novel_set = copy_index.lines
-    else:
-        novel_set = verse_lines(novel) if novel else None
-    real = read_text(real_file).splitlines() if real_file else []
-    rows = []
-    for name in progress(forms):
-        form = get_form(name)
-        compiled = compile_spec(PoemSpec.make(form, tones=tones), vocab)
-        poems = generate_poems(model, compiled, n=n, temperature=temperature, seed=seed,
-                               best_of=best_of, novel_lines=novel_set)
-        rows.append(poem_metrics([p.text for p in poems], form.name, "model", copy_index,
-                                 [p.mean_logprob for p in poems]))
-        if real:
-            mine = [p for p in real if detect_form(split_verse(p)) == form][:n]
-            known = [p for p in mine if not vocab.unknown(p)]
-            rows.append(poem_metrics(mine, form.name, Path(real_file).name, copy_index,
-                                     mean_logprobs(model, vocab, known)))
-    return rows

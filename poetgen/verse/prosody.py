@@ -36,8 +36,18 @@ class Form:
 
     def layout(self) -> str:
         """句，句。… with X for each character: the shape every poem of this form has."""
-        return "".join("X" * self.chars_per_line + (COMMA if i % 2 == 0 else PERIOD)
-                       for i in range(self.lines))
+        return "".join("X" * self.chars_per_line + line_end_mark(i) for i in range(self.lines))
+
+
+def line_end_mark(i: int) -> str:
+    """The punctuation after verse line i (from 0): ，ends a couplet's first line, 。its second."""
+    return COMMA if i % 2 == 0 else PERIOD
+
+
+def line_rhymes(i: int, first_line_rhymes: bool) -> bool:
+    """Whether verse line i (from 0) ends on a rhyme: every couplet's second line, and the first
+    line when the template's first line rhymes (首句入韵)."""
+    return i % 2 == 1 or (i == 0 and first_line_rhymes)
 
 
 FORMS = {f.name: f for f in (Form("五绝", 5, 4), Form("五律", 5, 8), Form("七绝", 7, 4), Form("七律", 7, 8))}

@@ -1,0 +1,55 @@
+"""Atomic file writes: a file is either its old self or completely new, never half written.
+
+Every file poetgen writes for a user (checkpoints, metrics.csv, built corpora, saved poems, plots)
+goes through `atomic_open`: the data goes to a temporary file in the same directory, is flushed to
+disk, and is renamed over the target with `os.replace`, which is atomic on POSIX and Windows. An
+interrupted write (Ctrl-C, a full disk, a crash) leaves the old file and removes the temporary one.
+
+A leaf module (standard library only), so the corpus commands use it without importing torch.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8",
+                newline: str | None = "\n") -> Iterator[IO]:
+    """Open a temporary file next to `path` for writing; on a clean exit it replaces `path`.
+
+    `mode` is "w" (text; `encoding` and `newline` apply) or "wb" (bytes). On an exception the
+    temporary file is removed and `path` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        text = "b" not in mode
+        with os.fdopen(fd, mode, encoding=encoding if text else None,
+                       newline=newline if text else None) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace `path` with `data`, all or nothing."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def _umask() -> int:
+    umask = os.umask(0)  # the only way to read it is to set it, so set it straight back
+    os.umask(umask)
+    return umask

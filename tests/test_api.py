@@ -1,0 +1,76 @@
+"""The Python API gives what the command line gives, with the same errors, and imports cheaply."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+import poetgen
+from poetgen.app.cli import cli
+from poetgen.verse.check import check_poem
+
+from test_constrain import synthetic_poems
+
+
+@pytest.fixture(scope="module")
+def checkpoint(verse_checkpoint):
+    return verse_checkpoint
+
+
+def test_importing_poetgen_and_checking_a_poem_does_not_import_torch():
+    code = ("import sys, poetgen; r = poetgen.check('白日依山尽，黄河入海流。欲穷千里目，更上一层楼。'); "
+            "print(r.ok, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"]
+
+
+def test_write_gives_what_sample_gives(checkpoint):
+    poet = poetgen.load(checkpoint)
+    poems = poet.write(form="五绝", n=3, seed=11, temperature=0.7)
+    r = CliRunner().invoke(cli, ["sample", "-c", str(checkpoint), "--form", "五绝", "--n", "3",
+                                 "--seed", "11", "--temp", "0.7", "--json"])
+    assert r.exit_code == 0, r.output
+    assert [json.loads(line) for line in r.stdout.splitlines()] == [p.to_dict() for p in poems]
+    assert all(check_poem(p.text).ok and p.form == "五绝" for p in poems)
+
+
+def test_write_free_text_and_settings_object(checkpoint):
+    poet = poetgen.load(checkpoint)
+    base = poetgen.GenerationSettings(max_chars=12, no_stop=True, seed=3)
+    texts = poet.write(base, n=2)
+    assert len(texts) == 2 and all(len(t.text) == 12 for t in texts)
+    assert [t.text for t in poet.write(base, n=2)] == [t.text for t in texts]  # seeded
+
+
+def test_score_is_the_eval_figure(checkpoint, tmp_path):
+    text = synthetic_poems(5, seed=4)
+    path = tmp_path / "val.txt"
+    path.write_text(text, encoding="utf-8")
+    r = CliRunner().invoke(cli, ["eval", str(checkpoint), str(path), "--json"])
+    assert r.exit_code == 0, r.output
+    assert poetgen.load(checkpoint).score(text) == pytest.approx(json.loads(r.stdout)["bpc"], abs=1e-4)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(temperature=0), "temperature needs a number > 0"),
+    (dict(colour="red"), "unknown setting"),
+    (dict(acrostic="春江"), "acrostic needs form"),
+    (dict(prime="鑫"), "never saw"),
+])
+def test_errors_are_poetgen_errors(checkpoint, changes, message):
+    with pytest.raises(poetgen.PoetgenError, match=message):
+        poetgen.load(checkpoint).write(**changes)
+
+
+def test_check_returns_a_structured_report():
+    report = poetgen.check("白日依山尽，黄河入海流。欲穷千里目，更上一层楼。")
+    assert report.ok and report.form == "五绝" and report.to_dict()["ok"] is True
+    bad = poetgen.check("白日依山尽，黄河入海流。欲穷千里目，更上一层山。")
+    assert not bad.ok and bad.violations
+
+
+def test_load_refuses_a_missing_checkpoint(tmp_path):
+    with pytest.raises(poetgen.CheckpointError):
+        poetgen.load(tmp_path / "none.safetensors")

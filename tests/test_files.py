@@ -1,0 +1,30 @@
+import os
+import stat
+
+import pytest
+
+from poetgen.files import atomic_open, atomic_write_bytes
+
+
+def test_atomic_write_gives_the_usual_permissions_not_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "a.bin", b"data")
+        with atomic_open(tmp_path / "b.txt") as f:
+            f.write("春\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.txt").stat().st_mode) == 0o644
+    assert (tmp_path / "b.txt").read_bytes() == "春\n".encode("utf-8")
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "poems.txt"
+    target.write_text("old\n", encoding="utf-8")
+    with pytest.raises(RuntimeError):
+        with atomic_open(target) as f:
+            f.write("half of the new")
+            raise RuntimeError("disk full")
+    assert target.read_text(encoding="utf-8") == "old\n"
+    assert os.listdir(tmp_path) == ["poems.txt"]
