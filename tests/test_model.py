@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from poetgen.lm.config import ModelConfig
-from poetgen.lm.corpus import batchify, get_chunk
+from poetgen.lm.corpus import Vocab, batchify, get_chunk
 from poetgen.errors import ConfigError
 from poetgen.lm.model import CharLSTM
 
