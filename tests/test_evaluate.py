@@ -23,10 +23,14 @@ def model_and_vocab(text, text_kind="lines", **cfg):
     torch.manual_seed(0)
     vocab = Vocab.build(text)
     model = CharLSTM(ModelConfig(vocab_size=len(vocab), embed_size=8, hidden_size=16,
-                                 cutoffs=(10,), text_kind=text_kind, **cfg))
+                                 cutoffs=(10,), text_kind=text_kind, newline_id=vocab.newline_id,
+                                 **cfg))
     # A start state that is not zero, so that "from the start state" is tested as such.
     model.start_h.normal_()
     model.start_c.normal_()
+    if model.attention is not None:
+        model.start_out.normal_()
+        torch.nn.init.normal_(model.attention.out.weight)  # zero at initialisation
     return model, vocab
 
 
@@ -34,7 +38,8 @@ def model_and_vocab(text, text_kind="lines", **cfg):
 TEXT = make_poems(9, seed=1) + "\n" + make_poems(7, seed=2, line_len=7) + "春风"
 
 
-@pytest.mark.parametrize("cfg", [dict(), dict(proj_size=8, num_layers=2), dict(softmax="full")])
+@pytest.mark.parametrize("cfg", [dict(), dict(proj_size=8, num_layers=2), dict(softmax="full"),
+                                 dict(cell="gru"), dict(attention=4)])
 def test_lines_are_each_scored_alone_from_the_start_state(cfg, monkeypatch):
     """The batched figure is the sum over lines of each line read alone, as a one-line stream
     from the start state; small batches and pools make every grouping path run."""

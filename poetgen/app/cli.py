@@ -65,7 +65,8 @@ def cli(ctx, debug):
 # train
 
 _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
-    "--hidden-size": ("hidden_size", int, "LSTM cell size."),
+    "--cell": ("cell", click.Choice(["lstm", "gru"]), "Recurrent cell: LSTM, or GRU (no cell state)."),
+    "--hidden-size": ("hidden_size", int, "LSTM cell size (GRU state size)."),
     "--num-layers": ("num_layers", int, "Stacked LSTM layers."),
     "--embed-size": ("embed_size", int, "Character embedding width."),
     "--proj-size": ("proj_size", int, "LSTM output projection size (0 = none)."),
@@ -74,6 +75,7 @@ _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
     "--text-kind": ("text_kind", click.Choice(["auto", "lines", "running"]),
                     "What the corpus is: one document per line (poems), or running text (prose); "
                     "decides how the model is evaluated. auto: running if it has blank lines."),
+    "--attention": ("attention", int, "Attention over the poem so far: key width, e.g. 64 (0 = off)."),
     "--softmax": ("softmax", click.Choice(["adaptive", "full"]), "Output layer."),
     "--bptt": ("bptt", int, "Characters per truncated-BPTT chunk."),
     "--batch-size": ("batch_size", int, "Parallel streams per step."),

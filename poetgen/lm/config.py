@@ -23,7 +23,8 @@ TEXT_KINDS = ("auto", "lines", "running")
 class ModelConfig:
     vocab_size: int = 0  # set from the corpus vocabulary, never by hand
     embed_size: int = 128  # character embedding width
-    hidden_size: int = 256  # LSTM cell size
+    cell: str = "lstm"  # recurrent cell: "lstm" or "gru" (one update gate, no cell state)
+    hidden_size: int = 256  # LSTM cell size (GRU state size)
     num_layers: int = 1  # stacked LSTM layers
     proj_size: int = 0  # LSTM output projection (LSTMP); 0 = none
     dropout: float = 0.0  # on embeddings, between layers and before the softmax
@@ -31,6 +32,8 @@ class ModelConfig:
     softmax: str = "adaptive"  # "adaptive" (fast for thousands of characters) or "full"
     cutoffs: tuple[int, ...] = (1000, 3000)  # adaptive softmax cluster boundaries (by frequency rank)
     tie_weights: bool = False  # share input embedding and output matrix (full softmax only)
+    attention: int = 0  # key width of one attention head over the poem so far (model.py); 0 = off
+    newline_id: int = -1  # the newline's id, where a poem ends for the attention (from the vocabulary)
     # What kind of text the model learned, which decides how it is evaluated (and sampled):
     # "lines" = one document per line (poems: each line is scored alone from the poem-start
     # state), "running" = running text (prose, plays: one stream, state carried across lines).
@@ -44,6 +47,9 @@ class ModelConfig:
         _check(self.num_layers >= 1, "num_layers must be at least 1")
         _check(0 <= self.proj_size < self.hidden_size or self.proj_size == 0,
                "proj_size must be 0 or smaller than hidden_size")
+        _check(self.cell in ("lstm", "gru"), "cell must be 'lstm' or 'gru'")
+        _check(not (self.cell == "gru" and self.proj_size), "proj_size needs cell = 'lstm'")
+        _check(self.attention >= 0, "attention must be 0 (off) or a positive key width, e.g. 64")
         _check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
         _check(0.0 <= self.weight_drop < 1.0, "weight_drop must be in [0, 1)")
         _check(self.softmax in ("adaptive", "full"), "softmax must be 'adaptive' or 'full'")

@@ -66,7 +66,7 @@ def _stream_nll(model: CharLSTM, pieces: Iterable[torch.Tensor]) -> Iterator[tor
     state, in text order. The first character is predicted by the start state's output, the rest
     by the character before them."""
     state = model.start_state(1)
-    prev = state[0][-1:]  # (1, 1, P): output after the poem-start newline
+    prev = model.start_output(1)[None]  # (1, 1, P): output after the poem-start newline
     device = model.start_h.device
     for ids in pieces:
         for start in range(0, ids.numel(), PIECE):
@@ -106,7 +106,7 @@ def _batch_nll(model: CharLSTM, lines: list[torch.Tensor]) -> list[torch.Tensor]
         ids[: lengths[j], j] = line
     ids = ids.to(device)
     state = model.start_state(B)
-    prev = state[0][-1:]  # (1, B, P)
+    prev = model.start_output(B)[None]  # (1, B, P)
     nll = []
     for start in range(0, T, PIECE):
         x = ids[start : start + PIECE]

@@ -36,6 +36,7 @@ from poetgen.lm.evaluate import LN2, evaluate_ids
 from poetgen.lm.model import CharLSTM, State, burn_in_start_state, evaluating
 from poetgen.lm.sample import generate
 
+ATTENTION_STATE = ("train_memory", "train_in_poem")  # names of a state's attention entries in `last`
 METRICS_FIELDS = ["step", "train_loss", "train_bpc", "val_bpc", "lr", "chars_per_s", "elapsed_s"]
 
 
@@ -222,6 +223,7 @@ class _Checkpoints:
         """Weights plus everything an exact resume needs: optimizer moments, state, RNG."""
         extra = optimizer_tensors(run.optimizer)
         extra.update(train_h=run.state[0], train_c=run.state[1], rng=torch.get_rng_state())
+        extra.update(zip(ATTENTION_STATE, run.state[2:]))  # a model with attention: its memory
         save_checkpoint(self.last, run.model, self.vocab, self._meta(run, val_bpc), extra)
 
     def save_best(self, run: _Run, val_bpc: float) -> None:
@@ -272,7 +274,7 @@ def sgd_step(model: CharLSTM, optimizer: torch.optim.Optimizer, x: torch.Tensor,
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
-    state = (state[0].detach(), state[1].detach())  # keep the values, cut the graph
+    state = tuple(s.detach() for s in state)  # keep the values, cut the graph
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         outputs, state = model(x, state)
         loss = model.loss(outputs, y)
@@ -325,7 +327,8 @@ def _start_run(vocab: Vocab, model_config: ModelConfig, config: TrainConfig, las
         if init is not None:
             model, init_meta = _initial_model(init, vocab, model_config)
         else:
-            model = CharLSTM(replace(model_config, vocab_size=len(vocab)))
+            newline = -1 if vocab.newline_id is None else vocab.newline_id
+            model = CharLSTM(replace(model_config, vocab_size=len(vocab), newline_id=newline))
         model = model.to(device)
         return _Run(model, make_optimizer(model, config), model.zero_state(config.batch_size),
                     init=init_meta)
@@ -339,7 +342,8 @@ def _start_run(vocab: Vocab, model_config: ModelConfig, config: TrainConfig, las
     torch.set_rng_state(ckpt.extra["rng"])
     best = training["best_val_bpc"]
     return _Run(ckpt.model, optimizer,
-                (ckpt.extra["train_h"].to(device), ckpt.extra["train_c"].to(device)),
+                tuple(ckpt.extra[name].to(device) for name in ("train_h", "train_c", *ATTENTION_STATE)
+                      if name in ckpt.extra),
                 training["step"], training["elapsed"], math.inf if best is None else best,
                 ckpt.meta.get("init"))
 
