@@ -84,6 +84,8 @@ _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
     "--clip": ("clip", float, "Max gradient norm."),
     "--epochs": ("epochs", float, "Stop after this many passes over the corpus (0 = no limit)."),
     "--max-steps": ("max_steps", int, "Stop after this many optimizer steps (0 = no limit)."),
+    "--shuffle": ("shuffle", bool, "Reorder the poems (lines) at every epoch; running text is "
+                                   "never reordered."),
     "--eval-every": ("eval_every", int, "Steps between validation + checkpoint."),
     "--min-count": ("min_count", int, "Rarer characters map to the unknown token."),
     "--max-vocab": ("max_vocab", int, "Keep at most this many characters (0 = all)."),
@@ -112,8 +114,8 @@ def _train_options(f):
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
               help="TOML file of settings (field names as in `poetgen info`); flags override it.")
 @click.option("--time-budget", default=None,
-              help="Stop after this much training time, e.g. 90s, 10m, 1h. [default: 10m if no "
-                   "--epochs/--max-steps is given]")
+              help="Stop after this much wall time, evaluations included, e.g. 90s, 10m, 1h. "
+                   "[default: 10m if no --epochs/--max-steps is given]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None,
               help="Where to train. [default: auto = cuda, else mps, else cpu]")
 @click.option("--tie-weights/--no-tie-weights", default=None,

@@ -76,7 +76,8 @@ class TrainConfig:
     clip: float = 1.0  # max global gradient norm
     epochs: float = 0.0  # stop after this many passes over the data; 0 = no limit
     max_steps: int = 0  # stop after this many optimizer steps; 0 = no limit
-    time_budget: float = 600.0  # stop after this many seconds of training; 0 = no limit
+    time_budget: float = 600.0  # stop after this many seconds of wall time (evaluations included); 0 = no limit
+    shuffle: bool = True  # reorder the lines at every epoch (a one-document-per-line corpus only)
     eval_every: int = 250  # steps between validations (and best/last checkpoints)
     sample_chars: int = 80  # length of the sample shown at each evaluation
     min_count: int = 1  # characters seen fewer times than this map to the unknown token

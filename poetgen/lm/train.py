@@ -31,7 +31,8 @@ from poetgen.errors import CheckpointError, NonFiniteLossError
 from poetgen.files import atomic_open
 from poetgen.lm.checkpoint import load_checkpoint, save_checkpoint
 from poetgen.lm.config import REGULARIZATION, ModelConfig, TrainConfig, to_dict
-from poetgen.lm.corpus import Vocab, batchify, detect_text_kind, get_chunk, num_chunks
+from poetgen.lm.corpus import (Vocab, batchify, detect_text_kind, get_chunk, num_chunks,
+                                shuffle_lines)
 from poetgen.lm.evaluate import LN2, evaluate_ids
 from poetgen.lm.model import CharLSTM, State, burn_in_start_state, evaluating
 from poetgen.lm.sample import generate
@@ -195,7 +196,7 @@ class _Run:
     optimizer: torch.optim.AdamW
     state: State  # the LSTM state carried from chunk to chunk
     step: int = 0
-    elapsed: float = 0.0  # seconds of training (evaluations not counted)
+    elapsed: float = 0.0  # wall-clock seconds of the run, evaluations and saving included
     best: float = math.inf  # lowest validation bpc so far
     init: dict | None = None  # where the starting weights came from, when not random
 
@@ -300,6 +301,14 @@ def evaluate_and_save(run: _Run, checkpoints: _Checkpoints, val_ids: torch.Tenso
     return val_bpc
 
 
+def epoch_streams(train_ids: torch.Tensor, vocab: Vocab, config: TrainConfig, shuffle: bool,
+                  epoch: int) -> torch.Tensor:
+    """The batchified training data (rows, B) for pass `epoch`: the lines in a new order for each
+    pass when `shuffle` (a corpus of one document per line), else the corpus as it is."""
+    ids = shuffle_lines(train_ids, vocab.newline_id, config.seed + epoch) if shuffle else train_ids
+    return batchify(ids, config.batch_size)
+
+
 def preview(model: CharLSTM, vocab: Vocab, config: TrainConfig, step: int) -> str:
     """A short free sample, shown at each evaluation to see what the model writes by now."""
     with evaluating(model):
@@ -367,20 +376,26 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
     if device.type == "cuda":  # TF32 matmuls: float32 range and accumulation, several times faster
         torch.set_float32_matmul_precision("high")
     bf16 = device.type == "cuda" and config.precision == "bf16"
-    data = batchify(train_ids, config.batch_size).to(device)  # (rows, B)
-    chunks = num_chunks(data, config.bptt)
+    chunks = num_chunks(batchify(train_ids, config.batch_size), config.bptt)  # any order: same count
     val_ids, burn_ids = val_ids.cpu(), burn_in_ids(train_ids, vocab)
     checkpoints = _Checkpoints(Path(run_dir), vocab, config, corpus_fingerprint(train_ids),
                                int(train_ids.numel()), chunks)
     run = _start_run(vocab, model_config, config, checkpoints.last, checkpoints.corpus, device,
                      resume, init)
     run.model.train()
+    shuffle = config.shuffle and run.model.config.text_kind == "lines"
+    loaded_epoch = -1  # the pass whose order `data` holds
     metrics_path = checkpoints.run_dir / "metrics.csv"
     _prepare_metrics(metrics_path, keep_until=run.step if resume else -1)
     steps = total_steps(config, chunks)
     meter = Throughput()
     losses: list[float] = []  # training losses since the last evaluation
     last_val = math.nan
+    # The time budget is the run's wall-clock time, as a user's clock counts it: evaluations and
+    # saving included. A run stops early enough for its last evaluation to fit too, judged by
+    # what the previous one took.
+    clock = time.perf_counter() - run.elapsed  # a resumed run continues its clock
+    eval_seconds = 0.0
     with _StopFlag() as stop:
         # Announced once Ctrl-C is caught: from here on an interrupt saves `last`.
         cb.on_start({"device": str(device), "parameters": run.model.num_parameters(),
@@ -390,8 +405,10 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
                      "time_budget": config.time_budget})
         while (progress := run_progress(config, run.step, run.elapsed, chunks)) < 1.0:
             # -- one SGD step on the next chunk of every stream --------------------------------
-            t0 = time.perf_counter()
-            index = run.step % chunks
+            epoch, index = divmod(run.step, chunks)
+            if epoch != loaded_epoch:
+                data = epoch_streams(train_ids, vocab, config, shuffle, epoch).to(device)
+                loaded_epoch = epoch
             if index == 0:  # a new pass starts the streams afresh
                 run.state = run.model.zero_state(config.batch_size)
             x, y = get_chunk(data, index, config.bptt)
@@ -404,7 +421,7 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
                     f"{checkpoints.last if checkpoints.last.exists() else 'no checkpoint'} is "
                     "left as it was. Lower --lr (e.g. halve it) or --clip, then --resume")
             run.step += 1
-            run.elapsed += time.perf_counter() - t0
+            run.elapsed = time.perf_counter() - clock
             losses.append(loss)
             meter.count(x.numel())
             cb.on_step(StepInfo(run.step, steps, loss, lr, meter.chars_per_s, run.elapsed))
@@ -415,8 +432,9 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
                 raise TrainingInterrupted(checkpoints.last, run.step)
 
             # -- every eval_every steps and at the end: validate, checkpoint, log, preview -----
-            finished = run_progress(config, run.step, run.elapsed, chunks) >= 1.0
+            finished = run_progress(config, run.step, run.elapsed + eval_seconds, chunks) >= 1.0
             if run.step % config.eval_every == 0 or finished:
+                t_eval = time.perf_counter()
                 with meter.paused():
                     last_val = evaluate_and_save(run, checkpoints, val_ids, burn_ids)
                     sample = preview(run.model, vocab, config, run.step)
@@ -425,6 +443,10 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
                     _append_metrics(metrics_path, [run.step, train_loss, train_loss / LN2,
                                                    last_val, lr, meter.chars_per_s, run.elapsed])
                     cb.on_eval(EvalInfo(run.step, last_val, run.best, train_loss / LN2, sample))
+                eval_seconds = time.perf_counter() - t_eval
+                run.elapsed = time.perf_counter() - clock
+                if finished:
+                    break
     return TrainResult(run.step, run.best, last_val, checkpoints.run_dir,
                        run.model.num_parameters(), meter.chars_per_s, run.elapsed)
 
