@@ -143,6 +143,9 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_
     better) and a short sample, and saves best.safetensors (lowest val bpc) and last.safetensors.
     Ctrl-C saves `last` and exits; --resume continues exactly where it stopped.
     """
+    import time
+
+    started = time.perf_counter()  # the time budget counts the whole command, reading included
     from poetgen.lm import checkpoint as ckpt_mod
     from poetgen.lm.corpus import Vocab, prepare
     from poetgen.lm.train import TrainingInterrupted
@@ -176,7 +179,7 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_
     try:
         result = run_training(data.train_ids, data.val_ids, data.vocab, model_config, config,
                               out_dir, resume=resume, callbacks=progress.callbacks(),
-                              init=init_from)
+                              init=init_from, started=started)
     except TrainingInterrupted as e:
         progress.close()
         err.print(f"[yellow]Interrupted at step {e.step}: saved {e.checkpoint}.[/] "

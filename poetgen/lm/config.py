@@ -27,7 +27,7 @@ class ModelConfig:
     hidden_size: int = 256  # LSTM cell size (GRU state size)
     num_layers: int = 1  # stacked LSTM layers
     proj_size: int = 0  # LSTM output projection (LSTMP); 0 = none
-    dropout: float = 0.0  # on embeddings, between layers and before the softmax
+    dropout: float = 0.1  # on embeddings, between layers and before the softmax (see README)
     weight_drop: float = 0.0  # DropConnect on the recurrent weights (AWD-LSTM); 0 = off
     softmax: str = "adaptive"  # "adaptive" (fast for thousands of characters) or "full"
     cutoffs: tuple[int, ...] = (1000, 3000)  # adaptive softmax cluster boundaries (by frequency rank)

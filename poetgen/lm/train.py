@@ -359,8 +359,12 @@ def _start_run(vocab: Vocab, model_config: ModelConfig, config: TrainConfig, las
 
 def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_config: ModelConfig,
           config: TrainConfig, run_dir: str | Path, resume: bool = False,
-          callbacks: Callbacks | None = None, init: str | Path | None = None) -> TrainResult:
+          callbacks: Callbacks | None = None, init: str | Path | None = None,
+          started: float | None = None) -> TrainResult:
     """Train (or resume) a model on `train_ids`, validating on `val_ids`, saving into `run_dir`.
+
+    `started` is the time.perf_counter() at which the user's command began (reading the corpus,
+    say): the time budget counts from there. By default it counts from this call.
 
     `init` starts from a trained checkpoint's weights instead of random ones (a second stage
     with new settings, or fine-tuning): its shapes and vocabulary must match, and only the
@@ -394,7 +398,7 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
     # The time budget is the run's wall-clock time, as a user's clock counts it: evaluations and
     # saving included. A run stops early enough for its last evaluation to fit too, judged by
     # what the previous one took.
-    clock = time.perf_counter() - run.elapsed  # a resumed run continues its clock
+    clock = (time.perf_counter() if started is None else started) - run.elapsed  # resumed: continued
     eval_seconds = 0.0
     with _StopFlag() as stop:
         # Announced once Ctrl-C is caught: from here on an interrupt saves `last`.
