@@ -79,11 +79,17 @@ class TrainConfig:
     time_budget: float = 600.0  # stop after this many seconds of wall time (evaluations included); 0 = no limit
     shuffle: bool = True  # reorder the lines at every epoch (a one-document-per-line corpus only)
     eval_every: int = 250  # steps between validations (and best/last checkpoints)
+    # A run validates at least this often: every 1/min_evals of its step or time limit too, so
+    # that a short run draws a curve (a 2-minute run at 250 steps was evaluated once, at its end).
+    min_evals: int = 10
     sample_chars: int = 80  # length of the sample shown at each evaluation
     min_count: int = 1  # characters seen fewer times than this map to the unknown token
     max_vocab: int = 0  # keep at most this many characters (most frequent); 0 = all
-    val_fraction: float = 0.05  # share of lines held out when no --val file is given
-    device: str = "auto"  # auto | cpu | cuda | mps
+    # Share held out for validation when no --val file is given: lines chosen by a hash for a
+    # one-document-per-line corpus, the last part of the text for running text (as char-rnn
+    # and nanoGPT split tinyshakespeare), so that neighbouring lines do not leak into val.
+    val_fraction: float = 0.05
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "fp32"  # "bf16": CUDA autocast (faster wide matmuls, coarser recurrence)
     seed: int = 1234  # seeds weights, dropout and sampling shown during training
 
@@ -96,9 +102,18 @@ class TrainConfig:
         _check(self.epochs > 0 or self.max_steps > 0 or self.time_budget > 0,
                "set at least one of epochs, max_steps or time_budget, or training never ends")
         _check(self.eval_every >= 1, "eval_every must be at least 1")
+        _check(self.min_evals >= 1, "min_evals must be at least 1")
         _check(0 < self.val_fraction < 1, "val_fraction must be between 0 and 1")
-        _check(self.device in ("auto", "cpu", "cuda", "mps"), "device must be auto, cpu, cuda or mps")
+        _check(is_device_name(self.device), f"device must be {DEVICE_NAMES}, not {self.device!r}")
         _check(self.precision in ("fp32", "bf16"), "precision must be fp32 or bf16")
+
+
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N (the N-th GPU) or mps"
+
+
+def is_device_name(name: str) -> bool:
+    """A device poetgen can be asked for (whether this machine has it is pick_device's question)."""
+    return name in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", name) is not None
 
 
 def _check(ok: bool, message: str) -> None:
