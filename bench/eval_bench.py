@@ -4,7 +4,9 @@ from the start state in length-sorted batches, on the same model and file; one J
     python bench/eval_bench.py [CHECKPOINT] [FILE] [--repeats N]   # default: `default`, tang_val
 
 Runs the two readings alternately (stream, lines, stream, lines, ...) so that a change in the
-machine's load falls on both, and reports each one's median seconds and its bpc.
+machine's load falls on both, and reports each one's median wall seconds, median CPU seconds of
+the process (all its threads: on a machine shared with other work this is the steadier figure),
+and its bpc.
 """
 
 import argparse
@@ -32,20 +34,25 @@ def main():
     args = parser.parse_args()
     ck = load_checkpoint(resolve(args.checkpoint))
     times = {"running": [], "lines": []}
+    cpu = {"running": [], "lines": []}
     bpc = {}
     load_before = os.getloadavg()[0]
     for _ in range(args.repeats):
         for kind in times:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             bpc[kind] = evaluate_file(ck.model, ck.vocab, args.file, kind=kind).bpc
             times[kind].append(time.perf_counter() - t)
+            cpu[kind].append(time.process_time() - c)
     stream_s, lines_s = (statistics.median(times[k]) for k in ("running", "lines"))
+    stream_cpu, lines_cpu = (statistics.median(cpu[k]) for k in ("running", "lines"))
     print(json.dumps({
         "checkpoint": str(ck.path), "file": args.file, "threads": torch.get_num_threads(),
         "text_kind": ck.model.config.text_kind,
         "stream_s": round(stream_s, 2), "stream_bpc": round(bpc["running"], 5),
         "lines_s": round(lines_s, 2), "lines_bpc": round(bpc["lines"], 5),
-        "speedup": round(stream_s / lines_s, 1), "bpc_difference": round(bpc["lines"] - bpc["running"], 5),
+        "stream_cpu_s": round(stream_cpu, 2), "lines_cpu_s": round(lines_cpu, 2),
+        "speedup": round(stream_s / lines_s, 1), "speedup_cpu": round(stream_cpu / lines_cpu, 1),
+        "bpc_difference": round(bpc["lines"] - bpc["running"], 5),
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }))
 
