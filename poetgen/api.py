@@ -39,6 +39,7 @@ class Poet:
     vocab: Vocab
     path: Path  # the checkpoint file it was loaded from
     meta: dict  # the checkpoint's header: config, training history, provenance
+    notes: tuple[str, ...] = ()  # what a user should know about the file, e.g. an old format
 
     def write(self, settings: GenerationSettings | None = None, /, **changes) -> list[Sample | Poem]:
         """`n` texts, or poems when `form` is given, e.g. `write(form="五律", acrostic="春江花月")`.
@@ -75,7 +76,7 @@ def load(checkpoint: str | Path | None = "default", device: str = "cpu") -> Poet
     """
     ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(None if checkpoint is None else str(checkpoint)),
                                   device=device)
-    return Poet(ck.model, ck.vocab, ck.path, ck.meta)
+    return Poet(ck.model, ck.vocab, ck.path, ck.meta, ck.notes)
 
 
 __all__ = ["Poet", "load"]

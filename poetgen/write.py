@@ -21,9 +21,8 @@ from poetgen.lm.model import CharLSTM
 from poetgen.lm.sample import Sample, generate
 from poetgen.settings import GenerationSettings, Side
 from poetgen.verse.constrain import Poem, compile_spec, generate_poems
-from poetgen.verse.check import detect_form
 from poetgen.verse.metrics import CopyIndex, PoemMetrics, mean_logprobs, poem_metrics, verse_lines
-from poetgen.verse.prosody import get_form, split_verse
+from poetgen.verse.prosody import detect_form, get_form, split_verse
 
 
 def write(model: CharLSTM, vocab: Vocab, settings: GenerationSettings, *, prime: str | None = None,

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from poetgen.lm.config import TrainConfig
 from poetgen.lm.corpus import (UNK, Vocab, batchify, encode_tensor, get_chunk, iter_text,
                                num_chunks, prepare, read_text, split_lines)
-from poetgen.errors import CorpusError
+from poetgen.errors import CorpusError, PoetgenError
 
 VOCAB_TEXT = "床前明月光，疑是地上霜。\nHello, world! 🌙\n"
 
@@ -144,3 +144,37 @@ def test_shuffle_lines_reorders_whole_lines():
     for out in outs:
         assert out.endswith("\n山水云") and sorted(out.split("\n")) == sorted(text.split("\n"))
     assert shuffle_lines(ids, None, 0) is ids
+
+
+def test_file_ending_inside_a_character_is_one_clear_error(tmp_path):
+    """Used to be an IndexError: the error lay in bytes held back from the previous chunk."""
+    p = tmp_path / "cut.txt"
+    p.write_bytes("好诗\n春".encode()[:-1])
+    with pytest.raises(CorpusError, match="at byte 7 \\(line 2\\): the file ends inside a character "
+                                          "\\(byte 0xe6\\)"):
+        read_text(p)
+
+
+@pytest.mark.parametrize("chunk", [4, 5, 6, 1 << 20])
+def test_bad_byte_after_a_character_split_across_chunks_is_placed_exactly(tmp_path, chunk):
+    """春 (3 bytes) straddles a chunk boundary, then 0xff: the offset and byte reported are the
+    0xff's (they used to be counted from the held-back bytes: 'byte 1048579 (byte 0x9e)')."""
+    data = b"abcd" + "春".encode() + b"\xff" + b"tail"
+    p = tmp_path / "split.txt"
+    p.write_bytes(data)
+    bad = data.index(b"\xff")
+    with pytest.raises(CorpusError, match=f"at byte {bad} .*\\(byte 0xff\\)"):
+        list(iter_text(p, chunk_bytes=chunk))
+
+
+def test_devices_links_and_loops_are_refused(tmp_path):
+    loop = tmp_path / "loop.txt"
+    loop.symlink_to(loop)
+    dangling = tmp_path / "dangling.txt"
+    dangling.symlink_to(tmp_path / "gone.txt")
+    with pytest.raises(CorpusError, match="not a regular file"):
+        read_text("/dev/zero")  # used to be read until memory ran out
+    with pytest.raises(PoetgenError, match="symbolic link loop"):
+        read_text(loop)
+    with pytest.raises(CorpusError, match="symbolic link to .*gone.txt, which does not exist"):
+        read_text(dangling)

@@ -55,7 +55,7 @@ def test_state_carries_across_chunks():
 
 def test_weight_drop_masks_recurrent_weights_in_training_only():
     torch.manual_seed(0)
-    cfg = dict(vocab_size=40, hidden_size=24, embed_size=8, num_layers=2, cutoffs=())
+    cfg = dict(vocab_size=40, hidden_size=24, embed_size=8, num_layers=2, cutoffs=(), dropout=0.0)
     plain = CharLSTM(ModelConfig(**cfg))
     dropped = CharLSTM(ModelConfig(**cfg, weight_drop=0.5))
     dropped.load_state_dict(plain.state_dict())

@@ -1,12 +1,14 @@
 """The `poetgen` command line: parse options, call the core, print results.
 
-Errors a user can fix (PoetgenError) become one-line messages with exit code 1; `--debug` shows the
-traceback instead. Ctrl-C during training saves `last` and exits with 130.
+Errors a user can fix (PoetgenError) and file-system faults (OSError) become one-line messages
+with exit code 1; `--debug` shows the traceback instead. Ctrl-C exits with 130 and no traceback,
+whenever it comes; during training it first saves `last`.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from dataclasses import replace
 from datetime import datetime
@@ -18,7 +20,7 @@ from rich.table import Table
 
 from poetgen import __version__
 from poetgen.lm.config import ModelConfig, TrainConfig, load_toml, parse_duration, run_configs, to_dict
-from poetgen.errors import ConfigError, PoetgenError
+from poetgen.errors import ConfigError, PoetgenError, file_error
 from poetgen.settings import GenerationSettings
 
 out = Console(highlight=False, soft_wrap=True)
@@ -26,15 +28,21 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class PoetgenGroup(click.Group):
-    """Turns PoetgenError into ClickException (one line, exit 1) unless --debug is on."""
+    """Turns PoetgenError and OSError into ClickException (one line, exit 1) unless --debug is
+    on, and Ctrl-C into exit 130 (click's own "Aborted!" exits 1, as if it had failed)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except PoetgenError as e:
+        except (PoetgenError, OSError) as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
+            if isinstance(e, OSError):  # a fault no specific check turned into a PoetgenError
+                e = file_error(e.filename or "a file", e, "use")
             raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            err.print("Interrupted.")
+            raise click.exceptions.Exit(130) from None
 
 
 @click.group(cls=PoetgenGroup, invoke_without_command=True,
@@ -183,7 +191,14 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, thre
     if init_from:
         init_from = ckpt_mod.resolve(init_from)
     source = out_dir / "last.safetensors" if resume else init_from
-    meta = ckpt_mod.read_meta(source) if source else None
+    meta = None
+    if source:
+        header = ckpt_mod.read_header(source)
+        for note in header.notes:
+            err.print(f"[yellow]note:[/] {note}")
+        if resume:
+            ckpt_mod.check_resumable(header.meta, header.path)
+        meta = header.meta
     model_config, config = run_configs(values, meta, keep="all" if resume else "shape")
     data = prepare(corpus, val_path, config, Vocab.from_list(meta["vocab"]) if meta else None,
                    kind=model_config.text_kind)
@@ -209,6 +224,7 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, thre
 
 # ----------------------------------------------------------------------------------------------
 # sample
+
 
 _CHECKPOINT_HELP = ("Checkpoint file or run directory, or `default` for the bundled model. "
                     "[default: $POETGEN_CHECKPOINT, else the newest under ./checkpoints, "
@@ -251,6 +267,8 @@ class Loaded:
             err.print(f"[dim]using {self.path} ({self.why}); -c PATH chooses another, "
                       "-c default the bundled Tang model, `poetgen checkpoints` lists them[/]")
         self.ck = ckpt_mod.load_checkpoint(self.path, device=where)
+        for note in self.ck.notes:  # e.g. an old checkpoint format
+            err.print(f"[yellow]note:[/] {note}")
 
     @property
     def implicit(self) -> bool:
@@ -375,8 +393,8 @@ def _complete_forms(incomplete: str) -> list[str]:
 UNKNOWN_WARNING = 0.05  # eval warns above this share of unknown characters (tang_val: 0.15%)
 
 # The generation settings `eval --generate` offers (its --form is a list of forms to measure).
-EVAL_GENERATION = ("temperature", "top_k", "top_p", "seed", "rhyme", "tones", "no_repeat", "ban",
-                   "best_of", "beam", "novel")
+EVAL_GENERATION = ("temperature", "top_k", "top_p", "seed", "rhyme", "tones", "readings",
+                   "no_repeat", "ban", "best_of", "beam", "novel")
 
 
 @cli.command("eval")
@@ -475,11 +493,12 @@ def metrics_table(rows) -> Table:
 @click.argument("checkpoint", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(checkpoint, as_json):
-    """What a checkpoint holds: config, size, vocabulary, training summary."""
+    """What a checkpoint holds: config, size, vocabulary, training summary, checksum."""
     ck = Loaded(checkpoint).ck
     training = ck.meta.get("training", {})
     summary = {"checkpoint": str(ck.path), "parameters": ck.model.num_parameters(),
                "vocab_size": len(ck.vocab), "file_bytes": ck.path.stat().st_size,
+               "format": ck.meta["format"], "sha256": ck.sha256,
                "config": to_dict(ck.model.config), "train_config": ck.meta.get("train_config", {}),
                "training": training, "init": ck.meta.get("init")}
     if as_json:
@@ -501,7 +520,9 @@ def info(checkpoint, as_json):
             table.add_row(k, units.get(k, lambda v: f"{v:,}")(training[k]))
     if summary["init"]:
         init = summary["init"]
-        table.add_row("started from", f"{init['from']} (step {init['step']}, sha256 {init['sha256'][:12]}…)")
+        sha = f", sha256 {init['sha256'][:12]}…" if init["sha256"] else ""
+        table.add_row("started from", f"{init['from']} (step {init['step']}{sha})")
+    table.add_row("sha256", f"{ck.sha256} ({ck.meta['format']})")
     out.print(table)
 
 
@@ -582,8 +603,14 @@ def checkpoints_cmd(as_json):
               show_default=True, help="Rhyme scheme to judge by.")
 @click.option("--tones", type=click.Choice(["loose", "strict", "off"]), default="loose",
               show_default=True, help="How strictly to judge 平仄 (see `sample --help`).")
+@click.option("--readings", type=click.Choice(["all", "common"]), default="all", show_default=True,
+              help="Which readings of a 多音字 count: all (a rare one is allowed with a warning naming "
+                   "it) or common (only readings Tang poets really used; a rare one fails).")
+@click.option("--warnings-fail", is_flag=True,
+              help="Exit 1 on warnings too (a rare reading, a 拗 outside the accepted forms, 三仄尾).")
+@click.option("--sanzewei", is_flag=True, help="Warn about lines ending in three 仄 (三仄尾).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per poem.")
-def check(poem, rhyme, tones, as_json):
+def check(poem, rhyme, tones, readings, warnings_fail, sanzewei, as_json):
     """Check a poem's form, rhyme and tones. POEM is the text, a file with one poem per line, or
     - to read poems (one per line) from stdin.
 
@@ -592,43 +619,43 @@ def check(poem, rhyme, tones, as_json):
       poetgen check 白日依山尽，黄河入海流。欲穷千里目，更上一层楼。
       poetgen check poems.txt --json
       poetgen sample --form 七绝 --n 5 | poetgen check -
+      poetgen check poems.txt --readings common --warnings-fail
 
     Shows every character with its pinyin, 平/仄 and rhyme group, names the form, the best-matching
-    tonal template and rhyme group, and lists every violation. Exits 0 if all poems pass, else 1.
+    tonal template and rhyme group, and gives a verdict (近体: passes; 古体, 出韵, 非律绝: why
+    not) with every violation. Accepted variants (孤平拗救, 对句相救, the special form
+    平平仄平仄, 首句借邻韵) are listed as notes; a rare reading or a 拗 outside those forms is a
+    warning. Exits 0 if all poems pass, else 1 (with --warnings-fail, warnings count too).
     """
     from poetgen.verse.check import check_poem
     from poetgen.app.render import render_report
 
     poems = _poems_to_check(poem)
-    reports = [check_poem(p, rhyme=rhyme, tones=tones) for _, p in poems]
+    reports = [check_poem(p, rhyme=rhyme, tones=tones, readings=readings, sanzewei=sanzewei)
+               for _, p in poems]
     for r in reports:
         if as_json:
             click.echo(json.dumps(r.to_dict(), ensure_ascii=False))
         else:
             out.print(render_report(r))
-    if not all(r.ok for r in reports):
+    if not all(r.ok and not (warnings_fail and r.warnings) for r in reports):
         sys.exit(1)
 
 
 def _poems_to_check(poem: str) -> list[tuple[str, str]]:
     """(where, text) of each poem POEM stands for, refusing input that is no Chinese verse with
     a message that says so (the checker would report an empty grid of '?' marks)."""
-    from poetgen.lm.corpus import read_text
     from poetgen.verse.prosody import is_han
 
     path = Path(poem)
     if poem == "-":
-        try:
-            text = sys.stdin.buffer.read().decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"stdin: not valid UTF-8 at byte {e.start}; pipe UTF-8 text") from None
-        lines = text.replace("\r\n", "\n").split("\n")
+        lines = _utf8_lines(sys.stdin.buffer.read(), "stdin", "pipe UTF-8 text")
         poems = [(f"stdin line {i}", p) for i, p in enumerate(lines, 1) if p.strip()]
         if not poems:
             raise ConfigError("stdin held no poem; pipe poems one per line, e.g. "
                               "`poetgen sample --form 七绝 | poetgen check -`")
-    elif len(poem) < 256 and path.is_file():
-        lines = read_text(path).split("\n")
+    elif len(poem) < 256 and path.is_file():  # read here, not with lm.corpus: that imports torch
+        lines = _utf8_lines(path.read_bytes(), str(path), "re-save the file as UTF-8")
         poems = [(f"{path} line {i}", p) for i, p in enumerate(lines, 1) if p.strip()]
     elif not poem.strip():
         raise ConfigError("POEM is empty; give the text of a poem, a file with one poem per "
@@ -641,6 +668,14 @@ def _poems_to_check(poem: str) -> list[tuple[str, str]]:
             raise ConfigError(f"{where}: {shown!r} has no Chinese characters; `poetgen check` "
                               "judges Chinese regular verse (五绝 五律 七绝 七律)")
     return poems
+
+
+def _utf8_lines(data: bytes, where: str, fix: str) -> list[str]:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{where}: not valid UTF-8 at byte {e.start}; {fix}") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -874,6 +909,9 @@ def plot(run_dirs, out_path):
 def export(checkpoint, out_path, half):
     """Write CHECKPOINT's model (no training state) to OUT_PATH, e.g. for release.
 
+    CHECKPOINT must pass its checksum: a corrupt file is refused, never re-signed. Exporting a
+    checkpoint in the old format (v1) rewrites it in the current one.
+
     \b
     Example (the bundled model):
       poetgen export checkpoints/tang poetgen/data/tang.safetensors --half
@@ -882,7 +920,7 @@ def export(checkpoint, out_path, half):
 
     from poetgen.lm import checkpoint as ckpt_mod
 
-    ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
+    ck = Loaded(checkpoint).ck
     meta = {k: v for k, v in ck.meta.items() if k not in ("format", "config", "vocab", "sha256")}
     meta["exported_from"] = ck.path.name
     meta["dtype"] = "float16" if half else "float32"
@@ -891,7 +929,15 @@ def export(checkpoint, out_path, half):
 
 
 def main() -> None:
-    cli(prog_name="poetgen")
+    try:
+        cli(prog_name="poetgen")
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one's exit was under way
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sys.exit(130)
+    finally:
+        # The command is over, however it ended: a Ctrl-C from here on has nothing left to stop,
+        # and one landing during interpreter shutdown would print a KeyboardInterrupt traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ A TOML file (`poetgen train --config FILE.toml`) may set any field by name; flag
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import tomllib
 from dataclasses import dataclass
@@ -15,6 +16,11 @@ from pathlib import Path
 
 from poetgen.errors import ConfigError
 
+
+# Upper bounds on the model's sizes. Far beyond anything that trains on one machine, they keep a
+# mistyped flag or a lying checkpoint header from asking for tensors whose size overflows.
+MAX_SIZE = 1 << 24
+MAX_LAYERS = 256
 
 TEXT_KINDS = ("auto", "lines", "running")
 
@@ -42,9 +48,11 @@ class ModelConfig:
     text_kind: str = "auto"
 
     def validate(self) -> None:
-        _check(self.embed_size > 0, "embed_size must be positive")
-        _check(self.hidden_size > 0, "hidden_size must be positive")
-        _check(self.num_layers >= 1, "num_layers must be at least 1")
+        _check(0 < self.vocab_size <= MAX_SIZE or self.vocab_size == 0,
+               f"vocab_size must be between 1 and {MAX_SIZE:,}")
+        _check(0 < self.embed_size <= MAX_SIZE, f"embed_size must be between 1 and {MAX_SIZE:,}")
+        _check(0 < self.hidden_size <= MAX_SIZE, f"hidden_size must be between 1 and {MAX_SIZE:,}")
+        _check(1 <= self.num_layers <= MAX_LAYERS, f"num_layers must be between 1 and {MAX_LAYERS}")
         _check(0 <= self.proj_size < self.hidden_size or self.proj_size == 0,
                "proj_size must be 0 or smaller than hidden_size")
         _check(self.cell in ("lstm", "gru"), "cell must be 'lstm' or 'gru'")
@@ -56,7 +64,8 @@ class ModelConfig:
         _check(not (self.tie_weights and self.softmax == "adaptive"),
                "tie_weights needs softmax = 'full'")
         _check(self.text_kind in TEXT_KINDS, f"text_kind must be one of {', '.join(TEXT_KINDS)}")
-        _check(list(self.cutoffs) == sorted(set(self.cutoffs)) and all(c > 0 for c in self.cutoffs),
+        _check(list(self.cutoffs) == sorted(set(self.cutoffs))
+               and all(0 < c <= MAX_SIZE for c in self.cutoffs),
                "cutoffs must be increasing positive integers, e.g. 1000,3000")
 
 
@@ -108,6 +117,45 @@ class TrainConfig:
         _check(self.precision in ("fp32", "bf16"), "precision must be fp32 or bf16")
 
 
+def check_types(cls, values: dict, where: str) -> dict:
+    """`values` with each field of dataclass `cls` checked against the type of its default.
+
+    Settings come from TOML files and checkpoint headers, where "32", 32.5 or true may stand
+    where 32 belongs; each is refused here, in one line, before any of them is used. Integers are
+    accepted for float fields; lists become tuples. Names that are not fields pass through.
+    """
+    defaults = cls()
+    out = dict(values)
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        value, default = values[f.name], getattr(defaults, f.name)
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = _is_int(value), "an integer"
+        elif isinstance(default, float):
+            ok, kind = _is_number(value), "a finite number"
+            value = float(value) if ok else value
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "a string"
+        else:  # a tuple of integers (cutoffs)
+            ok, kind = isinstance(value, (list, tuple)) and all(map(_is_int, value)), "a list of integers"
+            value = tuple(value) if ok else value
+        if not ok:
+            raise ConfigError(f"{where}: {f.name} must be {kind}, not {repr(value)[:40]}")
+        out[f.name] = value
+    return out
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= 1 << 53
+
+
+def _is_number(value) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N (the N-th GPU) or mps"
 
 
@@ -155,11 +203,10 @@ def load_toml(path: str | Path) -> dict:
     if unknown:
         raise ConfigError(f"config file {p}: unknown setting(s) {', '.join(unknown)}; "
                           f"known: {', '.join(sorted(known))}")
-    if "time_budget" in flat:
+    if isinstance(flat.get("time_budget"), str):
         flat["time_budget"] = parse_duration(flat["time_budget"])
-    if "cutoffs" in flat:
-        flat["cutoffs"] = tuple(flat["cutoffs"])
-    return flat
+    flat = check_types(ModelConfig, flat, f"config file {p}")
+    return check_types(TrainConfig, flat, f"config file {p}")
 
 
 def split_fields(values: dict) -> tuple[dict, dict]:
@@ -217,5 +264,6 @@ def model_config_from_dict(d: dict) -> ModelConfig:
     return ModelConfig(**kwargs)
 
 
-__all__ = ["ModelConfig", "TrainConfig", "REGULARIZATION", "parse_duration", "load_toml",
+__all__ = ["ModelConfig", "TrainConfig", "REGULARIZATION", "MAX_SIZE", "MAX_LAYERS", "check_types",
+           "parse_duration", "load_toml",
            "split_fields", "to_dict", "model_config_from_dict", "run_configs"]

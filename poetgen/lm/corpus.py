@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
+import stat
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from poetgen.errors import CorpusError
+from poetgen.errors import CorpusError, PoetgenError, file_error
 from poetgen.lm.config import TrainConfig
 
 NEWLINE = "\n"
@@ -30,6 +32,29 @@ UNK = "\ufffd"  # stands for every character outside the vocabulary (U+FFFD REPL
 # Reading
 
 
+def input_file(path: str | Path, missing: str, error: type[PoetgenError] = CorpusError) -> Path:
+    """`path` if it names a regular file; otherwise `error` (or FileSystemError) in one line.
+
+    `missing` says what to do when nothing is there. Devices, pipes and sockets are refused:
+    `/dev/zero` as a corpus would otherwise be read until memory runs out.
+    """
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        if p.is_symlink():
+            raise error(f"{p}: a symbolic link to {os.readlink(p)}, which does not exist; "
+                        "fix the link") from None
+        raise error(f"{p}: {missing}") from None
+    except OSError as e:  # a symbolic link loop, a parent without permission, a name too long
+        raise file_error(p, e, "read") from None
+    if stat.S_ISDIR(mode):
+        raise error(f"{p}: is a directory; give a file")
+    if not stat.S_ISREG(mode):
+        raise error(f"{p}: not a regular file (a device, pipe or socket); give a file saved on disk")
+    return p
+
+
 def iter_text(path: str | Path, chunk_bytes: int = 1 << 20) -> Iterator[str]:
     """Yield the file's text in chunks, decoded strictly as UTF-8, with newlines normalised.
 
@@ -37,13 +62,16 @@ def iter_text(path: str | Path, chunk_bytes: int = 1 << 20) -> Iterator[str]:
     `\\n`; a leading byte-order mark is dropped. Invalid bytes raise CorpusError naming the line and
     byte offset, since "not UTF-8" alone does not help anyone find a bad byte in a 5 MB file.
     """
-    p = Path(path)
-    if not p.exists():
-        raise CorpusError(f"{p}: file not found; check the path")
-    if p.is_dir():
-        raise CorpusError(f"{p}: is a directory; give a UTF-8 text file")
+    p = input_file(path, "file not found; check the path")
+    try:
+        yield from _decode_chunks(p, chunk_bytes)
+    except OSError as e:
+        raise file_error(p, e, "read") from None
+
+
+def _decode_chunks(p: Path, chunk_bytes: int) -> Iterator[str]:
     decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
-    offset = 0  # bytes consumed before the current chunk
+    offset = 0  # bytes read before the current chunk
     line = 1  # line number at the start of the current chunk
     pending_cr = False
     first = True
@@ -53,13 +81,18 @@ def iter_text(path: str | Path, chunk_bytes: int = 1 << 20) -> Iterator[str]:
             try:
                 text = decoder.decode(raw, final=not raw)
             except UnicodeDecodeError as e:
-                bad = offset + e.start
-                at_line = line + raw[: e.start].count(b"\n")
-                col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) if b"\n" in raw[: e.start] else None
+                # e.object is what the decoder saw: the bytes it held back from the previous chunk
+                # (an unfinished character) followed by this chunk, so offsets count from there.
+                seen = e.object
+                start = offset - (len(seen) - len(raw)) + e.start
+                before = seen[: e.start]
+                at_line = line + before.count(b"\n")
+                col = e.start - (before.rfind(b"\n") + 1) if b"\n" in before else None
                 where = f"line {at_line}" + (f", column {col + 1}" if col is not None else "")
+                reason = "the file ends inside a character" if not raw else e.reason
                 raise CorpusError(
-                    f"{p}: not valid UTF-8 at byte {bad} ({where}): {e.reason} "
-                    f"(byte 0x{raw[e.start]:02x}); re-save the file as UTF-8, e.g. "
+                    f"{p}: not valid UTF-8 at byte {start} ({where}): {reason} "
+                    f"(byte 0x{seen[e.start]:02x}); re-save the file as UTF-8, e.g. "
                     f"`iconv -f GB18030 -t UTF-8 {p.name} > fixed.txt`") from None
             offset += len(raw)
             line += raw.count(b"\n")

@@ -22,6 +22,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
 from poetgen.lm.config import ModelConfig
 
@@ -244,6 +245,45 @@ class CharLSTM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def skeleton(config: ModelConfig) -> CharLSTM:
+    """A CharLSTM on the meta device: every tensor has its shape, none has memory or values.
+
+    Loading a checkpoint compares its shapes with the file's before anything is allocated, then
+    gives it memory with `.to_empty(device=...)` and fills it from the file: no time is spent on
+    a random initialisation (seconds for the bundled model's orthogonal matrices) that the file's
+    weights would overwrite.
+    """
+    with torch.device("meta"), _NoRandomFill():
+        return CharLSTM(config)
+
+
+def allocate(model: CharLSTM, device: str | torch.device = "cpu") -> CharLSTM:
+    """Give a skeleton memory on `device`, values unset (they are loaded next), ties restored
+    (`to_empty` gives each name of a tied parameter its own tensor)."""
+    model = model.to_empty(device=device)
+    for alias, source in model.tied_names().items():
+        owner, _, name = alias.rpartition(".")
+        setattr(model.get_submodule(owner), name, model.get_parameter(source))
+    return model
+
+
+def tensor_shapes(model: CharLSTM) -> dict[str, tuple[int, ...]]:
+    """Name and shape of every tensor `model` stores in a checkpoint (tied aliases left out)."""
+    aliases = model.tied_names()
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in aliases}
+
+
+class _NoRandomFill(TorchFunctionMode):
+    """Skips normal_ (a value fill, meaningless on meta tensors): on the meta device it goes
+    through a Python decomposition whose first call imports ~1 s of torch internals."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") == "normal_":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
 
 
 @contextmanager

@@ -10,6 +10,14 @@ The loop is the classic one from pytorch/examples' word_language_model:
 Everything a resumed run needs is in `last.safetensors`: weights, optimizer moments, the carried
 LSTM state and the RNG state. The data position and learning rate follow from the step count and
 the elapsed time, so a run interrupted and resumed ends with the same weights as one that was not.
+An evaluation an interruption skipped (at the last step, or at an evaluation step) is done first
+on `--resume`, so the metrics and `best` are those of an uninterrupted run.
+
+What is saved is never poison: a non-finite training loss, a non-finite validation loss or
+non-finite weights stop the run before anything is written at that step, and the message says
+which step the checkpoints on disk still hold. The run directory is locked while training (see
+rundir.py), and metrics.csv gets each evaluation's row before its checkpoints: a run killed
+between the two drops the row on `--resume` (it is later than `last`) and logs it again.
 """
 
 from __future__ import annotations
@@ -27,14 +35,16 @@ from pathlib import Path
 
 import torch
 
-from poetgen.errors import CheckpointError, NonFiniteLossError
+from poetgen.errors import (CheckpointError, ConfigError, NonFiniteLossError, PoetgenError,
+                            file_error)
 from poetgen.files import atomic_open
-from poetgen.lm.checkpoint import load_checkpoint, save_checkpoint
+from poetgen.lm.checkpoint import check_resumable, load_checkpoint, read_meta, save_checkpoint
 from poetgen.lm.config import REGULARIZATION, ModelConfig, TrainConfig, to_dict
 from poetgen.lm.corpus import (Vocab, batchify, detect_text_kind, get_chunk, num_chunks,
                                 shuffle_lines)
 from poetgen.lm.evaluate import LN2, evaluate_ids
 from poetgen.lm.model import CharLSTM, State, burn_in_start_state, evaluating
+from poetgen.lm.rundir import RunLock
 from poetgen.lm.sample import generate
 
 ATTENTION_STATE = ("train_memory", "train_in_poem")  # names of a state's attention entries in `last`
@@ -93,7 +103,6 @@ class Callbacks:
 def pick_device(name: str) -> torch.device:
     """The torch device for auto | cpu | cuda | cuda:N | mps, or a ConfigError saying what this
     machine has instead."""
-    from poetgen.errors import ConfigError
     from poetgen.lm.config import DEVICE_NAMES, is_device_name
 
     if not is_device_name(name):
@@ -169,13 +178,26 @@ def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     return out
 
 
-def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    state_dict = opt.state_dict()
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                      source: Path) -> None:
+    """Put saved AdamW moments back, each checked against the parameter it belongs to."""
+    params = [p for group in opt.param_groups for p in group["params"]]
+    shapes = {"exp_avg": None, "exp_avg_sq": None, "step": ()}  # None: the parameter's shape
     state: dict[int, dict] = {}
     for name, value in tensors.items():
-        if name.startswith("optim."):
-            _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = value
+        if not name.startswith("optim."):
+            continue
+        _, index, key = (name.split(".", 2) + ["", ""])[:3]
+        if not (index.isdigit() and int(index) < len(params) and key in shapes):
+            raise CheckpointError(f"{source}: optimizer state {name!r} belongs to no parameter of "
+                                  "this model; the checkpoint is inconsistent")
+        want = shapes[key] if shapes[key] is not None else tuple(params[int(index)].shape)
+        if tuple(value.shape) != want or not value.is_floating_point():
+            raise CheckpointError(f"{source}: optimizer state {name} is {value.dtype} "
+                                  f"{list(value.shape)}, not float {list(want)}; the checkpoint "
+                                  "is inconsistent")
+        state.setdefault(int(index), {})[key] = value
+    state_dict = opt.state_dict()
     state_dict["state"] = state
     opt.load_state_dict(state_dict)
 
@@ -228,6 +250,11 @@ class _Run:
     elapsed: float = 0.0  # wall-clock seconds of the run, evaluations and saving included
     best: float = math.inf  # lowest validation bpc so far
     init: dict | None = None  # where the starting weights came from, when not random
+    eval_pending: bool = False  # the latest step is due an evaluation that has not run yet
+    lr: float = 0.0  # of the latest step; chars_per_s likewise: the metrics row needs them
+    chars_per_s: float = 0.0
+    loss_sum: float = 0.0  # training losses since the latest evaluation, for its metrics row
+    loss_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -251,12 +278,14 @@ class _Checkpoints:
 
     def save_last(self, run: _Run, val_bpc: float) -> None:
         """Weights plus everything an exact resume needs: optimizer moments, state, RNG."""
+        self._refuse_non_finite(run)
         extra = optimizer_tensors(run.optimizer)
         extra.update(train_h=run.state[0], train_c=run.state[1], rng=torch.get_rng_state())
         extra.update(zip(ATTENTION_STATE, run.state[2:]))  # a model with attention: its memory
         save_checkpoint(self.last, run.model, self.vocab, self._meta(run, val_bpc), extra)
 
     def save_best(self, run: _Run, val_bpc: float) -> None:
+        self._refuse_non_finite(run)
         save_checkpoint(self.best, run.model, self.vocab, self._meta(run, val_bpc))
 
     def _meta(self, run: _Run, val_bpc: float) -> dict:
@@ -264,8 +293,30 @@ class _Checkpoints:
         return {"train_config": to_dict(self.config), "init": run.init,
                 "training": {"step": run.step, "elapsed": run.elapsed,
                              "best_val_bpc": finite(run.best), "val_bpc": finite(val_bpc),
+                             "eval_pending": run.eval_pending, "lr": run.lr,
+                             "chars_per_s": run.chars_per_s, "loss_sum": run.loss_sum,
+                             "loss_steps": run.loss_steps,
                              "corpus": self.corpus, "epochs": run.step / self.chunks_per_epoch,
                              "train_chars": self.train_chars}}
+
+    def _refuse_non_finite(self, run: _Run) -> None:
+        if not all(torch.isfinite(p).all() for p in run.model.parameters()):
+            raise NonFiniteLossError(f"the weights hold NaN or infinity after step {run.step}; "
+                                     f"nothing was saved at that step: {self.kept()}. "
+                                     f"{_ADVICE}")
+
+    def kept(self) -> str:
+        """What the run directory holds, said truthfully for a message about a stopped run."""
+        if not self.last.exists():
+            return "no checkpoint was written yet"
+        try:
+            step = read_meta(self.last)["training"]["step"]
+        except (PoetgenError, KeyError, TypeError):
+            return f"{self.last} is left as it was"
+        return f"{self.last} (step {step}) is left as it was"
+
+
+_ADVICE = "Lower --lr (e.g. halve it) or --clip, then --resume"
 
 
 class Throughput:
@@ -318,11 +369,19 @@ def sgd_step(model: CharLSTM, optimizer: torch.optim.Optimizer, x: torch.Tensor,
 
 
 def evaluate_and_save(run: _Run, checkpoints: _Checkpoints, val_ids: torch.Tensor,
-                      burn_ids: torch.Tensor) -> float:
-    """Validation bpc (from a start state burned in anew); saves `best` when it is the lowest so
-    far, and `last` always."""
+                      burn_ids: torch.Tensor, log_row: Callable[[float], None]) -> float:
+    """Validation bpc (from a start state burned in anew); then `log_row(val_bpc)` (the metrics
+    row goes first: see the module docstring), `best` when it is the lowest so far, and `last`.
+
+    A non-finite validation loss saves nothing: the weights diverged in the last update.
+    """
     burn_in_start_state(run.model, burn_ids)
     val_bpc = evaluate_ids(run.model, checkpoints.vocab, [val_ids]).bpc
+    if not math.isfinite(val_bpc):
+        raise NonFiniteLossError(f"the validation loss became {val_bpc} at step {run.step}; "
+                                 f"nothing was saved at that step: {checkpoints.kept()}. {_ADVICE}")
+    run.eval_pending = False
+    log_row(val_bpc)
     if val_bpc < run.best:
         run.best = val_bpc
         checkpoints.save_best(run, val_bpc)
@@ -371,19 +430,48 @@ def _start_run(vocab: Vocab, model_config: ModelConfig, config: TrainConfig, las
         return _Run(model, make_optimizer(model, config), model.zero_state(config.batch_size),
                     init=init_meta)
     ckpt = load_checkpoint(last_path, device=device, with_extra=True)
-    training = ckpt.meta.get("training", {})
-    if training.get("corpus") != fingerprint:
+    check_resumable(ckpt.meta, last_path)
+    training = ckpt.meta["training"]
+    if training["corpus"] != fingerprint:
         raise CheckpointError(f"{last_path}: was trained on a different corpus or vocabulary; "
                               "resume with the same CORPUS, or start a new --out directory")
+    state = _carried_state(ckpt, config, last_path)
     optimizer = make_optimizer(ckpt.model, config)
-    restore_optimizer(optimizer, {k: v.to(device) for k, v in ckpt.extra.items()})
+    restore_optimizer(optimizer, {k: v.to(device) for k, v in ckpt.extra.items()}, last_path)
     torch.set_rng_state(ckpt.extra["rng"])
     best = training["best_val_bpc"]
-    return _Run(ckpt.model, optimizer,
-                tuple(ckpt.extra[name].to(device) for name in ("train_h", "train_c", *ATTENTION_STATE)
-                      if name in ckpt.extra),
+    return _Run(ckpt.model, optimizer, tuple(s.to(device) for s in state),
                 training["step"], training["elapsed"], math.inf if best is None else best,
-                ckpt.meta.get("init"))
+                ckpt.meta.get("init"), training.get("eval_pending") is True,
+                training.get("lr", 0.0),
+                training.get("chars_per_s", 0.0), training.get("loss_sum", 0.0),
+                training.get("loss_steps", 0))
+
+
+def _carried_state(ckpt, config: TrainConfig, source: Path) -> State:
+    """The saved RNG and LSTM state, checked: a retyped or reshaped tensor would crash later."""
+    rng = ckpt.extra.get("rng")
+    if rng is None or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
+        raise CheckpointError(f"{source}: the saved random state is missing or malformed; "
+                              "start a new run with --init to keep the weights")
+    cfg, (h, c) = ckpt.model.config, (ckpt.extra.get("train_h"), ckpt.extra.get("train_c"))
+    attention = tuple(ckpt.extra.get(name) for name in ATTENTION_STATE if name in ckpt.extra)
+    saved_batch = ckpt.meta["train_config"].get("batch_size", config.batch_size)
+    if saved_batch != config.batch_size:
+        raise ConfigError(f"--resume continues the run's {saved_batch} streams; drop --batch-size "
+                          "(or start a new run from its weights with --init)")
+    want = ((cfg.num_layers, config.batch_size, cfg.proj_size or cfg.hidden_size),
+            (cfg.num_layers, config.batch_size, ckpt.model.cell_size))
+    for name, t, shape in (("train_h", h, want[0]), ("train_c", c, want[1])):
+        if t is None or tuple(t.shape) != shape or not t.is_floating_point():
+            raise CheckpointError(f"{source}: the saved LSTM state {name} is missing or not "
+                                  f"float {list(shape)}; start a new run with --init to keep the "
+                                  "weights")
+    if len(attention) != (2 if ckpt.model.attention is not None else 0) or any(
+            t.size(1) != config.batch_size for t in attention):
+        raise CheckpointError(f"{source}: the saved attention memory is missing or malformed; "
+                              "start a new run with --init to keep the weights")
+    return (h, c) + attention
 
 
 def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_config: ModelConfig,
@@ -413,74 +501,93 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
     val_ids, burn_ids = val_ids.cpu(), burn_in_ids(train_ids, vocab)
     checkpoints = _Checkpoints(Path(run_dir), vocab, config, corpus_fingerprint(train_ids),
                                int(train_ids.numel()), chunks)
-    run = _start_run(vocab, model_config, config, checkpoints.last, checkpoints.corpus, device,
-                     resume, init)
-    run.model.train()
-    shuffle = config.shuffle and run.model.config.text_kind == "lines"
-    loaded_epoch = -1  # the pass whose order `data` holds
-    metrics_path = checkpoints.run_dir / "metrics.csv"
-    _prepare_metrics(metrics_path, keep_until=run.step if resume else -1)
-    steps = total_steps(config, chunks)
-    meter = Throughput()
-    losses: list[float] = []  # training losses since the last evaluation
-    last_val = math.nan
-    # The time budget is the run's wall-clock time, as a user's clock counts it: evaluations and
-    # saving included. A run stops early enough for its last evaluation to fit too, judged by
-    # what the previous one took.
-    clock = (time.perf_counter() if started is None else started) - run.elapsed  # resumed: continued
-    eval_seconds = 0.0
-    with _StopFlag() as stop:
-        # Announced once Ctrl-C is caught: from here on an interrupt saves `last`.
-        cb.on_start({"device": str(device), "parameters": run.model.num_parameters(),
-                     "vocab": len(vocab), "train_chars": train_ids.numel(),
-                     "val_chars": val_ids.numel(), "chunks_per_epoch": chunks,
-                     "total_steps": steps, "start_step": run.step,
-                     "text_kind": run.model.config.text_kind, "time_budget": config.time_budget})
-        while (progress := run_progress(config, run.step, run.elapsed, chunks)) < 1.0:
-            # -- one SGD step on the next chunk of every stream --------------------------------
-            elapsed_before = run.elapsed
-            epoch, index = divmod(run.step, chunks)
-            if epoch != loaded_epoch:
-                data = epoch_streams(train_ids, vocab, config, shuffle, epoch).to(device)
-                loaded_epoch = epoch
-            if index == 0:  # a new pass starts the streams afresh
-                run.state = run.model.zero_state(config.batch_size)
-            x, y = get_chunk(data, index, config.bptt)
-            lr = learning_rate(config, run.step, progress)
-            loss, run.state = sgd_step(run.model, run.optimizer, x, y, run.state, lr, config.clip,
-                                       bf16)
-            if not math.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"the training loss became {loss} at step {run.step + 1}; "
-                    f"{checkpoints.last if checkpoints.last.exists() else 'no checkpoint'} is "
-                    "left as it was. Lower --lr (e.g. halve it) or --clip, then --resume")
-            run.step += 1
-            run.elapsed = time.perf_counter() - clock
-            losses.append(loss)
-            meter.count(x.numel())
-            cb.on_step(StepInfo(run.step, steps, loss, lr, meter.chars_per_s, run.elapsed))
+    with RunLock(checkpoints.run_dir) as lock:  # one trainer per directory; stale temp files go
+        run = _start_run(vocab, model_config, config, checkpoints.last, checkpoints.corpus,
+                         device, resume, init)
+        run.model.train()
+        shuffle = config.shuffle and run.model.config.text_kind == "lines"
+        loaded_epoch = -1  # the pass whose order `data` holds
+        metrics_path = checkpoints.run_dir / "metrics.csv"
+        _prepare_metrics(metrics_path, keep_until=run.step if resume else -1)
+        steps = total_steps(config, chunks)
+        meter = Throughput()
 
-            # -- Ctrl-C or SIGTERM: save where we are, then stop -------------------------------
-            if stop.signal is not None:
-                checkpoints.save_last(run, last_val)
-                raise TrainingInterrupted(checkpoints.last, run.step)
+        def evaluate() -> float:
+            """Validate, log the metrics row, checkpoint, preview: the end of an evaluation step."""
+            with meter.paused():
+                train_loss = run.loss_sum / max(1, run.loss_steps)
 
-            # -- when due (evaluation_due) and at the end: validate, checkpoint, log, preview ----
-            finished = run_progress(config, run.step, run.elapsed + eval_seconds, chunks) >= 1.0
-            if finished or evaluation_due(config, run.step, elapsed_before, run.elapsed, steps):
-                t_eval = time.perf_counter()
-                with meter.paused():
-                    last_val = evaluate_and_save(run, checkpoints, val_ids, burn_ids)
-                    sample = preview(run.model, vocab, config, run.step)
-                    train_loss = sum(losses) / max(1, len(losses))
-                    losses.clear()
+                def log_row(val_bpc: float) -> None:
                     _append_metrics(metrics_path, [run.step, train_loss, train_loss / LN2,
-                                                   last_val, lr, meter.chars_per_s, run.elapsed])
-                    cb.on_eval(EvalInfo(run.step, last_val, run.best, train_loss / LN2, sample))
-                eval_seconds = time.perf_counter() - t_eval
+                                                   val_bpc, run.lr, run.chars_per_s, run.elapsed])
+                    run.loss_sum, run.loss_steps = 0.0, 0
+
+                val_bpc = evaluate_and_save(run, checkpoints, val_ids, burn_ids, log_row)
+                sample = preview(run.model, vocab, config, run.step)
+                cb.on_eval(EvalInfo(run.step, val_bpc, run.best, train_loss / LN2, sample))
+            return val_bpc
+
+        last_val = math.nan
+        # The time budget is the run's wall-clock time, as a user's clock counts it: evaluations
+        # and saving included. A run stops early enough for its last evaluation to fit too,
+        # judged by what the previous one took.
+        clock = (time.perf_counter() if started is None else started) - run.elapsed
+        eval_seconds = 0.0
+        with _StopFlag() as stop:
+            # Announced once Ctrl-C is caught: from here on an interrupt saves `last`.
+            cb.on_start({"device": str(device), "parameters": run.model.num_parameters(),
+                         "vocab": len(vocab), "train_chars": train_ids.numel(),
+                         "val_chars": val_ids.numel(), "chunks_per_epoch": chunks,
+                         "total_steps": steps, "start_step": run.step,
+                         "text_kind": run.model.config.text_kind,
+                         "time_budget": config.time_budget, "removed": lock.removed})
+            # -- an evaluation that an interruption skipped (e.g. at the last step) comes first --
+            if run.eval_pending:
+                last_val = evaluate()
+            while (progress := run_progress(config, run.step, run.elapsed, chunks)) < 1.0:
+                # -- one SGD step on the next chunk of every stream ----------------------------
+                elapsed_before = run.elapsed
+                epoch, index = divmod(run.step, chunks)
+                if epoch != loaded_epoch:
+                    data = epoch_streams(train_ids, vocab, config, shuffle, epoch).to(device)
+                    loaded_epoch = epoch
+                if index == 0:  # a new pass starts the streams afresh
+                    run.state = run.model.zero_state(config.batch_size)
+                x, y = get_chunk(data, index, config.bptt)
+                run.lr = learning_rate(config, run.step, progress)
+                loss, run.state = sgd_step(run.model, run.optimizer, x, y, run.state, run.lr,
+                                           config.clip, bf16)
+                if not math.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"the training loss became {loss} at step {run.step + 1}; nothing was "
+                        f"saved after it: {checkpoints.kept()}. {_ADVICE}")
+                run.step += 1
                 run.elapsed = time.perf_counter() - clock
-                if finished:
-                    break
+                run.loss_sum, run.loss_steps = run.loss_sum + loss, run.loss_steps + 1
+                meter.count(x.numel())
+                run.chars_per_s = meter.chars_per_s
+                cb.on_step(StepInfo(run.step, steps, loss, run.lr, meter.chars_per_s,
+                                    run.elapsed))
+                # Due (evaluation_due) or the end: recorded, so that a resume after an
+                # interrupt right here still evaluates this step.
+                finished = run_progress(config, run.step, run.elapsed + eval_seconds,
+                                        chunks) >= 1.0
+                run.eval_pending = finished or evaluation_due(config, run.step, elapsed_before,
+                                                              run.elapsed, steps)
+
+                # -- Ctrl-C or SIGTERM: save where we are (--resume evaluates if due), stop ----
+                if stop.signal is not None:
+                    checkpoints.save_last(run, last_val)
+                    raise TrainingInterrupted(checkpoints.last, run.step)
+
+                # -- when due and at the end: validate, log, checkpoint, preview ---------------
+                if run.eval_pending:
+                    t_eval = time.perf_counter()
+                    last_val = evaluate()
+                    eval_seconds = time.perf_counter() - t_eval
+                    run.elapsed = time.perf_counter() - clock
+                    if finished:
+                        break
     return TrainResult(run.step, run.best, last_val, checkpoints.run_dir,
                        run.model.num_parameters(), meter.chars_per_s, run.elapsed)
 
@@ -496,23 +603,36 @@ def _initial_model(path: str | Path, vocab: Vocab,
     model = CharLSTM(replace(source.model.config,
                              **{k: getattr(model_config, k) for k in REGULARIZATION}))
     model.load_state_dict(source.model.state_dict())
-    return model, {"from": str(source.path), "sha256": source.meta.get("sha256"),
+    return model, {"from": str(source.path), "sha256": source.sha256,
                    "step": source.meta.get("training", {}).get("step")}
 
 
 def _prepare_metrics(path: Path, keep_until: int) -> None:
     """Start metrics.csv, or on resume drop rows logged after the checkpoint we resume from."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     if keep_until >= 0 and path.exists():
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
+        try:
+            with path.open(newline="", encoding="utf-8") as f:
+                rows = [r for r in csv.DictReader(f) if _row_step(r) <= keep_until]
+        except OSError as e:
+            raise file_error(path, e, "read") from None
     with atomic_open(path, newline="") as f:
         writer = csv.DictWriter(f, METRICS_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
 
 
+def _row_step(row: dict) -> float:
+    """A row's step; a row that a kill cut short has none and is dropped."""
+    try:
+        return int(row["step"])
+    except (KeyError, TypeError, ValueError):
+        return math.inf
+
+
 def _append_metrics(path: Path, row: list) -> None:
-    with path.open("a", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
+    try:
+        with path.open("a", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
+    except OSError as e:
+        raise file_error(path, e, "write") from None

@@ -27,9 +27,9 @@ import torch
 from poetgen.lm.corpus import NEWLINE, Vocab
 from poetgen.errors import ConstraintError
 from poetgen.lm.model import CharLSTM, evaluating, stepwise
-from poetgen.verse.prosody import (COMMA, PERIOD, PING, ZE, Form, Template, free_positions, get_form,
-                                   han_only, is_han, line_end_mark, line_rhymes, scheme, split_verse,
-                                   templates)
+from poetgen.verse.prosody import (COMMA, PERIOD, PING, READINGS, ZE, Form, Template, free_positions,
+                                   get_form, han_only, is_han, line_end_mark, line_rhymes, scheme,
+                                   split_verse, templates)
 from poetgen.lm.sample import Sample, check_sampling_args, new_seed, prime_model, sample_next
 
 ANY, NONE = 2, 3  # tone requirement codes besides 0 = 平 and 1 = 仄
@@ -47,6 +47,7 @@ class PoemSpec:
     prime: str = ""  # the poem's opening, continued by the model
     no_repeat: bool = False  # no character twice in a poem
     banned: str = ""  # characters never to use
+    readings: str = "common"  # common: only readings Tang poets used (poetgen/data/readings.json) | all
 
     @classmethod
     def make(cls, form: str | Form, **kw) -> "PoemSpec":
@@ -192,6 +193,8 @@ class _Rhyme:
 def _check_vocabulary_can_write(spec: PoemSpec, vocab: Vocab) -> None:
     if spec.tones not in ("off", "loose", "strict"):
         raise ConstraintError(f"tones must be off, loose or strict, not {spec.tones!r}")
+    if spec.readings not in READINGS:
+        raise ConstraintError(f"readings must be one of {', '.join(READINGS)}, not {spec.readings!r}")
     for ch, name in ((COMMA, "'，'"), (PERIOD, "'。'"), (NEWLINE, "the newline (end of poem)")):
         if ch not in vocab:
             raise ConstraintError(f"the model's vocabulary has no {name}; it was not trained on "
@@ -250,7 +253,7 @@ def _layout(spec: PoemSpec, vocab: Vocab, fixed: dict[tuple[int, int], str],
 def _tones(spec: PoemSpec, vocab: Vocab, positions: list[tuple[int, int]],
            writable: torch.Tensor) -> _Tones:
     """What each template asks at each step, and which characters can give it."""
-    f, ts = spec.form, scheme(spec.tone_scheme)
+    f, ts = spec.form, scheme(spec.tone_scheme, spec.readings)
     tone_of = [ts.tone(c) if is_han(c) else None for c in vocab.chars]
     ok = torch.stack([
         writable & torch.tensor([t in (PING, "both") for t in tone_of]),
@@ -277,7 +280,7 @@ def _rhyme(spec: PoemSpec, vocab: Vocab, positions: list[tuple[int, int]],
            tpls: list[Template | None]) -> _Rhyme:
     """Rhyme positions per template, every character's groups, and the groups allowed at all."""
     f = spec.form
-    rs = scheme(spec.rhyme) if spec.rhyme else None
+    rs = scheme(spec.rhyme, spec.readings) if spec.rhyme else None
     group_names = rs.group_names if rs else []
     gindex = {g: k for k, g in enumerate(group_names)}
     member = torch.zeros(len(vocab), max(1, len(group_names)), dtype=torch.bool)
@@ -300,7 +303,15 @@ def _rhyme(spec: PoemSpec, vocab: Vocab, positions: list[tuple[int, int]],
                                   "but the tonal templates rhyme in level (平) groups; choose a "
                                   "level group or use --tones off")
         allowed = allowed & wanted
-    for g in allowed:
+    # No character rhymes twice (重韵), so a group needs a character for every rhyme position.
+    rhymes = int(at.sum(1).max())
+    sizes = (member & _writable(spec, vocab)[:, None]).sum(0)
+    big_enough = {g for g in allowed if int(sizes[gindex[g]]) >= rhymes}
+    if spec.rhyme_group and not big_enough and any(int(sizes[gindex[g]]) for g in allowed):
+        raise ConstraintError(f"rhyme group {spec.rhyme_group!r} has fewer characters in the model's "
+                              f"vocabulary than the poem's {rhymes} rhymes, and no character may "
+                              "rhyme twice; choose a larger group")
+    for g in big_enough or allowed:  # none at all: _fit names the position that cannot rhyme
         cand0[gindex[g]] = True
     return _Rhyme(group_names, member, at, cand0)
 
@@ -388,12 +399,13 @@ class _Hyps:
         self.alive = c.alive0.expand(n, -1).clone()  # (n, K)
         self.cand = c.cand0.expand(n, -1).clone()  # (n, G)
         self.used = torch.zeros(n, V, dtype=torch.bool, device=device)
+        self.rhymed = torch.zeros(n, V, dtype=torch.bool, device=device)  # used as a rhyme: no 重韵
         self.tokens = torch.zeros(n, c.steps, dtype=torch.long, device=device)
         self.logprob = torch.zeros(n, device=device)
         self.failed = torch.zeros(n, dtype=torch.bool, device=device)
 
     def select(self, rows: torch.Tensor) -> None:
-        for name in ("alive", "cand", "used", "tokens", "logprob", "failed"):
+        for name in ("alive", "cand", "used", "rhymed", "tokens", "logprob", "failed"):
             setattr(self, name, getattr(self, name)[rows])
 
 
@@ -401,7 +413,7 @@ def _allowed(c: Compiled, h: _Hyps, t: int) -> tuple[torch.Tensor, torch.Tensor]
     """(n, V) allowed characters at step t, and (n, K, V) allowed per template."""
     per = c.tone_ok[c.tone_req[:, t]][None] & c.static[t][None, None]  # (1, K, V)
     if c.rhymes_at[:, t].any():
-        rhyme_ok = (h.cand.float() @ c.member.T.float()) > 0  # (n, V)
+        rhyme_ok = ((h.cand.float() @ c.member.T.float()) > 0) & ~h.rhymed  # (n, V); no 重韵
         per = per & torch.where(c.rhymes_at[:, t][None, :, None], rhyme_ok[:, None, :], True)
     per = per & h.alive[:, :, None]
     if c.spec.no_repeat and c.tone_req[0, t] != NONE:
@@ -424,6 +436,7 @@ def _advance(c: Compiled, h: _Hyps, t: int, token: torch.Tensor, per: torch.Tens
         is_rhyme = (h.alive & rhymes).any(1)
         narrowed = h.cand & c.member[token]
         h.cand = torch.where(is_rhyme[:, None], narrowed, h.cand)
+        h.rhymed[rows, token] |= is_rhyme
     h.used[rows, token] = True
 
 
@@ -471,7 +484,7 @@ def _generate_poems(model, compiled, n, temperature, top_k, top_p, seed, best_of
     missing = sum(p is None for p in result)
     if missing:
         why = "every try copied a line of the --novel corpus" if novel_lines else \
-            "--no-repeat ran out of characters"
+            "--no-repeat, or the rhyme group's unused characters (no 重韵), ran out"
         raise ConstraintError(f"{missing} poem(s) could not be finished in {max_rounds} tries: {why}; "
                               "raise --temp or relax the constraints")
     return result  # type: ignore[return-value]
@@ -600,7 +613,8 @@ class Stepper:
                 " (not in the model's vocabulary)" if v is None else " by the form, rhyme or tones"))
         self._undo.append((self.out, self.state, list(self.tokens),
                            None if self.h is None else {k: getattr(self.h, k).clone() for k in
-                                                        ("alive", "cand", "used", "tokens", "logprob", "failed")}))
+                                                        ("alive", "cand", "used", "rhymed", "tokens", "logprob",
+                                                         "failed")}))
         self._step(v, per)
         self._skip_forced()
 
