@@ -140,6 +140,5 @@ def _sample_loop(model, vocab, out, state, n, max_chars, temperature, top_k, top
             done |= ended
             if done.all():
                 break
-        outputs, state = model(token.view(1, n), state)
-        out = outputs[0]
+        out, state = model.step(token, state)
     return chosen, logprob, length
