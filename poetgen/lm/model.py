@@ -209,47 +209,6 @@ class CharLSTM(nn.Module):
                 out, new = torch.func.functional_call(self.rnn, weights, (x, rnn_state))
         return out, ((new, state[1]) if gru else new)
 
-    @torch.no_grad()
-    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """One character for each of B streams, as sampling writes: tokens (B,) -> outputs (B, P)
-        and the new state; the same numbers as `forward` on a (1, B) input.
-
-        An evaluating LSTM takes its own path here: the input and recurrent products are one
-        matrix product with the two weight matrices side by side (fused once and kept until a
-        weight changes), and there is no per-call set-up of nn.LSTM. A GRU, attention or a model
-        in training goes through `forward`.
-        """
-        if self.training or self.config.cell != "lstm" or self.attention is not None:
-            outputs, state = self(tokens.view(1, -1), state)
-            return outputs[0], state
-        x = self.embedding(tokens)  # (B, E); dropout is off when evaluating
-        hs, cs = [], []
-        for layer, (weights, bias, projection) in enumerate(self._fused_step_weights()):
-            gates = torch.addmm(bias, torch.cat([x, state[0][layer]], 1), weights)  # (B, 4H)
-            i, f, g, o = gates.chunk(4, 1)
-            c = torch.sigmoid(f) * state[1][layer] + torch.sigmoid(i) * torch.tanh(g)
-            x = torch.sigmoid(o) * torch.tanh(c)
-            if projection is not None:
-                x = x @ projection
-            hs.append(x)
-            cs.append(c)
-        return x, (torch.stack(hs), torch.stack(cs))
-
-    def _fused_step_weights(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-        """Per layer: [W_ih W_hh] transposed (E + P, 4H), the summed biases, W_hr transposed or
-        None; rebuilt when any LSTM weight has changed (an optimizer step, a load, a move)."""
-        params = list(self.lstm.parameters())
-        key = tuple((p.data_ptr(), p._version) for p in params)
-        if getattr(self, "_fused_key", None) != key:
-            fused = []
-            for layer in range(self.config.num_layers):
-                weight = lambda name: getattr(self.lstm, f"{name}_l{layer}").detach()  # noqa: E731
-                stacked = torch.cat([weight("weight_ih"), weight("weight_hh")], 1).t().contiguous()
-                projection = weight("weight_hr").t().contiguous() if self.config.proj_size else None
-                fused.append((stacked, weight("bias_ih") + weight("bias_hh"), projection))
-            self._fused, self._fused_key = fused, key
-        return self._fused
-
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean negative log-likelihood in nats of `targets` (T, B) given `outputs` (T, B, P)."""
         return self.token_nll(outputs, targets).mean()

@@ -140,5 +140,6 @@ def _sample_loop(model, vocab, out, state, n, max_chars, temperature, top_k, top
             done |= ended
             if done.all():
                 break
-        out, state = model.step(token, state)
+        outputs, state = model(token.view(1, n), state)
+        out = outputs[0]
     return chosen, logprob, length

@@ -509,7 +509,8 @@ def _sample(model, c: Compiled, n, temperature, top_k, top_p, gen, seed) -> list
         _advance(c, h, t, token, per)
         h.alive = torch.where(h.failed[:, None], c.alive0[None], h.alive)
         if t + 1 < c.steps:
-            out, state = model.step(token, state)
+            outputs, state = model(token.view(1, n), state)
+            out = outputs[0]
     return [None if h.failed[j] else _poem(c, h, j, seed) for j in range(n)]
 
 
@@ -534,7 +535,8 @@ def _beam(model, c: Compiled, width: int, seed: int) -> list[Poem]:
         _advance(c, h, t, token, per)
         state = tuple(s[:, rows] for s in state)  # every state entry has the batch in dim 1
         if t + 1 < c.steps:
-            out, state = model.step(token, state)
+            outputs, state = model(token.view(1, -1), state)
+            out = outputs[0]
     order = torch.argsort(h.logprob, descending=True)
     return [_poem(c, h, int(j), seed) for j in order]
 
@@ -642,7 +644,8 @@ class Stepper:
             _advance(self.c, self.h, len(self.tokens), token, per)
         self.tokens.append(v)
         with stepwise():
-            self.out, self.state = self.model.step(token, self.state)
+            outputs, self.state = self.model(token.view(1, 1), self.state)
+        self.out = outputs[0]
 
     def _skip_forced(self) -> None:
         """Take steps where only one character is allowed (punctuation, fixed characters)."""
