@@ -32,7 +32,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from poetgen.errors import ConfigError, PoetgenError
+from poetgen.errors import ConfigError, FileSystemError, PoetgenError
 from poetgen.settings import SEED_LIMIT, GenerationSettings
 
 KEYS_HELP = ("Tab completes a :command and its values · Up/Down and Ctrl-R search what you typed "
@@ -191,9 +191,10 @@ class Session:
         try:
             text = "".join(p.text + "\n" for p in self.poems)
             atomic_write_bytes(self.session_file, text.encode("utf-8"))
-        except OSError as e:
+        except (OSError, FileSystemError) as e:  # the writer turns OSError into FileSystemError
+            why = getattr(e, "strerror", None) or e
             self.ui.say(f"warning: cannot write the session file {self.session_file} "
-                        f"({e.strerror or e}); keep poems with :save", "yellow")
+                        f"({why}); keep poems with :save", "yellow")
             self.session_file = None
 
     def _poem(self, arg: str) -> tuple[str, SessionPoem]:
