@@ -4,8 +4,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from poetgen.lm.config import TrainConfig
-from poetgen.lm.corpus import (UNK, Vocab, batchify, get_chunk, iter_text, num_chunks, prepare,
-                               read_text, split_lines)
+from poetgen.lm.corpus import (UNK, Vocab, batchify, encode_tensor, get_chunk, iter_text,
+                               num_chunks, prepare, read_text, split_lines)
 from poetgen.errors import CorpusError, PoetgenError
 
 VOCAB_TEXT = "床前明月光，疑是地上霜。\nHello, world! 🌙\n"
@@ -131,6 +131,19 @@ def test_prepare_holds_out_lines_and_builds_the_vocabulary_from_the_training_sid
     kept = prepare(tmp_path / "c.txt", tmp_path / "v.txt", TrainConfig(), vocab=data.vocab)
     assert kept.vocab is data.vocab and kept.train_ids.numel() == len(text)
     assert kept.vocab.decode(kept.val_ids.tolist()) == train_text[0] + UNK + "\n"
+
+
+def test_shuffle_lines_reorders_whole_lines():
+    from poetgen.lm.corpus import shuffle_lines
+
+    text = "春风\n花月夜\n\n江\n山水云"  # an empty line, and a last line without its newline
+    vocab = Vocab.build(text)
+    ids = encode_tensor(vocab, text)
+    outs = {vocab.decode(shuffle_lines(ids, vocab.newline_id, seed).tolist()) for seed in range(20)}
+    assert len(outs) > 5
+    for out in outs:
+        assert out.endswith("\n山水云") and sorted(out.split("\n")) == sorted(text.split("\n"))
+    assert shuffle_lines(ids, None, 0) is ids
 
 
 def test_file_ending_inside_a_character_is_one_clear_error(tmp_path):

@@ -76,7 +76,8 @@ def cli(ctx, debug):
 # train
 
 _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
-    "--hidden-size": ("hidden_size", int, "LSTM cell size."),
+    "--cell": ("cell", click.Choice(["lstm", "gru"]), "Recurrent cell: LSTM, or GRU (no cell state)."),
+    "--hidden-size": ("hidden_size", int, "LSTM cell size (GRU state size)."),
     "--num-layers": ("num_layers", int, "Stacked LSTM layers."),
     "--embed-size": ("embed_size", int, "Character embedding width."),
     "--proj-size": ("proj_size", int, "LSTM output projection size (0 = none)."),
@@ -85,6 +86,7 @@ _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
     "--text-kind": ("text_kind", click.Choice(["auto", "lines", "running"]),
                     "What the corpus is: one document per line (poems), or running text (prose); "
                     "decides how the model is evaluated. auto: running if it has blank lines."),
+    "--attention": ("attention", int, "Attention over the poem so far: key width, e.g. 64 (0 = off)."),
     "--softmax": ("softmax", click.Choice(["adaptive", "full"]), "Output layer."),
     "--bptt": ("bptt", int, "Characters per truncated-BPTT chunk."),
     "--batch-size": ("batch_size", int, "Parallel streams per step."),
@@ -93,6 +95,8 @@ _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
     "--clip": ("clip", float, "Max gradient norm."),
     "--epochs": ("epochs", float, "Stop after this many passes over the corpus (0 = no limit)."),
     "--max-steps": ("max_steps", int, "Stop after this many optimizer steps (0 = no limit)."),
+    "--shuffle": ("shuffle", bool, "Reorder the poems (lines) at every epoch; running text is "
+                                   "never reordered."),
     "--eval-every": ("eval_every", int, "Steps between validation + checkpoint."),
     "--min-evals": ("min_evals", int, "Validate at least this many times in a run (every "
                     "1/N of its step or time limit too)."),
@@ -124,8 +128,8 @@ def _train_options(f):
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
               help="TOML file of settings (field names as in `poetgen info`); flags override it.")
 @click.option("--time-budget", default=None,
-              help="Stop after this much training time, e.g. 90s, 10m, 1h. [default: 10m if no "
-                   "--epochs/--max-steps is given]")
+              help="Stop after this much wall time, evaluations included, e.g. 90s, 10m, 1h. "
+                   "[default: 10m if no --epochs/--max-steps is given]")
 @click.option("--device", default=None, metavar="DEVICE", shell_complete=lambda *a: _DEVICES,
               help="Where to train: auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps. "
                    "[default: auto]")
@@ -160,6 +164,9 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, thre
     bpc) and last.safetensors.
     Ctrl-C saves `last` and exits; --resume continues exactly where it stopped.
     """
+    import time
+
+    started = time.perf_counter()  # the time budget counts the whole command, reading included
     from poetgen.lm import checkpoint as ckpt_mod
     from poetgen.lm.corpus import Vocab, prepare
     from poetgen.lm.train import TrainingInterrupted
@@ -203,7 +210,7 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, thre
     try:
         result = run_training(data.train_ids, data.val_ids, data.vocab, model_config, config,
                               out_dir, resume=resume, callbacks=progress.callbacks(),
-                              init=init_from)
+                              init=init_from, started=started)
     except TrainingInterrupted as e:
         progress.close()
         err.print(f"[yellow]Interrupted at step {e.step}: saved {e.checkpoint}.[/] "
@@ -409,8 +416,10 @@ def eval_cmd(checkpoint, file, as_json, generate, forms, copy_corpus, real_file,
              **values):
     """Bits per character of CHECKPOINT on FILE, and/or metrics of generated poems.
 
-    FILE is read as one stream with the model state carried across lines, as in training, in
-    pieces (any size fits in memory). CHECKPOINT may be `default`.
+    FILE is read the way the model learned its text (`text_kind` in `poetgen info`): a model of
+    one poem per line scores each line alone from the poem-start state, many lines per batch; a
+    model of running text reads FILE as one stream with the state carried across lines. Either
+    way in pieces, so any size fits in memory. CHECKPOINT may be `default`.
 
     \b
     Examples:

@@ -40,12 +40,14 @@ from poetgen.errors import (CheckpointError, ConfigError, NonFiniteLossError, Po
 from poetgen.files import atomic_open
 from poetgen.lm.checkpoint import check_resumable, load_checkpoint, read_meta, save_checkpoint
 from poetgen.lm.config import REGULARIZATION, ModelConfig, TrainConfig, to_dict
-from poetgen.lm.corpus import Vocab, batchify, detect_text_kind, get_chunk, num_chunks
+from poetgen.lm.corpus import (Vocab, batchify, detect_text_kind, get_chunk, num_chunks,
+                                shuffle_lines)
 from poetgen.lm.evaluate import LN2, evaluate_ids
 from poetgen.lm.model import CharLSTM, State, burn_in_start_state, evaluating
 from poetgen.lm.rundir import RunLock
 from poetgen.lm.sample import generate
 
+ATTENTION_STATE = ("train_memory", "train_in_poem")  # names of a state's attention entries in `last`
 METRICS_FIELDS = ["step", "train_loss", "train_bpc", "val_bpc", "lr", "chars_per_s", "elapsed_s"]
 
 
@@ -245,7 +247,7 @@ class _Run:
     optimizer: torch.optim.AdamW
     state: State  # the LSTM state carried from chunk to chunk
     step: int = 0
-    elapsed: float = 0.0  # seconds of training (evaluations not counted)
+    elapsed: float = 0.0  # wall-clock seconds of the run, evaluations and saving included
     best: float = math.inf  # lowest validation bpc so far
     init: dict | None = None  # where the starting weights came from, when not random
     eval_pending: bool = False  # the latest step is due an evaluation that has not run yet
@@ -279,6 +281,7 @@ class _Checkpoints:
         self._refuse_non_finite(run)
         extra = optimizer_tensors(run.optimizer)
         extra.update(train_h=run.state[0], train_c=run.state[1], rng=torch.get_rng_state())
+        extra.update(zip(ATTENTION_STATE, run.state[2:]))  # a model with attention: its memory
         save_checkpoint(self.last, run.model, self.vocab, self._meta(run, val_bpc), extra)
 
     def save_best(self, run: _Run, val_bpc: float) -> None:
@@ -352,7 +355,7 @@ def sgd_step(model: CharLSTM, optimizer: torch.optim.Optimizer, x: torch.Tensor,
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
-    state = (state[0].detach(), state[1].detach())  # keep the values, cut the graph
+    state = tuple(s.detach() for s in state)  # keep the values, cut the graph
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         outputs, state = model(x, state)
         loss = model.loss(outputs, y)
@@ -373,7 +376,7 @@ def evaluate_and_save(run: _Run, checkpoints: _Checkpoints, val_ids: torch.Tenso
     A non-finite validation loss saves nothing: the weights diverged in the last update.
     """
     burn_in_start_state(run.model, burn_ids)
-    val_bpc = evaluate_ids(run.model, [val_ids]).bpc
+    val_bpc = evaluate_ids(run.model, checkpoints.vocab, [val_ids]).bpc
     if not math.isfinite(val_bpc):
         raise NonFiniteLossError(f"the validation loss became {val_bpc} at step {run.step}; "
                                  f"nothing was saved at that step: {checkpoints.kept()}. {_ADVICE}")
@@ -384,6 +387,14 @@ def evaluate_and_save(run: _Run, checkpoints: _Checkpoints, val_ids: torch.Tenso
         checkpoints.save_best(run, val_bpc)
     checkpoints.save_last(run, val_bpc)
     return val_bpc
+
+
+def epoch_streams(train_ids: torch.Tensor, vocab: Vocab, config: TrainConfig, shuffle: bool,
+                  epoch: int) -> torch.Tensor:
+    """The batchified training data (rows, B) for pass `epoch`: the lines in a new order for each
+    pass when `shuffle` (a corpus of one document per line), else the corpus as it is."""
+    ids = shuffle_lines(train_ids, vocab.newline_id, config.seed + epoch) if shuffle else train_ids
+    return batchify(ids, config.batch_size)
 
 
 def preview(model: CharLSTM, vocab: Vocab, config: TrainConfig, step: int) -> str:
@@ -413,7 +424,8 @@ def _start_run(vocab: Vocab, model_config: ModelConfig, config: TrainConfig, las
         if init is not None:
             model, init_meta = _initial_model(init, vocab, model_config)
         else:
-            model = CharLSTM(replace(model_config, vocab_size=len(vocab)))
+            newline = -1 if vocab.newline_id is None else vocab.newline_id
+            model = CharLSTM(replace(model_config, vocab_size=len(vocab), newline_id=newline))
         model = model.to(device)
         return _Run(model, make_optimizer(model, config), model.zero_state(config.batch_size),
                     init=init_meta)
@@ -428,7 +440,7 @@ def _start_run(vocab: Vocab, model_config: ModelConfig, config: TrainConfig, las
     restore_optimizer(optimizer, {k: v.to(device) for k, v in ckpt.extra.items()}, last_path)
     torch.set_rng_state(ckpt.extra["rng"])
     best = training["best_val_bpc"]
-    return _Run(ckpt.model, optimizer, (state[0].to(device), state[1].to(device)),
+    return _Run(ckpt.model, optimizer, tuple(s.to(device) for s in state),
                 training["step"], training["elapsed"], math.inf if best is None else best,
                 ckpt.meta.get("init"), training.get("eval_pending") is True,
                 training.get("lr", 0.0),
@@ -443,24 +455,33 @@ def _carried_state(ckpt, config: TrainConfig, source: Path) -> State:
         raise CheckpointError(f"{source}: the saved random state is missing or malformed; "
                               "start a new run with --init to keep the weights")
     cfg, (h, c) = ckpt.model.config, (ckpt.extra.get("train_h"), ckpt.extra.get("train_c"))
+    attention = tuple(ckpt.extra.get(name) for name in ATTENTION_STATE if name in ckpt.extra)
     saved_batch = ckpt.meta["train_config"].get("batch_size", config.batch_size)
     if saved_batch != config.batch_size:
         raise ConfigError(f"--resume continues the run's {saved_batch} streams; drop --batch-size "
                           "(or start a new run from its weights with --init)")
     want = ((cfg.num_layers, config.batch_size, cfg.proj_size or cfg.hidden_size),
-            (cfg.num_layers, config.batch_size, cfg.hidden_size))
+            (cfg.num_layers, config.batch_size, ckpt.model.cell_size))
     for name, t, shape in (("train_h", h, want[0]), ("train_c", c, want[1])):
         if t is None or tuple(t.shape) != shape or not t.is_floating_point():
             raise CheckpointError(f"{source}: the saved LSTM state {name} is missing or not "
                                   f"float {list(shape)}; start a new run with --init to keep the "
                                   "weights")
-    return h, c
+    if len(attention) != (2 if ckpt.model.attention is not None else 0) or any(
+            t.size(1) != config.batch_size for t in attention):
+        raise CheckpointError(f"{source}: the saved attention memory is missing or malformed; "
+                              "start a new run with --init to keep the weights")
+    return (h, c) + attention
 
 
 def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_config: ModelConfig,
           config: TrainConfig, run_dir: str | Path, resume: bool = False,
-          callbacks: Callbacks | None = None, init: str | Path | None = None) -> TrainResult:
+          callbacks: Callbacks | None = None, init: str | Path | None = None,
+          started: float | None = None) -> TrainResult:
     """Train (or resume) a model on `train_ids`, validating on `val_ids`, saving into `run_dir`.
+
+    `started` is the time.perf_counter() at which the user's command began (reading the corpus,
+    say): the time budget counts from there. By default it counts from this call.
 
     `init` starts from a trained checkpoint's weights instead of random ones (a second stage
     with new settings, or fine-tuning): its shapes and vocabulary must match, and only the
@@ -476,8 +497,7 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
     if device.type == "cuda":  # TF32 matmuls: float32 range and accumulation, several times faster
         torch.set_float32_matmul_precision("high")
     bf16 = device.type == "cuda" and config.precision == "bf16"
-    data = batchify(train_ids, config.batch_size).to(device)  # (rows, B)
-    chunks = num_chunks(data, config.bptt)
+    chunks = num_chunks(batchify(train_ids, config.batch_size), config.bptt)  # any order: same count
     val_ids, burn_ids = val_ids.cpu(), burn_in_ids(train_ids, vocab)
     checkpoints = _Checkpoints(Path(run_dir), vocab, config, corpus_fingerprint(train_ids),
                                int(train_ids.numel()), chunks)
@@ -485,6 +505,8 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
         run = _start_run(vocab, model_config, config, checkpoints.last, checkpoints.corpus,
                          device, resume, init)
         run.model.train()
+        shuffle = config.shuffle and run.model.config.text_kind == "lines"
+        loaded_epoch = -1  # the pass whose order `data` holds
         metrics_path = checkpoints.run_dir / "metrics.csv"
         _prepare_metrics(metrics_path, keep_until=run.step if resume else -1)
         steps = total_steps(config, chunks)
@@ -506,6 +528,11 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
             return val_bpc
 
         last_val = math.nan
+        # The time budget is the run's wall-clock time, as a user's clock counts it: evaluations
+        # and saving included. A run stops early enough for its last evaluation to fit too,
+        # judged by what the previous one took.
+        clock = (time.perf_counter() if started is None else started) - run.elapsed
+        eval_seconds = 0.0
         with _StopFlag() as stop:
             # Announced once Ctrl-C is caught: from here on an interrupt saves `last`.
             cb.on_start({"device": str(device), "parameters": run.model.num_parameters(),
@@ -519,8 +546,11 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
                 last_val = evaluate()
             while (progress := run_progress(config, run.step, run.elapsed, chunks)) < 1.0:
                 # -- one SGD step on the next chunk of every stream ----------------------------
-                t0, elapsed_before = time.perf_counter(), run.elapsed
-                index = run.step % chunks
+                elapsed_before = run.elapsed
+                epoch, index = divmod(run.step, chunks)
+                if epoch != loaded_epoch:
+                    data = epoch_streams(train_ids, vocab, config, shuffle, epoch).to(device)
+                    loaded_epoch = epoch
                 if index == 0:  # a new pass starts the streams afresh
                     run.state = run.model.zero_state(config.batch_size)
                 x, y = get_chunk(data, index, config.bptt)
@@ -532,7 +562,7 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
                         f"the training loss became {loss} at step {run.step + 1}; nothing was "
                         f"saved after it: {checkpoints.kept()}. {_ADVICE}")
                 run.step += 1
-                run.elapsed += time.perf_counter() - t0
+                run.elapsed = time.perf_counter() - clock
                 run.loss_sum, run.loss_steps = run.loss_sum + loss, run.loss_steps + 1
                 meter.count(x.numel())
                 run.chars_per_s = meter.chars_per_s
@@ -540,9 +570,10 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
                                     run.elapsed))
                 # Due (evaluation_due) or the end: recorded, so that a resume after an
                 # interrupt right here still evaluates this step.
-                run.eval_pending = (run_progress(config, run.step, run.elapsed, chunks) >= 1.0
-                                    or evaluation_due(config, run.step, elapsed_before,
-                                                      run.elapsed, steps))
+                finished = run_progress(config, run.step, run.elapsed + eval_seconds,
+                                        chunks) >= 1.0
+                run.eval_pending = finished or evaluation_due(config, run.step, elapsed_before,
+                                                              run.elapsed, steps)
 
                 # -- Ctrl-C or SIGTERM: save where we are (--resume evaluates if due), stop ----
                 if stop.signal is not None:
@@ -551,7 +582,12 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
 
                 # -- when due and at the end: validate, log, checkpoint, preview ---------------
                 if run.eval_pending:
+                    t_eval = time.perf_counter()
                     last_val = evaluate()
+                    eval_seconds = time.perf_counter() - t_eval
+                    run.elapsed = time.perf_counter() - clock
+                    if finished:
+                        break
     return TrainResult(run.step, run.best, last_val, checkpoints.run_dir,
                        run.model.num_parameters(), meter.chars_per_s, run.elapsed)
 
