@@ -5,9 +5,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from poetgen.lm.config import TrainConfig
-from poetgen.lm.corpus import (UNK, Streams, Vocab, iter_text, lines_with_ends, prepare,
-                               read_text, split_lines)
-from poetgen.errors import CorpusError
+from poetgen.lm.corpus import (UNK, Streams, Vocab, encode_tensor, iter_text, lines_with_ends,
+                               prepare, read_text, split_lines)
+from poetgen.errors import CorpusError, PoetgenError
 
 VOCAB_TEXT = "床前明月光，疑是地上霜。\nHello, world! 🌙\n"
 
@@ -160,3 +160,50 @@ def test_prepare_holds_out_lines_and_builds_the_vocabulary_from_the_training_sid
     kept = prepare(tmp_path / "c.txt", tmp_path / "v.txt", TrainConfig(), vocab=data.vocab)
     assert kept.vocab is data.vocab and kept.train_ids.numel() == len(text)
     assert kept.vocab.decode(kept.val_ids.tolist()) == train_text[0] + UNK + "\n"
+
+
+def test_shuffle_lines_reorders_whole_lines():
+    from poetgen.lm.corpus import shuffle_lines
+
+    text = "春风\n花月夜\n\n江\n山水云"  # an empty line, and a last line without its newline
+    vocab = Vocab.build(text)
+    ids = encode_tensor(vocab, text)
+    outs = {vocab.decode(shuffle_lines(ids, vocab.newline_id, seed).tolist()) for seed in range(20)}
+    assert len(outs) > 5
+    for out in outs:
+        assert out.endswith("\n山水云") and sorted(out.split("\n")) == sorted(text.split("\n"))
+    assert shuffle_lines(ids, None, 0) is ids
+
+
+def test_file_ending_inside_a_character_is_one_clear_error(tmp_path):
+    """Used to be an IndexError: the error lay in bytes held back from the previous chunk."""
+    p = tmp_path / "cut.txt"
+    p.write_bytes("好诗\n春".encode()[:-1])
+    with pytest.raises(CorpusError, match="at byte 7 \\(line 2\\): the file ends inside a character "
+                                          "\\(byte 0xe6\\)"):
+        read_text(p)
+
+
+@pytest.mark.parametrize("chunk", [4, 5, 6, 1 << 20])
+def test_bad_byte_after_a_character_split_across_chunks_is_placed_exactly(tmp_path, chunk):
+    """春 (3 bytes) straddles a chunk boundary, then 0xff: the offset and byte reported are the
+    0xff's (they used to be counted from the held-back bytes: 'byte 1048579 (byte 0x9e)')."""
+    data = b"abcd" + "春".encode() + b"\xff" + b"tail"
+    p = tmp_path / "split.txt"
+    p.write_bytes(data)
+    bad = data.index(b"\xff")
+    with pytest.raises(CorpusError, match=f"at byte {bad} .*\\(byte 0xff\\)"):
+        list(iter_text(p, chunk_bytes=chunk))
+
+
+def test_devices_links_and_loops_are_refused(tmp_path):
+    loop = tmp_path / "loop.txt"
+    loop.symlink_to(loop)
+    dangling = tmp_path / "dangling.txt"
+    dangling.symlink_to(tmp_path / "gone.txt")
+    with pytest.raises(CorpusError, match="not a regular file"):
+        read_text("/dev/zero")  # used to be read until memory ran out
+    with pytest.raises(PoetgenError, match="symbolic link loop"):
+        read_text(loop)
+    with pytest.raises(CorpusError, match="symbolic link to .*gone.txt, which does not exist"):
+        read_text(dangling)

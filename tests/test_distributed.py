@@ -132,7 +132,7 @@ def test_resume_with_another_number_of_processes_says_what_it_does(launch, tmp_p
             if info.step == 6:
                 os.kill(os.getpid(), signal.SIGINT)
         ids, val, vocab = _data()
-        train(ids, val, vocab, ModelConfig(**TINY_MODEL), TrainConfig(**SETTINGS),
+        train(ids, val, vocab, ModelConfig(**TINY_MODEL, dropout=0.0), TrainConfig(**SETTINGS),
               tmp_path / "cut", callbacks=Callbacks(on_step=interrupt))
     reports = launch(run_dir=tmp_path / "cut", dropout=0.0, resume=True)
     assert "saved by 1 process with 2 processes" in reports[0]["note"]
@@ -169,5 +169,5 @@ def test_torchrun_cli(tmp_path):
     assert done.stderr.count("Training on cpu × 2 processes") == 1
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     assert [r["step"] for r in rows] == ["2", "4"]
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
-        "best.safetensors", "last.safetensors", "metrics.csv"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [  # rank 0 held the lock
+        ".lock", "best.safetensors", "last.safetensors", "metrics.csv"]

@@ -121,7 +121,9 @@ def test_damaged_prepared_corpora_are_refused(tmp_path, poems):
 
 
 def test_training_on_the_prepared_corpus_equals_training_on_the_text(tmp_path, poems):
-    config = TrainConfig(**{**TINY_TRAIN, "max_steps": 8, "eval_every": 4, "min_evals": 1})
+    # Without the per-epoch shuffle, which reorders text in memory but not a mapped corpus.
+    config = TrainConfig(**{**TINY_TRAIN, "max_steps": 8, "eval_every": 4, "min_evals": 1,
+                            "shuffle": False})
     encode_corpus([poems], tmp_path / "p", config)
     for name, data in (("text", prepare(poems, None, config)),
                        ("prepared", load_training_data(tmp_path / "p", None, config))):
@@ -133,6 +135,16 @@ def test_training_on_the_prepared_corpus_equals_training_on_the_text(tmp_path, p
     assert same(text.meta) == same(prepared.meta)  # val bpc, fingerprint, step, ...
     for name, weight in text.model.state_dict().items():
         assert torch.equal(weight, prepared.model.state_dict()[name]), name
+    # With the shuffle on, the text is reordered and the mapped corpus is not.
+    shuffled = TrainConfig(**{**config.__dict__, "shuffle": True})
+    for name, data in (("text-s", prepare(poems, None, shuffled)),
+                       ("prepared-s", load_training_data(tmp_path / "p", None, shuffled))):
+        train(data.train_ids, data.val_ids, data.vocab, ModelConfig(**TINY_MODEL), shuffled,
+              tmp_path / name)
+    assert torch.equal(load_checkpoint(tmp_path / "prepared-s" / "last.safetensors").model
+                       .embedding.weight, prepared.model.embedding.weight)
+    assert not torch.equal(load_checkpoint(tmp_path / "text-s" / "last.safetensors").model
+                           .embedding.weight, text.model.embedding.weight)
 
 
 def test_cli_encode_then_train(tmp_path, poems):

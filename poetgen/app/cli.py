@@ -1,13 +1,15 @@
 """The `poetgen` command line: parse options, call the core, print results.
 
-Errors a user can fix (PoetgenError) become one-line messages with exit code 1; `--debug` shows the
-traceback instead. Ctrl-C during training saves `last` and exits with 130.
+Errors a user can fix (PoetgenError) and file-system faults (OSError) become one-line messages
+with exit code 1; `--debug` shows the traceback instead. Ctrl-C exits with 130 and no traceback,
+whenever it comes; during training it first saves `last`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from dataclasses import replace
 from datetime import datetime
@@ -19,7 +21,7 @@ from rich.table import Table
 
 from poetgen import __version__
 from poetgen.lm.config import ModelConfig, TrainConfig, load_toml, parse_duration, run_configs, to_dict
-from poetgen.errors import ConfigError, PoetgenError
+from poetgen.errors import ConfigError, PoetgenError, file_error
 from poetgen.settings import GenerationSettings
 
 out = Console(highlight=False, soft_wrap=True)
@@ -27,16 +29,22 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class PoetgenGroup(click.Group):
-    """Turns PoetgenError into ClickException (one line, exit 1) unless --debug is on."""
+    """Turns PoetgenError and OSError into ClickException (one line, exit 1) unless --debug is
+    on, and Ctrl-C into exit 130 (click's own "Aborted!" exits 1, as if it had failed)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except PoetgenError as e:
+        except (PoetgenError, OSError) as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
+            if isinstance(e, OSError):  # a fault no specific check turned into a PoetgenError
+                e = file_error(e.filename or "a file", e, "use")
             rank = os.environ.get("RANK", "0")  # set by torchrun: say which process failed
             raise click.ClickException(str(e) if rank == "0" else f"[rank {rank}] {e}") from None
+        except KeyboardInterrupt:
+            err.print("Interrupted.")
+            raise click.exceptions.Exit(130) from None
 
 
 @click.group(cls=PoetgenGroup, invoke_without_command=True,
@@ -70,7 +78,8 @@ def cli(ctx, debug):
 # train
 
 _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
-    "--hidden-size": ("hidden_size", int, "LSTM cell size."),
+    "--cell": ("cell", click.Choice(["lstm", "gru"]), "Recurrent cell: LSTM, or GRU (no cell state)."),
+    "--hidden-size": ("hidden_size", int, "LSTM cell size (GRU state size)."),
     "--num-layers": ("num_layers", int, "Stacked LSTM layers."),
     "--embed-size": ("embed_size", int, "Character embedding width."),
     "--proj-size": ("proj_size", int, "LSTM output projection size (0 = none)."),
@@ -79,6 +88,7 @@ _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
     "--text-kind": ("text_kind", click.Choice(["auto", "lines", "running"]),
                     "What the corpus is: one document per line (poems), or running text (prose); "
                     "decides how the model is evaluated. auto: running if it has blank lines."),
+    "--attention": ("attention", int, "Attention over the poem so far: key width, e.g. 64 (0 = off)."),
     "--softmax": ("softmax", click.Choice(["adaptive", "full"]), "Output layer."),
     "--bptt": ("bptt", int, "Characters per truncated-BPTT chunk."),
     "--batch-size": ("batch_size", int, "Parallel streams per step."),
@@ -87,6 +97,8 @@ _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
     "--clip": ("clip", float, "Max gradient norm."),
     "--epochs": ("epochs", float, "Stop after this many passes over the corpus (0 = no limit)."),
     "--max-steps": ("max_steps", int, "Stop after this many optimizer steps (0 = no limit)."),
+    "--shuffle": ("shuffle", bool, "Reorder the poems (lines) at every epoch; running text is "
+                                   "never reordered."),
     "--eval-every": ("eval_every", int, "Steps between validation + checkpoint."),
     "--min-evals": ("min_evals", int, "Validate at least this many times in a run (every "
                     "1/N of its step or time limit too)."),
@@ -131,8 +143,8 @@ ENCODE_SETTINGS = ("min_count", "max_vocab", "val_fraction")
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
               help="TOML file of settings (field names as in `poetgen info`); flags override it.")
 @click.option("--time-budget", default=None,
-              help="Stop after this much training time, e.g. 90s, 10m, 1h. [default: 10m if no "
-                   "--epochs/--max-steps is given]")
+              help="Stop after this much wall time, evaluations included, e.g. 90s, 10m, 1h. "
+                   "[default: 10m if no --epochs/--max-steps is given]")
 @click.option("--device", default=None, metavar="DEVICE", shell_complete=lambda *a: _DEVICES,
               help="Where to train: auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps. "
                    "[default: auto]")
@@ -172,6 +184,9 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, thre
     the processes share out --batch-size and rank 0 alone prints and writes (README "Training at
     scale").
     """
+    import time
+
+    started = time.perf_counter()  # the time budget counts the whole command, reading included
     from poetgen.lm import checkpoint as ckpt_mod
     from poetgen.lm import distributed
     from poetgen.lm.corpus import Vocab
@@ -207,7 +222,14 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, thre
     if init_from:
         init_from = ckpt_mod.resolve(init_from)
     source = out_dir / "last.safetensors" if resume else init_from
-    meta = ckpt_mod.read_meta(source) if source else None
+    meta = None
+    if source:
+        header = ckpt_mod.read_header(source)
+        for note in header.notes:
+            err.print(f"[yellow]note:[/] {note}")
+        if resume:
+            ckpt_mod.check_resumable(header.meta, header.path)
+        meta = header.meta
     model_config, config = run_configs(values, meta, keep="all" if resume else "shape")
 
     from poetgen.app.progress import TrainProgress
@@ -221,7 +243,7 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, thre
         progress = TrainProgress(err, config) if world.is_main else None
         try:
             result = run_training(data.train_ids, data.val_ids, data.vocab, model_config, config,
-                                  out_dir, resume=resume, init=init_from,
+                                  out_dir, resume=resume, init=init_from, started=started,
                                   callbacks=progress.callbacks() if progress else None)
         except TrainingInterrupted as e:
             if progress:
@@ -242,6 +264,7 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, thre
 
 # ----------------------------------------------------------------------------------------------
 # sample
+
 
 _CHECKPOINT_HELP = ("Checkpoint file or run directory, or `default` for the bundled model. "
                     "[default: $POETGEN_CHECKPOINT, else the newest under ./checkpoints, "
@@ -284,6 +307,8 @@ class Loaded:
             err.print(f"[dim]using {self.path} ({self.why}); -c PATH chooses another, "
                       "-c default the bundled Tang model, `poetgen checkpoints` lists them[/]")
         self.ck = ckpt_mod.load_checkpoint(self.path, device=where)
+        for note in self.ck.notes:  # e.g. an old checkpoint format
+            err.print(f"[yellow]note:[/] {note}")
 
     @property
     def implicit(self) -> bool:
@@ -431,8 +456,10 @@ def eval_cmd(checkpoint, file, as_json, generate, forms, copy_corpus, real_file,
              **values):
     """Bits per character of CHECKPOINT on FILE, and/or metrics of generated poems.
 
-    FILE is read as one stream with the model state carried across lines, as in training, in
-    pieces (any size fits in memory). CHECKPOINT may be `default`.
+    FILE is read the way the model learned its text (`text_kind` in `poetgen info`): a model of
+    one poem per line scores each line alone from the poem-start state, many lines per batch; a
+    model of running text reads FILE as one stream with the state carried across lines. Either
+    way in pieces, so any size fits in memory. CHECKPOINT may be `default`.
 
     \b
     Examples:
@@ -506,11 +533,12 @@ def metrics_table(rows) -> Table:
 @click.argument("checkpoint", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(checkpoint, as_json):
-    """What a checkpoint holds: config, size, vocabulary, training summary."""
+    """What a checkpoint holds: config, size, vocabulary, training summary, checksum."""
     ck = Loaded(checkpoint).ck
     training = ck.meta.get("training", {})
     summary = {"checkpoint": str(ck.path), "parameters": ck.model.num_parameters(),
                "vocab_size": len(ck.vocab), "file_bytes": ck.path.stat().st_size,
+               "format": ck.meta["format"], "sha256": ck.sha256,
                "config": to_dict(ck.model.config), "train_config": ck.meta.get("train_config", {}),
                "training": training, "init": ck.meta.get("init")}
     if as_json:
@@ -532,7 +560,9 @@ def info(checkpoint, as_json):
             table.add_row(k, units.get(k, lambda v: f"{v:,}")(training[k]))
     if summary["init"]:
         init = summary["init"]
-        table.add_row("started from", f"{init['from']} (step {init['step']}, sha256 {init['sha256'][:12]}…)")
+        sha = f", sha256 {init['sha256'][:12]}…" if init["sha256"] else ""
+        table.add_row("started from", f"{init['from']} (step {init['step']}{sha})")
+    table.add_row("sha256", f"{ck.sha256} ({ck.meta['format']})")
     out.print(table)
 
 
@@ -1000,6 +1030,9 @@ def plot(run_dirs, out_path):
 def export(checkpoint, out_path, half):
     """Write CHECKPOINT's model (no training state) to OUT_PATH, e.g. for release.
 
+    CHECKPOINT must pass its checksum: a corrupt file is refused, never re-signed. Exporting a
+    checkpoint in the old format (v1) rewrites it in the current one.
+
     \b
     Example (the bundled model):
       poetgen export checkpoints/tang poetgen/data/tang.safetensors --half
@@ -1008,7 +1041,7 @@ def export(checkpoint, out_path, half):
 
     from poetgen.lm import checkpoint as ckpt_mod
 
-    ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
+    ck = Loaded(checkpoint).ck
     meta = {k: v for k, v in ck.meta.items() if k not in ("format", "config", "vocab", "sha256")}
     meta["exported_from"] = ck.path.name
     meta["dtype"] = "float16" if half else "float32"
@@ -1017,7 +1050,15 @@ def export(checkpoint, out_path, half):
 
 
 def main() -> None:
-    cli(prog_name="poetgen")
+    try:
+        cli(prog_name="poetgen")
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one's exit was under way
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sys.exit(130)
+    finally:
+        # The command is over, however it ended: a Ctrl-C from here on has nothing left to stop,
+        # and one landing during interpreter shutdown would print a KeyboardInterrupt traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ class TrainProgress:
         return Callbacks(on_start=self.start, on_step=self.step, on_eval=self.evaluated)
 
     def start(self, info: dict) -> None:
+        for tmp in info.get("removed", []):
+            self.console.print(f"Removed {tmp}, left by a write that was killed midway.")
         processes = info.get("world_size", 1)
         where = info["device"] + (f" × {processes} processes" if processes > 1 else "")
         self.console.print(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import os
+import stat
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ from typing import Union
 import numpy as np
 import torch
 
-from poetgen.errors import CorpusError
+from poetgen.errors import CorpusError, PoetgenError, file_error
 from poetgen.lm.config import TrainConfig
 
 NEWLINE = "\n"
@@ -38,6 +40,29 @@ Ids = Union[torch.Tensor, np.ndarray]
 # Reading
 
 
+def input_file(path: str | Path, missing: str, error: type[PoetgenError] = CorpusError) -> Path:
+    """`path` if it names a regular file; otherwise `error` (or FileSystemError) in one line.
+
+    `missing` says what to do when nothing is there. Devices, pipes and sockets are refused:
+    `/dev/zero` as a corpus would otherwise be read until memory runs out.
+    """
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        if p.is_symlink():
+            raise error(f"{p}: a symbolic link to {os.readlink(p)}, which does not exist; "
+                        "fix the link") from None
+        raise error(f"{p}: {missing}") from None
+    except OSError as e:  # a symbolic link loop, a parent without permission, a name too long
+        raise file_error(p, e, "read") from None
+    if stat.S_ISDIR(mode):
+        raise error(f"{p}: is a directory; give a file")
+    if not stat.S_ISREG(mode):
+        raise error(f"{p}: not a regular file (a device, pipe or socket); give a file saved on disk")
+    return p
+
+
 def iter_text(path: str | Path, chunk_bytes: int = 1 << 20) -> Iterator[str]:
     """Yield the file's text in chunks, decoded strictly as UTF-8, with newlines normalised.
 
@@ -45,13 +70,16 @@ def iter_text(path: str | Path, chunk_bytes: int = 1 << 20) -> Iterator[str]:
     `\\n`; a leading byte-order mark is dropped. Invalid bytes raise CorpusError naming the line and
     byte offset, since "not UTF-8" alone does not help anyone find a bad byte in a 5 MB file.
     """
-    p = Path(path)
-    if not p.exists():
-        raise CorpusError(f"{p}: file not found; check the path")
-    if p.is_dir():
-        raise CorpusError(f"{p}: is a directory; give a UTF-8 text file")
+    p = input_file(path, "file not found; check the path")
+    try:
+        yield from _decode_chunks(p, chunk_bytes)
+    except OSError as e:
+        raise file_error(p, e, "read") from None
+
+
+def _decode_chunks(p: Path, chunk_bytes: int) -> Iterator[str]:
     decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
-    offset = 0  # bytes consumed before the current chunk
+    offset = 0  # bytes read before the current chunk
     line = 1  # line number at the start of the current chunk
     pending_cr = False
     first = True
@@ -61,13 +89,18 @@ def iter_text(path: str | Path, chunk_bytes: int = 1 << 20) -> Iterator[str]:
             try:
                 text = decoder.decode(raw, final=not raw)
             except UnicodeDecodeError as e:
-                bad = offset + e.start
-                at_line = line + raw[: e.start].count(b"\n")
-                col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) if b"\n" in raw[: e.start] else None
+                # e.object is what the decoder saw: the bytes it held back from the previous chunk
+                # (an unfinished character) followed by this chunk, so offsets count from there.
+                seen = e.object
+                start = offset - (len(seen) - len(raw)) + e.start
+                before = seen[: e.start]
+                at_line = line + before.count(b"\n")
+                col = e.start - (before.rfind(b"\n") + 1) if b"\n" in before else None
                 where = f"line {at_line}" + (f", column {col + 1}" if col is not None else "")
+                reason = "the file ends inside a character" if not raw else e.reason
                 raise CorpusError(
-                    f"{p}: not valid UTF-8 at byte {bad} ({where}): {e.reason} "
-                    f"(byte 0x{raw[e.start]:02x}); re-save the file as UTF-8, e.g. "
+                    f"{p}: not valid UTF-8 at byte {start} ({where}): {reason} "
+                    f"(byte 0x{seen[e.start]:02x}); re-save the file as UTF-8, e.g. "
                     f"`iconv -f GB18030 -t UTF-8 {p.name} > fixed.txt`") from None
             offset += len(raw)
             line += raw.count(b"\n")
@@ -378,6 +411,27 @@ def tail_after_newline(ids: Ids, vocab: Vocab, length: int) -> torch.Tensor:
 # Batching for truncated backpropagation through time
 
 
+def shuffle_lines(ids: torch.Tensor, newline_id: int | None, seed: int) -> torch.Tensor:
+    """The lines of a 1-D token stream (each with its newline) in a random order set by `seed`.
+
+    Training on one document per line reorders the documents at every epoch, so that the streams
+    do not meet the same poems side by side and in the same order each pass (with a fixed order a
+    model can learn the order itself: the train bpc falls while the val bpc rises). It makes a
+    reordered copy, so `train` applies it to ids in memory only, not to a memory-mapped corpus.
+    """
+    if newline_id is None:
+        return ids
+    ends = (ids == newline_id).nonzero().view(-1) + 1  # exclusive end of every complete line
+    if ends.numel() < 2:
+        return ids
+    starts = torch.cat([torch.zeros(1, dtype=torch.long), ends[:-1]])
+    order = torch.randperm(ends.numel(), generator=torch.Generator().manual_seed(seed))
+    lengths = (ends - starts)[order]
+    placed = torch.cumsum(lengths, 0) - lengths  # where each line starts in the output
+    index = torch.arange(int(ends[-1])) + torch.repeat_interleave(starts[order] - placed, lengths)
+    return torch.cat([ids[index], ids[int(ends[-1]):]])  # a last line without a newline stays last
+
+
 class Streams:
     """A token sequence cut into `batch_size` contiguous streams, read a chunk of `bptt` at a time.
 
@@ -409,8 +463,9 @@ class Streams:
                               f"{batch_size}; use a smaller --batch-size or a longer corpus")
         self.bptt = bptt
         self.streams = streams if streams is not None else range(batch_size)
+        self.ids = array[: self.rows * batch_size]  # the ids the streams cover, in order
         # Row j of the table is stream j: a view of the ids (reshape copies nothing).
-        self._table = array[: self.rows * batch_size].reshape(batch_size, self.rows)
+        self._table = self.ids.reshape(batch_size, self.rows)
 
     def __len__(self) -> int:
         """Chunks in one pass (each needs one extra row for its targets)."""

@@ -11,12 +11,14 @@ differs from one process in these ways only (see train.train):
   the number of processes, and a step of W ranks computes the step one process would compute on
   the whole batch (the mean gradient of equal shares is the mean gradient), up to float rounding;
 - gradients: DistributedDataParallel averages them across ranks during backward;
-- decisions: every step, the loss (`mean`) and then rank 0's clock and any rank's stop request
-  (`agree`) are shared, so every rank takes the same learning rate and stops at the same step,
-  and a Ctrl-C or SIGTERM reaching any one rank stops them all;
-- checkpoints: rank 0 alone evaluates, writes checkpoints and metrics.csv, and reports progress.
-  The LSTM state of every stream and every rank's RNG state are gathered to it first
-  (`gather_state`), so `last` holds all a resume needs, in the layout of a one-process run.
+- decisions: every step, the loss (`mean`), then rank 0's clock and decisions (the run is
+  finished, an evaluation is due) and any rank's stop request (`agree`) are shared, so every
+  rank takes the same learning rate and evaluates and stops at the same step, and a Ctrl-C or
+  SIGTERM reaching any one rank stops them all;
+- checkpoints: rank 0 alone evaluates, writes checkpoints and metrics.csv, and reports progress,
+  then tells the others its clock (`from_main`). The state of every stream and every rank's RNG
+  state are gathered to it first (`gather_state`), so `last` holds all a resume needs, in the
+  layout of a one-process run.
 
 A process not started by torchrun (or started with one process) takes none of these paths:
 `current()` is then rank 0 of 1, and every function here returns its input unchanged.
@@ -138,24 +140,39 @@ def mean(value: torch.Tensor) -> torch.Tensor:
     return total / dist.get_world_size()
 
 
-def agree(world: World, elapsed: float, stop: bool, device: torch.device) -> tuple[float, bool]:
-    """(rank 0's elapsed training time, whether any rank was asked to stop), on every rank.
+def agree(world: World, decided: tuple[float, bool, bool], stop: bool, device: torch.device
+          ) -> tuple[tuple[float, bool, bool], bool]:
+    """Rank 0's (elapsed time, run finished, evaluation due), and whether any rank was asked to
+    stop: the same on every rank. One all-reduce per step.
 
-    One all-reduce per step. Rank 0's clock decides the time budget and the learning rate, so no
-    rank trains on alone after another has stopped, or waits for one that has.
+    Rank 0's clock decides the time budget, the learning rate and when to evaluate, so no rank
+    trains on alone after another has stopped, or waits for one that has.
     """
     if world.size == 1:
-        return elapsed, stop
-    shared = torch.tensor([elapsed if world.is_main else 0.0, float(stop)], dtype=torch.float64,
+        return decided, stop
+    shared = torch.tensor([*(float(v) for v in decided), float(stop)], dtype=torch.float64,
                           device=device)
+    if not world.is_main:
+        shared[:-1] = 0.0  # the sum is then rank 0's
     dist.all_reduce(shared)
-    return float(shared[0]), bool(shared[1] > 0)
+    elapsed, finished, due, stops = shared.tolist()
+    return (elapsed, finished > 0, due > 0), stops > 0
 
 
-def gather_state(world: World, state: tuple[torch.Tensor, torch.Tensor]
-                 ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Every stream's LSTM state, (L, B, ·) in stream order, and every rank's CPU RNG state,
-    (size, n) in rank order: what `last` saves. Every rank must call it (a collective)."""
+def from_main(world: World, value: float, device: torch.device) -> float:
+    """Rank 0's `value`, on every rank (its clock after it evaluated alone)."""
+    if world.size == 1:
+        return value
+    shared = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(shared, src=0)
+    return float(shared[0])
+
+
+def gather_state(world: World, state: tuple[torch.Tensor, ...]
+                 ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """Every stream's carried state, each entry with all streams in dim 1 in stream order, and
+    every rank's CPU RNG state, (size, n) in rank order: what `last` saves. Every rank must call
+    it (a collective)."""
     rng = torch.get_rng_state()
     if world.size == 1:
         return state, rng.unsqueeze(0)
@@ -165,8 +182,8 @@ def gather_state(world: World, state: tuple[torch.Tensor, torch.Tensor]
         pieces = [torch.empty_like(part) for _ in range(world.size)]
         dist.all_gather(pieces, part.contiguous())
         gathered.append(pieces)
-    h, c, rngs = gathered
-    return (torch.cat(h, dim=1), torch.cat(c, dim=1)), torch.stack(rngs).cpu()
+    *entries, rngs = gathered
+    return tuple(torch.cat(p, dim=1) for p in entries), torch.stack(rngs).cpu()
 
 
 def barrier(world: World) -> None:

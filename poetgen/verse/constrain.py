@@ -533,7 +533,7 @@ def _beam(model, c: Compiled, width: int, seed: int) -> list[Poem]:
         per = per[rows]
         h.logprob = top.values[keep]
         _advance(c, h, t, token, per)
-        state = (state[0][:, rows], state[1][:, rows])
+        state = tuple(s[:, rows] for s in state)  # every state entry has the batch in dim 1
         if t + 1 < c.steps:
             outputs, state = model(token.view(1, -1), state)
             out = outputs[0]
