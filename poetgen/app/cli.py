@@ -254,14 +254,27 @@ def sample(checkpoint, as_json, **values):
       poetgen sample --form 七绝 --rhyme pingshui --tones strict
       poetgen sample --form 五律 --acrostic 春江花月 --best-of 8
       poetgen sample --form 5x4 --pattern '??春??' --rhyme-group 下平七阳
+      poetgen sample --form 七绝 --theme 秋 --seed 7        # keywords from the theme, shown
+      poetgen sample --form 七律 --keywords 春,雨,江,明月   # each placed where its tones fit
+
+    Themes, coherence and 对仗 use corpus statistics: the checkpoint directory's
+    lexicon.safetensors (`poetgen corpus lexicon`), else those of the bundled Tang model.
     """
     from poetgen.lm import checkpoint as ckpt_mod
+    from poetgen.verse.lexicon import lexicon_for
+    from poetgen.verse.plan import describe_plan
     from poetgen.write import write
 
     settings = settings_from_options(values)
     ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
-    for item in write(ck.model, ck.vocab, settings, side="cli"):
-        click.echo(json.dumps(item.to_dict(), ensure_ascii=False) if as_json else item.text)
+    lexicon = lexicon_for(ck.path) if settings.writes_poem else None
+    for item in write(ck.model, ck.vocab, settings, side="cli", lexicon=lexicon):
+        if as_json:
+            click.echo(json.dumps(item.to_dict(), ensure_ascii=False))
+            continue
+        if getattr(item, "plan", None):
+            err.print(f"[dim]{describe_plan(item.plan)}[/]")
+        click.echo(item.text)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,7 +283,8 @@ def sample(checkpoint, as_json, **values):
 
 # The generation settings `eval --generate` offers (its --form is a list of forms to measure).
 EVAL_GENERATION = ("temperature", "top_k", "top_p", "seed", "rhyme", "tones", "no_repeat", "ban",
-                   "best_of", "beam", "novel")
+                   "repeat_penalty", "theme", "keywords", "best_of", "coherence", "parallelism",
+                   "beam", "novel")
 
 
 @cli.command("eval")
@@ -324,10 +338,13 @@ def eval_cmd(checkpoint, file, as_json, generate, forms, copy_corpus, real_file,
         from poetgen.app.progress import progress_bar
         from poetgen.write import compare_generated
 
+        from poetgen.verse.lexicon import lexicon_for
+
         rows = compare_generated(
             ck.model, ck.vocab, [f.strip() for f in forms.split(",") if f.strip()], generate,
             settings, copy_corpus=copy_corpus, real_file=real_file,
-            progress=lambda forms: progress_bar(forms, desc="forms", leave=False))
+            progress=lambda forms: progress_bar(forms, desc="forms", leave=False),
+            lexicon=lexicon_for(ck.path))
         if as_json:
             for row in rows:
                 click.echo(json.dumps(row.as_dict(), ensure_ascii=False))
@@ -346,7 +363,9 @@ def metrics_table(rows) -> Table:
                ("tones (loose)", "tones_loose", "%"), ("tones (strict)", "tones_strict", "%"),
                ("distinct-1", "distinct_1", "{:.3f}"), ("distinct-2", "distinct_2", "{:.3f}"),
                ("copied lines", "copy_lines", "%"), ("copied run ≥4", "copy_run4", "%"),
-               ("longest copy", "longest_copy", "{}"), ("log-prob/char", "mean_logprob", "{:.3f}")]
+               ("longest copy", "longest_copy", "{}"), ("log-prob/char", "mean_logprob", "{:.3f}"),
+               ("重韵 (rhyme twice)", "repeated_rhyme", "%"), ("重字 (char twice)", "repeated_char", "%"),
+               ("coherence", "coherence", "{:.3f}"), ("对仗 (lines 3-6)", "parallelism", "{:.3f}")]
     for title, key, fmt in metrics:
         cells = []
         for row in rows:

@@ -13,6 +13,9 @@ from poetgen.verse.check import Report
 
 TONE_STYLE = {"平": "green", "仄": "blue", "both": "yellow", None: "dim"}
 TONE_MARK = {"平": "平", "仄": "仄", "both": "中", None: "?"}
+# Mean 对仗 scores of real 律诗 in tang_val (measured by bench/quality_scores.py).
+PARALLEL_REAL_MIDDLE, PARALLEL_REAL_FIRST = 0.45, 0.24
+PARALLEL_GOOD = 0.4  # shown in bold: about a real middle couplet
 
 
 def render_report(report: Report) -> Group:
@@ -42,4 +45,19 @@ def render_report(report: Report) -> Group:
     verdict = Text("✓ no violations", style="green") if report.ok else Text(
         "\n".join(f"✗ {v}" for v in report.violations), style="red")
     legend = Text("平 level  仄 oblique  中 either reading  ? unknown  韵 rhyme position", style="dim")
-    return Group(head, table, verdict, legend)
+    parts = [head, table, verdict]
+    if report.parallelism:
+        parts.append(render_parallelism(report.parallelism))
+    return Group(*parts, legend)
+
+
+def render_parallelism(scores: list[float]) -> Text:
+    """对仗 per couplet, with what real 律诗 score (bench/quality_scores.py, tang_val)."""
+    text = Text("对仗 ")
+    for k, score in enumerate(scores):
+        text.append(f" {2 * k + 1}–{2 * k + 2}: ")
+        text.append(f"{score:.2f}", style="bold" if score >= PARALLEL_GOOD else "")
+    text.append(f"   (real 律诗: middle couplets {PARALLEL_REAL_MIDDLE:.2f}, first couplet "
+                f"{PARALLEL_REAL_FIRST:.2f} on average; a character facing itself scores -2)",
+                style="dim")
+    return text

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
+from poetgen.verse.lexicon import bundled
+from poetgen.verse.scores import couplet_scores
 from poetgen.verse.prosody import (FORMS, PING, ZE, Form, free_positions, is_han, line_rhymes, scheme,
                                     split_verse, templates)
 
@@ -36,6 +38,7 @@ class Report:
     violations: list[str] = field(default_factory=list)
     tone_violations: int = 0
     rhyme_ok: bool = False
+    parallelism: list[float] = field(default_factory=list)  # 对仗 score per couplet (verse.scores)
 
     @property
     def ok(self) -> bool:
@@ -111,6 +114,7 @@ def check_poem(text: str, rhyme: str = "pingshui", tones: str = "loose") -> Repo
     for (i, j), (is_rhyme, required, ok) in marks.items():
         info = report.lines[i][j]
         info.rhyme, info.required, info.ok = is_rhyme, required, ok
+    report.parallelism = couplet_scores(lines, bundled())
     return report
 
 
