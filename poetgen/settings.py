@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,22 +181,27 @@ class GenerationSettings:
     prime: str = setting("", Option(
         "prime", "Text the poem starts with; the model continues it.", str, "text",
         sides=("cli",)))  # the REPL's prime is the line typed at its prompt
+    prime_file: Path | None = setting(None, Option(
+        "prime-file", "Start from the text of this file (UTF-8; newlines kept, but not the one "
+        "that ends the file), for primes a command line cannot hold.", _path, "a UTF-8 text file",
+        sides=("cli",), metavar="FILE"))
     # -- free text --------------------------------------------------------------------------
     max_chars: int = setting(200, Option(
         "max-chars", "Stop free text after this many characters if it has not ended.", _whole(1),
         "a whole number >= 1", aliases=("max",)))
     no_stop: bool = setting(False, Option(
-        "no-stop", "Free text runs on past the end of a poem (newline).", _on_off, "on or off",
-        sides=("cli",), flag=True))
+        "no-stop", "Free text runs on past the end of a poem (newline). A model of running text "
+        "(prose) always does.", _on_off, "on or off", sides=("cli",), flag=True))
     mode: str = setting("poem", Option(
         "mode", "poem: a poem of the :form (or text up to the end of a poem); free: free text "
         "of :max-chars characters.", _choice("poem", "free"), "poem or free", sides=("repl",),
         choices=("poem", "free")))
     # -- the poem's form and constraints ------------------------------------------------------
     form: str | None = setting(None, Option(
-        "form", "Write a Tang poem of this form (or 5x4 5x8 7x4 7x8); form, rhyme and tones are "
-        "then guaranteed.", _form, "五绝, 五律, 七绝, 七律 (or 5x4 5x8 7x4 7x8), or off",
-        choices=("五绝", "五律", "七绝", "七律")))
+        "form", "Write a Tang poem of this form: 五绝, 五律, 七绝 or 七律 (or 5x4 5x8 7x4 7x8); "
+        "form, rhyme and tones are then guaranteed.", _form,
+        "五绝, 五律, 七绝, 七律 (or 5x4 5x8 7x4 7x8), or off",
+        choices=("五绝", "五律", "七绝", "七律"), metavar="FORM"))  # 五绝|… misaligns click's help
     rhyme: str = setting("pingshui", Option(
         "rhyme", "Rhyme scheme: 平水韵 (pingshui), 中华新韵 (modern), or none (off).",
         _choice("pingshui", "modern", "off"), "pingshui, modern or off",
@@ -253,6 +259,11 @@ class GenerationSettings:
         "novel", "Redo poems that copy a verse line of this corpus verbatim.", _path,
         "a corpus file", sides=("cli",), metavar="CORPUS", poem_only=True))
 
+    # -- output -----------------------------------------------------------------------------
+    by_line: bool = setting(False, Option(
+        "by-line", "Print a poem one verse line per row (a 七律 is 64 characters on one row "
+        "otherwise).", _on_off, "on or off", sides=("cli",), flag=True))
+
     # -- the table ----------------------------------------------------------------------------
     @classmethod
     def options(cls, side: Side | None = None) -> dict[str, Option]:
@@ -289,6 +300,22 @@ class GenerationSettings:
         return name if side == "api" else cls.options()[name].public(side)
 
     @classmethod
+    def named_for(cls, message: str, side: Side) -> str:
+        """A message that names settings as command-line flags (the decoder's, which serves all
+        front ends), with the names `side` uses: '--acrostic' -> ':acrostic' in the REPL, where
+        '--prime' is the start typed at the prompt."""
+        if side == "cli":
+            return message
+
+        def public(flag: re.Match) -> str:
+            name = cls.field_for(flag[1], "cli")
+            if name == "prime" and side == "repl":
+                return "the start"
+            return cls.public(name, side) if name else flag[0]
+
+        return re.sub(r"--([a-z][a-z-]*)", public, message)
+
+    @classmethod
     def default(cls, name: str) -> Any:
         return {f.name: f.default for f in dataclasses.fields(cls)}[name]
 
@@ -320,6 +347,9 @@ class GenerationSettings:
                 raise ConfigError(f"{name(given[0])} needs {name('form')} (五绝 五律 七绝 七律)")
         if self.form:
             self._check_against_form(name)
+        if self.prime and self.prime_file:
+            raise ConfigError(f"{name('prime')} and {name('prime_file')} both give the start; "
+                              "give one of them")
         if self.beam and self.n > self.beam:
             raise ConfigError(f"{name('beam')} {self.beam} keeps {self.beam} candidates; ask for at "
                               f"most that many poems ({name('n')})")

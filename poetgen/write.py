@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
 
-from poetgen.errors import ConfigError
-from poetgen.lm.corpus import Vocab, read_text
+from poetgen.errors import ConfigError, CorpusError, PoetgenError
+from poetgen.lm.corpus import NEWLINE, Vocab, iter_text, read_text
 from poetgen.lm.model import CharLSTM
 from poetgen.lm.sample import Sample, generate, new_seed
 from poetgen.settings import SEED_LIMIT, GenerationSettings, Side
@@ -39,37 +39,49 @@ def write(model: CharLSTM, vocab: Vocab, settings: GenerationSettings, *, prime:
     prime: the opening to continue (default `settings.prime`). novel_lines: verse lines a poem must
     not copy (default: read from `settings.novel`). side: whose names error messages use.
     lexicon: the corpus statistics for themes and ranking (default: the bundled Tang ones).
-    With a theme or keywords each poem has its own plan and is written in its own batch.
+    With a theme or keywords every candidate has a plan of its own (Poem.plan: the chosen one's).
     """
     settings.validate(side)
-    prime = settings.prime if prime is None else prime
+    if prime is None:
+        prime = read_prime_file(settings.prime_file) if settings.prime_file else settings.prime
     unknown = vocab.unknown(prime)
     if unknown:
         what = {"cli": "--prime", "repl": "the start"}.get(side, "prime")
         raise ConfigError(f"{what} has characters the model never saw: "
                           f"{' '.join(repr(c) for c in unknown)}; remove or replace them")
-    spec = settings.poem_spec(prime)
-    if spec is None:
-        return generate(model, vocab, n=settings.n, max_chars=settings.max_chars,
-                        temperature=settings.temperature, top_k=settings.top_k,
-                        top_p=settings.top_p, prime=prime, seed=settings.seed,
-                        stop_at_newline=settings.mode == "poem" and not settings.no_stop)
+    if not settings.writes_poem:
+        # A model of running text has no "end of a poem": its newlines are line breaks, and the
+        # first thing it writes at a paragraph start is often one (tinyshakespeare separates
+        # speeches with blank lines), so stopping there printed nothing at all.
+        running = model.config.text_kind == "running"
+        samples = generate(model, vocab, n=settings.n, max_chars=settings.max_chars,
+                           temperature=settings.temperature, top_k=settings.top_k,
+                           top_p=settings.top_p, prime=prime, seed=settings.seed,
+                           stop_at_newline=(settings.mode == "poem" and not settings.no_stop
+                                            and not running))
+        if running and not prime:  # blank lines before the first word are not worth printing
+            for s in samples:
+                s.text = s.text.lstrip(NEWLINE)
+        return samples
     if novel_lines is None and settings.novel:
         novel_lines = _verse_lines(Path(settings.novel))
     lexicon = lexicon or bundled()
     seed = new_seed() if settings.seed is None else settings.seed
-    compiled = compile_spec(spec, vocab)
-    search = dict(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
-                  best_of=settings.best_of, beam=settings.beam, novel_lines=novel_lines,
-                  repeat_penalty=settings.repeat_penalty, rank=ranker(settings, lexicon))
-    if settings.theme or settings.keywords:
-        # Every candidate of every poem has a plan of its own (drawn from seed, seed + 1, ...), so
-        # the ranking also chooses among keywords and where they stand.
-        plans = [make_plan(settings.theme, settings.keywords, compiled, lexicon,
-                           (seed + k) % (SEED_LIMIT + 1))
-                 for k in range(settings.n * max(1, settings.best_of))]
-        compiled = with_plans(compiled, [p.fixed() for p in plans], [p.to_dict() for p in plans])
-    poems = generate_poems(model, compiled, n=settings.n, seed=seed, **search)
+    try:
+        compiled = compile_spec(settings.poem_spec(prime), vocab)
+        search = dict(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+                      best_of=settings.best_of, beam=settings.beam, novel_lines=novel_lines,
+                      repeat_penalty=settings.repeat_penalty, rank=ranker(settings, lexicon))
+        if settings.theme or settings.keywords:
+            # Every candidate of every poem has a plan of its own (drawn from seed, seed + 1, ...),
+            # so the ranking also chooses among keywords and where they stand.
+            plans = [make_plan(settings.theme, settings.keywords, compiled, lexicon,
+                               (seed + k) % (SEED_LIMIT + 1))
+                     for k in range(settings.n * max(1, settings.best_of))]
+            compiled = with_plans(compiled, [p.fixed() for p in plans], [p.to_dict() for p in plans])
+        poems = generate_poems(model, compiled, n=settings.n, seed=seed, **search)
+    except PoetgenError as e:  # the decoder names settings as flags; say them as `side` does
+        raise type(e)(GenerationSettings.named_for(str(e), side)) from None
     for poem in poems:
         poem.scores = poem_scores(poem.text, lexicon)
     return poems
@@ -86,6 +98,17 @@ def ranker(settings: GenerationSettings, lexicon: Lexicon) -> Rank:
                        + settings.parallelism * scores.get("parallelism", 0.0))
         return out
     return rank
+
+
+def session_defaults(model: CharLSTM, vocab: Vocab) -> dict:
+    """The settings an interactive session starts from, by what the model learned: a model of
+    Chinese verse starts on a 七绝, a model of running text on free text (`mode free`: what is
+    typed is continued for `max_chars`), any other model of lines writes a line at a time."""
+    if model.config.text_kind == "running":
+        return {"mode": "free"}
+    if all(mark in vocab for mark in "，。"):
+        return {"form": "七绝"}
+    return {}
 
 
 def compare_generated(model: CharLSTM, vocab: Vocab, forms: list[str], n: int,
@@ -118,9 +141,19 @@ def compare_generated(model: CharLSTM, vocab: Vocab, forms: list[str], n: int,
     return rows
 
 
+def read_prime_file(path: Path) -> str:
+    """The start a --prime-file gives: its text, without the one newline that ends most files
+    (an editor adds it; for a poem model it would mean "the poem is over")."""
+    try:
+        text = "".join(iter_text(path))
+    except CorpusError as e:
+        raise ConfigError(f"--prime-file {e}") from None
+    return text.removesuffix(NEWLINE)
+
+
 @lru_cache(maxsize=4)
 def _verse_lines(path: Path) -> frozenset[str]:
     return frozenset(verse_lines(path))
 
 
-__all__ = ["write", "compare_generated", "ranker"]
+__all__ = ["write", "compare_generated", "ranker", "session_defaults", "read_prime_file"]

@@ -31,6 +31,26 @@ def make_poems(n: int, seed: int = 0, line_len: int = 5, lines: int = 4) -> str:
     return "\n".join(poems) + "\n"
 
 
+WORDS = "the a of to and my thy love king lord night day sweet death heart sir good fair".split()
+SPEAKERS = ["ROMEO", "JULIET", "KING HENRY", "NURSE"]
+
+
+def make_prose(speeches: int, seed: int = 0) -> str:
+    """Running text shaped like tinyshakespeare: a speaker, lines of verse, a blank line."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(speeches):
+        lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 8))).capitalize()
+                 + rng.choice([",", ".", ";", "!"]) for _ in range(rng.randint(1, 4))]
+        out.append(f"{rng.choice(SPEAKERS)}:\n" + "\n".join(lines) + "\n\n")
+    return "".join(out)
+
+
+@pytest.fixture(scope="session")
+def prose_text() -> str:
+    return make_prose(150)
+
+
 @pytest.fixture(scope="session")
 def tiny_text() -> str:
     return make_poems(60)

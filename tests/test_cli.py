@@ -55,7 +55,7 @@ def test_config_file_and_flags(runner, corpus_file, tmp_path):
                    'time_budget = "1m"\neval_every = 2\n')
     r = runner.invoke(cli, ["train", str(corpus_file), "--config", str(cfg), "--hidden-size", "16", "--out", "x"])
     assert r.exit_code == 0, r.output
-    info = json.loads(runner.invoke(cli, ["info", "x", "--json"]).stdout)
+    info = json.loads(runner.invoke(cli, ["info", "x/last.safetensors", "--json"]).stdout)
     assert info["config"]["hidden_size"] == 16 and info["config"]["embed_size"] == 8
     assert info["train_config"]["time_budget"] == 60 and info["training"]["step"] == 4
     bad = tmp_path / "bad.toml"
@@ -143,7 +143,8 @@ def test_resume_rejects_model_flags_and_missing_run(runner, corpus_file):
 
 
 def test_init_runs_a_second_stage_and_rejects_shape_flags(runner, corpus_file):
-    runner.invoke(cli, ["train", str(corpus_file), *SMALL, "--max-steps", "2", "--out", "one"])
+    runner.invoke(cli, ["train", str(corpus_file), *SMALL, "--max-steps", "2", "--min-evals", "1",
+                        "--out", "one"])
     r = runner.invoke(cli, ["train", str(corpus_file), "--init", "one", "--hidden-size", "64",
                             "--out", "two"])
     assert r.exit_code == 1 and "--init keeps the model's shape; drop hidden_size" in r.output
@@ -207,3 +208,204 @@ def test_export_half_precision(runner, trained, tmp_path):
 def test_no_command_shows_help_and_points_to_the_repl(runner):
     r = runner.invoke(cli, [])
     assert r.exit_code == 0 and "Commands:" in r.stdout and "poetgen repl" in r.stdout
+
+
+# ---- first contact: what a new user hits ---------------------------------------------------
+
+ENGLISH = "".join(f"line number {i} of a plain english text\n" for i in range(200))
+
+
+@pytest.fixture
+def english_run(runner, tmp_path):
+    """A model of English lines under ./checkpoints: newer than the poem model, so the default."""
+    corpus = tmp_path / "english.txt"
+    corpus.write_text(ENGLISH, encoding="utf-8")
+    r = runner.invoke(cli, ["train", str(corpus), *SMALL, "--max-steps", "3"])
+    assert r.exit_code == 0, r.output
+    return tmp_path / "checkpoints" / "english" / "best.safetensors"
+
+
+@pytest.mark.parametrize("heads", ["春a花月", "春😀花月", "春江花🌙"])
+def test_acrostic_refuses_characters_that_are_not_han(runner, trained, heads):
+    r = runner.invoke(cli, ["sample", "--form", "五绝", "--acrostic", heads])
+    assert r.exit_code == 1 and "--acrostic needs Chinese characters" in r.output
+    from poetgen.errors import ConfigError
+    from poetgen.settings import GenerationSettings
+
+    with pytest.raises(ConfigError, match=":acrostic needs Chinese characters"):
+        GenerationSettings.parse("acrostic", heads, "repl")
+
+
+def test_a_default_picked_out_of_sight_is_named(runner, trained, english_run):
+    r = runner.invoke(cli, ["sample", "--seed", "1"])
+    assert r.exit_code == 0 and f"using {english_run.relative_to(english_run.parents[2])}" in r.stderr
+    r = runner.invoke(cli, ["sample", "--form", "七绝"])
+    assert r.exit_code == 1
+    assert "vocabulary has no '，'" in r.output and "checkpoints/english/best.safetensors" in r.output
+    assert "-c default" in r.output and "Traceback" not in r.output
+    r = runner.invoke(cli, ["sample", "-c", str(trained), "--seed", "1"])  # chosen: no note
+    assert r.exit_code == 0 and "using" not in r.stderr
+
+
+def test_checkpoints_lists_what_poetgen_sees_and_the_default(runner, trained, english_run,
+                                                              monkeypatch):
+    rows = [json.loads(line) for line in runner.invoke(cli, ["checkpoints", "--json"]).stdout.splitlines()]
+    names = [row["checkpoint"] for row in rows]
+    assert names[:2] == ["checkpoints/english/last.safetensors", "checkpoints/english/best.safetensors"] \
+        or names[:2] == ["checkpoints/english/best.safetensors", "checkpoints/english/last.safetensors"]
+    assert "checkpoints/poems/best.safetensors" in names and names[-1] == "default"
+    assert [row["checkpoint"] for row in rows if row["default"]] == ["checkpoints/english/best.safetensors"]
+    assert {row["text_kind"] for row in rows if row["checkpoint"] != "default"} == {"lines"}
+    monkeypatch.setenv("POETGEN_CHECKPOINT", str(trained))
+    r = runner.invoke(cli, ["checkpoints"])
+    assert r.exit_code == 0
+    marked = [line for line in r.stdout.splitlines() if line.startswith("→ checkpoints/")]
+    assert len(marked) == 1 and "checkpoints/poems/best.safetensors" in marked[0]
+    assert "$POETGEN_CHECKPOINT" in r.stdout.splitlines()[-1]
+
+
+@pytest.mark.parametrize("poem, message", [
+    ("", "POEM is empty"),
+    ("   ", "POEM is empty"),
+    ("Shall I compare thee to a summer's day?", "has no Chinese characters"),
+])
+def test_check_refuses_what_is_not_chinese_verse(runner, poem, message):
+    r = runner.invoke(cli, ["check", poem])
+    assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_check_reads_poems_from_stdin(runner):
+    poems = "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。\n\n床前明月光，疑是地上霜。\n"
+    r = runner.invoke(cli, ["check", "-", "--json"], input=poems.encode())
+    assert r.exit_code == 1  # the second poem is too short
+    reports = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [rep["ok"] for rep in reports] == [True, False]
+    r = runner.invoke(cli, ["check", "-"], input="hello\n")
+    assert r.exit_code == 1 and "stdin line 1: 'hello' has no Chinese characters" in r.output
+    r = runner.invoke(cli, ["check", "-"], input="")
+    assert r.exit_code == 1 and "stdin held no poem" in r.output
+
+
+def test_eval_warns_when_the_text_is_mostly_unknown(runner, trained, tmp_path, corpus_file):
+    english = tmp_path / "english.txt"
+    english.write_text(ENGLISH, encoding="utf-8")
+    r = runner.invoke(cli, ["eval", str(trained), str(english), "--json"])
+    assert r.exit_code == 0 and "warning:" in r.stderr and "outside the model's vocabulary" in r.stderr
+    assert json.loads(r.stdout)["unknown_share"] > 0.9
+    r = runner.invoke(cli, ["eval", str(trained), str(corpus_file)])
+    assert r.exit_code == 0 and "warning" not in r.stderr
+
+
+def test_info_says_each_figure_once_with_its_unit(runner, trained):
+    r = runner.invoke(cli, ["info", str(trained)])
+    assert r.exit_code == 0
+    assert "vocab_size" not in r.stdout and r.stdout.count("characters") >= 1
+    assert "of training" in r.stdout and " s (0m" in r.stdout and "bits/char" in r.stdout
+    assert "one document per line" in r.stdout
+
+
+def test_repl_help_shows_its_example_on_one_line(runner):
+    r = runner.invoke(cli, ["repl", "--help"])
+    assert "printf '春风\\n:line 2\\n:check\\n:save poems.txt\\n' | poetgen repl" in r.stdout
+
+
+def test_repl_reads_stdin_without_deprecated_click_calls(runner, trained):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        r = runner.invoke(cli, ["repl", "-c", str(trained), "--seed", "1"], input=":quit\n")
+    assert r.exit_code == 0, r.output
+
+
+def test_corpus_build_writes_files_with_the_umask_permissions(runner, tmp_path):
+    source = tmp_path / "src.txt"
+    source.write_text("白日依山尽，黄河入海流。欲穷千里目，更上一层楼。\n" * 3, encoding="utf-8")
+    old = os.umask(0o022)
+    try:
+        r = runner.invoke(cli, ["corpus", "build", str(source), "-o", str(tmp_path / "out.txt")])
+    finally:
+        os.umask(old)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_prime_file_keeps_newlines_but_not_the_last(runner, trained, tmp_path, english_run):
+    prime = tmp_path / "prime.txt"
+    prime.write_text("春江\n", encoding="utf-8")
+    r = runner.invoke(cli, ["sample", "-c", str(trained), "--prime-file", str(prime), "--seed", "1",
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    text = json.loads(r.stdout)["text"]
+    assert text.startswith("春江") and "\n" not in text  # the file's final newline was dropped
+    two_lines = tmp_path / "two.txt"
+    two_lines.write_text("line number 1 of\nline", encoding="utf-8")
+    r = runner.invoke(cli, ["sample", "-c", str(english_run), "--prime-file", str(two_lines),
+                            "--seed", "1", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["text"].startswith("line number 1 of\nline")
+    r = runner.invoke(cli, ["sample", "--prime", "春", "--prime-file", str(prime)])
+    assert r.exit_code == 1 and "give one of them" in r.output
+    r = runner.invoke(cli, ["sample", "--prime-file", str(tmp_path / "none.txt")])
+    assert r.exit_code == 1 and "--prime-file" in r.output and "file not found" in r.output
+
+
+def test_by_line_prints_a_poem_one_verse_line_per_row(runner, trained):
+    r = runner.invoke(cli, ["sample", "--form", "五绝", "--n", "2", "--seed", "3", "--by-line"])
+    assert r.exit_code == 0, r.output
+    rows = r.stdout.splitlines()
+    assert len(rows) == 9 and rows[4] == ""  # two poems of four rows, a blank line between
+    assert all(len(row) == 6 and row[-1] in "，。" for row in rows[:4] + rows[5:])
+    flat = runner.invoke(cli, ["sample", "--form", "五绝", "--n", "2", "--seed", "3"]).stdout
+    assert flat.splitlines() == ["".join(rows[:4]), "".join(rows[5:])]
+
+
+def test_device_and_threads_for_sample_eval_and_repl(runner, trained, corpus_file):
+    r = runner.invoke(cli, ["sample", "-c", str(trained), "--device", "cpu", "--threads", "1",
+                            "--seed", "1"])
+    assert r.exit_code == 0 and r.stdout.strip()
+    for command in (["sample"], ["eval", str(trained), str(corpus_file)], ["repl"]):
+        r = runner.invoke(cli, [*command, "--device", "tpu"])
+        assert r.exit_code == 1 and "--device tpu: use auto, cpu, cuda, cuda:N" in r.output
+    r = runner.invoke(cli, ["train", str(corpus_file), *SMALL, "--device", "cuda:x"])
+    assert r.exit_code == 1 and "device must be auto, cpu, cuda, cuda:N" in r.output
+    import torch
+
+    if not torch.cuda.is_available():
+        r = runner.invoke(cli, ["sample", "--device", "cuda:0"])
+        assert r.exit_code == 1 and "no CUDA GPU is available here" in r.output
+
+
+def _complete(runner, words: str) -> list[str]:
+    env = {"_POETGEN_COMPLETE": "bash_complete", "COMP_WORDS": words,
+           "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1))}
+    r = runner.invoke(cli, [], env=env, prog_name="poetgen")
+    return [line.split(",", 1)[1] for line in r.stdout.splitlines()]
+
+
+def test_shell_completion_of_forms_sources_and_devices(runner):
+    assert _complete(runner, "poetgen sample --form ") == ["五绝", "五律", "七绝", "七律"]
+    assert _complete(runner, "poetgen eval default --form 五绝,七") == ["五绝,七绝", "五绝,七律"]
+    assert "tang" in _complete(runner, "poetgen corpus fetch ")
+    assert "cuda:0" in _complete(runner, "poetgen sample --device ")
+    r = runner.invoke(cli, ["corpus", "fetch", "--help"])
+    assert "Known sources" in r.stdout and "tang" in r.stdout
+
+
+def test_eval_progress_bar_counts_the_characters_the_figure_counts(runner, trained, corpus_file,
+                                                                   monkeypatch):
+    import poetgen.app.progress as progress
+
+    bars = []
+    real = progress.progress_bar
+
+    def recording_bar(*args, **kwargs):
+        bar = real(*args, **kwargs)
+        bars.append(bar)
+        return bar
+
+    monkeypatch.setattr(progress, "progress_bar", recording_bar)
+    r = runner.invoke(cli, ["eval", str(trained), str(corpus_file), "--json"])
+    assert r.exit_code == 0, r.output
+    chars = json.loads(r.stdout)["chars"]
+    assert [(bar.total, bar.n) for bar in bars] == [(chars, chars)]

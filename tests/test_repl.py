@@ -1,7 +1,11 @@
-"""The REPL: scripted sessions through CliRunner, and one real terminal session (pty)."""
+"""The REPL: scripted sessions (CliRunner), its parts without a terminal, and real terminal
+sessions in a pseudo-terminal, read through a terminal emulator (pyte) so that tests see the
+screen a user sees. Every wait is for something to appear on screen, bounded by a timeout."""
 
-import functools
+from __future__ import annotations
+
 import os
+import re
 import signal
 import sys
 import time
@@ -9,12 +13,16 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from poetgen.verse.check import check_poem
 from poetgen.app.cli import cli
+from poetgen.app.render import poem_rows, verse_rows, wrap_fields
+from poetgen.app.repl import COMMANDS, Session, read_pick_answer
+from poetgen.settings import GenerationSettings
+from poetgen.verse.check import check_poem
 from poetgen.verse.prosody import split_verse
-from poetgen.app.repl import TypedAhead, parse_typed, typed_ahead
 
 from test_constrain import synthetic_poems
+
+POEM = re.compile(r"^(?:\d+\. )?(\S{5,7}，\S{5,7}。(?:\S{5,7}，\S{5,7}。)+)$")
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +34,14 @@ def repl(checkpoint, script, *args):
     return CliRunner().invoke(cli, ["repl", "--checkpoint", str(checkpoint), *args], input=script)
 
 
+def poems_in(text: str) -> list[str]:
+    return [m[1] for line in text.splitlines() if (m := POEM.match(line))]
+
+
+# ----------------------------------------------------------------------------------------------
+# Scripted sessions (stdin not a terminal)
+
+
 def test_scripted_session(checkpoint, tmp_path):
     saved = tmp_path / "poems.txt"
     saved.write_text("一首旧诗", encoding="utf-8")  # no final newline: the append must add one
@@ -33,134 +49,536 @@ def test_scripted_session(checkpoint, tmp_path):
                         ":line 3", ":check", f":save {saved}", ":undo", ":history", ":quit"]) + "\n"
     r = repl(checkpoint, script)
     assert r.exit_code == 0, r.output
+    assert r.stderr == ""
     out = r.stdout
     assert "form 五绝 · rhyme pingshui · tones strict · temp 0.7" in out
-    poems = [line for line in out.splitlines() if line.count("，") == 2 and line.endswith("。")]
-    first, rewritten = poems[0], poems[1]
+    first, rewritten = poems_in(out)[:2]
     assert first.startswith("春风") and check_poem(first, tones="strict").ok
     a, b = split_verse(first), split_verse(rewritten)
     assert a[:2] == b[:2] and a[3] == b[3]  # only line 3 may change
     assert check_poem(rewritten, tones="strict").ok
     assert "no violations" in out and "平" in out
     assert saved.read_text(encoding="utf-8") == f"一首旧诗\n{rewritten}\n"
+    assert f"appended to {saved}" in out
     assert "1. " + first in out and "2. " + rewritten in out
 
 
-def test_pick_then_done(checkpoint):
-    r = repl(checkpoint, ":form 七绝\n:pick\n1\n\n:undo\n2\n:done\n:quit\n")
-    assert r.exit_code == 0, r.output
-    final = [line for line in r.stdout.splitlines() if line.count("，") == 2 and line.endswith("。")][-1]
-    assert check_poem(final).ok
-    assert "1:" in r.stdout and "%" in r.stdout
+def test_errors_go_to_stderr_and_set_the_exit_status(checkpoint):
+    r = repl(checkpoint, "春风\n:foo\n:temp abc\n")
+    assert r.exit_code == 1
+    assert r.stderr.splitlines() == ["error: unknown command :foo; type :help for the list",
+                                     "error: :temp needs a number > 0, e.g. 0.8, not 'abc'"]
+    assert "error" not in r.stdout and len(poems_in(r.stdout)) == 1
+    assert repl(checkpoint, "春风\n:temp 0.5\n").exit_code == 0  # no failure: 0
 
 
-def test_bad_commands_keep_the_session_going(checkpoint):
-    script = ":temp -1\n:form 九言\n:tones bogus\n:line 9\n:frobnicate\n:save\n:n 0\n春风\n\n"
+def test_bad_input_is_one_line_and_the_session_goes_on(checkpoint, tmp_path):
+    """Each of these crashed the REPL or was accepted and failed later (issue 18)."""
+    (tmp_path / "file.txt").write_text("x", encoding="utf-8")
+    script = "\n".join([
+        "春风",
+        f":save {tmp_path}",  # a folder
+        f":save {tmp_path}/no/such/dir/x.txt",  # a missing folder: not created silently
+        f":save {tmp_path}/file.txt/x",  # a file used as a folder
+        ":seed 99999999999999999999999",  # crashed the next poem (overflow)
+        ":temp inf", ":temp -1", ":form 九言", ":tones bogus", ":n 0",
+        ":acrostic 春江花月夜",  # 5 heads for the 4 lines of a 七绝
+        ":acrostic 春😀花月",  # not Chinese: was dropped silently, shifting the heads
+        ":rhyme-group 没有这个韵",
+        ":line 9", ":line 3 #4", ":check #2", ":frobnicate",
+        "春风",
+    ]) + "\n"
     r = repl(checkpoint, script)
-    assert r.exit_code == 0  # Ctrl-D (end of input) exits 0
-    errors = [line for line in r.stdout.splitlines() if line.startswith("error:")]
-    assert len(errors) == 7, r.stdout
-    assert ":temp needs a number > 0" in errors[0] and ":form needs 五绝" in errors[1]
-    assert "unknown command :frobnicate" in r.stdout
-    assert any(line.startswith("春风") for line in r.stdout.splitlines())  # still writes poems
+    assert r.exit_code == 1
+    errors = r.stderr.splitlines()
+    assert len(errors) == 16 and all(e.startswith("error: ") for e in errors), r.stderr
+    assert f"{tmp_path} is a folder" in errors[0]
+    assert f"no folder {tmp_path}/no/such/dir" in errors[1]
+    assert "file.txt is a file, not a folder" in errors[2]
+    assert not (tmp_path / "no").exists()
+    assert ":seed needs a whole number" in errors[3] and ":temp needs a number > 0" in errors[4]
+    assert ":acrostic 春江花月夜 has 5 characters but a 七绝 has 4 lines" in errors[9]
+    assert ":acrostic needs Chinese characters" in errors[10]
+    assert errors[11].startswith("error: :rhyme-group: ")
+    assert ":line needs a line number, 1 to 4" in errors[12]
+    assert "there is no poem #4; the poems shown are #1 to #1" in errors[13]
+    assert "there is no poem #2" in errors[14] and "unknown command :frobnicate" in errors[15]
+    assert "--" not in r.stderr  # messages name :commands, never command-line flags
+    assert len(poems_in(r.stdout)) == 2  # the settings were refused: the last poem is fine
+
+
+def test_constraints_no_poem_can_meet_are_refused_when_set(checkpoint):
+    """The decoder's own checks run when a constraint is set, in the REPL's names."""
+    r = repl(checkpoint, ":acrostic 春江花月\n:ban 春\n:acrostic 鑫\n:no-repeat on\n"
+                         ":acrostic 春春\n秋风\n:acrostic\n")
+    assert r.stderr.splitlines() == [
+        "error: 春 is both required and banned",
+        "error: '鑫' (line 1, character 1) is not in the model's vocabulary, so it cannot be "
+        "written; choose another character",
+        "error: :no-repeat, but the fixed characters repeat 春",
+        "error: the start puts '秋' at line 1, character 1, where another constraint already "
+        "puts '春'"]
+    assert r.stdout.splitlines()[-1] == ":acrostic is 春江花月"  # every refused change undone
+
+
+def test_a_bug_is_one_line_and_the_session_goes_on(checkpoint, monkeypatch):
+    import poetgen.write
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    real = poetgen.write.write
+    calls = iter([broken, real])
+    monkeypatch.setattr(poetgen.write, "write", lambda *a, **k: next(calls)(*a, **k))
+    r = repl(checkpoint, "春风\n春风\n")
+    assert r.stderr.splitlines() == ["error: RuntimeError: boom (a bug in poetgen; --debug shows "
+                                     "the traceback)"]
+    assert len(poems_in(r.stdout)) == 1
+
+
+def test_save_says_saved_or_appended(checkpoint, tmp_path):
+    target = tmp_path / "new.txt"
+    r = repl(checkpoint, f"春风\n:save {target}\n:save {target}\n")
+    assert r.exit_code == 0, r.output
+    poem = poems_in(r.stdout)[0]
+    assert f"saved to {target}" in r.stdout and f"appended to {target}" in r.stdout
+    assert target.read_text(encoding="utf-8") == f"{poem}\n{poem}\n"
+
+
+def test_commands_act_on_the_poem_shown_in_its_own_form(checkpoint, tmp_path):
+    """:form 五绝, write, :form 七绝, write, :undo, :line 2 used the 七绝 settings on the 五绝."""
+    r = repl(checkpoint, ":form 五绝\n春风\n:form 七绝\n明月\n:undo\n:line 2\n:quit\n")
+    assert r.exit_code == 0, r.output
+    wujue, qijue, shown, rewritten = poems_in(r.stdout)
+    assert shown == wujue and len(split_verse(qijue)[0]) == 7
+    a, b = split_verse(wujue), split_verse(rewritten)
+    assert [len(x) for x in b] == [5] * 4 and a[0] == b[0] and a[2:] == b[2:]
+    assert check_poem(rewritten).ok
+
+    target = tmp_path / "two.txt"
+    r = repl(checkpoint, f":n 3\n:seed 5\n春风\n:line 3 #2\n:undo\n:check #3\n:save {target} #2\n"
+                         ":select 1\n:line 4\n")
+    assert r.exit_code == 0, r.output
+    one, two, three, two_new, *_ = poems_in(r.stdout)
+    a, b = split_verse(two), split_verse(two_new)
+    assert a[:2] == b[:2] and a[3] == b[3]
+    assert target.read_text(encoding="utf-8") == two + "\n"
+    report_chars = "".join(re.findall(r"^ \d\s+(.*)$", r.stdout, re.M)).replace(" ", "")
+    assert report_chars == "".join(split_verse(three))  # :check #3 showed poem 3
+    last = poems_in(r.stdout)[-1]
+    assert split_verse(last)[:3] == split_verse(one)[:3]  # :select 1 then :line 4
+
+
+def test_line_keeps_the_acrostic_head(checkpoint):
+    r = repl(checkpoint, ":acrostic 春江花月\n:seed 2\n春\n:line 2\n:line 3\n")
+    assert r.exit_code == 0, r.output
+    for poem in poems_in(r.stdout):
+        assert [line[0] for line in split_verse(poem)] == list("春江花月")
+
+
+def test_check_a_pasted_poem(checkpoint):
+    r = repl(checkpoint, ":check 白日依山尽，黄河入海流。欲穷千里目，更上一层楼。\n")
+    assert r.exit_code == 0, r.output
+    assert "五绝" in r.stdout and "no violations" in r.stdout and "qióng" in r.stdout
+
+
+def test_a_new_form_or_scheme_clears_what_no_longer_fits(checkpoint):
+    r = repl(checkpoint, ":form 七律\n:acrostic 春江花月夜\n:form 七绝\n:acrostic\n春\n"
+                         ":rhyme-group 下平十一尤\n:rhyme modern\n:rhyme-group\n")
+    assert r.exit_code == 0, r.output
+    assert ":acrostic 春江花月夜 cleared: :acrostic 春江花月夜 has 5 characters but a 七绝 has " \
+           "4 lines" in r.stdout
+    assert ":acrostic is off" in r.stdout
+    assert len(split_verse(poems_in(r.stdout)[0])) == 4
+    assert ":rhyme-group 下平十一尤 cleared: :rhyme-group: " in r.stdout
+    assert ":rhyme-group is off" in r.stdout
+
+
+def test_a_setting_without_a_value_shows_it(checkpoint):
+    r = repl(checkpoint, ":form\n:temp\n:no-repeat\n:no-repeat on\n:no-repeat\n:ban 月\n春\n")
+    assert r.exit_code == 0, r.output
+    assert [x for x in r.stdout.splitlines() if " is " in x] == [
+        ":form is 七绝", ":temp is 0.8", ":no-repeat is off", ":no-repeat is on"]
+    poem = poems_in(r.stdout)[0]
+    chars = "".join(split_verse(poem))
+    assert "月" not in chars and len(set(chars)) == len(chars)
+
+
+def test_pick_several_characters_then_done(checkpoint):
+    r = repl(checkpoint, ":form 七绝\n:pick\n1\n\n:undo\n春风\n:bogus\n:done\n:history\n")
+    assert r.exit_code == 1  # :bogus inside :pick is an error
+    assert "Pick the next character" in r.stdout
+    assert r.stderr.startswith("error: in :pick, type 1-9, characters, :done, :undo or :cancel")
+    final = poems_in(r.stdout)[0]
+    assert check_poem(final).ok and final[1:3] == "春风"  # 1, Enter (undone), 春风
+    assert "1:" in r.stdout and "%" in r.stdout
 
 
 def test_unknown_characters_and_free_mode(checkpoint):
     r = repl(checkpoint, "鑫\n:mode free\n春\n:quit\n")
-    assert "never saw: '鑫'" in r.stdout
+    assert "never saw: '鑫'" in r.stderr
     assert any(line.startswith("春") for line in r.stdout.splitlines()[2:])
 
 
-def test_real_terminal_session(checkpoint, tmp_path):
-    """In a pty: prompt, a poem, Ctrl-C during a long generation, Ctrl-D exits with 0."""
-    pexpect = pytest.importorskip("pexpect")
-    env = dict(os.environ, XDG_DATA_HOME=str(tmp_path), OMP_NUM_THREADS="1", TERM="dumb")
-    # As a user's shell starts it: with Ctrl-C's default action. A test run started in the
-    # background of a script has SIGINT ignored, and children would inherit that.
-    spawn = functools.partial(pexpect.spawn, sys.executable,
-                              ["-m", "poetgen", "repl", "--checkpoint", str(checkpoint)], env=env,
-                              encoding="utf-8", timeout=60,
-                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    child = spawn()
-    child.expect("poetgen> ")
-    child.sendline("春风")
-    child.expect("春风[^\r\n]*。")
-    child.expect("poetgen> ")
-    child.sendline(":n 100")
-    child.expect("poetgen> ")
-    child.sendline(":form off")
-    child.expect("poetgen> ")
-    child.sendline(":mode free")
-    child.expect("poetgen> ")
-    child.sendline(":help")
-    child.expect(":pick")
-    child.expect("poetgen> ")
-    # 100 free texts of 50,000 characters take a while: Ctrl-C cancels and returns to the prompt.
-    child.sendline(":max 50000")
-    child.expect("poetgen> ")
-    child.sendline("春" * 5)
-    time.sleep(1.0)
-    child.sendintr()
-    child.expect("cancelled")
-    child.expect("poetgen> ")
-    child.sendline(":temp 0.5")
-    child.expect("temp 0.5")
-    child.expect("poetgen> ")
-    child.sendeof()
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0
-    # Ctrl-C then at once Ctrl-D, typed before the prompt is back: the terminal is still in
-    # canonical mode then, and the end-of-file mark must not be lost when readline starts.
-    child = spawn()
-    child.expect("poetgen> ")
-    for command in (":mode free", ":n 100", ":max 50000"):
-        child.sendline(command)
-        child.expect("poetgen> ")
-    child.sendline("春")
-    time.sleep(1.0)
-    child.sendintr()
-    child.sendeof()
-    child.expect("cancelled")
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0
-    assert (tmp_path / "poetgen" / "history").exists()  # line history persists across sessions
+def test_help_lists_every_command_and_setting(checkpoint):
+    r = repl(checkpoint, ":help\n")
+    assert r.exit_code == 0
+    for name in COMMANDS:
+        assert re.search(rf"^:{re.escape(name)}\b", r.stdout, re.M), name
+    for option in GenerationSettings.options("repl").values():
+        assert f":{option.name}" in r.stdout
+    assert ":max-chars" in r.stdout and ":pattern" not in r.stdout  # a CLI-only setting
+
+
+def test_repl_help_says_how_scripts_see_failures():
+    r = CliRunner().invoke(cli, ["repl", "--help"], terminal_width=80)
+    assert "exit status is 1 if any command failed" in " ".join(r.stdout.split())
+    assert r"printf '春风\n:line 2\n:check\n:save poems.txt\n' | poetgen repl" in r.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# Parts, without a terminal
+
+
+class Recorder:
+    """A front end that records what the session shows."""
+
+    has_status_bar, quit_requested = True, False
+
+    def __init__(self):
+        self.said, self.shown_poems = [], []
+
+    def say(self, text, style=""):
+        self.said.append(text)
+
+    def show(self, renderable):
+        pass
+
+    def poems(self, texts, all_numbered=False):
+        self.shown_poems.append(texts)
+
+    def error(self, text):
+        raise AssertionError(text)
+
+    def ask(self, prompt):
+        raise EOFError
+
+    def busy(self):
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+
+def test_completions_come_from_the_command_and_settings_tables():
+    session = Session(None, None, Recorder())
+    assert session.completions(":fo") == (":fo", [":form "])
+    assert session.completions(":a") == (":a", [":again", ":acrostic "])
+    assert session.completions(":form ") == ("", ["五绝", "五律", "七绝", "七律", "off"])
+    assert session.completions(":form 七") == ("七", ["七绝", "七律"])
+    assert session.completions(":tones s") == ("s", ["strict"])
+    assert session.completions(":no-repeat ") == ("", ["on", "off"])
+    assert session.completions(":save po") == ("po", None)  # a file path
+    assert session.completions("春风") == ("", [])
+    word, names = session.completions(":")
+    assert len(names) == len(COMMANDS)
+
+
+def test_session_file_keeps_every_poem_written(tmp_path):
+    class Written:
+        def __init__(self, text):
+            self.text = text
+
+    session = Session(None, None, Recorder(), session_file=tmp_path / "sessions" / "s.txt")
+    session._present([Written("甲"), Written("乙")])
+    session._present([Written("丙")])
+    assert (tmp_path / "sessions" / "s.txt").read_text(encoding="utf-8") == "甲\n乙\n丙\n"
+    session.session_file = tmp_path  # a folder: cannot be written; say so once, go on
+    session._present([Written("丁")])
+    assert session.session_file is None and "cannot write the session file" in session.ui.said[-1]
+    assert [p.text for p in session.poems] == ["甲", "乙", "丙", "丁"]
+
+
+def test_session_files_never_share_a_name(tmp_path, monkeypatch):
+    from datetime import datetime
+
+    from poetgen.app.repl import new_session_file
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    now = datetime(2026, 3, 1, 12, 0, 0)
+    first, second = new_session_file(now), new_session_file(now)  # two sessions, one second
+    assert first.name == "2026-03-01_120000.txt" and second.name == "2026-03-01_120000-2.txt"
+    assert first.parent == tmp_path / "poetgen" / "sessions" and first.exists()
+
+
+@pytest.mark.parametrize("answer, expected", [
+    ("", ("push", "春")), ("2", ("push", "风")), ("春风", ("push", "春风")),
+    ("春 风", ("push", "春风")), (":done", ("done", "")), ("：undo", ("undo", "")),
+    (":cancel", ("cancel", "")), (":quit", ("cancel", "")), ("5", ("error", "")),
+    (":x", ("error", "")),
+])
+def test_read_pick_answer(answer, expected):
+    step = read_pick_answer(answer, ["春", "风", "月"])
+    assert (step.action, step.chars) == expected
+    assert bool(step.message) == (step.action == "error")
+
+
+def test_verse_rows_and_poem_rows():
+    poem = "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。"
+    assert verse_rows(poem).split("\n") == ["白日依山尽，", "黄河入海流。", "欲穷千里目，",
+                                            "更上一层楼。"]
+    assert poem_rows(poem, 48) == [poem]  # 24 characters, 48 cells: fits
+    assert poem_rows(poem, 47, "2. ") == ["2. 白日依山尽，", "   黄河入海流。", "   欲穷千里目，",
+                                         "   更上一层楼。"]
+    assert poem_rows(poem, None) == [poem]
+    prose = "To be, or not to be,\nthat is the question."  # free text: its own rows fit
+    assert poem_rows(prose, 30) == [prose]
+
+
+def test_wrap_fields():
+    assert wrap_fields("a · bb · ccc", 80) == "a · bb · ccc"
+    assert wrap_fields("a · bb · ccc", 6) == "a · bb\nccc"
+    assert wrap_fields("form 七绝 · n 1", 10) == "form 七绝\nn 1"  # 七绝 is 4 cells wide
+
+
+@pytest.mark.parametrize("keys, text", [
+    ("春风", "春风"),
+    ("\x1b[A\x1b[B:temp 0.5", ":temp 0.5"),  # arrows dropped, not "[A"
+    ("ab\rcd\r", "ab cd"),  # Enter typed ahead runs nothing: lines come back joined
+    ("春x\x7f风", "春风"),  # Backspace applied
+    ("\x1b[200~床前明月光\n疑是地上霜\x1b[201~", "床前明月光 疑是地上霜"),  # a paste
+    ("\x03\x04\x1bOP", ""),  # Ctrl-C, Ctrl-D, F1: nothing to edit
+])
+def test_typed_text(keys, text):
+    pytest.importorskip("prompt_toolkit")
+    from poetgen.app.terminal import parse_keys, typed_text
+
+    assert typed_text(parse_keys(keys)) == text
 
 
 @pytest.mark.skipif(os.name != "posix", reason="needs a pseudo-terminal")
-def test_lines_and_ctrl_d_typed_while_busy_are_kept():
-    """What typed_ahead reads from a terminal in canonical mode (as it is during generation)."""
+def test_held_keys_wait_unechoed_and_whole():
+    pytest.importorskip("prompt_toolkit")
+    import select
+    import termios
+
+    from poetgen.app.terminal import HeldKeys
+
     master, slave = os.openpty()
     try:
-        with open(slave, encoding="utf-8", closefd=False) as stdin:
-            assert typed_ahead(stdin) == TypedAhead([])
-            os.write(master, ":n 2\n春风\n".encode())
-            time.sleep(0.1)
-            assert typed_ahead(stdin) == TypedAhead([":n 2", "春风"])
-            os.write(master, "半行".encode())  # not a complete line: not readable yet
-            time.sleep(0.1)
-            assert typed_ahead(stdin) == TypedAhead([])
-            os.write(master, b"\n:save p.txt\n\x04")  # ...then Ctrl-D
-            time.sleep(0.1)
-            assert typed_ahead(stdin) == TypedAhead(["半行", ":save p.txt"], ended=True)
+        before = termios.tcgetattr(slave)
+        with HeldKeys(slave) as held:
+            os.write(master, "半行\x1b[A".encode())  # no Enter: in canonical mode unreadable
+            assert select.select([slave], [], [], 5)[0]
+            typed = ""
+            while not typed.endswith("\x1b[A"):
+                typed += held.take()
+            assert typed == "半行\x1b[A"
+            assert not select.select([master], [], [], 0)[0]  # nothing was echoed
+        assert termios.tcgetattr(slave) == before  # the user's mode is back
     finally:
         os.close(master)
         os.close(slave)
 
 
-@pytest.mark.parametrize("keys, expected", [
-    ("", TypedAhead([])),
-    ("春风\r", TypedAhead(["春风"])),  # Enter pressed while readline's raw mode was still on
-    (":n 100\r:max 50000\r月", TypedAhead([":n 100", ":max 50000"], unfinished="月")),
-    ("a\r\nb\n", TypedAhead(["a", "b"])),
-    ("\x04", TypedAhead([], ended=True)),
-    (":save x\r\x04:temp 2\r", TypedAhead([":save x"], ended=True)),  # nothing after Ctrl-D
-    ("ab\x04c", TypedAhead([], unfinished="abc")),  # Ctrl-D inside a line does not quit
-    ("🌙\n", TypedAhead(["🌙"])),
-])
-def test_parse_typed(keys, expected):
-    assert parse_typed(keys) == expected
+def test_history_file_is_one_line_per_entry(tmp_path):
+    pytest.importorskip("prompt_toolkit")
+    from poetgen.app.terminal import LineHistory
+
+    path = tmp_path / "poetgen" / "history"
+    path.parent.mkdir()
+    path.write_text(":form 五绝\n春风\n", encoding="utf-8")  # as readline wrote it
+    history = LineHistory(path)
+    assert list(history.load_history_strings()) == ["春风", ":form 五绝"]  # newest first
+    history.store_string(":temp 0.5")
+    assert path.read_text(encoding="utf-8").splitlines() == [":form 五绝", "春风", ":temp 0.5"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Real terminal sessions
+
+
+class Terminal:
+    """The REPL in a pseudo-terminal of `rows` x `cols`, its output drawn by a terminal emulator.
+
+    `wait` reads output until the screen shows what is expected, or fails after `timeout`
+    seconds showing the screen; nothing here sleeps.
+    """
+
+    def __init__(self, checkpoint, home, rows=24, cols=80, timeout=60):
+        pexpect = pytest.importorskip("pexpect")
+        pyte = pytest.importorskip("pyte")
+        pytest.importorskip("prompt_toolkit")
+        env = dict(os.environ, XDG_DATA_HOME=str(home), OMP_NUM_THREADS="1", TERM="xterm")
+        env.pop("PROMPT_TOOLKIT_NO_CPR", None)
+        # As a user's shell starts it: with Ctrl-C's default action. A test run started in the
+        # background of a script has SIGINT ignored, and children would inherit that.
+        self.child = pexpect.spawn(
+            sys.executable, ["-m", "poetgen", "repl", "--checkpoint", str(checkpoint)], env=env,
+            encoding="utf-8", dimensions=(rows, cols),
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        self.pexpect, self.timeout = pexpect, timeout
+        child = self.child
+
+        class Screen(pyte.Screen):
+            def write_process_input(self, data):  # answers to the cursor-position queries
+                child.send(data)
+
+        self.screen = Screen(cols, rows)
+        self.stream = pyte.Stream(self.screen)
+        self.ended = False
+
+    @property
+    def rows(self) -> list[str]:
+        return [row.rstrip() for row in self.screen.display]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.rows)
+
+    @property
+    def cursor_row(self) -> str:
+        return self.rows[self.screen.cursor.y]
+
+    def wait(self, check, what: str):
+        """Read output until `check()` is true (returns its value) or the timeout passes."""
+        deadline = time.monotonic() + self.timeout
+        while not (found := check()):
+            left = deadline - time.monotonic()
+            if left <= 0 or self.ended:
+                pytest.fail(f"the screen never showed {what}:\n{self.text}")
+            try:
+                self.stream.feed(self.child.read_nonblocking(65536, timeout=min(left, 5)))
+            except self.pexpect.TIMEOUT:
+                pass
+            except self.pexpect.EOF:
+                self.ended = True
+        return found
+
+    def wait_for(self, pattern: str) -> re.Match:
+        return self.wait(lambda: re.search(pattern, self.text, re.M), repr(pattern))
+
+    def prompt(self, typed: str = "") -> None:
+        """Wait until the cursor is on a prompt showing `typed` (a bare prompt for '')."""
+        self.wait(lambda: self.cursor_row == f"poetgen> {typed}".rstrip(),
+                  f"a prompt with {typed!r}")
+
+    def run(self, line: str) -> None:
+        """Type a line at the prompt, wait for its echo, press Enter, wait for the next prompt."""
+        self.child.send(line)
+        self.prompt(line)
+        self.child.send("\r")
+        self.prompt()
+
+    def exit_status(self) -> int:
+        self.wait(lambda: self.ended, "the end of the session")
+        self.child.close()
+        return self.child.exitstatus
+
+
+def status_rows(term: Terminal) -> list[str]:
+    """The status bar: from the last row that starts with the settings' summary, to the bottom."""
+    starts = [i for i, row in enumerate(term.rows) if row.startswith(("form ", "free text "))]
+    return [row for row in term.rows[starts[-1]:] if row] if starts else []
+
+
+def test_terminal_completion_status_bar_history(checkpoint, tmp_path):
+    term = Terminal(checkpoint, tmp_path)
+    term.prompt()
+    term.wait_for(r"^form 七绝 · rhyme pingshui")
+    assert term.rows[-2].startswith("form 七绝 · rhyme pingshui")  # the status bar, at the bottom
+    assert term.rows[-1].startswith("seed")  # 80 columns: the rest on the row below
+    # Tab completes the command, then lists the values of the setting.
+    term.child.send(":fo\t")
+    term.prompt(":form")
+    term.child.send("\t")
+    term.wait_for(r"^\s+五绝\s*$")
+    assert re.search(r"^\s+七律\s*$", term.text, re.M)
+    term.child.send("五绝")
+    term.prompt(":form 五绝")
+    term.child.send("\r")
+    term.prompt()
+    term.wait_for(r"^form 五绝 · rhyme")
+    # A poem; the status bar changes in place, it is not printed among the output.
+    term.run("春风")
+    assert any(POEM.match(row) and row.startswith("春风") for row in term.rows)
+    term.run(":temp 0.5")
+    term.wait_for(r"^form 五绝 · .* temp 0\.5")
+    assert len(status_rows(term)) == 2 and term.text.count("form 五绝 ·") == 1
+    # :pick's answers do not go into the history.
+    term.child.send(":pick\r")
+    term.wait_for("Pick the next character")
+    term.wait(lambda: term.cursor_row == "pick>", "the pick prompt")
+    term.child.send("1\r")
+    term.wait(lambda: term.cursor_row == "pick>" and "1:" in term.text, "the next choice")
+    term.child.send("\x03")  # Ctrl-C leaves :pick, on a line of its own
+    term.wait_for(r"^pick cancelled$")
+    term.prompt()
+    # Ctrl-R searches what was typed at the main prompt.
+    term.child.send("\x12temp")
+    term.wait_for(r"reverse-i-search\)`temp': :temp 0\.5")
+    term.child.send("\x07")  # Ctrl-G: leave the search
+    term.prompt()
+    # Ctrl-L clears the screen: the greeting is gone, the prompt is on the first row.
+    term.child.send("\x0c")
+    term.wait(lambda: term.rows[0] == "poetgen>", "a cleared screen")
+    assert "poetgen REPL" not in term.text
+    term.child.sendeof()
+    assert term.exit_status() == 0
+    history = (tmp_path / "poetgen" / "history").read_text(encoding="utf-8").splitlines()
+    assert history == [":form 五绝", "春风", ":temp 0.5", ":pick"]
+    sessions = list((tmp_path / "poetgen" / "sessions").iterdir())
+    assert len(sessions) == 1 and sessions[0].read_text(encoding="utf-8").startswith("春风")
+
+
+def test_terminal_keys_during_generation_and_ctrl_c_then_ctrl_d(checkpoint, tmp_path):
+    term = Terminal(checkpoint, tmp_path)
+    term.prompt()
+    for line in (":mode free", ":n 100", ":max-chars 50000"):  # a long generation
+        term.run(line)
+    term.child.send("春\r")
+    term.wait_for("writing… Ctrl-C stops")
+    # Up, a line with Enter, more text: typed while the poem is written.
+    term.child.send("\x1b[Aab\rcd")
+    term.child.sendintr()
+    term.wait_for(r"^cancelled$")
+    term.prompt("ab cd")  # back as editable text: no escape sequence, nothing ran, no history
+    assert "error" not in term.text and "[A" not in term.text
+    term.child.send("\x15")  # Ctrl-U empties the line
+    term.prompt()
+    # Ctrl-C, then at once Ctrl-D, both before the prompt is back: the session ends.
+    term.child.send("春\r")
+    term.wait_for(r"^writing… Ctrl-C stops")
+    term.child.sendintr()
+    term.child.sendeof()
+    assert term.exit_status() == 0
+    assert list((tmp_path / "poetgen" / "sessions").iterdir()) == []  # no poem, no file left
+
+
+def test_terminal_narrow_verse_per_row_and_ctrl_d_while_writing(checkpoint, tmp_path):
+    term = Terminal(checkpoint, tmp_path, rows=30, cols=36)
+    term.prompt()
+    term.wait_for(r"^form 七绝 · rhyme")
+    bar = status_rows(term)  # the whole summary, broken between fields to fit
+    assert all(len(row) <= 36 for row in bar) and len(bar) > 1
+    assert " · ".join(bar) == GenerationSettings(form="七绝").summary()
+    term.run(":n 2")
+    term.run("春风")
+    rows = [row for row in term.rows if re.fullmatch(r"(\d\. |   )\S{7}[，。]", row)]
+    assert len(rows) == 8 and rows[0].startswith("1. 春风") and rows[4].startswith("2. 春风")
+    poems = ["".join(r[3:] for r in rows[:4]), "".join(r[3:] for r in rows[4:])]
+    assert all(check_poem(p).ok for p in poems)
+    # Ctrl-D while a long generation runs ends the session at once, keeping the poems.
+    for line in (":mode free", ":n 100", ":max-chars 50000"):
+        term.run(line)
+    term.child.send("春\r")
+    term.wait_for(r"^writing… Ctrl-C stops")
+    term.child.sendeof()
+    assert term.exit_status() == 0
+    kept = next((tmp_path / "poetgen" / "sessions").iterdir()).read_text(encoding="utf-8")
+    assert kept.splitlines() == poems
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def test_eval_generate_metrics_next_to_real_poems(checkpoint, tmp_path):

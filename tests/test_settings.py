@@ -9,7 +9,7 @@ from rich.console import Console
 
 import poetgen
 from poetgen.app.cli import cli, eval_cmd, repl, sample
-from poetgen.app.repl import Session, settings_help
+from poetgen.app.repl import ScriptUI, Session, help_table
 from poetgen.errors import ConfigError
 from poetgen.settings import GenerationSettings
 
@@ -34,7 +34,13 @@ def problem(message: str, public_name: str) -> str:
 
 
 def repl_session() -> Session:
-    return Session(None, None, Console(file=io.StringIO()), GenerationSettings(form="七绝"))
+    out = Console(file=io.StringIO())
+    ui = ScriptUI(io.StringIO(), out, out)
+    return Session(None, None, ui, GenerationSettings(form="七绝"))
+
+
+def said(session: Session) -> str:
+    return session.ui.out.file.getvalue()
 
 
 def test_every_cli_setting_is_an_option_of_sample():
@@ -44,7 +50,9 @@ def test_every_cli_setting_is_an_option_of_sample():
 
 
 def test_every_repl_setting_is_a_command_with_help():
-    text = settings_help()
+    console = Console(file=io.StringIO(), width=100)
+    console.print(help_table())
+    text = console.file.getvalue()
     for name, option in GenerationSettings.options("repl").items():
         assert GenerationSettings.field_for(option.name, "repl") == name
         assert f":{option.name}" in text
@@ -106,11 +114,24 @@ def test_settings_that_do_not_fit_together(changes, side, message):
 
 def test_repl_refuses_a_setting_that_conflicts_and_keeps_the_old_settings():
     session = repl_session()
+    session.handle(":n 3")
+    with pytest.raises(ConfigError, match=r":beam 2 keeps 2 candidates; .* \(:n\)"):
+        session.handle(":beam 2")
+    assert (session.settings.n, session.settings.beam) == (3, 0)
+    session.handle(":form 五绝")
+    with pytest.raises(ConfigError, match=":acrostic 春江花月夜 has 5 characters but a 五绝 has 4"):
+        session.handle(":acrostic 春江花月夜")
+    assert session.settings.acrostic == ""
+
+
+def test_repl_clears_an_older_setting_that_a_new_form_no_longer_fits():
+    session = repl_session()
     session.handle(":form 五律")
     session.handle(":acrostic 春江花月夜")  # five heads: fine for eight lines
-    with pytest.raises(ConfigError, match="has 5 characters but a 五绝 has 4 lines"):
-        session.handle(":form 五绝")
-    assert (session.settings.form, session.settings.acrostic) == ("五律", "春江花月夜")
+    session.handle(":form 五绝")
+    assert (session.settings.form, session.settings.acrostic) == ("五绝", "")
+    assert (":acrostic 春江花月夜 cleared: :acrostic 春江花月夜 has 5 characters but a 五绝 has 4 "
+            "lines") in " ".join(said(session).split())
 
 
 def test_eval_and_repl_take_their_generation_options_from_the_table():
@@ -125,3 +146,13 @@ def test_python_api_names_settings_as_python_does():
     with pytest.raises(ConfigError, match="temperature needs a number > 0"):
         GenerationSettings(temperature=-1).validate()
     assert poetgen.GenerationSettings is GenerationSettings
+
+
+def test_decoder_messages_name_settings_as_each_side_does():
+    """The constrained decoder words its errors with flags; the REPL and Python rename them."""
+    message = "--prime puts '秋' where --acrostic puts '春'; --no-repeat; --top-k; --unknown"
+    assert GenerationSettings.named_for(message, "cli") == message
+    assert GenerationSettings.named_for(message, "repl") == \
+        "the start puts '秋' where :acrostic puts '春'; :no-repeat; :top-k; --unknown"
+    assert GenerationSettings.named_for(message, "api") == \
+        "prime puts '秋' where acrostic puts '春'; no_repeat; top_k; --unknown"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -52,8 +54,9 @@ def cli(ctx, debug):
       poetgen sample --form 七绝 --acrostic 春江花月   # a poem with guaranteed form and rhyme
       poetgen repl                                 # write poems together with the model
 
-    A corpus is UTF-8 text, one poem (or paragraph) per line. Run `poetgen COMMAND --help` for
-    the options of each command.
+    A corpus is UTF-8 text: one poem per line, or running text such as a play or a novel (the
+    kind is detected and stored in the checkpoint). `poetgen checkpoints` lists the models poetgen
+    sees. Run `poetgen COMMAND --help` for the options of each command.
     """
     ctx.ensure_object(dict)["debug"] = debug
     if ctx.invoked_subcommand is None:
@@ -71,6 +74,9 @@ _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
     "--proj-size": ("proj_size", int, "LSTM output projection size (0 = none)."),
     "--dropout": ("dropout", float, "Dropout on embeddings, between layers and before the softmax."),
     "--weight-drop": ("weight_drop", float, "DropConnect on the recurrent weights (AWD-LSTM)."),
+    "--text-kind": ("text_kind", click.Choice(["auto", "lines", "running"]),
+                    "What the corpus is: one document per line (poems), or running text (prose); "
+                    "decides how the model is evaluated. auto: running if it has blank lines."),
     "--softmax": ("softmax", click.Choice(["adaptive", "full"]), "Output layer."),
     "--bptt": ("bptt", int, "Characters per truncated-BPTT chunk."),
     "--batch-size": ("batch_size", int, "Parallel streams per step."),
@@ -80,9 +86,12 @@ _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
     "--epochs": ("epochs", float, "Stop after this many passes over the corpus (0 = no limit)."),
     "--max-steps": ("max_steps", int, "Stop after this many optimizer steps (0 = no limit)."),
     "--eval-every": ("eval_every", int, "Steps between validation + checkpoint."),
+    "--min-evals": ("min_evals", int, "Validate at least this many times in a run (every "
+                    "1/N of its step or time limit too)."),
     "--min-count": ("min_count", int, "Rarer characters map to the unknown token."),
     "--max-vocab": ("max_vocab", int, "Keep at most this many characters (0 = all)."),
-    "--val-fraction": ("val_fraction", float, "Share of lines held out when --val is not given."),
+    "--val-fraction": ("val_fraction", float, "Share held out when --val is not given: lines "
+                       "chosen by hash, or the end of running text."),
     "--seed": ("seed", int, "Random seed (weights, dropout)."),
     "--precision": ("precision", click.Choice(["fp32", "bf16"]),
                     "bf16: mixed precision, on CUDA only (fp32 elsewhere)."),
@@ -109,8 +118,11 @@ def _train_options(f):
 @click.option("--time-budget", default=None,
               help="Stop after this much training time, e.g. 90s, 10m, 1h. [default: 10m if no "
                    "--epochs/--max-steps is given]")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None,
-              help="Where to train. [default: auto = cuda, else mps, else cpu]")
+@click.option("--device", default=None, metavar="DEVICE", shell_complete=lambda *a: _DEVICES,
+              help="Where to train: auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps. "
+                   "[default: auto]")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads torch may use. [default: one per core]")
 @click.option("--tie-weights/--no-tie-weights", default=None,
               help="Share input and output embeddings (needs --softmax full).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
@@ -121,19 +133,23 @@ def _train_options(f):
                    "change the model.")
 @_train_options
 @click.pass_context
-def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_weights, resume,
-          init_from, **flags):
-    """Train a model on CORPUS (UTF-8 text, one poem per line).
+def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, threads, tie_weights,
+          resume, init_from, **flags):
+    """Train a model on CORPUS: UTF-8 text, one poem per line, or running text (prose, a play).
 
     \b
     Examples:
       poetgen train corpus.txt                          # 10 minutes with the default model
+      poetgen train tinyshakespeare.txt --val-fraction 0.1   # running text: val is the last 10%
       poetgen train tang_train.txt --val tang_val.txt --time-budget 1h --out checkpoints/tang
       poetgen train corpus.txt --out checkpoints/tang --resume   # continue after Ctrl-C
       poetgen train corpus.txt --init checkpoints/tang --dropout 0.4 --out checkpoints/tang2
 
-    Shows a progress bar; at every evaluation prints validation bits per character (bpc, lower is
-    better) and a short sample, and saves best.safetensors (lowest val bpc) and last.safetensors.
+    The kind of text (--text-kind) is detected from CORPUS and stored in the checkpoint: sampling,
+    evaluation and the REPL take their defaults from it (a poem model stops at the end of a poem,
+    a prose model writes on). Shows a progress bar; at every evaluation prints validation bits per
+    character (bpc, lower is better) and a short sample, and saves best.safetensors (lowest val
+    bpc) and last.safetensors.
     Ctrl-C saves `last` and exits; --resume continues exactly where it stopped.
     """
     from poetgen.lm import checkpoint as ckpt_mod
@@ -141,6 +157,7 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_
     from poetgen.lm.train import TrainingInterrupted
     from poetgen.lm.train import train as run_training
 
+    use_threads(threads)
     values = load_toml(config_file) if config_file else {}
     values.update({k: v for k, v in flags.items() if v is not None})
     if tie_weights is not None:
@@ -161,7 +178,9 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_
     source = out_dir / "last.safetensors" if resume else init_from
     meta = ckpt_mod.read_meta(source) if source else None
     model_config, config = run_configs(values, meta, keep="all" if resume else "shape")
-    data = prepare(corpus, val_path, config, Vocab.from_list(meta["vocab"]) if meta else None)
+    data = prepare(corpus, val_path, config, Vocab.from_list(meta["vocab"]) if meta else None,
+                   kind=model_config.text_kind)
+    model_config = replace(model_config, text_kind=data.text_kind)  # recorded in the checkpoint
 
     from poetgen.app.progress import TrainProgress
 
@@ -187,6 +206,55 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, tie_
 _CHECKPOINT_HELP = ("Checkpoint file or run directory, or `default` for the bundled model. "
                     "[default: $POETGEN_CHECKPOINT, else the newest under ./checkpoints, "
                     "else the bundled model]")
+
+
+_DEVICES = ["auto", "cpu", "cuda", "cuda:0", "cuda:1", "mps"]
+
+
+def use_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def device_options(f):
+    """--device and --threads: where a command runs its model (an output/device matter of the
+    command, not a generation setting)."""
+    f = click.option("--threads", type=click.IntRange(1), default=None,
+                     help="CPU threads torch may use. [default: one per core]")(f)
+    return click.option("--device", default="auto", show_default=True, metavar="DEVICE",
+                        shell_complete=lambda *a: _DEVICES,
+                        help="Where the model runs: auto (cuda, else mps, else cpu), cpu, cuda, "
+                             "cuda:N or mps.")(f)
+
+
+class Loaded:
+    """A checkpoint loaded for a command, with how it was chosen: a default picked out of sight
+    is named on stderr, and in any error about what the model can write."""
+
+    def __init__(self, spec: str | None, device: str = "cpu", threads: int | None = None):
+        from poetgen.lm import checkpoint as ckpt_mod
+        from poetgen.lm.train import pick_device
+
+        use_threads(threads)
+        where = pick_device(device)
+        self.path, self.why = ckpt_mod.choose(spec)
+        if self.implicit:
+            err.print(f"[dim]using {self.path} ({self.why}); -c PATH chooses another, "
+                      "-c default the bundled Tang model, `poetgen checkpoints` lists them[/]")
+        self.ck = ckpt_mod.load_checkpoint(self.path, device=where)
+
+    @property
+    def implicit(self) -> bool:
+        return self.why not in ("given", "the bundled model")
+
+    def blame(self, error: PoetgenError) -> PoetgenError:
+        """`error`, naming the checkpoint when the user did not choose it."""
+        if not self.implicit:
+            return error
+        return type(error)(f"{error} (model: {self.path}, {self.why}; -c default for the bundled "
+                           "Tang model)")
 
 
 class SettingType(click.ParamType):
@@ -243,43 +311,70 @@ def settings_from_options(values: dict, defaults: dict | None = None) -> Generat
 @cli.command()
 @click.option("--checkpoint", "-c", default=None, help=_CHECKPOINT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per sample on stdout.")
+@device_options
 @generation_options()
-def sample(checkpoint, as_json, **values):
+def sample(checkpoint, as_json, device, threads, **values):
     """Generate text or poems from a trained model.
 
     \b
     Examples:
       poetgen sample --temp 0.8 --n 5
       poetgen sample --prime 春风 --seed 7 --json
-      poetgen sample --form 七绝 --rhyme pingshui --tones strict
+      poetgen sample --form 七绝 --rhyme pingshui --tones strict --by-line
       poetgen sample --form 五律 --acrostic 春江花月 --best-of 8
       poetgen sample --form 5x4 --pattern '??春??' --rhyme-group 下平七阳
       poetgen sample --form 七绝 --theme 秋 --seed 7        # keywords from the theme, shown
       poetgen sample --form 七律 --keywords 春,雨,江,明月   # each placed where its tones fit
+      poetgen sample -c checkpoints/shakespeare --prime-file opening.txt --max-chars 500
 
+    A model of poems (one per line) writes until the end of a poem; a model of running text
+    (prose, plays) writes --max-chars characters, and several samples are separated by a rule.
     Themes, coherence and 对仗 use corpus statistics: the checkpoint directory's
     lexicon.safetensors (`poetgen corpus lexicon`), else those of the bundled Tang model.
     """
-    from poetgen.lm import checkpoint as ckpt_mod
     from poetgen.verse.lexicon import lexicon_for
     from poetgen.verse.plan import describe_plan
     from poetgen.write import write
 
     settings = settings_from_options(values)
-    ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
+    loaded = Loaded(checkpoint, device, threads)
+    ck = loaded.ck
     lexicon = lexicon_for(ck.path) if settings.writes_poem else None
-    for item in write(ck.model, ck.vocab, settings, side="cli", lexicon=lexicon):
-        if as_json:
+    try:
+        written = write(ck.model, ck.vocab, settings, side="cli", lexicon=lexicon)
+    except PoetgenError as e:
+        raise loaded.blame(e) from None
+    if as_json:
+        for item in written:
             click.echo(json.dumps(item.to_dict(), ensure_ascii=False))
-            continue
+        return
+    from poetgen.app.render import verse_rows
+
+    texts = [verse_rows(w.text) if settings.by_line else w.text for w in written]
+    running = ck.model.config.text_kind == "running"
+    for i, (item, text) in enumerate(zip(written, texts)):
+        if i and (running or settings.by_line):  # where one multi-line sample ends
+            click.echo(SAMPLE_RULE if running else "")
         if getattr(item, "plan", None):
-            err.print(f"[dim]{describe_plan(item.plan)}[/]")
-        click.echo(item.text)
+            click.echo(describe_plan(item.plan), err=True)
+        click.echo(text)
+
+
+SAMPLE_RULE = "─" * 40  # between samples of running text, which has blank lines of its own
 
 
 # ----------------------------------------------------------------------------------------------
 # eval and info
 
+
+def _complete_forms(incomplete: str) -> list[str]:
+    """Complete the last form of a comma-separated list: `五绝,七` -> `五绝,七绝`, `五绝,七律`."""
+    done, _, last = incomplete.rpartition(",")
+    forms = GenerationSettings.options()["form"].choices
+    return [(done + "," if done else "") + f for f in forms if f.startswith(last)]
+
+
+UNKNOWN_WARNING = 0.05  # eval warns above this share of unknown characters (tang_val: 0.15%)
 
 # The generation settings `eval --generate` offers (its --form is a list of forms to measure).
 EVAL_GENERATION = ("temperature", "top_k", "top_p", "seed", "rhyme", "tones", "no_repeat", "ban",
@@ -294,13 +389,16 @@ EVAL_GENERATION = ("temperature", "top_k", "top_p", "seed", "rhyme", "tones", "n
 @click.option("--generate", type=click.IntRange(1), default=None,
               help="Also write this many constrained poems per form and measure them.")
 @click.option("--form", "forms", default="五绝,五律,七绝,七律", show_default=True,
+              shell_complete=lambda ctx, param, incomplete: _complete_forms(incomplete),
               help="Forms for --generate, comma-separated.")
 @click.option("--corpus", "copy_corpus", type=click.Path(path_type=Path), default=None,
               help="Training corpus: measure how much the poems copy from it.")
 @click.option("--real", "real_file", type=click.Path(path_type=Path), default=None,
               help="Real poems (one per line, e.g. tang_val.txt) measured the same way, side by side.")
+@device_options
 @generation_options(only=EVAL_GENERATION, defaults={"seed": 0})
-def eval_cmd(checkpoint, file, as_json, generate, forms, copy_corpus, real_file, **values):
+def eval_cmd(checkpoint, file, as_json, generate, forms, copy_corpus, real_file, device, threads,
+             **values):
     """Bits per character of CHECKPOINT on FILE, and/or metrics of generated poems.
 
     FILE is read as one stream with the model state carried across lines, as in training, in
@@ -311,24 +409,28 @@ def eval_cmd(checkpoint, file, as_json, generate, forms, copy_corpus, real_file,
       poetgen eval default tang_val.txt
       poetgen eval default --generate 200 --real tang_val.txt --corpus tang_train.txt
     """
-    from poetgen.lm import checkpoint as ckpt_mod
-
     if file is None and generate is None:
         raise ConfigError("give a FILE to score, or --generate N to measure generated poems")
     settings = settings_from_options(values, defaults={"seed": 0, "form": "五绝"})
-    ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
+    ck = Loaded(checkpoint, device, threads).ck
     if file is not None:
+        from poetgen.lm.corpus import iter_text
         from poetgen.lm.evaluate import evaluate_file
         from poetgen.app.progress import progress_bar
 
-        size = Path(file).stat().st_size if Path(file).is_file() else None
-        with progress_bar(total=size // 3 if size else None, unit=" chars", desc="scoring",
-                          leave=False) as bar:  # total ~ bytes / 3 for Chinese text
-            r = evaluate_file(ck.model, ck.vocab, file, progress=bar.update)
-        if r.chars == 0:
+        total = sum(len(text) for text in iter_text(file))  # a cheap pass: the bar ends at 100%
+        if total == 0:
             raise PoetgenError(f"{file}: the file is empty; nothing to evaluate")
+        with progress_bar(total=total, unit=" chars", desc="scoring", leave=False) as bar:
+            r = evaluate_file(ck.model, ck.vocab, file, progress=bar.update)
+        unknown_share = r.unknown / max(1, r.chars)
         figures = {"checkpoint": str(ck.path), "file": str(file), "bpc": round(r.bpc, 4),
-                   "perplexity": round(r.perplexity, 2), "chars": r.chars, "unknown_chars": r.unknown}
+                   "perplexity": round(r.perplexity, 2), "chars": r.chars, "unknown_chars": r.unknown,
+                   "unknown_share": round(unknown_share, 4)}
+        if unknown_share > UNKNOWN_WARNING:
+            err.print(f"[yellow]warning:[/] {unknown_share:.1%} of {file}'s characters are outside "
+                      f"the model's vocabulary of {len(ck.vocab):,}: this model never learned text "
+                      "like it, so the figure says little about how well it models it")
         if as_json:
             click.echo(json.dumps(figures, ensure_ascii=False))
         else:
@@ -380,9 +482,7 @@ def metrics_table(rows) -> Table:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(checkpoint, as_json):
     """What a checkpoint holds: config, size, vocabulary, training summary."""
-    from poetgen.lm import checkpoint as ckpt_mod
-
-    ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
+    ck = Loaded(checkpoint).ck
     training = ck.meta.get("training", {})
     summary = {"checkpoint": str(ck.path), "parameters": ck.model.num_parameters(),
                "vocab_size": len(ck.vocab), "file_bytes": ck.path.stat().st_size,
@@ -394,16 +494,88 @@ def info(checkpoint, as_json):
     table = Table(title=str(ck.path), show_header=False)
     table.add_row("parameters", f"{summary['parameters']:,}")
     table.add_row("vocabulary", f"{len(ck.vocab):,} characters")
+    table.add_row("learned", TEXT_KIND_WORDS.get(ck.model.config.text_kind, "?"))
     for k, v in summary["config"].items():
-        table.add_row(k, str(v))
+        if k not in ("vocab_size", "text_kind"):  # shown above, in words
+            table.add_row(k, str(v))
+    units = {"elapsed": lambda v: f"{v:,.1f} s ({_duration(v)}) of training",
+             "epochs": lambda v: f"{v:,.2f}", "val_bpc": lambda v: f"{v:.4f} bits/char",
+             "best_val_bpc": lambda v: f"{v:.4f} bits/char",
+             "train_chars": lambda v: f"{v:,} characters"}
     for k in ("step", "epochs", "elapsed", "val_bpc", "best_val_bpc", "train_chars"):
-        if k in training:
-            v = training[k]
-            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else f"{v:,}")
+        if training.get(k) is not None:
+            table.add_row(k, units.get(k, lambda v: f"{v:,}")(training[k]))
     if summary["init"]:
         init = summary["init"]
         table.add_row("started from", f"{init['from']} (step {init['step']}, sha256 {init['sha256'][:12]}…)")
     out.print(table)
+
+
+TEXT_KIND_WORDS = {"lines": "one document per line (poems): sampling stops at the end of one",
+                   "running": "running text (prose): sampling writes on across lines"}
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    h, m = divmod(minutes, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+@cli.command("checkpoints")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per checkpoint.")
+def checkpoints_cmd(as_json):
+    """List the checkpoints poetgen sees from here, and which one is the default.
+
+    The default (what sample, info and repl use without -c) is $POETGEN_CHECKPOINT, else the
+    newest best.safetensors under ./checkpoints, else the bundled Tang model (`-c default`).
+    """
+    from poetgen.lm import checkpoint as ckpt_mod
+
+    try:
+        chosen, why = ckpt_mod.choose(None)
+    except PoetgenError:
+        chosen, why = None, ""
+    paths = list(reversed(ckpt_mod.find_checkpoints()))  # newest first
+    same = lambda a, b: b is not None and a.resolve() == b.resolve()  # noqa: E731
+    if chosen is not None and not any(same(p, chosen) for p in paths):
+        paths.insert(0, chosen)  # $POETGEN_CHECKPOINT outside ./checkpoints
+    if ckpt_mod.BUNDLED.exists() and not any(same(p, ckpt_mod.BUNDLED) for p in paths):
+        paths.append(ckpt_mod.BUNDLED)
+    rows = []
+    for path in paths:
+        row = {"checkpoint": "default" if path == ckpt_mod.BUNDLED else str(path),
+               "path": str(path), "default": same(path, chosen)}
+        try:
+            meta = ckpt_mod.read_meta(path)
+        except PoetgenError as e:
+            row["error"] = str(e)
+        else:
+            training = meta.get("training", {})
+            row.update(text_kind=meta.get("config", {}).get("text_kind", "lines"),
+                       vocab_size=len(meta.get("vocab", [])), step=training.get("step"),
+                       val_bpc=training.get("val_bpc"),
+                       modified=datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M"))
+        rows.append(row)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row, ensure_ascii=False))
+        return
+    if not rows:
+        raise PoetgenError("no checkpoint under ./checkpoints and no bundled model; train one "
+                           "with `poetgen train CORPUS`")
+    width = max(len(row["checkpoint"]) for row in rows)
+    for row in rows:  # plain rows, not a table: paths must not be cut at a terminal's width
+        mark = "→" if row["default"] else " "
+        if "error" in row:
+            click.echo(f"{mark} {row['checkpoint']:<{width}}  {row['error']}")
+            continue
+        bpc = f"{row['val_bpc']:.4f}" if row["val_bpc"] is not None else "–"
+        step = f"{row['step']:,}" if row["step"] is not None else "–"
+        click.echo(f"{mark} {row['checkpoint']:<{width}}  {row['text_kind']:<7}  "
+                   f"{row['vocab_size']:>6,} chars  step {step:>7}  val bpc {bpc:>6}  "
+                   f"{row['modified']}")
+    click.echo(f"→ the default, used without -c: {chosen} ({why})" if chosen else
+               "no default: train a model, or pass -c PATH")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -418,26 +590,23 @@ def info(checkpoint, as_json):
               show_default=True, help="How strictly to judge 平仄 (see `sample --help`).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per poem.")
 def check(poem, rhyme, tones, as_json):
-    """Check a poem's form, rhyme and tones; POEM is the text, or a file with one poem per line.
+    """Check a poem's form, rhyme and tones. POEM is the text, a file with one poem per line, or
+    - to read poems (one per line) from stdin.
 
     \b
     Examples:
       poetgen check 白日依山尽，黄河入海流。欲穷千里目，更上一层楼。
       poetgen check poems.txt --json
+      poetgen sample --form 七绝 --n 5 | poetgen check -
 
     Shows every character with its pinyin, 平/仄 and rhyme group, names the form, the best-matching
     tonal template and rhyme group, and lists every violation. Exits 0 if all poems pass, else 1.
     """
     from poetgen.verse.check import check_poem
-    from poetgen.lm.corpus import read_text
     from poetgen.app.render import render_report
 
-    path = Path(poem)
-    if len(poem) < 256 and path.is_file():
-        poems = [p for p in read_text(path).splitlines() if p.strip()]
-    else:
-        poems = [poem]
-    reports = [check_poem(p, rhyme=rhyme, tones=tones) for p in poems]
+    poems = _poems_to_check(poem)
+    reports = [check_poem(p, rhyme=rhyme, tones=tones) for _, p in poems]
     for r in reports:
         if as_json:
             click.echo(json.dumps(r.to_dict(), ensure_ascii=False))
@@ -445,6 +614,39 @@ def check(poem, rhyme, tones, as_json):
             out.print(render_report(r))
     if not all(r.ok for r in reports):
         sys.exit(1)
+
+
+def _poems_to_check(poem: str) -> list[tuple[str, str]]:
+    """(where, text) of each poem POEM stands for, refusing input that is no Chinese verse with
+    a message that says so (the checker would report an empty grid of '?' marks)."""
+    from poetgen.lm.corpus import read_text
+    from poetgen.verse.prosody import is_han
+
+    path = Path(poem)
+    if poem == "-":
+        try:
+            text = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"stdin: not valid UTF-8 at byte {e.start}; pipe UTF-8 text") from None
+        lines = text.replace("\r\n", "\n").split("\n")
+        poems = [(f"stdin line {i}", p) for i, p in enumerate(lines, 1) if p.strip()]
+        if not poems:
+            raise ConfigError("stdin held no poem; pipe poems one per line, e.g. "
+                              "`poetgen sample --form 七绝 | poetgen check -`")
+    elif len(poem) < 256 and path.is_file():
+        lines = read_text(path).split("\n")
+        poems = [(f"{path} line {i}", p) for i, p in enumerate(lines, 1) if p.strip()]
+    elif not poem.strip():
+        raise ConfigError("POEM is empty; give the text of a poem, a file with one poem per "
+                          "line, or - to read poems from stdin")
+    else:
+        poems = [("POEM", poem)]
+    for where, text in poems:
+        if not any(is_han(c) for c in text):
+            shown = text if len(text) <= 40 else text[:40] + "…"
+            raise ConfigError(f"{where}: {shown!r} has no Chinese characters; `poetgen check` "
+                              "judges Chinese regular verse (五绝 五律 七绝 七律)")
+    return poems
 
 
 # ----------------------------------------------------------------------------------------------
@@ -457,26 +659,44 @@ REPL_START = ("form", "seed", "temperature", "rhyme", "tones")
 
 @cli.command()
 @click.option("--checkpoint", "-c", default=None, help=_CHECKPOINT_HELP)
-@generation_options(only=REPL_START, defaults={"form": "七绝"})
+@device_options
+@generation_options(only=REPL_START, defaults={"form": "七绝 for a model of Chinese verse"})
 @click.pass_context
-def repl(ctx, checkpoint, **values):
-    """Write poems together with the model, interactively.
+def repl(ctx, checkpoint, device, threads, **values):
+    """Write poems (or text) together with the model, interactively.
 
-    Type the start of a poem and the model completes it; :line 3 rewrites line 3 only, :pick lets
-    you choose each next character from the model's top choices, :check shows 平仄 and rhyme,
-    :save FILE keeps a poem. Type :help inside for every command. Ctrl-D quits.
-
-    When stdin is not a terminal, commands are read line by line (scriptable):
+    Type the start of a poem and the model completes it (with a model of running text, prose,
+    it starts in free mode and continues what you type). Inside, :help lists every command;
+    the main ones:
 
     \b
-      printf '春风\n:line 2\n:check\n:save poems.txt\n' | poetgen repl
-    """
-    from poetgen.lm import checkpoint as ckpt_mod
-    from poetgen.app.repl import run
+      :line 3      rewrite line 3 only (of poem #2 of several: :line 3 #2)
+      :pick        choose each next character from the model's top choices
+      :check       pinyin, 平仄 and rhyme of the poem (:check POEM: any poem)
+      :save FILE   append the poem to FILE
+      :form 五绝   settings: :temp 0.7, :acrostic 春江花月, :n 3 (Tab completes)
 
-    settings = settings_from_options(values, defaults={"form": "七绝"})
-    ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
-    ctx.exit(run(ck.model, ck.vocab, out, click.get_text_stream("stdin"), settings))
+    In a terminal: a status bar shows the settings, history persists (Up, Ctrl-R), Ctrl-C stops
+    a poem being written, Ctrl-D quits, and every poem is also kept in a session file under
+    $XDG_DATA_HOME/poetgen/sessions (~/.local/share/poetgen/sessions), named at start.
+
+    When stdin is not a terminal, commands are read line by line: poems and reports go to
+    stdout, errors to stderr, and the exit status is 1 if any command failed (0 otherwise):
+
+    \b
+      printf '春风\\n:line 2\\n:check\\n:save poems.txt\\n' | poetgen repl
+    """
+    from poetgen.app.repl import run
+    from poetgen.write import session_defaults
+
+    loaded = Loaded(checkpoint, device, threads)
+    ck = loaded.ck
+    try:
+        settings = settings_from_options(values, defaults=session_defaults(ck.model, ck.vocab))
+    except PoetgenError as e:
+        raise loaded.blame(e) from None
+    ctx.exit(run(ck.model, ck.vocab, out, sys.stdin, settings, err_console=err,
+                 debug=bool(ctx.obj and ctx.obj.get("debug"))))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -557,8 +777,35 @@ def corpus_stats_cmd(file, as_json):
     out.print(table)
 
 
-@corpus.command("fetch")
-@click.argument("name")
+def _source_names(ctx=None, param=None, incomplete: str = "") -> list[str]:
+    """The sources `corpus fetch` knows (for completion and --help); [] if the list is unreadable."""
+    from poetgen.verse.corpus_tools import manifest
+
+    try:
+        return sorted(n for n in manifest() if n.startswith(incomplete))
+    except PoetgenError:
+        return []
+
+
+class _FetchCommand(click.Command):
+    """`corpus fetch --help` ends with the names it knows, read when help is shown."""
+
+    def format_epilog(self, ctx, formatter):
+        from poetgen.verse.corpus_tools import manifest
+
+        try:
+            sources = manifest()
+        except PoetgenError as e:
+            sources, problem = {}, str(e)
+        with formatter.section("Known sources (poetgen/data/sources.toml, or ./corpora/manifest.toml)"):
+            if sources:
+                formatter.write_dl([(n, sources[n].get("description", "")) for n in sorted(sources)])
+            else:
+                formatter.write_text(problem)
+
+
+@corpus.command("fetch", cls=_FetchCommand)
+@click.argument("name", shell_complete=_source_names)
 @click.option("--url", default=None, help="Download from here instead of the manifest's address.")
 @click.option("--sha256", default=None, help="Expected checksum (with --url).")
 @click.option("--dest", type=click.Path(path_type=Path), default=Path("corpora"), show_default=True,

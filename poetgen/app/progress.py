@@ -15,6 +15,9 @@ if TYPE_CHECKING:  # the corpus commands use progress_bar without importing torc
     from poetgen.lm.train import Callbacks, EvalInfo, StepInfo
 
 
+_KIND_WORDS = {"lines": "one document per line", "running": "running text"}
+
+
 class TrainProgress:
     """Bar over steps when a step or epoch limit is known, else over seconds of the time budget."""
 
@@ -32,7 +35,8 @@ class TrainProgress:
         self.console.print(
             f"Training on {info['device']}: {info['parameters']:,} parameters, vocabulary "
             f"{info['vocab']:,}, {info['train_chars']:,} training / {info['val_chars']:,} "
-            f"validation characters" + (f", resuming at step {info['start_step']}"
+            f"validation characters, {_KIND_WORDS.get(info.get('text_kind'), 'text')}"
+            + (f", resuming at step {info['start_step']}"
                                         if info["start_step"] else ""))
         self.by_time = info["total_steps"] is None
         total = round(info["time_budget"]) if self.by_time else info["total_steps"]

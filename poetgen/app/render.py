@@ -1,10 +1,15 @@
-"""Rich rendering of a checked poem: characters with pinyin, 平仄 and rhyme marks, coloured.
+"""Rendering for the terminal: a checked poem (characters with pinyin, 平仄 and rhyme marks,
+coloured), and a poem laid out one verse line per row (`sample --by-line`, and the REPL when a
+poem is wider than the terminal).
 
 Shared by `poetgen check` and the REPL's `:check`, so both show the same thing.
 """
 
 from __future__ import annotations
 
+import re
+
+from rich.cells import cell_len
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -16,6 +21,15 @@ TONE_MARK = {"平": "平", "仄": "仄", "both": "中", None: "?"}
 # Mean 对仗 scores of real 律诗 in tang_val (measured by bench/quality_scores.py).
 PARALLEL_REAL_MIDDLE, PARALLEL_REAL_FIRST = 0.45, 0.24
 PARALLEL_GOOD = 0.4  # shown in bold: about a real middle couplet
+
+
+VERSE_END = re.compile(r"([，。？！；])(?=[^\n])")  # a verse line's end, not already at a break
+
+
+def verse_rows(text: str) -> str:
+    """`text` with a line break after every verse line (，。？！；), e.g. a 七律's 8 lines on 8
+    rows; text without that punctuation is returned as it is."""
+    return VERSE_END.sub("\\1\n", text)
 
 
 def render_report(report: Report) -> Group:
@@ -61,3 +75,26 @@ def render_parallelism(scores: list[float]) -> Text:
                 f"{PARALLEL_REAL_FIRST:.2f} on average; a character facing itself scores -2)",
                 style="dim")
     return text
+
+
+def poem_rows(poem: str, width: int | None, label: str = "") -> list[str]:
+    """How to print a poem in `width` terminal cells: one row if it fits, else one verse line per
+    row (continuation rows indented under `label`, e.g. '2. '). width None: always one row."""
+    if width is None or max(cell_len(row) for row in (label + poem).split("\n")) <= width:
+        return [label + poem]
+    rows = verse_rows(poem.strip()).split("\n")
+    return [label + rows[0]] + [" " * cell_len(label) + row for row in rows[1:]]
+
+
+def wrap_fields(text: str, width: int, sep: str = " · ") -> str:
+    """Fields joined by `sep`, broken between fields into rows of at most `width` cells (a field
+    wider than the row stays whole): a status line that fits a narrow terminal."""
+    rows, row = [], ""
+    for field in text.split(sep):
+        longer = f"{row}{sep}{field}" if row else field
+        if row and cell_len(longer) > width:
+            rows.append(row)
+            row = field
+        else:
+            row = longer
+    return "\n".join(rows + [row])

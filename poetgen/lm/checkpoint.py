@@ -158,7 +158,13 @@ def _existing(path: str | Path) -> Path:
 
 
 def resolve(spec: str | None, search_dir: str | Path = "checkpoints") -> Path:
-    """Which checkpoint a command means.
+    """Which checkpoint a command means (see `choose`)."""
+    return choose(spec, search_dir)[0]
+
+
+def choose(spec: str | None, search_dir: str | Path = "checkpoints") -> tuple[Path, str]:
+    """Which checkpoint a command means, and why (for messages: a default picked out of sight
+    must be named).
 
     An explicit path (file or run directory); `default` for the bundled Tang model; otherwise the
     POETGEN_CHECKPOINT variable, else the newest checkpoint under ./checkpoints, else the bundled one.
@@ -167,16 +173,21 @@ def resolve(spec: str | None, search_dir: str | Path = "checkpoints") -> Path:
         if not BUNDLED.exists():
             raise CheckpointError("the bundled `default` model is not installed; "
                                   "train one with `poetgen train CORPUS`")
-        return BUNDLED
+        return BUNDLED, "the bundled model"
     if spec:
-        return _existing(spec)
+        return _existing(spec), "given"
     if os.environ.get(ENV_VAR):
-        return _existing(os.environ[ENV_VAR])
-    found = sorted(Path(search_dir).glob("**/*.safetensors"), key=lambda p: p.stat().st_mtime)
+        return _existing(os.environ[ENV_VAR]), f"${ENV_VAR}"
+    found = find_checkpoints(search_dir)
     best = [p for p in found if p.name == "best.safetensors"]
     if best or found:
-        return (best or found)[-1]
+        return (best or found)[-1], f"the newest under {Path(search_dir)}/"
     if BUNDLED.exists():
-        return BUNDLED
+        return BUNDLED, "the bundled model"
     raise CheckpointError(f"no checkpoint found under {search_dir}/ and ${ENV_VAR} is not set; "
                           "train one with `poetgen train CORPUS` or pass --checkpoint PATH")
+
+
+def find_checkpoints(search_dir: str | Path = "checkpoints") -> list[Path]:
+    """Every .safetensors file under `search_dir`, oldest first (by modification time)."""
+    return sorted(Path(search_dir).glob("**/*.safetensors"), key=lambda p: p.stat().st_mtime)

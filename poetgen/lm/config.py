@@ -16,6 +16,9 @@ from pathlib import Path
 from poetgen.errors import ConfigError
 
 
+TEXT_KINDS = ("auto", "lines", "running")
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 0  # set from the corpus vocabulary, never by hand
@@ -28,6 +31,12 @@ class ModelConfig:
     softmax: str = "adaptive"  # "adaptive" (fast for thousands of characters) or "full"
     cutoffs: tuple[int, ...] = (1000, 3000)  # adaptive softmax cluster boundaries (by frequency rank)
     tie_weights: bool = False  # share input embedding and output matrix (full softmax only)
+    # What kind of text the model learned, which decides how it is evaluated (and sampled):
+    # "lines" = one document per line (poems: each line is scored alone from the poem-start
+    # state), "running" = running text (prose, plays: one stream, state carried across lines).
+    # "auto" is decided from the training corpus when training starts (corpus.detect_text_kind)
+    # and the checkpoint stores the result; checkpoints from before this field read as "lines".
+    text_kind: str = "auto"
 
     def validate(self) -> None:
         _check(self.embed_size > 0, "embed_size must be positive")
@@ -40,6 +49,7 @@ class ModelConfig:
         _check(self.softmax in ("adaptive", "full"), "softmax must be 'adaptive' or 'full'")
         _check(not (self.tie_weights and self.softmax == "adaptive"),
                "tie_weights needs softmax = 'full'")
+        _check(self.text_kind in TEXT_KINDS, f"text_kind must be one of {', '.join(TEXT_KINDS)}")
         _check(list(self.cutoffs) == sorted(set(self.cutoffs)) and all(c > 0 for c in self.cutoffs),
                "cutoffs must be increasing positive integers, e.g. 1000,3000")
 
@@ -62,11 +72,17 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps; 0 = no limit
     time_budget: float = 600.0  # stop after this many seconds of training; 0 = no limit
     eval_every: int = 250  # steps between validations (and best/last checkpoints)
+    # A run validates at least this often: every 1/min_evals of its step or time limit too, so
+    # that a short run draws a curve (a 2-minute run at 250 steps was evaluated once, at its end).
+    min_evals: int = 10
     sample_chars: int = 80  # length of the sample shown at each evaluation
     min_count: int = 1  # characters seen fewer times than this map to the unknown token
     max_vocab: int = 0  # keep at most this many characters (most frequent); 0 = all
-    val_fraction: float = 0.05  # share of lines held out when no --val file is given
-    device: str = "auto"  # auto | cpu | cuda | mps
+    # Share held out for validation when no --val file is given: lines chosen by a hash for a
+    # one-document-per-line corpus, the last part of the text for running text (as char-rnn
+    # and nanoGPT split tinyshakespeare), so that neighbouring lines do not leak into val.
+    val_fraction: float = 0.05
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "fp32"  # "bf16": CUDA autocast (faster wide matmuls, coarser recurrence)
     seed: int = 1234  # seeds weights, dropout and sampling shown during training
 
@@ -79,9 +95,18 @@ class TrainConfig:
         _check(self.epochs > 0 or self.max_steps > 0 or self.time_budget > 0,
                "set at least one of epochs, max_steps or time_budget, or training never ends")
         _check(self.eval_every >= 1, "eval_every must be at least 1")
+        _check(self.min_evals >= 1, "min_evals must be at least 1")
         _check(0 < self.val_fraction < 1, "val_fraction must be between 0 and 1")
-        _check(self.device in ("auto", "cpu", "cuda", "mps"), "device must be auto, cpu, cuda or mps")
+        _check(is_device_name(self.device), f"device must be {DEVICE_NAMES}, not {self.device!r}")
         _check(self.precision in ("fp32", "bf16"), "precision must be fp32 or bf16")
+
+
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N (the N-th GPU) or mps"
+
+
+def is_device_name(name: str) -> bool:
+    """A device poetgen can be asked for (whether this machine has it is pick_device's question)."""
+    return name in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", name) is not None
 
 
 def _check(ok: bool, message: str) -> None:
@@ -179,6 +204,7 @@ def to_dict(cfg) -> dict:
 def model_config_from_dict(d: dict) -> ModelConfig:
     names = {f.name for f in dataclasses.fields(ModelConfig)}
     kwargs = {k: v for k, v in d.items() if k in names}
+    kwargs.setdefault("text_kind", "lines")  # older checkpoints: all learned one poem per line
     if "cutoffs" in kwargs:
         kwargs["cutoffs"] = tuple(kwargs["cutoffs"])
     return ModelConfig(**kwargs)

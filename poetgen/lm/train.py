@@ -31,7 +31,7 @@ from poetgen.errors import CheckpointError, NonFiniteLossError
 from poetgen.files import atomic_open
 from poetgen.lm.checkpoint import load_checkpoint, save_checkpoint
 from poetgen.lm.config import REGULARIZATION, ModelConfig, TrainConfig, to_dict
-from poetgen.lm.corpus import Vocab, batchify, get_chunk, num_chunks
+from poetgen.lm.corpus import Vocab, batchify, detect_text_kind, get_chunk, num_chunks
 from poetgen.lm.evaluate import LN2, evaluate_ids
 from poetgen.lm.model import CharLSTM, State, burn_in_start_state, evaluating
 from poetgen.lm.sample import generate
@@ -89,16 +89,29 @@ class Callbacks:
 
 
 def pick_device(name: str) -> torch.device:
+    """The torch device for auto | cpu | cuda | cuda:N | mps, or a ConfigError saying what this
+    machine has instead."""
+    from poetgen.errors import ConfigError
+    from poetgen.lm.config import DEVICE_NAMES, is_device_name
+
+    if not is_device_name(name):
+        raise ConfigError(f"--device {name}: use {DEVICE_NAMES}")
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from poetgen.errors import ConfigError
-
-        raise ConfigError("--device cuda: no CUDA GPU is available here; use --device auto or cpu")
+        return torch.device("mps" if mps else "cpu")
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise ConfigError(f"--device {name}: no CUDA GPU is available here; "
+                              "use --device auto or cpu")
+        index = int(name.partition(":")[2] or 0)
+        if index >= count:
+            raise ConfigError(f"--device {name}: this machine has {count} CUDA GPU(s), "
+                              f"cuda:0 to cuda:{count - 1}")
+    if name == "mps" and not mps:
+        raise ConfigError("--device mps: Apple's MPS is not available here; use --device auto or cpu")
     return torch.device(name)
 
 
@@ -119,6 +132,22 @@ def run_progress(cfg: TrainConfig, step: int, elapsed: float, chunks_per_epoch: 
     if cfg.time_budget:
         fractions.append(elapsed / cfg.time_budget)
     return max(fractions)
+
+
+def evaluation_due(cfg: TrainConfig, step: int, elapsed_before: float, elapsed: float,
+                   steps: int | None) -> bool:
+    """Whether the step that just ended (`step`, training time `elapsed_before` -> `elapsed`)
+    is followed by a validation: every `eval_every` steps, and every 1/`min_evals` of the run's
+    step limit or time budget, whichever comes first, so that a short run draws a curve."""
+    every = cfg.eval_every
+    if steps:
+        every = min(every, max(1, math.ceil(steps / cfg.min_evals)))
+    if step % every == 0:
+        return True
+    if cfg.time_budget:
+        interval = cfg.time_budget / cfg.min_evals
+        return int(elapsed // interval) > int(elapsed_before // interval)
+    return False
 
 
 def make_optimizer(model: CharLSTM, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -357,6 +386,8 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
     # -- setup: the device, the data as parallel streams, the model and optimizer ---------------
     cb = callbacks or Callbacks()
     config.validate()
+    if model_config.text_kind == "auto":  # the checkpoint records what was decided
+        model_config = replace(model_config, text_kind=detect_text_kind(train_ids, vocab.newline_id))
     device = pick_device(config.device)
     if device.type == "cuda":  # TF32 matmuls: float32 range and accumulation, several times faster
         torch.set_float32_matmul_precision("high")
@@ -381,10 +412,10 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
                      "vocab": len(vocab), "train_chars": train_ids.numel(),
                      "val_chars": val_ids.numel(), "chunks_per_epoch": chunks,
                      "total_steps": steps, "start_step": run.step,
-                     "time_budget": config.time_budget})
+                     "text_kind": run.model.config.text_kind, "time_budget": config.time_budget})
         while (progress := run_progress(config, run.step, run.elapsed, chunks)) < 1.0:
             # -- one SGD step on the next chunk of every stream --------------------------------
-            t0 = time.perf_counter()
+            t0, elapsed_before = time.perf_counter(), run.elapsed
             index = run.step % chunks
             if index == 0:  # a new pass starts the streams afresh
                 run.state = run.model.zero_state(config.batch_size)
@@ -408,9 +439,9 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_co
                 checkpoints.save_last(run, last_val)
                 raise TrainingInterrupted(checkpoints.last, run.step)
 
-            # -- every eval_every steps and at the end: validate, checkpoint, log, preview -----
+            # -- when due (evaluation_due) and at the end: validate, checkpoint, log, preview ----
             finished = run_progress(config, run.step, run.elapsed, chunks) >= 1.0
-            if run.step % config.eval_every == 0 or finished:
+            if finished or evaluation_due(config, run.step, elapsed_before, run.elapsed, steps):
                 with meter.paused():
                     last_val = evaluate_and_save(run, checkpoints, val_ids, burn_ids)
                     sample = preview(run.model, vocab, config, run.step)
