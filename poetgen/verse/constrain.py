@@ -88,6 +88,7 @@ class Compiled:
     templates: list[Template | None]
     positions: list[tuple[int, int]] = field(default_factory=list)  # step -> (line, col), col -1 = punct
     plan_notes: list[dict | None] = field(default_factory=lambda: [None])  # per plan, for Poem.plan
+    fixed: dict[tuple[int, int], str] = field(default_factory=dict)  # the spec's fixed characters
 
     # P is 1 for a spec; `with_plans` makes P variants of one spec that differ only in more fixed
     # characters (where keywords go), so that one batch tries several plans at once.
@@ -189,7 +190,7 @@ def compile_spec(spec: PoemSpec, vocab: Vocab, device: torch.device | str = "cpu
                     tones.required.to(device), tones.ok.to(device), rhyme.at.to(device),
                     rhyme.member.to(device), rhyme.left.to(device), rhyme.count.to(device),
                     reserved[None].to(device), alive0[None].to(device), cand0[None].to(device),
-                    rhyme.group_names, tones.templates, layout.positions)
+                    rhyme.group_names, tones.templates, layout.positions, fixed=fixed)
 
 
 def with_plans(c: Compiled, extras: list[dict[tuple[int, int], str]],
@@ -558,8 +559,9 @@ def _advance(c: Compiled, h: _Hyps, t: int, token: torch.Tensor, per: torch.Tens
         is_rhyme = (h.alive & rhymes).any(1)
         narrowed = h.cand & c.member[token]
         h.cand = torch.where(is_rhyme[:, None], narrowed, h.cand)
-        # Kept from every later rhyme, even read as not rhyming (line 1's end): a reader hears
-        # the same character end two lines as a repeated rhyme either way.
+    if rhymes.any() or c.positions[t] == (0, c.spec.form.chars_per_line - 1):
+        # Kept from every later rhyme, line 1's end too, rhyming or not: a reader hears the same
+        # character end two of these lines as a repeated rhyme either way.
         h.rhymed[rows, token] = True
     h.used[rows, token] = True
 

@@ -44,6 +44,7 @@ from poetgen.errors import CorpusError
 from poetgen.verse.prosody import is_han, split_verse
 
 FORMAT = "poetgen-lexicon/1"
+MIN_POEMS = 50  # fewer poems give statistics of nothing
 MIN_CHAR_COUNT = 3
 MIN_WORD_COUNT = 12
 MIN_WORD_PMI = 2.5
@@ -89,7 +90,7 @@ class Lexicon:
 
     @classmethod
     def load(cls, path: str | Path) -> "Lexicon":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         path = Path(path)
         if not path.is_file():
@@ -106,7 +107,7 @@ class Lexicon:
                        tensors["topic"].astype(np.float32), tensors["positions"].astype(np.int64),
                        json.loads(header["parallel_chars"]), tensors["parallel"].astype(np.float32),
                        meta)
-        except (KeyError, ValueError, OSError) as e:
+        except (KeyError, ValueError, OSError, SafetensorError) as e:
             raise CorpusError(f"{path}: not a poetgen lexicon ({e}); rebuild it with "
                               "`poetgen corpus lexicon CORPUS -o FILE`") from None
 
@@ -185,14 +186,16 @@ def _load_cached(path: Path) -> Lexicon:
 # Building
 
 
-def build_lexicon(poems: list[str], source: str = "", progress=lambda stage: None) -> Lexicon:
+def build_lexicon(poems: list[str], source: str = "", source_sha256: str = "") -> Lexicon:
     """The three statistics of `poems` (one poem per string)."""
     import torch
 
     poems = [[line for line in split_verse(p) if line and all(is_han(c) for c in line)]
              for p in poems]
     poems = [p for p in poems if len(p) >= 2]
-    progress("counting")
+    if len(poems) < MIN_POEMS:
+        raise CorpusError(f"{source or 'the corpus'}: {len(poems)} poems of Chinese verse (lines "
+                          f"split by ，。); corpus statistics need at least {MIN_POEMS}")
     chars = Counter(c for p in poems for line in p for c in line)
     total_chars = sum(chars.values())
     slot_words = Counter(line[a:b] for p in poems for line in p
@@ -207,7 +210,6 @@ def build_lexicon(poems: list[str], source: str = "", progress=lambda stage: Non
     N = len(tokens)
     counts = np.array([chars[t] if len(t) == 1 else slot_words[t] for t in tokens], dtype=np.int64)
 
-    progress("topic")
     positions = np.zeros((N, 12), dtype=np.int64)
     line_rows, line_cols, poem_of_line, end_rows, end_cols = [], [], [], [], []
     nlines = 0
@@ -239,7 +241,6 @@ def build_lexicon(poems: list[str], source: str = "", progress=lambda stage: Non
     topic = _ppmi_svd(cooc, TOPIC_DIM, unit=False)
     del cooc
 
-    progress("parallel")
     parallel_chars = char_list
     pindex = {c: i for i, c in enumerate(parallel_chars)}
     facing = np.zeros((len(parallel_chars), len(parallel_chars)), dtype=np.float32)
@@ -254,7 +255,10 @@ def build_lexicon(poems: list[str], source: str = "", progress=lambda stage: Non
                     facing[pindex[x], pindex[y]] += 1
                     facing[pindex[y], pindex[x]] += 1
     parallel = _ppmi_svd(torch.from_numpy(facing), PARALLEL_DIM, unit=False)
-    meta = {"source": source, "poems": len(poems), "characters": total_chars,
+    from poetgen import __version__
+
+    meta = {"source": source, "source_sha256": source_sha256, "built_by": f"poetgen {__version__}",
+            "poems": len(poems), "characters": total_chars,
             "lines": nlines, "middle_couplets": couplets,
             "min_char_count": MIN_CHAR_COUNT, "min_word_count": MIN_WORD_COUNT,
             "min_word_pmi": MIN_WORD_PMI, "topic_dim": TOPIC_DIM, "parallel_dim": PARALLEL_DIM}
@@ -267,9 +271,12 @@ def _cross_line_pairs(rows: list[int], cols: list[int], poem_of_line: list[int],
 
     Sparse products: (poem x token)^T (poem x token) counts pairs of lines in one poem, the
     line's own pairs (line x token)^T (line x token) are taken out."""
+    import warnings
+
     import torch
 
-    with torch.sparse.check_sparse_tensor_invariants(True):
+    with torch.sparse.check_sparse_tensor_invariants(True), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         lines = torch.sparse_coo_tensor(torch.tensor([rows, cols], dtype=torch.long),
                                         torch.ones(len(rows)), (nlines, N)).coalesce()
         poem = torch.sparse_coo_tensor(torch.tensor([poem_of_line, list(range(nlines))]),

@@ -175,6 +175,10 @@ def make_plan(theme: str, keywords: str, compiled, lex: Lexicon | None, seed: in
     form = compiled.spec.form
     if keywords:
         words, from_theme = split_keywords(keywords), False
+        # Keywords the fixed characters already hold (an acrostic, a kept line) need no place.
+        held = ["".join(compiled.fixed.get((i, j), "?") for j in range(form.chars_per_line))
+                for i in range(form.lines)]
+        words = [w for w in words if not any(w in line for line in held)]
     else:
         if lex is None:
             raise ConstraintError("--theme needs corpus statistics (a lexicon) and none was found; "

@@ -1,0 +1,171 @@
+"""How decoding settings change the poems: repetition, coherence, 对仗, log-probability, time.
+
+Choosing defaults by measurement, cheaply: `pool` samples many candidates once per (temperature,
+repetition penalty), `choose` then ranks them offline for every best-of and ranking weight (the
+k candidates of a poem are k consecutive samples, exchangeable), and prints one row per setting
+beside the same scores of real poems of tang_val. `time` measures one poem at given settings.
+
+    python bench/quality_bench.py pool --form 七绝 --temps 0.6,0.7,0.8 --penalties 0,1.5,3 \\
+        --poems 100 --best-of 8 --out /tmp/pools
+    python bench/quality_bench.py choose /tmp/pools/七绝-*.jsonl --best-of 1,4,8 \\
+        --coherence 0,1,2 --parallelism 0,1,2
+    python bench/quality_bench.py time --form 七绝 --repeats 20 [--best-of 8 ...any setting]
+
+The scores are those of poetgen.verse.scores and poetgen.verse.repeats; the real poems are the
+first --poems of each form in ../shared/corpora/tang_val.txt (never training data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from poetgen.verse.check import detect_form  # noqa: E402
+from poetgen.verse.lexicon import bundled  # noqa: E402
+from poetgen.verse.prosody import get_form, split_verse  # noqa: E402
+from poetgen.verse.repeats import repeated_chars, repeated_rhymes  # noqa: E402
+from poetgen.verse.scores import coherence, middle_parallelism  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora"
+
+
+def pool(args) -> None:
+    from poetgen.lm.checkpoint import load_checkpoint, resolve
+    from poetgen.settings import GenerationSettings
+    from poetgen.write import write
+
+    ck = load_checkpoint(resolve(args.checkpoint))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for temp, penalty in itertools.product(_floats(args.temps), _floats(args.penalties)):
+        path = out / f"{args.form}-t{temp:g}-p{penalty:g}.jsonl"
+        if path.exists():
+            continue
+        settings = GenerationSettings(form=args.form, temperature=temp, repeat_penalty=penalty,
+                                      top_p=args.top_p, seed=args.seed, n=args.poems * args.best_of)
+        start = time.perf_counter()
+        poems = write(ck.model, ck.vocab, settings)
+        rows = [{"text": p.text, "mean_logprob": p.mean_logprob, "temperature": temp,
+                 "repeat_penalty": penalty, "top_p": args.top_p} for p in poems]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        os.replace(tmp, path)
+        print(f"wrote {path} ({len(rows)} poems, {time.perf_counter() - start:.0f} s)", flush=True)
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def scores_of(texts: list[str], lex) -> dict:
+    lines = [split_verse(t) for t in texts]
+    coh = [c for c in (coherence(ls, lex) for ls in lines) if c is not None]
+    par = [p for p in (middle_parallelism(ls, lex) for ls in lines) if p is not None]
+    n = max(1, len(texts))
+    return {"poems": len(texts),
+            "重韵%": round(100 * sum(bool(repeated_rhymes(ls)) for ls in lines) / n, 1),
+            "重字%": round(100 * sum(bool(repeated_chars(ls)) for ls in lines) / n, 1),
+            "coherence": round(statistics.mean(coh), 3) if coh else None,
+            "对仗": round(statistics.mean(par), 3) if par else None}
+
+
+def choose(args) -> None:
+    lex = bundled()
+    form = None
+    for path in args.pools:
+        rows = [json.loads(x) for x in Path(path).read_text(encoding="utf-8").splitlines()]
+        for r in rows:
+            r.update(_cached_scores(r["text"], lex))
+        form = detect_form(split_verse(rows[0]["text"])).name
+        for k, wc, wp in itertools.product([int(x) for x in args.best_of.split(",")],
+                                           _floats(args.coherence), _floats(args.parallelism)):
+            if form in ("五绝", "七绝") and wp:
+                continue
+            chosen = []
+            for s in range(0, len(rows) - k + 1, k):
+                group = rows[s:s + k]
+                chosen.append(max(group, key=lambda r: r["mean_logprob"] + wc * r["coh"] + wp * r["par"]))
+            row = {"form": form, "temp": rows[0]["temperature"], "penalty": rows[0]["repeat_penalty"],
+                   "top_p": rows[0].get("top_p", 1.0), "best_of": k, "w_coherence": wc,
+                   "w_parallelism": wp}
+            row |= scores_of([r["text"] for r in chosen], lex)
+            row["logprob"] = round(statistics.mean(r["mean_logprob"] for r in chosen), 3)
+            print(json.dumps(row, ensure_ascii=False), flush=True)
+    if form:
+        real = [p for p in (SHARED / "tang_val.txt").read_text(encoding="utf-8").splitlines()
+                if (f := detect_form(split_verse(p))) and f.name == form][:args.real]
+        print(json.dumps({"form": form, "source": "tang_val"} | scores_of(real, lex), ensure_ascii=False))
+
+
+def _cached_scores(text: str, lex) -> dict:
+    lines = split_verse(text)
+    return {"coh": coherence(lines, lex) or 0.0, "par": middle_parallelism(lines, lex) or 0.0}
+
+
+def timing(args) -> None:
+    """Seconds for one poem after the model is loaded (median of --repeats, seeds 0, 1, ...)."""
+    import torch
+
+    from poetgen.lm.checkpoint import load_checkpoint, resolve
+    from poetgen.settings import GenerationSettings
+    from poetgen.write import write
+
+    start = time.perf_counter()
+    ck = load_checkpoint(resolve(args.checkpoint))
+    load_s = time.perf_counter() - start
+    changes = {k: v for k, v in vars(args).items()
+               if k in GenerationSettings.options() and v is not None}
+    settings = GenerationSettings(form=args.form, **changes)
+    times = []
+    for seed in range(args.repeats):
+        start = time.perf_counter()
+        write(ck.model, ck.vocab, settings.replace(seed=seed))
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"form": args.form, "settings": {k: str(v) for k, v in settings.changed().items()},
+                      "threads": torch.get_num_threads(), "load_s": round(load_s, 2),
+                      "first_s": round(times[0], 3), "median_s": round(statistics.median(times), 3),
+                      "max_s": round(max(times), 3), "repeats": args.repeats,
+                      "loadavg_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()},
+                     ensure_ascii=False))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("pool")
+    p.add_argument("--checkpoint", default="default")
+    p.add_argument("--form", default="七绝")
+    p.add_argument("--temps", default="0.6,0.7,0.8")
+    p.add_argument("--penalties", default="0,1.5,3")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--poems", type=int, default=100)
+    p.add_argument("--best-of", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="pools")
+    c = sub.add_parser("choose")
+    c.add_argument("pools", nargs="+")
+    c.add_argument("--best-of", default="1,4,8")
+    c.add_argument("--coherence", default="0,1,2")
+    c.add_argument("--parallelism", default="0")
+    c.add_argument("--real", type=int, default=200)
+    t = sub.add_parser("time")
+    t.add_argument("--checkpoint", default="default")
+    t.add_argument("--form", default="七绝")
+    t.add_argument("--repeats", type=int, default=10)
+    for flag, typ in (("--best-of", int), ("--temperature", float), ("--repeat-penalty", float),
+                      ("--coherence", float), ("--parallelism", float), ("--theme", str),
+                      ("--keywords", str), ("--top-p", float)):
+        t.add_argument(flag, type=typ, default=None)
+    args = ap.parse_args()
+    {"pool": pool, "choose": choose, "time": timing}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
