@@ -12,7 +12,7 @@ beside the same scores of real poems of tang_val. `time` measures one poem at gi
     python bench/quality_bench.py time --form 七绝 --repeats 20 [--best-of 8 ...any setting]
 
 The scores are those of poetgen.verse.scores and poetgen.verse.repeats; the real poems are the
-first --poems of each form in ../shared/corpora/tang_val.txt (never training data).
+first --real of the form in ../shared/corpora/tang_val.txt, or --val (never training data).
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
-def scores_of(texts: list[str], lex) -> dict:
+def scores_of(texts: list[str], lex, copy_lines: set[str] | None = None) -> dict:
+    from poetgen.verse.check import distinct_n
+
     lines = [split_verse(t) for t in texts]
     coh = [c for c in (coherence(ls, lex) for ls in lines) if c is not None]
     par = [p for p in (middle_parallelism(ls, lex) for ls in lines) if p is not None]
@@ -73,12 +75,19 @@ def scores_of(texts: list[str], lex) -> dict:
             "重韵%": round(100 * sum(bool(repeated_rhymes(ls)) for ls in lines) / n, 1),
             "重字%": round(100 * sum(bool(repeated_chars(ls)) for ls in lines) / n, 1),
             "coherence": round(statistics.mean(coh), 3) if coh else None,
-            "对仗": round(statistics.mean(par), 3) if par else None}
+            "对仗": round(statistics.mean(par), 3) if par else None,
+            "distinct-2": round(distinct_n(texts, 2), 3),
+            "copied lines%": None if copy_lines is None else
+            round(100 * sum(x in copy_lines for ls in lines for x in ls) / max(1, sum(map(len, lines))), 1)}
 
 
 def choose(args) -> None:
     lex = bundled()
     form = None
+    copy = None
+    if args.corpus:
+        from poetgen.verse.metrics import verse_lines
+        copy = verse_lines(args.corpus)
     for path in args.pools:
         rows = [json.loads(x) for x in Path(path).read_text(encoding="utf-8").splitlines()]
         for r in rows:
@@ -95,13 +104,13 @@ def choose(args) -> None:
             row = {"form": form, "temp": rows[0]["temperature"], "penalty": rows[0]["repeat_penalty"],
                    "top_p": rows[0].get("top_p", 1.0), "best_of": k, "w_coherence": wc,
                    "w_parallelism": wp}
-            row |= scores_of([r["text"] for r in chosen], lex)
+            row |= scores_of([r["text"] for r in chosen], lex, copy)
             row["logprob"] = round(statistics.mean(r["mean_logprob"] for r in chosen), 3)
             print(json.dumps(row, ensure_ascii=False), flush=True)
     if form:
-        real = [p for p in (SHARED / "tang_val.txt").read_text(encoding="utf-8").splitlines()
+        real = [p for p in Path(args.val).read_text(encoding="utf-8").splitlines()
                 if (f := detect_form(split_verse(p))) and f.name == form][:args.real]
-        print(json.dumps({"form": form, "source": "tang_val"} | scores_of(real, lex), ensure_ascii=False))
+        print(json.dumps({"form": form, "source": "tang_val"} | scores_of(real, lex, copy), ensure_ascii=False))
 
 
 def _cached_scores(text: str, lex) -> dict:
@@ -122,7 +131,7 @@ def timing(args) -> None:
     load_s = time.perf_counter() - start
     changes = {k: v for k, v in vars(args).items()
                if k in GenerationSettings.options() and v is not None}
-    settings = GenerationSettings(form=args.form, **changes)
+    settings = GenerationSettings(**changes)
     times = []
     for seed in range(args.repeats):
         start = time.perf_counter()
@@ -155,6 +164,8 @@ def main() -> None:
     c.add_argument("--coherence", default="0,1,2")
     c.add_argument("--parallelism", default="0")
     c.add_argument("--real", type=int, default=200)
+    c.add_argument("--val", default=str(SHARED / "tang_val.txt"), help="real poems to compare")
+    c.add_argument("--corpus", default=None, help="training corpus: share of lines copied from it")
     t = sub.add_parser("time")
     t.add_argument("--checkpoint", default="default")
     t.add_argument("--form", default="七绝")

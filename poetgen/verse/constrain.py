@@ -28,6 +28,7 @@ redone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,6 +96,10 @@ class Compiled:
     @property
     def plans(self) -> int:
         return self.static.size(0)
+
+    @functools.cached_property
+    def member_float(self) -> torch.Tensor:
+        return self.member.float()
 
 
 Placed = list[tuple[tuple[int, int], str]]  # ((line, col), character), in order
@@ -276,8 +281,34 @@ def _check_fixed_chars(spec: PoemSpec, vocab: Vocab, fixed: dict[tuple[int, int]
 
 def _writable(spec: PoemSpec, vocab: Vocab) -> torch.Tensor:
     """(V,) bool: the characters a verse position may hold (Han, not banned)."""
-    banned = _banned(spec)
-    return torch.tensor([is_han(c) and c not in banned for c in vocab.chars])
+    writable = _vocab_table(tuple(vocab.chars), spec.tone_scheme).han.clone()
+    banned = [vocab.id(c) for c in _banned(spec) if c in vocab]
+    writable[banned] = False
+    return writable
+
+
+@dataclass(frozen=True)
+class _VocabTable:
+    """What a scheme says about every character of a vocabulary, once per (vocabulary, scheme)."""
+
+    han: torch.Tensor  # (V,) bool: a Han character
+    ping: torch.Tensor  # (V,) bool: has a level (平) reading
+    ze: torch.Tensor  # (V,) bool: has an oblique (仄) reading
+    member: torch.Tensor  # (V, G) bool: in rhyme group g
+
+
+@functools.lru_cache(maxsize=8)
+def _vocab_table(chars: tuple[str, ...], scheme_name: str) -> _VocabTable:
+    rs = scheme(scheme_name)
+    han = [is_han(c) for c in chars]
+    tone = [rs.tone(c) if h else None for c, h in zip(chars, han)]
+    gindex = {g: k for k, g in enumerate(rs.group_names)}
+    pairs = [(v, gindex[g]) for v, (c, h) in enumerate(zip(chars, han)) if h for g in rs.groups(c)]
+    member = torch.zeros(len(chars), max(1, len(rs.group_names)), dtype=torch.bool)
+    if pairs:
+        member[torch.tensor(pairs).T.unbind()] = True
+    return _VocabTable(torch.tensor(han), torch.tensor([t in (PING, "both") for t in tone]),
+                       torch.tensor([t in (ZE, "both") for t in tone]), member)
 
 
 def _layout(spec: PoemSpec, vocab: Vocab, fixed: dict[tuple[int, int], str],
@@ -321,11 +352,10 @@ def _fix(static: torch.Tensor, fixed: dict[tuple[int, int], str], positions: lis
 def _tones(spec: PoemSpec, vocab: Vocab, positions: list[tuple[int, int]],
            writable: torch.Tensor) -> _Tones:
     """What each template asks at each step, and which characters can give it."""
-    f, ts = spec.form, scheme(spec.tone_scheme)
-    tone_of = [ts.tone(c) if is_han(c) else None for c in vocab.chars]
+    f, table = spec.form, _vocab_table(tuple(vocab.chars), spec.tone_scheme)
     ok = torch.stack([
-        writable & torch.tensor([t in (PING, "both") for t in tone_of]),
-        writable & torch.tensor([t in (ZE, "both") for t in tone_of]),
+        writable & table.ping,
+        writable & table.ze,
         writable,
         torch.ones(len(vocab), dtype=torch.bool),  # not a verse position: the static mask decides
     ])
@@ -351,20 +381,17 @@ def _rhyme(spec: PoemSpec, vocab: Vocab, positions: list[tuple[int, int]],
     rs = scheme(spec.rhyme) if spec.rhyme else None
     group_names = rs.group_names if rs else []
     gindex = {g: k for k, g in enumerate(group_names)}
-    member = torch.zeros(len(vocab), max(1, len(group_names)), dtype=torch.bool)
     at = torch.zeros(len(tpls), len(positions), dtype=torch.bool)
     cand0 = torch.zeros(max(1, len(group_names)), dtype=torch.bool)
     if rs is None:
+        member = torch.zeros(len(vocab), 1, dtype=torch.bool)
         return _Rhyme(group_names, member, at, cand0, at.float(), cand0.float())
-    for v, c in enumerate(vocab.chars):
-        for g in rs.groups(c) if is_han(c) else ():
-            member[v, gindex[g]] = True
-    for k, tpl in enumerate(tpls):
-        first_rhymes = tpl is not None and tpl.first_line_rhymes
-        for t, (i, j) in enumerate(positions):
-            at[k, t] = j == f.chars_per_line - 1 and line_rhymes(i, first_rhymes)
+    member = _vocab_table(tuple(vocab.chars), spec.rhyme).member
+    at = torch.tensor([[j == f.chars_per_line - 1 and line_rhymes(i, tpl is not None and
+                                                                tpl.first_line_rhymes)
+                        for i, j in positions] for tpl in tpls])
     left = at.float().flip(1).cumsum(1).flip(1)  # rhymes at t and after
-    count = (member & _writable(spec, vocab)[:, None]).float().sum(0)
+    count = (member & _writable(spec, vocab)[:, None]).sum(0).float()
     allowed = rs.level_groups if spec.tones != "off" else set(group_names)
     if spec.rhyme_group:
         wanted = rs.resolve_group(spec.rhyme_group)
@@ -423,16 +450,16 @@ def _template_conflict(k: int, layout: _Layout, fixed: dict[tuple[int, int], str
                         "does not rhyme with the other fixed rhymes or the rhyme group")
     if rhyme.group_names and not cand.any():
         return "no rhyme group is left to rhyme in"
-    rhymable = rhyme.member.float() @ cand.float() > 0
-    for t in range(layout.static.size(0)):
-        ok = layout.static[t] & tones.ok[tones.required[k, t]]
-        if rhyme.at[k, t]:
-            ok = ok & rhymable
-        if not ok.any():
-            i, j = layout.positions[t]
-            what = "rhyming " if rhyme.at[k, t] else ""
-            return (f"the model's vocabulary has no {what}character that fits line {i + 1}, "
-                    f"character {j + 1}; choose another rhyme group or loosen --tones")
+    rhymable = (rhyme.member & cand[None]).any(1)
+    ok = layout.static & tones.ok[tones.required[k]]  # (T, V)
+    ok[rhyme.at[k]] &= rhymable
+    empty = (~ok.any(1)).nonzero()
+    if len(empty):
+        t = int(empty[0])
+        i, j = layout.positions[t]
+        what = "rhyming " if rhyme.at[k, t] else ""
+        return (f"the model's vocabulary has no {what}character that fits line {i + 1}, "
+                f"character {j + 1}; choose another rhyme group or loosen --tones")
     rhymes = int(rhyme.at[k].sum())
     if rhyme.group_names and not (cand & (rhyme.count >= rhymes)).any():
         return (f"no rhyme group left has {rhymes} different characters in the model's vocabulary "
@@ -532,7 +559,7 @@ def _allowed(c: Compiled, h: _Hyps, t: int) -> tuple[torch.Tensor, torch.Tensor]
     if c.rhymes_at[:, t].any():
         # Groups with enough unused characters for the rhymes left under each template (n, K, G),
         # then the characters of those groups that no rhyme position holds yet (no 重韵).
-        member = c.member.float()
+        member = c.member_float
         free = c.rhyme_count[None] - h.rhymed.float() @ member  # (n, G)
         enough = free[:, None, :] >= c.rhymes_left[:, t][None, :, None]
         groups = (h.cand[:, None, :] & enough).float()
