@@ -10,6 +10,7 @@ beside the same scores of real poems of tang_val. `time` measures one poem at gi
     python bench/quality_bench.py choose /tmp/pools/七绝-*.jsonl --best-of 1,4,8 \\
         --coherence 0,1,2 --parallelism 0,1,2
     python bench/quality_bench.py time --form 七绝 --repeats 20 [--best-of 8 ...any setting]
+    python bench/quality_bench.py scores [GENERATED_FILE ...]   # what the scores tell apart
 
 The scores are those of poetgen.verse.scores and poetgen.verse.repeats; the real poems are the
 first --real of the form in ../shared/corpora/tang_val.txt, or --val (never training data).
@@ -31,7 +32,7 @@ from poetgen.verse.check import detect_form  # noqa: E402
 from poetgen.verse.lexicon import bundled  # noqa: E402
 from poetgen.verse.prosody import get_form, split_verse  # noqa: E402
 from poetgen.verse.repeats import repeated_chars, repeated_rhymes  # noqa: E402
-from poetgen.verse.scores import coherence, middle_parallelism  # noqa: E402
+from poetgen.verse.scores import coherence, couplet_parallelism, middle_parallelism  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 
@@ -118,6 +119,45 @@ def _cached_scores(text: str, lex) -> dict:
     return {"coh": coherence(lines, lex) or 0.0, "par": middle_parallelism(lines, lex) or 0.0}
 
 
+def what_scores_tell(args) -> None:
+    """Real tang_val poems against the same lines shuffled across poems (and against generated
+    poems, one per line in each file given): mean coherence and the AUC (the chance that a real
+    poem scores above the other); 对仗 of real 律诗 by couplet."""
+    import random
+
+    lex = bundled()
+    val = [split_verse(p) for p in Path(args.val).read_text(encoding="utf-8").splitlines()]
+    generated = {}
+    for path in args.generated:
+        for text in Path(path).read_text(encoding="utf-8").splitlines():
+            lines = split_verse(text)
+            if (f := detect_form(lines)):
+                generated.setdefault(f.name, []).append(lines)
+    rng = random.Random(0)
+    for form in ("五绝", "五律", "七绝", "七律"):
+        real = [ls for ls in val if (f := detect_form(ls)) and f.name == form][:args.real]
+        pool = [line for ls in real for line in ls]
+        shuffled = [[rng.choice(pool) for _ in ls] for ls in real]
+        row = {"form": form, "real_poems": len(real)}
+        r = [coherence(ls, lex) or 0.0 for ls in real]
+        row["coherence_real"] = round(statistics.mean(r), 3)
+        for name, others in (("shuffled", shuffled), ("generated", generated.get(form, []))):
+            if others:
+                o = [coherence(ls, lex) or 0.0 for ls in others]
+                row[f"coherence_{name}"] = round(statistics.mean(o), 3)
+                row[f"auc_real_vs_{name}"] = round(_auc(r, o), 3)
+        if real and len(real[0]) == 8:
+            for k, name in enumerate(("first", "second", "third", "last")):
+                row[f"对仗_{name}_couplet"] = round(statistics.mean(
+                    couplet_parallelism(ls[2 * k], ls[2 * k + 1], lex) for ls in real), 3)
+        print(json.dumps(row, ensure_ascii=False))
+
+
+def _auc(pos: list[float], neg: list[float]) -> float:
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
 def timing(args) -> None:
     """Seconds for one poem after the model is loaded (median of --repeats, seeds 0, 1, ...)."""
     import torch
@@ -174,8 +214,12 @@ def main() -> None:
                       ("--coherence", float), ("--parallelism", float), ("--theme", str),
                       ("--keywords", str), ("--top-p", float)):
         t.add_argument(flag, type=typ, default=None)
+    s = sub.add_parser("scores")
+    s.add_argument("generated", nargs="*", help="files of generated poems, one per line")
+    s.add_argument("--real", type=int, default=300)
+    s.add_argument("--val", default=str(SHARED / "tang_val.txt"))
     args = ap.parse_args()
-    {"pool": pool, "choose": choose, "time": timing}[args.cmd](args)
+    {"pool": pool, "choose": choose, "time": timing, "scores": what_scores_tell}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ from poetgen.verse.check import Report
 
 TONE_STYLE = {"平": "green", "仄": "blue", "both": "yellow", None: "dim"}
 TONE_MARK = {"平": "平", "仄": "仄", "both": "中", None: "?"}
-# Mean 对仗 scores of real 律诗 in tang_val (measured by bench/quality_scores.py).
-PARALLEL_REAL_MIDDLE, PARALLEL_REAL_FIRST = 0.45, 0.24
+# Mean 对仗 scores of real 律诗 in tang_val (`python bench/quality_bench.py scores`).
+PARALLEL_REAL_MIDDLE, PARALLEL_REAL_FIRST = 0.44, 0.23
 PARALLEL_GOOD = 0.4  # shown in bold: about a real middle couplet
 
 
@@ -66,7 +66,7 @@ def render_report(report: Report) -> Group:
 
 
 def render_parallelism(scores: list[float]) -> Text:
-    """对仗 per couplet, with what real 律诗 score (bench/quality_scores.py, tang_val)."""
+    """对仗 per couplet, beside what real 律诗 of tang_val score."""
     text = Text("对仗 ")
     for k, score in enumerate(scores):
         text.append(f" {2 * k + 1}–{2 * k + 2}: ")
