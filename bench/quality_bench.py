@@ -12,7 +12,7 @@ beside the same scores of real poems of tang_val. `time` measures one poem at gi
     python bench/quality_bench.py time --form 七绝 --repeats 20 [--best-of 8 ...any setting]
     python bench/quality_bench.py scores [GENERATED_FILE ...]   # what the scores tell apart
 
-The scores are those of poetgen.verse.scores and poetgen.verse.repeats; the real poems are the
+The scores are those of poetgen.verse.scores, verse.repeats (重字) and verse.check (重韵); the real poems are the
 first --real of the form in ../shared/corpora/tang_val.txt, or --val (never training data).
 """
 
@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from poetgen.verse.check import detect_form  # noqa: E402
 from poetgen.verse.lexicon import bundled  # noqa: E402
 from poetgen.verse.prosody import get_form, split_verse  # noqa: E402
-from poetgen.verse.repeats import repeated_chars, repeated_rhymes  # noqa: E402
+from poetgen.verse.check import check_poem  # noqa: E402
+from poetgen.verse.repeats import repeated_chars  # noqa: E402
 from poetgen.verse.scores import coherence, couplet_parallelism, middle_parallelism  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora"
@@ -73,7 +74,8 @@ def scores_of(texts: list[str], lex, copy_lines: set[str] | None = None) -> dict
     par = [p for p in (middle_parallelism(ls, lex) for ls in lines) if p is not None]
     n = max(1, len(texts))
     return {"poems": len(texts),
-            "重韵%": round(100 * sum(bool(repeated_rhymes(ls)) for ls in lines) / n, 1),
+            "重韵%": round(100 * sum(any(v.startswith("重韵") for v in check_poem(t).violations)
+                                     for t in texts) / n, 1),
             "重字%": round(100 * sum(bool(repeated_chars(ls)) for ls in lines) / n, 1),
             "coherence": round(statistics.mean(coh), 3) if coh else None,
             "对仗": round(statistics.mean(par), 3) if par else None,

@@ -24,15 +24,19 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
-def check(poem: str, rhyme: str = "pingshui", tones: str = "loose") -> "Report":
+def check(poem: str, rhyme: str = "pingshui", tones: str = "loose", readings: str = "all",
+          sanzewei: bool = False) -> "Report":
     """Check a poem's form, rhyme and tones: a Report with every character and violation.
 
-    rhyme: "pingshui" (平水韵) or "modern" (中华新韵); tones: "loose", "strict" or "off".
-    `report.ok` is True when nothing is violated; `report.to_dict()` gives plain data.
+    rhyme: "pingshui" (平水韵) or "modern" (中华新韵); tones: "loose", "strict" or "off";
+    readings: "all" (a rare reading is allowed, with a warning) or "common" (it fails);
+    sanzewei: warn about lines ending in three 仄. `report.ok` is True when nothing is violated
+    (`report.verdict` says what the poem is, `report.warnings` and `report.notes` the rest);
+    `report.to_dict()` gives plain data.
     """
     from poetgen.verse.check import check_poem
 
-    return check_poem(poem, rhyme=rhyme, tones=tones)
+    return check_poem(poem, rhyme=rhyme, tones=tones, readings=readings, sanzewei=sanzewei)
 
 
 def __getattr__(name: str):

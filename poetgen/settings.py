@@ -215,6 +215,10 @@ class GenerationSettings:
         "tones", "平仄: loose frees positions 1, 3 (, 5) but avoids 孤平 and 三平尾; strict follows "
         "the template everywhere; off.", _choice("loose", "strict", "off"),
         "loose, strict or off", choices=("loose", "strict", "off"), poem_only=True))
+    readings: str = setting("common", Option(
+        "readings", "Which readings of a character (平/仄, rhyme group) a poem may use: common = "
+        "those Tang poets used (poetgen/data/readings.json); all = every reading in the tables.",
+        _choice("common", "all"), "common or all", choices=("common", "all"), poem_only=True))
     acrostic: str = setting("", Option(
         "acrostic", "藏头: the first characters of the lines, e.g. 春江花月.", _han_heads,
         "Chinese characters, one per line, or off", metavar="HEADS", poem_only=True))
@@ -384,7 +388,7 @@ class GenerationSettings:
                              rhyme_group=self.rhyme_group, tones=self.tones,
                              acrostic=self.acrostic, pattern=self.pattern,
                              prime=self.prime if prime is None else prime,
-                             no_repeat=self.no_repeat, banned=self.ban)
+                             no_repeat=self.no_repeat, banned=self.ban, readings=self.readings)
 
     def summary(self) -> str:
         """One line for a status bar: what the next generation will be."""

@@ -23,11 +23,10 @@ from poetgen.lm.model import CharLSTM
 from poetgen.lm.sample import Sample, generate, new_seed
 from poetgen.settings import SEED_LIMIT, GenerationSettings, Side
 from poetgen.verse.constrain import Poem, Rank, compile_spec, generate_poems, with_plans
-from poetgen.verse.check import detect_form
 from poetgen.verse.lexicon import Lexicon, bundled
 from poetgen.verse.metrics import CopyIndex, PoemMetrics, mean_logprobs, poem_metrics, verse_lines
 from poetgen.verse.plan import make_plan
-from poetgen.verse.prosody import get_form, split_verse
+from poetgen.verse.prosody import detect_form, get_form, split_verse
 from poetgen.verse.scores import poem_scores
 
 

@@ -51,9 +51,11 @@ def test_violations_are_named():
     assert any("'天'" in v and "does not rhyme" in v for v in bad.violations)
     assert "wrong length" in check_poem("白日依山尽，黄河入海流。").violations[0]
     gu = check_poem("白日依山尽，落河入海流。欲穷千里目，更上一层楼。", tones="loose")
-    assert gu.violations == ["line 2, character 1 '落': 孤平 (the line's only level tone besides the rhyme)"]
+    assert gu.violations == ["line 2, character 1 '落': 孤平 — with '落' 仄, only '河' is 平 among characters "
+                             "1–4 (落河入海) besides the rhyme, and character 3 '入' is not 平 to rescue it "
+                             "(孤平拗救)"]
     san = check_poem("白日依山尽，黄河入海流。欲穷千里目，更上千层楼。", tones="loose")
-    assert san.violations == ["line 4, character 3 '千': 三平尾 (three level tones at the end of the line)"]
+    assert san.violations == ["line 4, character 3 '千': 三平尾 — the line ends in three 平 (千层楼)"]
 
 
 def test_templates_follow_adhesion_and_opposition():
@@ -92,4 +94,6 @@ def test_check_cli_text_file_and_json(tmp_path):
     rows = [json.loads(x) for x in r.stdout.splitlines()]
     assert r.exit_code == 1 and [row["ok"] for row in rows] == [True, False]
     assert rows[0]["lines"][1][4] == {"char": "流", "pinyin": "liú", "tone": "平", "groups": ["下平十一尤"],
-                                      "rhyme": True, "required": "平", "ok": True}
+                                      "rhyme": True, "required": "平", "ok": True,
+                                      "reading": "下平十一尤", "rare": False}
+    assert [row["verdict"] for row in rows] == ["近体", "古体"] and rows[1]["reasons"]

@@ -20,7 +20,7 @@ from poetgen.verse.lexicon import Lexicon, build_lexicon, bundled
 from poetgen.verse.metrics import poem_metrics
 from poetgen.verse.plan import make_plan, theme_keywords
 from poetgen.verse.prosody import split_verse
-from poetgen.verse.repeats import repeated_chars, repeated_rhymes
+from poetgen.verse.repeats import repeated_chars
 from poetgen.verse.scores import SAME_CHAR, coherence, couplet_parallelism, couplet_scores
 from poetgen.write import write
 from test_constrain import COMMON, common_vocab
@@ -46,13 +46,17 @@ def model(vocab):
 # -- 重韵 and 重字 --------------------------------------------------------------------------------
 
 
-def test_repeats_are_counted_as_a_reader_counts_them():
+def repeated_rhymes(lines):
+    """Characters ending more than one of line 1 and the even lines: what the decoder never
+    writes (stricter than the checker's 重韵, which counts line 1 only when it rhymes)."""
+    ends = [line[-1] for i, line in enumerate(lines) if i == 0 or i % 2 == 1]
+    return sorted({c for c in ends if ends.count(c) > 1})
+
+
+def test_repeated_characters_are_counted_as_a_reader_counts_them():
     assert repeated_chars(["萧萧落木下", "滚滚长江来"]) == []  # 叠字 is one use
     assert repeated_chars(["白日依山尽", "黄河入海流", "欲穷千里目", "更上一层楼"]) == []
     assert repeated_chars(["春风不度关", "春色满园来"]) == ["春"]
-    assert repeated_rhymes(["白日依山尽", "黄河入海流", "欲穷千里目", "更上一层流"]) == ["流"]
-    assert repeated_rhymes(["朝辞白帝间", "千里江陵间", "两岸猿声住", "轻舟已过山"]) == ["间"]
-    assert repeated_rhymes(["床前明月光", "疑是地上霜", "举头望明月", "低头思故乡"]) == []
 
 
 @pytest.mark.parametrize("form", ["五绝", "五律", "七绝", "七律"])

@@ -378,9 +378,9 @@ def _complete_forms(incomplete: str) -> list[str]:
 UNKNOWN_WARNING = 0.05  # eval warns above this share of unknown characters (tang_val: 0.15%)
 
 # The generation settings `eval --generate` offers (its --form is a list of forms to measure).
-EVAL_GENERATION = ("temperature", "top_k", "top_p", "seed", "rhyme", "tones", "no_repeat", "ban",
-                   "repeat_penalty", "theme", "keywords", "best_of", "coherence", "parallelism",
-                   "beam", "novel")
+EVAL_GENERATION = ("temperature", "top_k", "top_p", "seed", "rhyme", "tones", "readings",
+                   "no_repeat", "ban", "repeat_penalty", "theme", "keywords", "best_of", "coherence",
+                   "parallelism", "beam", "novel")
 
 
 @cli.command("eval")
@@ -589,8 +589,14 @@ def checkpoints_cmd(as_json):
               show_default=True, help="Rhyme scheme to judge by.")
 @click.option("--tones", type=click.Choice(["loose", "strict", "off"]), default="loose",
               show_default=True, help="How strictly to judge 平仄 (see `sample --help`).")
+@click.option("--readings", type=click.Choice(["all", "common"]), default="all", show_default=True,
+              help="Which readings of a 多音字 count: all (a rare one is allowed with a warning naming "
+                   "it) or common (only readings Tang poets really used; a rare one fails).")
+@click.option("--warnings-fail", is_flag=True,
+              help="Exit 1 on warnings too (a rare reading, a 拗 outside the accepted forms, 三仄尾).")
+@click.option("--sanzewei", is_flag=True, help="Warn about lines ending in three 仄 (三仄尾).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per poem.")
-def check(poem, rhyme, tones, as_json):
+def check(poem, rhyme, tones, readings, warnings_fail, sanzewei, as_json):
     """Check a poem's form, rhyme and tones. POEM is the text, a file with one poem per line, or
     - to read poems (one per line) from stdin.
 
@@ -599,43 +605,43 @@ def check(poem, rhyme, tones, as_json):
       poetgen check 白日依山尽，黄河入海流。欲穷千里目，更上一层楼。
       poetgen check poems.txt --json
       poetgen sample --form 七绝 --n 5 | poetgen check -
+      poetgen check poems.txt --readings common --warnings-fail
 
     Shows every character with its pinyin, 平/仄 and rhyme group, names the form, the best-matching
-    tonal template and rhyme group, and lists every violation. Exits 0 if all poems pass, else 1.
+    tonal template and rhyme group, and gives a verdict (近体: passes; 古体, 出韵, 非律绝: why
+    not) with every violation. Accepted variants (孤平拗救, 对句相救, the special form
+    平平仄平仄, 首句借邻韵) are listed as notes; a rare reading or a 拗 outside those forms is a
+    warning. Exits 0 if all poems pass, else 1 (with --warnings-fail, warnings count too).
     """
     from poetgen.verse.check import check_poem
     from poetgen.app.render import render_report
 
     poems = _poems_to_check(poem)
-    reports = [check_poem(p, rhyme=rhyme, tones=tones) for _, p in poems]
+    reports = [check_poem(p, rhyme=rhyme, tones=tones, readings=readings, sanzewei=sanzewei)
+               for _, p in poems]
     for r in reports:
         if as_json:
             click.echo(json.dumps(r.to_dict(), ensure_ascii=False))
         else:
             out.print(render_report(r))
-    if not all(r.ok for r in reports):
+    if not all(r.ok and not (warnings_fail and r.warnings) for r in reports):
         sys.exit(1)
 
 
 def _poems_to_check(poem: str) -> list[tuple[str, str]]:
     """(where, text) of each poem POEM stands for, refusing input that is no Chinese verse with
     a message that says so (the checker would report an empty grid of '?' marks)."""
-    from poetgen.lm.corpus import read_text
     from poetgen.verse.prosody import is_han
 
     path = Path(poem)
     if poem == "-":
-        try:
-            text = sys.stdin.buffer.read().decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"stdin: not valid UTF-8 at byte {e.start}; pipe UTF-8 text") from None
-        lines = text.replace("\r\n", "\n").split("\n")
+        lines = _utf8_lines(sys.stdin.buffer.read(), "stdin", "pipe UTF-8 text")
         poems = [(f"stdin line {i}", p) for i, p in enumerate(lines, 1) if p.strip()]
         if not poems:
             raise ConfigError("stdin held no poem; pipe poems one per line, e.g. "
                               "`poetgen sample --form 七绝 | poetgen check -`")
-    elif len(poem) < 256 and path.is_file():
-        lines = read_text(path).split("\n")
+    elif len(poem) < 256 and path.is_file():  # read here, not with lm.corpus: that imports torch
+        lines = _utf8_lines(path.read_bytes(), str(path), "re-save the file as UTF-8")
         poems = [(f"{path} line {i}", p) for i, p in enumerate(lines, 1) if p.strip()]
     elif not poem.strip():
         raise ConfigError("POEM is empty; give the text of a poem, a file with one poem per "
@@ -648,6 +654,14 @@ def _poems_to_check(poem: str) -> list[tuple[str, str]]:
             raise ConfigError(f"{where}: {shown!r} has no Chinese characters; `poetgen check` "
                               "judges Chinese regular verse (五绝 五律 七绝 七律)")
     return poems
+
+
+def _utf8_lines(data: bytes, where: str, fix: str) -> list[str]:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{where}: not valid UTF-8 at byte {e.start}; {fix}") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from poetgen.verse.check import Report
+from poetgen.verse.check import VERDICTS, Report
 
 TONE_STYLE = {"平": "green", "仄": "blue", "both": "yellow", None: "dim"}
 TONE_MARK = {"平": "平", "仄": "仄", "both": "中", None: "?"}
@@ -44,7 +44,7 @@ def render_report(report: Report) -> Group:
             bad = "bold red" if not info.ok else ""
             chars.append(Text(info.char, style=bad or ("bold underline" if info.rhyme else "")))
             pinyin.append(Text(info.pinyin, style="cyan"))
-            mark = TONE_MARK[info.tone] + ("韵" if info.rhyme else "")
+            mark = TONE_MARK[info.tone] + ("韵" if info.rhyme else "") + ("*" if info.rare else "")
             tones.append(Text(mark, style=bad or TONE_STYLE[info.tone]))
         table.add_row(str(i + 1), *chars)
         table.add_row("", *pinyin)
@@ -56,10 +56,21 @@ def render_report(report: Report) -> Group:
     if report.rhyme_group:
         head.append(f"  韵 {report.rhyme_group} ({report.scheme})")
     head.append(f"  tones {report.tones}")
-    verdict = Text("✓ no violations", style="green") if report.ok else Text(
-        "\n".join(f"✗ {v}" for v in report.violations), style="red")
-    legend = Text("平 level  仄 oblique  中 either reading  ? unknown  韵 rhyme position", style="dim")
-    parts = [head, table, verdict]
+    if report.readings != "all":
+        head.append(f"  readings {report.readings}")
+    verdict = Text(f"{report.verdict}: {VERDICTS[report.verdict]}", style="green" if report.ok else "red")
+    if report.reasons:
+        verdict.append(" — " + ", ".join(report.reasons))
+    findings = Text("\n".join([f"✗ {v}" for v in report.violations]), style="red")
+    if report.ok:
+        findings = Text("✓ no violations", style="green")
+    for w in report.warnings:
+        findings.append(f"\n! {w}", style="yellow")
+    for n in report.notes:
+        findings.append(f"\n· {n}", style="dim")
+    legend = Text("平 level  仄 oblique  中 either reading  ? unknown  韵 rhyme position  "
+                  "* a rare reading", style="dim")
+    parts = [head, table, verdict, findings]
     if report.parallelism:
         parts.append(render_parallelism(report.parallelism))
     return Group(*parts, legend)

@@ -38,9 +38,9 @@ import torch
 from poetgen.lm.corpus import NEWLINE, Vocab
 from poetgen.errors import ConstraintError
 from poetgen.lm.model import CharLSTM, evaluating, stepwise
-from poetgen.verse.prosody import (COMMA, PERIOD, PING, ZE, Form, Template, free_positions, get_form,
-                                   han_only, is_han, line_end_mark, line_rhymes, scheme, split_verse,
-                                   templates)
+from poetgen.verse.prosody import (COMMA, PERIOD, PING, READINGS, ZE, Form, Template, free_positions,
+                                   get_form, han_only, is_han, line_end_mark, line_rhymes, scheme,
+                                   split_verse, templates)
 from poetgen.lm.sample import Sample, check_sampling_args, new_seed, prime_model, sample_next
 
 ANY, NONE = 2, 3  # tone requirement codes besides 0 = 平 and 1 = 仄
@@ -58,6 +58,7 @@ class PoemSpec:
     prime: str = ""  # the poem's opening, continued by the model
     no_repeat: bool = False  # no character twice in a poem
     banned: str = ""  # characters never to use
+    readings: str = "common"  # common: only readings Tang poets used (poetgen/data/readings.json) | all
 
     @classmethod
     def make(cls, form: str | Form, **kw) -> "PoemSpec":
@@ -247,6 +248,8 @@ class _Rhyme:
 def _check_vocabulary_can_write(spec: PoemSpec, vocab: Vocab) -> None:
     if spec.tones not in ("off", "loose", "strict"):
         raise ConstraintError(f"tones must be off, loose or strict, not {spec.tones!r}")
+    if spec.readings not in READINGS:
+        raise ConstraintError(f"readings must be one of {', '.join(READINGS)}, not {spec.readings!r}")
     for ch, name in ((COMMA, "'，'"), (PERIOD, "'。'"), (NEWLINE, "the newline (end of poem)")):
         if ch not in vocab:
             raise ConstraintError(f"the model's vocabulary has no {name}; it was not trained on "
@@ -281,7 +284,7 @@ def _check_fixed_chars(spec: PoemSpec, vocab: Vocab, fixed: dict[tuple[int, int]
 
 def _writable(spec: PoemSpec, vocab: Vocab) -> torch.Tensor:
     """(V,) bool: the characters a verse position may hold (Han, not banned)."""
-    writable = _vocab_table(tuple(vocab.chars), spec.tone_scheme).han.clone()
+    writable = _vocab_table(tuple(vocab.chars), spec.tone_scheme, spec.readings).han.clone()
     banned = [vocab.id(c) for c in _banned(spec) if c in vocab]
     writable[banned] = False
     return writable
@@ -298,8 +301,8 @@ class _VocabTable:
 
 
 @functools.lru_cache(maxsize=8)
-def _vocab_table(chars: tuple[str, ...], scheme_name: str) -> _VocabTable:
-    rs = scheme(scheme_name)
+def _vocab_table(chars: tuple[str, ...], scheme_name: str, readings: str) -> _VocabTable:
+    rs = scheme(scheme_name, readings)
     han = [is_han(c) for c in chars]
     tone = [rs.tone(c) if h else None for c, h in zip(chars, han)]
     gindex = {g: k for k, g in enumerate(rs.group_names)}
@@ -352,7 +355,7 @@ def _fix(static: torch.Tensor, fixed: dict[tuple[int, int], str], positions: lis
 def _tones(spec: PoemSpec, vocab: Vocab, positions: list[tuple[int, int]],
            writable: torch.Tensor) -> _Tones:
     """What each template asks at each step, and which characters can give it."""
-    f, table = spec.form, _vocab_table(tuple(vocab.chars), spec.tone_scheme)
+    f, table = spec.form, _vocab_table(tuple(vocab.chars), spec.tone_scheme, spec.readings)
     ok = torch.stack([
         writable & table.ping,
         writable & table.ze,
@@ -378,7 +381,7 @@ def _rhyme(spec: PoemSpec, vocab: Vocab, positions: list[tuple[int, int]],
            tpls: list[Template | None]) -> _Rhyme:
     """Rhyme positions per template, every character's groups, and the groups allowed at all."""
     f = spec.form
-    rs = scheme(spec.rhyme) if spec.rhyme else None
+    rs = scheme(spec.rhyme, spec.readings) if spec.rhyme else None
     group_names = rs.group_names if rs else []
     gindex = {g: k for k, g in enumerate(group_names)}
     at = torch.zeros(len(tpls), len(positions), dtype=torch.bool)
@@ -386,7 +389,7 @@ def _rhyme(spec: PoemSpec, vocab: Vocab, positions: list[tuple[int, int]],
     if rs is None:
         member = torch.zeros(len(vocab), 1, dtype=torch.bool)
         return _Rhyme(group_names, member, at, cand0, at.float(), cand0.float())
-    member = _vocab_table(tuple(vocab.chars), spec.rhyme).member
+    member = _vocab_table(tuple(vocab.chars), spec.rhyme, spec.readings).member
     at = torch.tensor([[j == f.chars_per_line - 1 and line_rhymes(i, tpl is not None and
                                                                 tpl.first_line_rhymes)
                         for i, j in positions] for tpl in tpls])
@@ -400,7 +403,15 @@ def _rhyme(spec: PoemSpec, vocab: Vocab, positions: list[tuple[int, int]],
                                   "but the tonal templates rhyme in level (平) groups; choose a "
                                   "level group or use --tones off")
         allowed = allowed & wanted
-    for g in allowed:
+    # No character rhymes twice (重韵), so a group needs a character for every rhyme position.
+    rhymes = int(at.sum(1).max())
+    sizes = (member & _writable(spec, vocab)[:, None]).sum(0)
+    big_enough = {g for g in allowed if int(sizes[gindex[g]]) >= rhymes}
+    if spec.rhyme_group and not big_enough and any(int(sizes[gindex[g]]) for g in allowed):
+        raise ConstraintError(f"rhyme group {spec.rhyme_group!r} has fewer characters in the model's "
+                              f"vocabulary than the poem's {rhymes} rhymes, and no character may "
+                              "rhyme twice; choose a larger group")
+    for g in big_enough or allowed:  # none at all: _fit names the position that cannot rhyme
         cand0[gindex[g]] = True
     return _Rhyme(group_names, member, at, cand0, left, count)
 
@@ -665,7 +676,7 @@ def _generate_poems(model, compiled, n, temperature, top_k, top_p, seed, best_of
     missing = sum(p is None for p in result)
     if missing:
         why = "every try copied a line of the --novel corpus" if novel_lines else \
-            "--no-repeat ran out of characters"
+            "--no-repeat, or the rhyme group's unused characters (no 重韵), ran out"
         raise ConstraintError(f"{missing} poem(s) could not be finished in {max_rounds} tries: {why}; "
                               "raise --temp or relax the constraints")
     return result  # type: ignore[return-value]

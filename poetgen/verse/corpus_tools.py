@@ -24,7 +24,7 @@ from typing import IO
 from poetgen.errors import CorpusError
 from poetgen.files import atomic_open
 from poetgen.lm.corpus import held_out, iter_lines, iter_text
-from poetgen.verse.prosody import COMMA, PERIOD, is_han, line_end_mark, split_verse
+from poetgen.verse.prosody import COMMA, PERIOD, detect_form, is_han, line_end_mark, split_verse
 
 # --------------------------------------------------------------------------------------------
 # Reading sources
@@ -147,18 +147,17 @@ def regular_form(text: str) -> tuple[str | None, str | None]:
     if re.search(r"[，。]{2}", text) or text.startswith((COMMA, PERIOD)):
         return None, "doubled punctuation"
     lines = split_verse(text)
-    if len(lines) not in (4, 8):
-        return None, "line count not 4 or 8"
-    lengths = {len(x) for x in lines}
-    if len(lengths) != 1:
-        return None, "mixed line lengths"
-    n = lengths.pop()
-    if n not in (5, 7):
+    form = detect_form(lines)
+    if form is None:
+        if len(lines) not in (4, 8):
+            return None, "line count not 4 or 8"
+        if len({len(x) for x in lines}) != 1:
+            return None, "mixed line lengths"
         return None, "uniform but not 5 or 7 characters"
     canonical = "".join(x + line_end_mark(i) for i, x in enumerate(lines))
     if text != canonical:
         return None, "non-canonical punctuation"
-    return f"{n}x{len(lines)}", None
+    return form.code, None
 
 
 @dataclass(frozen=True)

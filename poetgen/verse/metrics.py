@@ -13,7 +13,7 @@ from poetgen.lm.corpus import NEWLINE, Vocab, iter_text
 from poetgen.lm.model import CharLSTM, evaluating
 from poetgen.verse.lexicon import Lexicon
 from poetgen.verse.prosody import split_verse
-from poetgen.verse.repeats import repeated_chars, repeated_rhymes
+from poetgen.verse.repeats import repeated_chars
 from poetgen.verse.scores import coherence, middle_parallelism
 
 MIN_COPY = 4  # copied runs shorter than this are ordinary phrasing, not copying
@@ -95,7 +95,7 @@ class PoemMetrics:
     copy_run4: float | None  # share of poems with a copied run of >= 4 characters
     longest_copy: int | None  # longest copied run over all poems
     mean_logprob: float | None  # nats per character under the model
-    repeated_rhyme: float = 0.0  # share with a rhyme character twice (重韵, see verse.repeats)
+    repeated_rhyme: float = 0.0  # share with a rhyme character twice (重韵, as the checker finds it)
     repeated_char: float = 0.0  # share with a character in two places, 叠字 aside (重字)
     coherence: float | None = None  # mean coherence score (verse.scores), None without a lexicon
     parallelism: float | None = None  # mean 对仗 score of 律诗 middle couplets (None for 绝句)
@@ -127,7 +127,7 @@ def poem_metrics(poems: list[str], form: str, source: str, copy_index: CopyIndex
         distinct_1=distinct_n(poems, 1), distinct_2=distinct_n(poems, 2),
         copy_lines=copy_lines, copy_run4=copy_run, longest_copy=longest,
         mean_logprob=sum(logprobs) / len(logprobs) if logprobs else None,
-        repeated_rhyme=share(bool(repeated_rhymes(split_verse(p))) for p in poems),
+        repeated_rhyme=share(any(v.startswith("重韵") for v in r.violations) for r in checked),
         repeated_char=share(bool(repeated_chars(split_verse(p))) for p in poems),
         coherence=_mean(coherence(split_verse(p), lexicon) for p in poems) if lexicon else None,
         parallelism=_mean(middle_parallelism(split_verse(p), lexicon) for p in poems)

@@ -1,9 +1,6 @@
-"""Repetition in a poem, as a reader of Tang verse counts it.
-
-    重字  a character in two places of a poem. 叠字, the same character twice in a row within a
-         line (萧萧, 滚滚), is one use: poets double characters on purpose.
-    重韵  a character ending two of the lines that rhyme or may rhyme (line 1 and every even
-         line): the same rhyme twice, a plain fault in regulated verse.
+"""重字, repetition in a poem as a reader of Tang verse counts it: a character in two places of a
+poem. 叠字, the same character twice in a row within a line (萧萧, 滚滚), is one use: poets double
+characters on purpose. (重韵, a rhyme twice, is a violation the checker names: verse.check.)
 """
 
 from __future__ import annotations
@@ -20,8 +17,3 @@ def repeated_chars(lines: list[str]) -> list[str]:
                 uses[ch] += 1
     return [ch for ch, n in uses.items() if n > 1]
 
-
-def repeated_rhymes(lines: list[str]) -> list[str]:
-    """Characters ending more than one of line 1 and the even lines (the rhyme positions)."""
-    ends = Counter(line[-1] for i, line in enumerate(lines) if line and (i == 0 or i % 2 == 1))
-    return [ch for ch, n in ends.items() if n > 1]
