@@ -11,6 +11,7 @@ beside the same scores of real poems of tang_val. `time` measures one poem at gi
         --coherence 0,1,2 --parallelism 0,1,2
     python bench/quality_bench.py time --form 七绝 --repeats 20 [--best-of 8 ...any setting]
     python bench/quality_bench.py scores [GENERATED_FILE ...]   # what the scores tell apart
+    python bench/quality_bench.py files before/*.txt after/*.txt   # the scores of poem files
 
 The scores are those of poetgen.verse.scores, verse.repeats (重字) and verse.check (重韵); the real poems are the
 first --real of the form in ../shared/corpora/tang_val.txt, or --val (never training data).
@@ -155,6 +156,18 @@ def what_scores_tell(args) -> None:
         print(json.dumps(row, ensure_ascii=False))
 
 
+def files(args) -> None:
+    """The scores of files of poems (one per line), each beside tang_val's poems of its form."""
+    lex = bundled()
+    val = Path(args.val).read_text(encoding="utf-8").splitlines()
+    for path in args.files:
+        texts = [t for t in Path(path).read_text(encoding="utf-8").splitlines() if t.strip()]
+        form = detect_form(split_verse(texts[0])).name
+        real = [p for p in val if (f := detect_form(split_verse(p))) and f.name == form][:args.real]
+        print(json.dumps({"file": path, "form": form} | scores_of(texts, lex), ensure_ascii=False))
+        print(json.dumps({"file": "tang_val", "form": form} | scores_of(real, lex), ensure_ascii=False))
+
+
 def _auc(pos: list[float], neg: list[float]) -> float:
     wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
     return wins / (len(pos) * len(neg))
@@ -227,8 +240,13 @@ def main() -> None:
     s.add_argument("generated", nargs="*", help="files of generated poems, one per line")
     s.add_argument("--real", type=int, default=300)
     s.add_argument("--val", default=str(SHARED / "tang_val.txt"))
+    f = sub.add_parser("files")
+    f.add_argument("files", nargs="+")
+    f.add_argument("--real", type=int, default=200)
+    f.add_argument("--val", default=str(SHARED / "tang_val.txt"))
     args = ap.parse_args()
-    {"pool": pool, "choose": choose, "time": timing, "scores": what_scores_tell}[args.cmd](args)
+    {"pool": pool, "choose": choose, "time": timing, "scores": what_scores_tell,
+     "files": files}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -84,10 +84,11 @@ def test_no_repeated_rhyme_in_a_vocabulary_of_few_rhymes(form):
         assert check_poem(p.text).ok, p.text
 
 
-def test_a_group_too_small_for_distinct_rhymes_is_refused_before_generating():
-    vocab = Vocab.build(TINY + "，。\n")
-    with pytest.raises(ConstraintError, match="different characters"):
-        compile_spec(PoemSpec.make("五律", rhyme_group="下平七阳"), vocab)  # 光 长: two of five
+def test_a_vocabulary_without_enough_distinct_rhymes_is_refused_before_generating():
+    vocab = Vocab.build(TINY.replace("东", "") + "，。\n")  # 一东 keeps 风空红: no group has four
+    compile_spec(PoemSpec.make("五绝"), vocab)  # three rhymes at most: fine
+    with pytest.raises(ConstraintError, match="no rhyme group left has 4 different characters"):
+        compile_spec(PoemSpec.make("五律"), vocab)
 
 
 def test_fixed_characters_that_rhyme_twice_are_refused():
