@@ -102,6 +102,10 @@ class Compiled:
     def member_float(self) -> torch.Tensor:
         return self.member.float()
 
+    @functools.cached_property
+    def tone_ok_float(self) -> torch.Tensor:
+        return self.tone_ok.float()
+
 
 Placed = list[tuple[tuple[int, int], str]]  # ((line, col), character), in order
 
@@ -563,31 +567,39 @@ class _Hyps:
             setattr(self, name, getattr(self, name)[rows])
 
 
-def _allowed(c: Compiled, h: _Hyps, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, V) allowed characters at step t, and (n, K, V) allowed per template."""
+def _allowed(c: Compiled, h: _Hyps, t: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(n, V) allowed characters at step t, and at rhyme steps (n, K, V) allowed per template
+    (elsewhere None: a character's templates are then those whose tone it has, see _advance)."""
     static = c.static[0, t][None] if c.plans == 1 else c.static[h.plan, t]  # (1 or n, V)
+    if not c.rhymes_at[:, t].any():  # the common step: one small product instead of (n, K, V)
+        allowed = (h.alive.float() @ c.tone_ok_float[c.tone_req[:, t]] > 0) & static
+        if c.spec.no_repeat and c.tone_req[0, t] != NONE:
+            allowed = allowed & ~h.used
+        return allowed, None
     per = c.tone_ok[c.tone_req[:, t]][None] & static[:, None]  # (n, K, V)
-    if c.rhymes_at[:, t].any():
-        # Groups with enough unused characters for the rhymes left under each template (n, K, G),
-        # then the characters of those groups that no rhyme position holds yet (no 重韵).
-        member = c.member_float
-        free = c.rhyme_count[None] - h.rhymed.float() @ member  # (n, G)
-        enough = free[:, None, :] >= c.rhymes_left[:, t][None, :, None]
-        groups = (h.cand[:, None, :] & enough).float()
-        rhyme_ok = ((groups @ member.T) > 0) & ~h.rhymed[:, None, :]  # (n, K, V)
-        per = per & torch.where(c.rhymes_at[:, t][None, :, None], rhyme_ok, True)
+    # Groups with enough unused characters for the rhymes left under each template (n, K, G),
+    # then the characters of those groups that no rhyme position holds yet (no 重韵).
+    member = c.member_float
+    free = c.rhyme_count[None] - h.rhymed.float() @ member  # (n, G)
+    enough = free[:, None, :] >= c.rhymes_left[:, t][None, :, None]
+    groups = (h.cand[:, None, :] & enough).float()
+    rhyme_ok = ((groups @ member.T) > 0) & ~h.rhymed[:, None, :]  # (n, K, V)
+    per = per & torch.where(c.rhymes_at[:, t][None, :, None], rhyme_ok, True)
     per = per & h.alive[:, :, None]
     if c.spec.no_repeat and c.tone_req[0, t] != NONE:
         per = per & ~h.used[:, None, :]
     return per.any(1), per
 
 
-def _advance(c: Compiled, h: _Hyps, t: int, token: torch.Tensor, per: torch.Tensor) -> None:
+def _advance(c: Compiled, h: _Hyps, t: int, token: torch.Tensor, per: torch.Tensor | None) -> None:
     """Record `token` (n,) at step t: prune templates, narrow rhyme candidates."""
     n = token.numel()
     rows = torch.arange(n, device=token.device)
     h.tokens[:, t] = token
-    h.alive = per[rows, :, token]  # templates under which this character was allowed
+    if per is None:  # templates whose tone here the character has
+        h.alive = h.alive & c.tone_ok[c.tone_req[:, t]][:, token].T
+    else:  # templates under which this character was allowed
+        h.alive = per[rows, :, token]
     rhymes = c.rhymes_at[:, t]
     if rhymes.any():
         # A character allowed both as a rhyme and not (e.g. line 1's end, 'both' tone) is read as
@@ -729,7 +741,7 @@ def _beam(model, c: Compiled, width: int, seed: int, repeat_penalty: float = 0.0
         rows, token = rows[keep], token[keep]
         taken_logp, taken_pen = logp[rows, token], pen[rows, token]
         h.select(rows)
-        per = per[rows]
+        per = per[rows] if per is not None else None
         h.logprob = h.logprob + taken_logp
         h.penalty = h.penalty + taken_pen
         _advance(c, h, t, token, per)
