@@ -219,11 +219,19 @@ def use_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+# Sampling, scoring and the REPL run the model one small step at a time (a batch of at most a
+# few dozen rows): a second thread saves little on an idle machine, and on a busy one its
+# threads wait for each other. Measured with bench/quality_bench.py time (one default 七绝, this
+# 2-core machine at load average 5-8): 0.24-0.27 s of CPU with one thread, 2.3 s with two.
+MODEL_STEP_THREADS = 1
+
+
 def device_options(f):
     """--device and --threads: where a command runs its model (an output/device matter of the
     command, not a generation setting)."""
     f = click.option("--threads", type=click.IntRange(1), default=None,
-                     help="CPU threads torch may use. [default: one per core]")(f)
+                     help=f"CPU threads torch may use. [default: {MODEL_STEP_THREADS}: the model "
+                          "runs a small step at a time, where more threads mostly wait]")(f)
     return click.option("--device", default="auto", show_default=True, metavar="DEVICE",
                         shell_complete=lambda *a: _DEVICES,
                         help="Where the model runs: auto (cuda, else mps, else cpu), cpu, cuda, "
@@ -238,7 +246,7 @@ class Loaded:
         from poetgen.lm import checkpoint as ckpt_mod
         from poetgen.lm.train import pick_device
 
-        use_threads(threads)
+        use_threads(threads or MODEL_STEP_THREADS)
         where = pick_device(device)
         self.path, self.why = ckpt_mod.choose(spec)
         if self.implicit:
