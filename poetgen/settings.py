@@ -233,7 +233,8 @@ class GenerationSettings:
         poem_only=True))
     repeat_penalty: float = setting(2.5, Option(
         "repeat-penalty", "Make a character already in the poem this much less likely (in nats; "
-        "叠字 such as 萧萧 stay free; 0 = off). --no-repeat forbids repeats outright.", _weight,
+        "叠字 poets use, such as 萧萧, stay free; 0 = off). --no-repeat forbids repeats outright.",
+        _weight,
         "a number >= 0 (0 = off)", poem_only=True))  # 2.5: 重字 of every form <= real + 10 points
     # -- what the poem is about ---------------------------------------------------------------
     theme: str = setting("", Option(
@@ -250,6 +251,10 @@ class GenerationSettings:
         "best-of", "Sample this many candidates per poem; keep the best (log-probability per "
         "character, plus --coherence and --parallelism).", _whole(1, 1000),
         "a whole number from 1 to 1000", poem_only=True))  # 16 七绝 in ~0.3 s (README)
+    line_keep: int = setting(4, Option(
+        "line-keep", "After each line, go on from copies of the K likeliest of a poem's --best-of "
+        "candidates, so a weak line is dropped where it is written (0 = off).", _whole(0, 1000),
+        "a whole number from 0 to 1000 (0 = off)", metavar="K", poem_only=True))  # README
     coherence: float = setting(1.0, Option(
         "coherence", "Weight, when ranking candidates, of how well the lines keep one subject "
         "(0 = off).", _weight, "a number >= 0 (0 = off)", poem_only=True))

@@ -70,7 +70,8 @@ def write(model: CharLSTM, vocab: Vocab, settings: GenerationSettings, *, prime:
         compiled = compile_spec(settings.poem_spec(prime), vocab)
         search = dict(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
                       best_of=settings.best_of, beam=settings.beam, novel_lines=novel_lines,
-                      repeat_penalty=settings.repeat_penalty, rank=ranker(settings, lexicon))
+                      repeat_penalty=settings.repeat_penalty, doubles=lexicon.doubles,
+                      line_keep=settings.line_keep, rank=ranker(settings, lexicon))
         if settings.theme or settings.keywords:
             # Every candidate of every poem has a plan of its own (drawn from seed, seed + 1, ...),
             # so the ranking also chooses among keywords and where they stand.
@@ -87,13 +88,13 @@ def write(model: CharLSTM, vocab: Vocab, settings: GenerationSettings, *, prime:
 
 
 def ranker(settings: GenerationSettings, lexicon: Lexicon) -> Rank:
-    """How candidates are ranked: log-probability per character, plus the weighted coherence and
-    (律诗) parallelism of verse.scores."""
+    """How candidates are ranked: log-probability per character less the repetition penalties
+    taken, plus the weighted coherence and (律诗) parallelism of verse.scores."""
     def rank(poems: list[Poem]) -> list[float]:
         out = []
         for p in poems:
             scores = poem_scores(p.text, lexicon) if settings.coherence or settings.parallelism else {}
-            out.append(p.mean_logprob + settings.coherence * scores.get("coherence", 0.0)
+            out.append(p.penalized_logprob + settings.coherence * scores.get("coherence", 0.0)
                        + settings.parallelism * scores.get("parallelism", 0.0))
         return out
     return rank

@@ -112,6 +112,11 @@ def test_repeat_penalty_spares_the_character_just_written_in_the_line(vocab):
     line_two = compiled.positions.index((1, 0))
     assert _repeat_penalty(compiled, h, line_two, 2.0)[0, vocab.id("雨")] == 2.0
     assert _repeat_penalty(compiled, h, line_two, 0.0) is None
+    # With a list of the characters poets double, only those double for free: 风风 is not one.
+    doubles = torch.tensor([ch in "萧悠" for ch in vocab.chars])
+    assert _repeat_penalty(compiled, h, step_two, 2.0, doubles)[0, xiao] == 2.0
+    doubles[xiao] = True
+    assert _repeat_penalty(compiled, h, step_two, 2.0, doubles)[0, xiao] == 0
 
 
 def test_repeat_penalty_lowers_repeated_characters(vocab, model):
@@ -124,6 +129,26 @@ def test_repeat_penalty_lowers_repeated_characters(vocab, model):
     free, penalised = rate(0.0), rate(20.0)
     assert free > 0.5  # a random model over ~300 characters repeats in most 56-character poems
     assert penalised < free / 4
+
+
+def test_line_keep_goes_on_from_the_best_rows_of_each_group():
+    from poetgen.verse.constrain import _keep_best
+
+    score = torch.tensor([0.1, 0.9, 0.5, 0.2, -1.0, -3.0, -2.0, 0.0])  # two groups of four
+    assert _keep_best(score, 4, 2).tolist() == [1, 2, 1, 2, 7, 4, 7, 4]
+    assert _keep_best(score, 4, 1).tolist() == [1, 1, 1, 1, 7, 7, 7, 7]
+
+
+def test_line_keep_writes_correct_poems_the_model_finds_likelier(vocab):
+    # Pruning the weaker lines of each poem's candidates raises the log-probability of what is kept.
+    model = random_model(vocab, seed=3)
+    compiled = compile_spec(PoemSpec.make("七律"), vocab)
+    plain = generate_poems(model, compiled, n=12, best_of=8, seed=0, temperature=1.0)
+    kept = generate_poems(model, compiled, n=12, best_of=8, seed=0, temperature=1.0, line_keep=2)
+    for p in kept:
+        assert check_poem(p.text).ok and repeated_rhymes(split_verse(p.text)) == []
+    mean = lambda poems: sum(p.mean_logprob for p in poems) / len(poems)  # noqa: E731
+    assert mean(kept) > mean(plain)
 
 
 def test_beam_search_takes_the_penalty_but_reports_the_models_log_probability(vocab, model):

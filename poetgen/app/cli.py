@@ -387,7 +387,8 @@ UNKNOWN_WARNING = 0.05  # eval warns above this share of unknown characters (tan
 
 # The generation settings `eval --generate` offers (its --form is a list of forms to measure).
 EVAL_GENERATION = ("temperature", "top_k", "top_p", "seed", "rhyme", "tones", "readings",
-                   "no_repeat", "ban", "repeat_penalty", "theme", "keywords", "best_of", "coherence",
+                   "no_repeat", "ban", "repeat_penalty", "theme", "keywords", "best_of", "line_keep",
+                   "coherence",
                    "parallelism", "beam", "novel")
 
 

@@ -532,8 +532,14 @@ class Poem(Sample):
     form: str = ""  # 五绝 五律 七绝 七律
     template: str | None = None  # the tonal template it follows (None with --tones off)
     rhyme_group: str | None = None  # the group(s) its rhymes share (None without rhyme)
+    repeat_penalty: float = 0.0  # the repetition penalties its characters took while sampling
     scores: dict[str, float] = field(default_factory=dict)  # what ranked it (see verse.scores)
     plan: dict | None = None  # the theme and keyword plan it was written to (see verse.plan)
+
+    @property
+    def penalized_logprob(self) -> float:
+        """Log-probability per character less the repetition penalties: what sampling aimed at."""
+        return self.mean_logprob - self.repeat_penalty / max(1, self.num_chars)
 
     def to_dict(self) -> dict:
         d = super().to_dict() | {"form": self.form, "template": self.template,
@@ -616,16 +622,20 @@ def _advance(c: Compiled, h: _Hyps, t: int, token: torch.Tensor, per: torch.Tens
     h.used[rows, token] = True
 
 
-def _repeat_penalty(c: Compiled, h: _Hyps, t: int, penalty: float) -> torch.Tensor | None:
+def _repeat_penalty(c: Compiled, h: _Hyps, t: int, penalty: float,
+                    doubles: torch.Tensor | None = None) -> torch.Tensor | None:
     """(n, V) what to subtract from the log-probabilities at step t: `penalty` for a character
-    already in the poem or fixed later in it, except the one just written in this line (叠字)."""
+    already in the poem or fixed later in it, except the one just written in this line when it
+    may double (叠字; `doubles` (V,) bool, None = any character may)."""
     i, j = c.positions[t]
     if not penalty or j < 0:
         return None
     pen = (h.used | c.reserved[h.plan]).float() * penalty
     if j > 0:
         rows = torch.arange(pen.size(0), device=pen.device)
-        pen[rows, h.tokens[:, t - 1]] = 0.0
+        prev = h.tokens[:, t - 1]
+        free = torch.ones_like(prev, dtype=torch.bool) if doubles is None else doubles[prev]
+        pen[rows, prev] = torch.where(free, 0.0, pen[rows, prev])
     return pen
 
 
@@ -633,36 +643,41 @@ def _repeat_penalty(c: Compiled, h: _Hyps, t: int, penalty: float) -> torch.Tens
 def generate_poems(model: CharLSTM, compiled: Compiled, n: int = 1, temperature: float = 1.0,
                    top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                    best_of: int = 1, beam: int = 0, novel_lines: set[str] | None = None,
-                   repeat_penalty: float = 0.0, rank: Rank | None = None,
-                   max_rounds: int = 8) -> list[Poem]:
+                   repeat_penalty: float = 0.0, doubles: str | None = None,
+                   rank: Rank | None = None, line_keep: int = 0, max_rounds: int = 8) -> list[Poem]:
     """`n` poems that satisfy `compiled`'s constraints.
 
     best_of: sample that many candidates per poem and keep the best by `rank` (default: the
-    model's log-probability per character). beam: beam search of that width instead of sampling;
+    model's log-probability per character less the repetition penalties taken). beam: beam search of that width instead of sampling;
     returns its n best. novel_lines: verse lines that must not be copied (poems that copy one are
     redone). repeat_penalty: subtracted from the log-probability of a character already in the
-    poem (叠字 aside) while sampling; the poems' scores stay the model's own.
+    poem while sampling, except a 叠字 of a character in `doubles` (None: of any character); the
+    poems' scores stay the model's own. line_keep: after each line but the last, the `line_keep`
+    likeliest of a poem's best_of candidates go on, each copied; 0 = off.
     """
     check_sampling_args(temperature, top_k, top_p)
     seed = new_seed() if seed is None else seed
     with evaluating(model):
+        may_double = None if doubles is None else torch.tensor(
+            [ch in doubles for ch in compiled.vocab.chars], device=model.start_h.device)
+        penalty = (repeat_penalty, may_double)
         return _generate_poems(model, compiled, n, temperature, top_k, top_p, seed, best_of, beam,
-                               novel_lines, repeat_penalty, rank or _by_logprob, max_rounds)
+                               novel_lines, penalty, rank or _by_logprob, line_keep, max_rounds)
 
 
 Rank = Callable[[list[Poem]], list[float]]  # candidates -> a score each, higher is better
 
 
 def _by_logprob(poems: list[Poem]) -> list[float]:
-    return [p.mean_logprob for p in poems]
+    return [p.penalized_logprob for p in poems]
 
 
 def _generate_poems(model, compiled, n, temperature, top_k, top_p, seed, best_of, beam, novel_lines,
-                    repeat_penalty, rank, max_rounds) -> list[Poem]:
+                    penalty, rank, line_keep, max_rounds) -> list[Poem]:
     if beam:
         if n > beam:
             raise ConstraintError(f"--beam {beam} keeps {beam} candidates; ask for at most that many poems")
-        poems = _beam(model, compiled, beam, seed, repeat_penalty)
+        poems = _beam(model, compiled, beam, seed, penalty)
         poems = [p for p in poems if not _copies(p.text, novel_lines)]
         if len(poems) < n:
             raise ConstraintError("beam search found no poem that avoids the --novel corpus; "
@@ -678,7 +693,7 @@ def _generate_poems(model, compiled, n, temperature, top_k, top_p, seed, best_of
         plan = torch.tensor([(i * best_of + b) % compiled.plans for i in todo for b in range(best_of)],
                             device=model.start_h.device)
         cands = _sample(model, compiled, len(todo) * best_of, temperature, top_k, top_p, gen, seed,
-                        repeat_penalty, plan)
+                        penalty, plan, best_of, line_keep)
         for slot, i in enumerate(todo):
             group = [p for p in cands[slot * best_of:(slot + 1) * best_of]
                      if p is not None and not _copies(p.text, novel_lines)]
@@ -700,29 +715,48 @@ def _copies(text: str, novel_lines: set[str] | None) -> bool:
 
 @stepwise()
 def _sample(model, c: Compiled, n, temperature, top_k, top_p, gen, seed,
-            repeat_penalty=0.0, plan=None) -> list[Poem | None]:
+            penalty=(0.0, None), plan=None, group=1, keep=0) -> list[Poem | None]:
+    """n rows sampled in groups of `group` (one poem's candidates). With `keep`, after every line
+    but the last each group keeps its `keep` best rows (log-probability less the repetition
+    penalties taken) and goes on from copies of them."""
     device = model.start_h.device
     out, state = prime_model(model, [], n)
     h = _Hyps(c, n, device, plan)
+    prune_after = {t for t, (i, j) in enumerate(c.positions)
+                   if j < 0 and i < c.spec.form.lines - 1} if 0 < keep < group else set()
     for t in range(c.steps):
         logp = model.log_probs(out)  # (n, V)
         allowed, per = _allowed(c, h, t)
         h.failed |= ~allowed.any(1)
         allowed = torch.where(h.failed[:, None], c.static[h.plan, t], allowed)  # keep going; redone later
-        pen = _repeat_penalty(c, h, t, repeat_penalty)
+        pen = _repeat_penalty(c, h, t, *penalty)
         token = sample_next(logp if pen is None else logp - pen, temperature, gen, top_k, top_p,
                             allowed)
         h.logprob += logp.gather(1, token[:, None]).squeeze(1)
+        if pen is not None:
+            h.penalty += pen.gather(1, token[:, None]).squeeze(1)
         _advance(c, h, t, token, per)
         h.alive = torch.where(h.failed[:, None], c.alive0[h.plan], h.alive)
+        if t in prune_after:
+            score = (h.logprob - h.penalty).masked_fill(h.failed, float("-inf"))
+            rows = _keep_best(score, group, keep)
+            h.select(rows)
+            token, state = token[rows], (state[0][:, rows], state[1][:, rows])
         if t + 1 < c.steps:
             outputs, state = model(token.view(1, n), state)
             out = outputs[0]
     return [None if h.failed[j] else _poem(c, h, j, seed) for j in range(n)]
 
 
+def _keep_best(score: torch.Tensor, group: int, keep: int) -> torch.Tensor:
+    """Rows that replace each group of `group` rows: its `keep` best by `score`, repeated."""
+    best = torch.topk(score.view(-1, group), keep, dim=1).indices  # (groups, keep)
+    starts = torch.arange(0, score.numel(), group, device=score.device)[:, None]
+    return (starts + best)[:, torch.arange(group, device=score.device) % keep].reshape(-1)
+
+
 @stepwise()
-def _beam(model, c: Compiled, width: int, seed: int, repeat_penalty: float = 0.0) -> list[Poem]:
+def _beam(model, c: Compiled, width: int, seed: int, penalty=(0.0, None)) -> list[Poem]:
     """Beams ranked by the model's log-probability minus the repetition penalties they took."""
     device = model.start_h.device
     out, state = prime_model(model, [], width)
@@ -732,7 +766,7 @@ def _beam(model, c: Compiled, width: int, seed: int, repeat_penalty: float = 0.0
     for t in range(c.steps):
         logp = model.log_probs(out)
         allowed, per = _allowed(c, h, t)
-        pen = _repeat_penalty(c, h, t, repeat_penalty)
+        pen = _repeat_penalty(c, h, t, *penalty)
         pen = torch.zeros_like(logp) if pen is None else pen
         scores = (h.logprob - h.penalty)[:, None] + logp - pen
         top = torch.topk(scores.masked_fill(~allowed, float("-inf")).view(-1), width)
@@ -760,6 +794,7 @@ def _poem(c: Compiled, h: _Hyps, j: int, seed: int) -> Poem:
     tpl = c.templates[alive[0]] if alive and c.templates[alive[0]] is not None else None
     groups = [c.group_names[g] for g in range(len(c.group_names)) if h.cand[j, g]] if c.group_names else []
     return Poem(text, float(h.logprob[j]), len(ids), seed, form=c.spec.form.name,
+                repeat_penalty=float(h.penalty[j]),
                 plan=c.plan_notes[int(h.plan[j])], template=tpl.name if tpl else None,
                 rhyme_group="/".join(groups) if c.spec.rhyme and len(groups) <= 3 else None)
 

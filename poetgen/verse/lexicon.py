@@ -1,7 +1,7 @@
 """What a corpus of real poems says about words: which keep company, where they stand in a line,
 and which stand opposite each other in a parallel couplet (对仗).
 
-Three statistics, learned once from the training split (never the validation split) and stored
+Statistics learned once from the training split (never the validation split) and stored
 in a small safetensors file (package data for the bundled model, `poetgen corpus lexicon` for any
 other corpus):
 
@@ -21,6 +21,8 @@ other corpus):
                 colours, directions, sky and earth, plants and animals form classes without a hand
                 list; the dot product of two characters' vectors approximates how much more often
                 they face each other than chance.
+    doubles     the characters poets double (叠字: 萧萧 悠悠 年年), each seen doubled at least
+                MIN_DOUBLED times; the repetition penalty leaves those free, and not 西西 or 为为.
 
 Limits: these are counts, not understanding. A theme word the corpus rarely uses has few reliable
 companions (expansion then falls back to the theme's characters); a modern theme (手机) has none.
@@ -45,6 +47,7 @@ from poetgen.verse.prosody import is_han, split_verse
 
 FORMAT = "poetgen-lexicon/1"
 MIN_POEMS = 50  # fewer poems give statistics of nothing
+MIN_DOUBLED = 10  # a character doubled this often in the corpus is a 叠字 poets use
 MIN_CHAR_COUNT = 3
 MIN_WORD_COUNT = 12
 MIN_WORD_PMI = 2.5
@@ -67,6 +70,7 @@ class Lexicon:
     parallel_chars: list[str]  # characters with a parallel vector
     parallel: np.ndarray  # (C, PARALLEL_DIM), dot product ~ PMI of facing each other
     meta: dict
+    doubles: str = ""  # characters real poems double (萧萧), each seen doubled >= MIN_DOUBLED times
 
     def __post_init__(self):
         self.index = {t: i for i, t in enumerate(self.tokens)}
@@ -85,7 +89,8 @@ class Lexicon:
                      "parallel": np.ascontiguousarray(self.parallel, dtype=np.float16)},
                     metadata={"meta": json.dumps(meta, ensure_ascii=False),
                               "tokens": json.dumps(self.tokens, ensure_ascii=False),
-                              "parallel_chars": json.dumps(self.parallel_chars, ensure_ascii=False)})
+                              "parallel_chars": json.dumps(self.parallel_chars, ensure_ascii=False),
+                              "doubles": self.doubles})
         atomic_write_bytes(Path(path), data)
 
     @classmethod
@@ -106,7 +111,7 @@ class Lexicon:
             return cls(json.loads(header["tokens"]), tensors["counts"].astype(np.int64),
                        tensors["topic"].astype(np.float32), tensors["positions"].astype(np.int64),
                        json.loads(header["parallel_chars"]), tensors["parallel"].astype(np.float32),
-                       meta)
+                       meta, header["doubles"])
         except (KeyError, ValueError, OSError, SafetensorError) as e:
             raise CorpusError(f"{path}: not a poetgen lexicon ({e}); rebuild it with "
                               "`poetgen corpus lexicon CORPUS -o FILE`") from None
@@ -200,6 +205,8 @@ def build_lexicon(poems: list[str], source: str = "", source_sha256: str = "") -
     total_chars = sum(chars.values())
     slot_words = Counter(line[a:b] for p in poems for line in p
                          for a, b in WORD_SLOTS.get(len(line), ()))
+    doubled = Counter(line[i] for p in poems for line in p for i in range(len(line) - 1)
+                      if line[i] == line[i + 1])
     words = [w for w, n in slot_words.items()
              if n >= MIN_WORD_COUNT and w[0] != w[1]
              and math.log(n * total_chars / (chars[w[0]] * chars[w[1]])) >= MIN_WORD_PMI]
@@ -262,7 +269,10 @@ def build_lexicon(poems: list[str], source: str = "", source_sha256: str = "") -
             "lines": nlines, "middle_couplets": couplets,
             "min_char_count": MIN_CHAR_COUNT, "min_word_count": MIN_WORD_COUNT,
             "min_word_pmi": MIN_WORD_PMI, "topic_dim": TOPIC_DIM, "parallel_dim": PARALLEL_DIM}
-    return Lexicon(tokens, counts, topic.numpy(), positions, parallel_chars, parallel.numpy(), meta)
+    doubles = "".join(c for c, n in doubled.most_common() if n >= MIN_DOUBLED)
+    meta["min_doubled"] = MIN_DOUBLED
+    return Lexicon(tokens, counts, topic.numpy(), positions, parallel_chars, parallel.numpy(), meta,
+                   doubles)
 
 
 def _cross_line_pairs(rows: list[int], cols: list[int], poem_of_line: list[int], nlines: int,
