@@ -741,7 +741,7 @@ def _sample(model, c: Compiled, n, temperature, top_k, top_p, gen, seed,
             score = (h.logprob - h.penalty).masked_fill(h.failed, float("-inf"))
             rows = _keep_best(score, group, keep)
             h.select(rows)
-            token, state = token[rows], (state[0][:, rows], state[1][:, rows])
+            token, state = token[rows], tuple(s[:, rows] for s in state)
         if t + 1 < c.steps:
             outputs, state = model(token.view(1, n), state)
             out = outputs[0]
