@@ -8,9 +8,11 @@ whenever it comes; during training it first saves `last`.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import signal
 import sys
+import threading
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -46,6 +48,27 @@ class PoetgenGroup(click.Group):
             raise click.exceptions.Exit(130) from None
 
 
+def import_torch_holding_ctrl_c() -> None:
+    """Import torch with a Ctrl-C held back until the import is done, then acted on.
+
+    A Ctrl-C that lands inside numpy's or torch's C initialisation leaves them half-imported:
+    the next import fails with an ImportError traceback instead of exiting. Holding it costs at
+    most the import's second or two.
+    """
+    hold = ("torch" not in sys.modules and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN)
+    pressed: list[int] = []
+    if hold:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        importlib.import_module("torch")
+    finally:
+        if hold:
+            signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
+
+
 @click.group(cls=PoetgenGroup, invoke_without_command=True,
              context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
@@ -68,6 +91,8 @@ def cli(ctx, debug):
     sees. Run `poetgen COMMAND --help` for the options of each command.
     """
     ctx.ensure_object(dict)["debug"] = debug
+    if ctx.invoked_subcommand not in (None, "check"):  # `check` starts without torch
+        import_torch_holding_ctrl_c()
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
         click.echo("\nTo write poems together with the model, run: poetgen repl")
