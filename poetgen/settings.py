@@ -163,9 +163,9 @@ class GenerationSettings:
     """What to write and how: sampling, the poem's constraints, the search over candidates."""
 
     # -- sampling ---------------------------------------------------------------------------
-    temperature: float = setting(0.7, Option(
+    temperature: float = setting(0.8, Option(
         "temp", "Sampling temperature: lower is safer, higher is wilder.", _positive,
-        "a number > 0, e.g. 0.8"))  # 0.7: fluent without the stock phrases of 0.6 (README)
+        "a number > 0, e.g. 0.8"))  # with --line-keep, poems likelier than 0.7 without, more varied
     top_k: int = setting(0, Option(
         "top-k", "Sample only from the k likeliest characters (0 = off).", _whole(0),
         "a whole number >= 0 (0 = off)"))
@@ -231,11 +231,11 @@ class GenerationSettings:
     ban: str = setting("", Option(
         "ban", "Characters never to use.", _text_or_off, "characters, or off", metavar="CHARS",
         poem_only=True))
-    repeat_penalty: float = setting(2.5, Option(
+    repeat_penalty: float = setting(2.25, Option(
         "repeat-penalty", "Make a character already in the poem this much less likely (in nats; "
         "叠字 poets use, such as 萧萧, stay free; 0 = off). --no-repeat forbids repeats outright.",
         _weight,
-        "a number >= 0 (0 = off)", poem_only=True))  # 2.5: 重字 of every form <= real + 10 points
+        "a number >= 0 (0 = off)", poem_only=True))  # 重字 of every form <= real + 10 points
     # -- what the poem is about ---------------------------------------------------------------
     theme: str = setting("", Option(
         "theme", "A subject, e.g. 秋, 送别 or a title: the poem holds keywords drawn from what real "

@@ -83,18 +83,21 @@ def write(model: CharLSTM, vocab: Vocab, settings: GenerationSettings, *, prime:
     except PoetgenError as e:  # the decoder names settings as flags; say them as `side` does
         raise type(e)(GenerationSettings.named_for(str(e), side)) from None
     for poem in poems:
-        poem.scores = poem_scores(poem.text, lexicon)
+        poem.scores = poem_scores(poem.text, lexicon, settings.theme)
     return poems
 
 
 def ranker(settings: GenerationSettings, lexicon: Lexicon) -> Rank:
     """How candidates are ranked: log-probability per character less the repetition penalties
-    taken, plus the weighted coherence and (律诗) parallelism of verse.scores."""
+    taken, plus the weighted coherence (and affinity to a --theme) and (律诗) parallelism of
+    verse.scores."""
     def rank(poems: list[Poem]) -> list[float]:
         out = []
         for p in poems:
-            scores = poem_scores(p.text, lexicon) if settings.coherence or settings.parallelism else {}
-            out.append(p.penalized_logprob + settings.coherence * scores.get("coherence", 0.0)
+            scores = poem_scores(p.text, lexicon, settings.theme) \
+                if settings.coherence or settings.parallelism else {}
+            out.append(p.penalized_logprob
+                       + settings.coherence * (scores.get("coherence", 0.0) + scores.get("theme", 0.0))
                        + settings.parallelism * scores.get("parallelism", 0.0))
         return out
     return rank

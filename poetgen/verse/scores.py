@@ -8,6 +8,9 @@ both rank candidate poems, and both sit in the metrics beside the same scores of
                  not. Real poems score higher than the same lines shuffled across poems (AUC
                  about 0.8 on tang_val 七绝 and 五律): it measures whether the lines share a
                  subject, not whether each line makes sense.
+    theme        with --theme, the mean cosine between the line vectors and the theme's vector:
+                 ranked with the coherence weight, so the lines around the planned keywords lean
+                 to the theme too.
     parallelism  per couplet, the mean over positions of how strongly the two characters facing
                  each other belong together as a pair in real middle couplets (the dot product of
                  their parallel vectors, about their PMI); a character facing itself (同字相对)
@@ -29,8 +32,7 @@ SAME_CHAR = -2.0  # 同字相对: a character facing itself is a fault, whatever
 DOUBLED = 1.0  # 叠字 facing 叠字 (萧萧 / 滚滚): a strong match, about the best real pairs' value
 
 
-def coherence(lines: list[str], lex: Lexicon) -> float | None:
-    """Mean cosine between the line vectors of a poem (None with fewer than two known lines)."""
+def _line_vectors(lines: list[str], lex: Lexicon) -> list[np.ndarray]:
     units, weights = lex.topic_units(COHERENCE_DIM), lex.weights
     vectors = []
     for line in lines:
@@ -38,12 +40,31 @@ def coherence(lines: list[str], lex: Lexicon) -> float | None:
         if ids:
             v = (units[ids] * weights[ids, None]).sum(0)
             vectors.append(v / max(float(np.linalg.norm(v)), 1e-8))
+    return vectors
+
+
+def coherence(lines: list[str], lex: Lexicon) -> float | None:
+    """Mean cosine between the line vectors of a poem (None with fewer than two known lines)."""
+    vectors = _line_vectors(lines, lex)
     if len(vectors) < 2:
         return None
     v = np.stack(vectors)
     sims = v @ v.T
     n = len(vectors)
     return float((sims.sum() - np.trace(sims)) / (n * (n - 1)))
+
+
+def theme_affinity(lines: list[str], theme: str, lex: Lexicon) -> float | None:
+    """Mean cosine between the poem's line vectors and the theme's (made the same way from the
+    theme's characters and words): how much the whole poem, not only its keywords, is about it."""
+    units, weights = lex.topic_units(COHERENCE_DIM), lex.weights
+    ids = lex.tokens_in(theme)
+    vectors = _line_vectors(lines, lex)
+    if not ids or not vectors:
+        return None
+    t = (units[ids] * weights[ids, None]).sum(0)
+    t = t / max(float(np.linalg.norm(t)), 1e-8)
+    return float(np.mean([v @ t for v in vectors]))
 
 
 def couplet_parallelism(first: str, second: str, lex: Lexicon) -> float:
@@ -77,13 +98,17 @@ def middle_parallelism(lines: list[str], lex: Lexicon) -> float | None:
     return (couplet_parallelism(lines[2], lines[3], lex) + couplet_parallelism(lines[4], lines[5], lex)) / 2
 
 
-def poem_scores(text: str, lex: Lexicon) -> dict[str, float]:
-    """The scores of one poem: coherence, and for a 律诗 its middle couplets' parallelism."""
+def poem_scores(text: str, lex: Lexicon, theme: str = "") -> dict[str, float]:
+    """The scores of one poem: coherence, with a theme its affinity to it, and for a 律诗 its
+    middle couplets' parallelism."""
     lines = split_verse(text)
     out = {}
     c = coherence(lines, lex)
     if c is not None:
         out["coherence"] = c
+    a = theme_affinity(lines, theme, lex) if theme else None
+    if a is not None:
+        out["theme"] = a
     p = middle_parallelism(lines, lex)
     if p is not None:
         out["parallelism"] = p
