@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from poetgen.lm.config import ModelConfig
-from poetgen.lm.corpus import Vocab, batchify, get_chunk
+from poetgen.lm.corpus import Streams, Vocab
 from poetgen.errors import ConfigError
 from poetgen.lm.model import CharLSTM
 
@@ -42,10 +42,10 @@ def test_state_carries_across_chunks():
     """Two chunks with the state carried equal one long pass; a reset state does not."""
     torch.manual_seed(0)
     m = CharLSTM(ModelConfig(vocab_size=40, hidden_size=24, embed_size=8, cutoffs=())).eval()
-    data = batchify(torch.randint(0, 40, (4 * 21,)), 4)
-    whole, _ = m(data[:20], m.zero_state(4))
-    x1, _ = get_chunk(data, 0, 10)
-    x2, _ = get_chunk(data, 1, 10)
+    streams = Streams(torch.randint(0, 40, (4 * 21,)), batch_size=4, bptt=10)
+    x1, _ = streams.chunk(0)
+    x2, _ = streams.chunk(1)
+    whole, _ = m(torch.cat([x1, x2]), m.zero_state(4))
     out1, state = m(x1, m.zero_state(4))
     out2, _ = m(x2, (state[0].detach(), state[1].detach()))
     assert torch.allclose(torch.cat([out1, out2]), whole, atol=1e-6)

@@ -94,6 +94,7 @@ class TrainConfig:
     sample_chars: int = 80  # length of the sample shown at each evaluation
     min_count: int = 1  # characters seen fewer times than this map to the unknown token
     max_vocab: int = 0  # keep at most this many characters (most frequent); 0 = all
+    init_max_unknown: float = 0.01  # --init refuses a corpus with a larger share outside its vocabulary
     # Share held out for validation when no --val file is given: lines chosen by a hash for a
     # one-document-per-line corpus, the last part of the text for running text (as char-rnn
     # and nanoGPT split tinyshakespeare), so that neighbouring lines do not leak into val.
@@ -113,6 +114,7 @@ class TrainConfig:
         _check(self.eval_every >= 1, "eval_every must be at least 1")
         _check(self.min_evals >= 1, "min_evals must be at least 1")
         _check(0 < self.val_fraction < 1, "val_fraction must be between 0 and 1")
+        _check(0 <= self.init_max_unknown <= 1, "init_max_unknown must be between 0 and 1")
         _check(is_device_name(self.device), f"device must be {DEVICE_NAMES}, not {self.device!r}")
         _check(self.precision in ("fp32", "bf16"), "precision must be fp32 or bf16")
 
