@@ -57,14 +57,15 @@ class Poet:
 
     @torch.no_grad()
     def score(self, text: str) -> float:
-        """Bits per character of `text` under the model, read from the poem-start state.
+        """Bits per character of `text` under the model, read from the poem-start state as
+        `poetgen eval` reads a file (each line alone for a model of one poem per line).
 
         Characters the model never saw score as its unknown token; `vocab.unknown(text)` lists them.
         """
         if not text:
             raise ConfigError("score needs some text; got an empty string")
         ids = torch.tensor(self.vocab.encode(text), dtype=torch.long)
-        return evaluate_ids(self.model, [ids]).bpc
+        return evaluate_ids(self.model, self.vocab, [ids]).bpc
 
 
 def load(checkpoint: str | Path | None = "default", device: str = "cpu") -> Poet:

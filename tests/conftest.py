@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from poetgen.lm.config import ModelConfig, TrainConfig
 from poetgen.lm.corpus import prepare_text
 from poetgen.lm.train import train
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+# ../shared next to the repository; POETGEN_SHARED points elsewhere (e.g. from a git worktree).
+SHARED = Path(os.environ.get("POETGEN_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 HAN = "春江花月夜山水风云雨雪天地人心秋声明光长空日落红南北东西来去不知何处归"
 
 

@@ -190,6 +190,87 @@ def test_training_overfits_a_tiny_corpus(tmp_path):
     assert losses[-1] < 0.25 * losses[0], (losses[0], losses[-1])
 
 
+def test_init_reports_and_limits_the_share_of_characters_outside_the_vocabulary(tmp_path,
+                                                                                 tiny_text):
+    from dataclasses import replace
+
+    run(tmp_path / "a", tiny_text)  # a model of Chinese verse
+    start = tmp_path / "a" / "last.safetensors"
+    vocab = load_checkpoint(start).vocab
+    cfg = TrainConfig(**{**TINY_TRAIN, "max_steps": 2, "eval_every": 2})
+    model = ModelConfig(**TINY_MODEL)
+
+    def fine_tune(text, config, out):
+        data = prepare_text(text, text[:40], config, vocab=vocab)
+        infos = []
+        train(data.train_ids, data.val_ids, vocab, model, config, tmp_path / out, init=start,
+              callbacks=Callbacks(on_start=infos.append))
+        return infos[0]["init_unknown_share"]
+
+    english = "To be, or not to be, that is the question.\n" * 20
+    outside = sum(c not in vocab for c in english) / len(english)  # all but the newlines
+    assert outside > 0.9
+    with pytest.raises(ConfigError, match=rf"{100 * outside:.1f}% of the training characters .*"
+                                          r"--init-max-unknown 1"):
+        fine_tune(english, cfg, "b")
+    assert not (tmp_path / "b" / "last.safetensors").exists()
+    assert fine_tune(english, replace(cfg, init_max_unknown=1.0), "c") == pytest.approx(outside)
+    mostly_known = tiny_text + "鑫\n"  # 2 characters in ~1,500 outside the vocabulary
+    share = fine_tune(mostly_known, cfg, "d")
+    assert 0 < share < cfg.init_max_unknown
+
+
+def test_time_budget_counts_evaluations_and_the_last_one_fits(tmp_path, tiny_text, monkeypatch):
+    """A fake clock: a step takes 1 s, an evaluation 100 s. With a 350 s budget and an evaluation
+    every 100 steps the run evaluates at step 100 (t = 200 s), then stops at step 150 (t = 250 s)
+    so that its last evaluation ends at 350 s; counting training time only, it would run 350 steps."""
+    from poetgen.lm import train as train_mod
+
+    now = [0.0]
+    monkeypatch.setattr(train_mod.time, "perf_counter", lambda: now[0])
+    real_step, real_eval = train_mod.sgd_step, train_mod.evaluate_and_save
+
+    def step(*args):
+        now[0] += 1.0
+        return real_step(*args)
+
+    def evaluate(*args):
+        now[0] += 100.0
+        return real_eval(*args)
+
+    monkeypatch.setattr(train_mod, "sgd_step", step)
+    monkeypatch.setattr(train_mod, "evaluate_and_save", evaluate)
+    result = run(tmp_path, tiny_text, max_steps=0, time_budget=350, eval_every=100)
+    assert result.steps == 150 and result.elapsed == 350.0
+
+
+def test_lines_are_reshuffled_every_epoch(tmp_path, tiny_text, monkeypatch):
+    """Each pass reads the poems in a new order (the same set of lines); running text, or
+    shuffle off, keeps the corpus order."""
+    from poetgen.lm import train as train_mod
+
+    seen = []
+    real = train_mod.epoch_streams
+
+    def spy(train_ids, vocab, config, shuffle, epoch, world):
+        streams = real(train_ids, vocab, config, shuffle, epoch, world)
+        seen.append((shuffle, vocab.decode(streams.ids.tolist())))
+        return streams
+
+    monkeypatch.setattr(train_mod, "epoch_streams", spy)
+    ids, _, _ = setup(tiny_text)
+    chunks = (ids.numel() // 4 - 2) // 16 + 1
+    run(tmp_path / "a", tiny_text, max_steps=2 * chunks + 1, eval_every=1000)
+    assert [s for s, _ in seen] == [True] * 3
+    orders = [text.split("\n") for _, text in seen]
+    assert len({tuple(o[1:-1]) for o in orders}) == 3  # three different orders of whole poems
+    poems = set(tiny_text.split("\n"))
+    assert all(set(o[1:-1]) <= poems for o in orders)
+    seen.clear()
+    run(tmp_path / "b", tiny_text, max_steps=chunks + 1, eval_every=1000, shuffle=False)
+    assert [s for s, _ in seen] == [False, False] and seen[0][1] == seen[1][1]
+
+
 # ----------------------------------------------------------------------------------------------
 # What a run saves, and what it never saves
 

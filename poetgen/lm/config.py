@@ -29,14 +29,17 @@ TEXT_KINDS = ("auto", "lines", "running")
 class ModelConfig:
     vocab_size: int = 0  # set from the corpus vocabulary, never by hand
     embed_size: int = 128  # character embedding width
-    hidden_size: int = 256  # LSTM cell size
+    cell: str = "lstm"  # recurrent cell: "lstm" or "gru" (one update gate, no cell state)
+    hidden_size: int = 256  # LSTM cell size (GRU state size)
     num_layers: int = 1  # stacked LSTM layers
     proj_size: int = 0  # LSTM output projection (LSTMP); 0 = none
-    dropout: float = 0.0  # on embeddings, between layers and before the softmax
+    dropout: float = 0.1  # on embeddings, between layers and before the softmax (see README)
     weight_drop: float = 0.0  # DropConnect on the recurrent weights (AWD-LSTM); 0 = off
     softmax: str = "adaptive"  # "adaptive" (fast for thousands of characters) or "full"
     cutoffs: tuple[int, ...] = (1000, 3000)  # adaptive softmax cluster boundaries (by frequency rank)
     tie_weights: bool = False  # share input embedding and output matrix (full softmax only)
+    attention: int = 0  # key width of one attention head over the poem so far (model.py); 0 = off
+    newline_id: int = -1  # the newline's id, where a poem ends for the attention (from the vocabulary)
     # What kind of text the model learned, which decides how it is evaluated (and sampled):
     # "lines" = one document per line (poems: each line is scored alone from the poem-start
     # state), "running" = running text (prose, plays: one stream, state carried across lines).
@@ -52,6 +55,9 @@ class ModelConfig:
         _check(1 <= self.num_layers <= MAX_LAYERS, f"num_layers must be between 1 and {MAX_LAYERS}")
         _check(0 <= self.proj_size < self.hidden_size or self.proj_size == 0,
                "proj_size must be 0 or smaller than hidden_size")
+        _check(self.cell in ("lstm", "gru"), "cell must be 'lstm' or 'gru'")
+        _check(not (self.cell == "gru" and self.proj_size), "proj_size needs cell = 'lstm'")
+        _check(self.attention >= 0, "attention must be 0 (off) or a positive key width, e.g. 64")
         _check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
         _check(0.0 <= self.weight_drop < 1.0, "weight_drop must be in [0, 1)")
         _check(self.softmax in ("adaptive", "full"), "softmax must be 'adaptive' or 'full'")
@@ -79,7 +85,8 @@ class TrainConfig:
     clip: float = 1.0  # max global gradient norm
     epochs: float = 0.0  # stop after this many passes over the data; 0 = no limit
     max_steps: int = 0  # stop after this many optimizer steps; 0 = no limit
-    time_budget: float = 600.0  # stop after this many seconds of training; 0 = no limit
+    time_budget: float = 600.0  # stop after this many seconds of wall time (evaluations included); 0 = no limit
+    shuffle: bool = True  # reorder the lines at every epoch (a one-document-per-line corpus only)
     eval_every: int = 250  # steps between validations (and best/last checkpoints)
     # A run validates at least this often: every 1/min_evals of its step or time limit too, so
     # that a short run draws a curve (a 2-minute run at 250 steps was evaluated once, at its end).
@@ -87,6 +94,7 @@ class TrainConfig:
     sample_chars: int = 80  # length of the sample shown at each evaluation
     min_count: int = 1  # characters seen fewer times than this map to the unknown token
     max_vocab: int = 0  # keep at most this many characters (most frequent); 0 = all
+    init_max_unknown: float = 0.01  # --init refuses a corpus with a larger share outside its vocabulary
     # Share held out for validation when no --val file is given: lines chosen by a hash for a
     # one-document-per-line corpus, the last part of the text for running text (as char-rnn
     # and nanoGPT split tinyshakespeare), so that neighbouring lines do not leak into val.
@@ -106,6 +114,7 @@ class TrainConfig:
         _check(self.eval_every >= 1, "eval_every must be at least 1")
         _check(self.min_evals >= 1, "min_evals must be at least 1")
         _check(0 < self.val_fraction < 1, "val_fraction must be between 0 and 1")
+        _check(0 <= self.init_max_unknown <= 1, "init_max_unknown must be between 0 and 1")
         _check(is_device_name(self.device), f"device must be {DEVICE_NAMES}, not {self.device!r}")
         _check(self.precision in ("fp32", "bf16"), "precision must be fp32 or bf16")
 
