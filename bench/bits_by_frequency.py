@@ -37,7 +37,7 @@ def main():
     train_count = torch.tensor([counts[c] for c in val], dtype=torch.float64)
     for spec in args.checkpoints:
         ck = load_checkpoint(resolve(spec))
-        bits = token_bits(ck.model, torch.tensor(ck.vocab.encode(val)))
+        bits = token_bits(ck.model, ck.vocab, torch.tensor(ck.vocab.encode(val)))
         rows = []
         for lo, hi in BUCKETS:
             sel = (train_count >= lo) & (train_count <= hi)

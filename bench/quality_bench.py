@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from poetgen.verse.check import detect_form  # noqa: E402
 from poetgen.verse.lexicon import bundled  # noqa: E402
-from poetgen.verse.prosody import get_form, split_verse  # noqa: E402
+from poetgen.verse.prosody import split_verse  # noqa: E402
 from poetgen.verse.check import check_poem  # noqa: E402
 from poetgen.verse.repeats import repeated_chars  # noqa: E402
 from poetgen.verse.scores import coherence, couplet_parallelism, middle_parallelism  # noqa: E402

@@ -3,7 +3,9 @@ constrained 七律 with every constraint on (rhyme, tones, acrostic, no-repeat).
 
     python bench/sample_bench.py [CHECKPOINT]      # default: the newest under checkpoints/
 
-Prints one JSON line; medians over repeats.
+Prints one JSON line; medians over repeats, of wall seconds and of the process's CPU seconds
+(the steadier figure on a machine shared with other work; compare two versions of the code by
+running this script in each, alternately, with OMP_NUM_THREADS=1).
 """
 
 import json
@@ -21,12 +23,14 @@ from poetgen.lm.sample import generate  # noqa: E402
 
 
 def timed(fn, repeats=5):
-    times = []
+    """Median wall and CPU seconds of `fn()` over `repeats` runs."""
+    wall, cpu = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def main():
@@ -42,8 +46,14 @@ def main():
     poem = timed(lambda: generate_poems(m, compiled, n=1, seed=0))
     print(json.dumps({
         "checkpoint": str(ck.path), "threads": torch.get_num_threads(),
-        "free_chars_per_s_1_stream": round(chars / one), "free_chars_per_s_batch_64": round(64 * chars / batch),
-        "qilv_all_constraints_compile_s": round(compile_s, 3), "qilv_all_constraints_generate_s": round(poem, 3),
+        "free_chars_per_s_1_stream": round(chars / one[0]),
+        "free_chars_per_s_batch_64": round(64 * chars / batch[0]),
+        "qilv_all_constraints_compile_s": round(compile_s[0], 3),
+        "qilv_all_constraints_generate_s": round(poem[0], 3),
+        "cpu": {"free_chars_per_cpu_s_1_stream": round(chars / one[1]),
+                "free_chars_per_cpu_s_batch_64": round(64 * chars / batch[1]),
+                "qilv_compile_cpu_s": round(compile_s[1], 3),
+                "qilv_generate_cpu_s": round(poem[1], 3)},
     }, ensure_ascii=False))
 
 

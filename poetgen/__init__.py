@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from poetgen.errors import (CheckpointError, ConfigError, ConstraintError, CorpusError,
-                            PoetgenError)
+                            FileSystemError, PoetgenError)
 from poetgen.settings import GenerationSettings
 
 if TYPE_CHECKING:
@@ -48,4 +48,4 @@ def __getattr__(name: str):
 
 
 __all__ = ["load", "Poet", "check", "GenerationSettings", "PoetgenError", "CheckpointError",
-           "ConfigError", "ConstraintError", "CorpusError", "__version__"]
+           "ConfigError", "ConstraintError", "CorpusError", "FileSystemError", "__version__"]

@@ -39,6 +39,7 @@ class Poet:
     vocab: Vocab
     path: Path  # the checkpoint file it was loaded from
     meta: dict  # the checkpoint's header: config, training history, provenance
+    notes: tuple[str, ...] = ()  # what a user should know about the file, e.g. an old format
 
     def write(self, settings: GenerationSettings | None = None, /, **changes) -> list[Sample | Poem]:
         """`n` texts, or poems when `form` is given, e.g. `write(form="五律", acrostic="春江花月")`.
@@ -56,14 +57,15 @@ class Poet:
 
     @torch.no_grad()
     def score(self, text: str) -> float:
-        """Bits per character of `text` under the model, read from the poem-start state.
+        """Bits per character of `text` under the model, read from the poem-start state as
+        `poetgen eval` reads a file (each line alone for a model of one poem per line).
 
         Characters the model never saw score as its unknown token; `vocab.unknown(text)` lists them.
         """
         if not text:
             raise ConfigError("score needs some text; got an empty string")
         ids = torch.tensor(self.vocab.encode(text), dtype=torch.long)
-        return evaluate_ids(self.model, [ids]).bpc
+        return evaluate_ids(self.model, self.vocab, [ids]).bpc
 
 
 def load(checkpoint: str | Path | None = "default", device: str = "cpu") -> Poet:
@@ -74,7 +76,7 @@ def load(checkpoint: str | Path | None = "default", device: str = "cpu") -> Poet
     """
     ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(None if checkpoint is None else str(checkpoint)),
                                   device=device)
-    return Poet(ck.model, ck.vocab, ck.path, ck.meta)
+    return Poet(ck.model, ck.vocab, ck.path, ck.meta, ck.notes)
 
 
 __all__ = ["Poet", "load"]

@@ -5,7 +5,11 @@ goes through `atomic_open`: the data goes to a temporary file in the same direct
 disk, and is renamed over the target with `os.replace`, which is atomic on POSIX and Windows. An
 interrupted write (Ctrl-C, a full disk, a crash) leaves the old file and removes the temporary one.
 
-A leaf module (standard library only), so the corpus commands use it without importing torch.
+A file-system fault (a full or read-only disk, no permission, a file where a directory should be)
+becomes one FileSystemError that names the path and the fix, with the old file intact.
+
+A leaf module (standard library and poetgen.errors only), so the corpus commands use it without
+importing torch.
 """
 
 from __future__ import annotations
@@ -17,6 +21,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from poetgen.errors import file_error
+
+TEMP_SUFFIX = ".tmp"  # temporary files are .NAME.RANDOM.tmp, next to NAME
+
 
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8",
@@ -27,8 +35,11 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
     temporary file is removed and `path` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as e:
+        raise file_error(path, e, "write") from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         text = "b" not in mode
@@ -38,8 +49,10 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):  # ENOSPC, EROFS, EISDIR (a directory where `path` goes), ...
+            raise file_error(path, e, "write") from None
         raise
 
 
@@ -47,6 +60,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Replace `path` with `data`, all or nothing."""
     with atomic_open(path, "wb") as f:
         f.write(data)
+
+
+def stale_temporaries(directory: str | Path) -> list[Path]:
+    """Temporary files that atomic_open leaves when its process is killed mid-write (kill -9,
+    power loss). Remove them only while holding the directory's lock (see lm/rundir.py): a
+    running writer's temporary file looks the same."""
+    return sorted(p for p in Path(directory).glob(f".*{TEMP_SUFFIX}") if p.is_file())
 
 
 def _umask() -> int:

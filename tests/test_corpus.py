@@ -1,12 +1,13 @@
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from poetgen.lm.config import TrainConfig
-from poetgen.lm.corpus import (UNK, Vocab, batchify, get_chunk, iter_text, num_chunks, prepare,
-                               read_text, split_lines)
-from poetgen.errors import CorpusError
+from poetgen.lm.corpus import (UNK, Streams, Vocab, encode_tensor, iter_text, lines_with_ends,
+                               prepare, read_text, split_lines)
+from poetgen.errors import CorpusError, PoetgenError
 
 VOCAB_TEXT = "床前明月光，疑是地上霜。\nHello, world! 🌙\n"
 
@@ -86,18 +87,46 @@ def test_split_lines_is_deterministic_and_disjoint():
     assert split_lines("one line only", 0.1)[1]  # falls back to a tail split
 
 
-def test_batchify_layout():
-    data = batchify(torch.arange(26), 4)  # 'a'..'z' -> 4 streams of 6, 2 dropped
-    assert data.shape == (6, 4)
-    assert data[:, 1].tolist() == list(range(6, 12))  # each column is contiguous
-    x, y = get_chunk(data, 0, 2)
-    assert x.tolist() == [[0, 6, 12, 18], [1, 7, 13, 19]]
-    assert torch.equal(y, data[1:3])
-    assert num_chunks(data, 2) == 3  # rows 0-1, 2-3, 4 (its target is row 5)
-    x, y = get_chunk(data, 2, 2)
-    assert x.shape == (1, 4) and torch.equal(y[0], data[5])
+@pytest.mark.parametrize("as_memmap", [False, True])
+def test_streams_layout(tmp_path, as_memmap):
+    ids = torch.arange(26)  # 'a'..'z' -> 4 streams of 6, 2 dropped
+    if as_memmap:  # a prepared corpus: read from the file, not from memory
+        ids.numpy().astype("<u2").tofile(tmp_path / "ids")
+        ids = np.memmap(tmp_path / "ids", dtype="<u2", mode="r")
+    streams = Streams(ids, batch_size=4, bptt=2)
+    assert streams.rows == 6 and len(streams) == 3  # rows 0-1, 2-3, 4 (its target is row 5)
+    x, y = streams.chunk(0)
+    assert x.dtype == torch.int64
+    assert x.tolist() == [[0, 6, 12, 18], [1, 7, 13, 19]]  # each column is a contiguous stream
+    assert y.tolist() == [[1, 7, 13, 19], [2, 8, 14, 20]]
+    x, y = streams.chunk(2)
+    assert x.tolist() == [[4, 10, 16, 22]] and y.tolist() == [[5, 11, 17, 23]]
+    # A rank's share: the same values in its columns, nothing else.
+    x, y = Streams(ids, batch_size=4, bptt=2, streams=range(2, 4)).chunk(1)
+    assert x.tolist() == [[14, 20], [15, 21]] and y.tolist() == [[15, 21], [16, 22]]
     with pytest.raises(CorpusError, match="too few"):
-        batchify(torch.arange(5), 4)
+        Streams(torch.arange(5), batch_size=4, bptt=2)
+
+
+def test_split_lines_splits_only_at_newlines():
+    text = "a\x0bb\nc\u2028d\ne"  # str.splitlines would also split at \x0b and U+2028
+    assert lines_with_ends(text) == ["a\x0bb\n", "c\u2028d\n", "e"]
+    assert lines_with_ends("a\n") == ["a\n"]
+
+
+def test_fingerprint_and_tail_read_in_pieces(monkeypatch):
+    import poetgen.lm.corpus as corpus
+
+    vocab = Vocab.build("ab\n")
+    ids = torch.tensor(vocab.encode("ab\nba\nbbb"))
+    whole = corpus.fingerprint(ids)
+    assert corpus.tail_after_newline(ids, vocab, 4).tolist() == vocab.encode("\nba\n")
+    monkeypatch.setattr(corpus, "PIECE_TOKENS", 2)
+    assert corpus.fingerprint(ids) == whole  # pieces hash as the whole does
+    assert corpus.fingerprint(ids.numpy().astype("<u2")) == whole  # whatever the dtype
+    assert corpus.fingerprint(ids[:-1]) != whole
+    assert corpus.tail_after_newline(ids, vocab, 4).tolist() == vocab.encode("\nba\n")
+    assert corpus.count_id(ids, vocab.id("b")) == 5
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 1 << 20])
@@ -131,3 +160,50 @@ def test_prepare_holds_out_lines_and_builds_the_vocabulary_from_the_training_sid
     kept = prepare(tmp_path / "c.txt", tmp_path / "v.txt", TrainConfig(), vocab=data.vocab)
     assert kept.vocab is data.vocab and kept.train_ids.numel() == len(text)
     assert kept.vocab.decode(kept.val_ids.tolist()) == train_text[0] + UNK + "\n"
+
+
+def test_shuffle_lines_reorders_whole_lines():
+    from poetgen.lm.corpus import shuffle_lines
+
+    text = "春风\n花月夜\n\n江\n山水云"  # an empty line, and a last line without its newline
+    vocab = Vocab.build(text)
+    ids = encode_tensor(vocab, text)
+    outs = {vocab.decode(shuffle_lines(ids, vocab.newline_id, seed).tolist()) for seed in range(20)}
+    assert len(outs) > 5
+    for out in outs:
+        assert out.endswith("\n山水云") and sorted(out.split("\n")) == sorted(text.split("\n"))
+    assert shuffle_lines(ids, None, 0) is ids
+
+
+def test_file_ending_inside_a_character_is_one_clear_error(tmp_path):
+    """Used to be an IndexError: the error lay in bytes held back from the previous chunk."""
+    p = tmp_path / "cut.txt"
+    p.write_bytes("好诗\n春".encode()[:-1])
+    with pytest.raises(CorpusError, match="at byte 7 \\(line 2\\): the file ends inside a character "
+                                          "\\(byte 0xe6\\)"):
+        read_text(p)
+
+
+@pytest.mark.parametrize("chunk", [4, 5, 6, 1 << 20])
+def test_bad_byte_after_a_character_split_across_chunks_is_placed_exactly(tmp_path, chunk):
+    """春 (3 bytes) straddles a chunk boundary, then 0xff: the offset and byte reported are the
+    0xff's (they used to be counted from the held-back bytes: 'byte 1048579 (byte 0x9e)')."""
+    data = b"abcd" + "春".encode() + b"\xff" + b"tail"
+    p = tmp_path / "split.txt"
+    p.write_bytes(data)
+    bad = data.index(b"\xff")
+    with pytest.raises(CorpusError, match=f"at byte {bad} .*\\(byte 0xff\\)"):
+        list(iter_text(p, chunk_bytes=chunk))
+
+
+def test_devices_links_and_loops_are_refused(tmp_path):
+    loop = tmp_path / "loop.txt"
+    loop.symlink_to(loop)
+    dangling = tmp_path / "dangling.txt"
+    dangling.symlink_to(tmp_path / "gone.txt")
+    with pytest.raises(CorpusError, match="not a regular file"):
+        read_text("/dev/zero")  # used to be read until memory ran out
+    with pytest.raises(PoetgenError, match="symbolic link loop"):
+        read_text(loop)
+    with pytest.raises(CorpusError, match="symbolic link to .*gone.txt, which does not exist"):
+        read_text(dangling)

@@ -11,7 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from poetgen.app.cli import cli
-from poetgen.verse.corpus_tools import BuildOptions, build_corpus, corpus_stats, iter_json_array, regular_form, strip_notes
+from poetgen.verse.corpus_tools import (EXCLUDED, OTHER, BuildOptions, build_corpus, corpus_stats,
+                                        iter_json_array, read_segment_hashes, regular_form,
+                                        segment_hash, strip_notes, verse_segments)
 from poetgen.errors import CorpusError
 
 from conftest import SHARED
@@ -226,3 +228,81 @@ def test_the_list_of_sources_ships_with_the_package(tmp_path, monkeypatch):
     (tmp_path / "corpora").mkdir()
     (tmp_path / "corpora" / "manifest.toml").write_text('[source.mine]\nurl = "http://x/y.tgz"\n')
     assert list(manifest()) == ["mine"]  # a project's own list takes precedence
+
+
+def _hashes(tmp_path, *segments):
+    path = tmp_path / "held_out.sha256"
+    path.write_text("".join(hashlib.sha256(s.encode()).hexdigest() + "\n" for s in segments))
+    return path
+
+
+@pytest.mark.parametrize("segment", [
+    "疑是地上霜",  # a plain verse segment of the poem
+    "举头望明月（一作「山月」）",  # a segment of the text as shipped, note and all
+    "举头望明月",  # a segment of the cleaned text (--strip-notes)
+])
+def test_exclude_drops_every_poem_sharing_a_listed_segment(json_dir, tmp_path, segment):
+    pytest.importorskip("opencc")
+    options = BuildOptions(simplified=True, dedupe=True, strip_notes=True,
+                           exclude=_hashes(tmp_path, segment))
+    report = build_corpus([json_dir], tmp_path / "out.txt", options)
+    kept = (tmp_path / "out.txt").read_text(encoding="utf-8")
+    assert "举头望明月" not in kept and report.dropped[EXCLUDED] == 1
+    assert "白日依山尽" in kept and "朝辞白帝彩云间" in kept  # the others stay
+
+
+def test_exclude_matches_simplified_segments_of_a_traditional_build(json_dir, tmp_path):
+    pytest.importorskip("opencc")
+    report = build_corpus([json_dir], tmp_path / "out.txt",
+                          BuildOptions(exclude=_hashes(tmp_path, "黄河入海流")))
+    kept = (tmp_path / "out.txt").read_text(encoding="utf-8")
+    assert report.dropped[EXCLUDED] == 2  # the poem and its duplicate (no --dedupe here)
+    assert "白日依山盡" not in kept and "朝辭白帝彩雲間" in kept  # kept as shipped: traditional
+    with pytest.raises(CorpusError, match="line 2.*not a SHA-256"):
+        (tmp_path / "bad.sha256").write_text("0" * 64 + "\nnot a hash\n")
+        build_corpus([json_dir], tmp_path / "o.txt", BuildOptions(exclude=tmp_path / "bad.sha256"))
+
+
+def test_verse_segments_follow_the_held_out_lists_definition():
+    assert verse_segments("白日依山尽，黄河入海流。欲穷 千里目？更上一层楼！") == [
+        "白日依山尽", "黄河入海流", "更上一层楼"]  # 欲穷 and 千里目 are too short
+    assert verse_segments("一二三四，五六七；八九十百千、万亿 兆京垓秭：") == [
+        "一二三四", "八九十百千", "兆京垓秭"]
+
+
+def test_form_other_keeps_only_poems_that_are_not_regular_verse(json_dir, tmp_path):
+    pytest.importorskip("opencc")
+    report = build_corpus([json_dir], tmp_path / "out.txt",
+                          BuildOptions(forms=frozenset({OTHER}), simplified=True))
+    assert (tmp_path / "out.txt").read_text(encoding="utf-8").splitlines() == [
+        "床前明月光，疑是地上霜。举头望明月（一作「山月」），低头思故乡。",  # a note: irregular
+        "君不见黄河之水天上来，奔流到海不复回。", "春眠不觉晓，处处闻啼鸟。",
+        "□□□□□，处处闻啼鸟。夜来风雨声，花落知多少。"]
+    assert report.dropped["form 5x4 not selected"] == 2 and report.forms == {OTHER: 4}
+    r = CliRunner().invoke(cli, ["corpus", "build", str(json_dir), "-o", str(tmp_path / "c.txt"),
+                                 "--form", "other,七绝", "--simplified"])
+    assert r.exit_code == 0, r.output
+    assert len((tmp_path / "c.txt").read_text(encoding="utf-8").splitlines()) == 5
+
+
+@pytest.mark.skipif(not (SHARED / "corpora" / "heldout_lines.sha256").exists(),
+                    reason="needs ../shared/corpora (chinese-poetry, tang.jsonl, heldout_lines.sha256)")
+def test_a_build_with_the_held_out_list_keeps_no_held_out_poem(tmp_path):
+    """The raw Tang collection holds the val poems; a build with --exclude keeps none of them."""
+    pytest.importorskip("opencc")
+    corpora = SHARED / "corpora"
+    files = [corpora / "chinese-poetry" / f"poet.tang.{n}.json" for n in range(0, 10000, 1000)]
+    out = tmp_path / "pretrain.txt"
+    report = build_corpus(files, out, BuildOptions(simplified=True, dedupe=True, strip_notes=True,
+                                                   exclude=corpora / "heldout_lines.sha256"))
+    held_out = read_segment_hashes(corpora / "heldout_lines.sha256")
+    kept = out.read_text(encoding="utf-8").splitlines()
+    assert not [p for p in kept if any(segment_hash(s) in held_out for s in verse_segments(p))]
+    names = {f.name for f in files}
+    val = [json.loads(line) for line in (corpora / "tang.jsonl").open(encoding="utf-8")]
+    # Val poems of these files (those with a segment of 4+ characters, which the list can hold:
+    # 2,780 of all 2,793; the others are 3-character verse or a lone "。").
+    val = [p["text_simplified"] for p in val if p["split"] == "val" and p["source_file"] in names
+           and verse_segments(p["text_simplified"])]
+    assert len(val) > 400 and report.dropped[EXCLUDED] >= len(val)
+    assert not set(val) & set(kept)

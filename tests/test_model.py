@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from poetgen.lm.config import ModelConfig
-from poetgen.lm.corpus import batchify, get_chunk
+from poetgen.lm.corpus import Streams, Vocab
 from poetgen.errors import ConfigError
 from poetgen.lm.model import CharLSTM
 
@@ -42,10 +42,10 @@ def test_state_carries_across_chunks():
     """Two chunks with the state carried equal one long pass; a reset state does not."""
     torch.manual_seed(0)
     m = CharLSTM(ModelConfig(vocab_size=40, hidden_size=24, embed_size=8, cutoffs=())).eval()
-    data = batchify(torch.randint(0, 40, (4 * 21,)), 4)
-    whole, _ = m(data[:20], m.zero_state(4))
-    x1, _ = get_chunk(data, 0, 10)
-    x2, _ = get_chunk(data, 1, 10)
+    streams = Streams(torch.randint(0, 40, (4 * 21,)), batch_size=4, bptt=10)
+    x1, _ = streams.chunk(0)
+    x2, _ = streams.chunk(1)
+    whole, _ = m(torch.cat([x1, x2]), m.zero_state(4))
     out1, state = m(x1, m.zero_state(4))
     out2, _ = m(x2, (state[0].detach(), state[1].detach()))
     assert torch.allclose(torch.cat([out1, out2]), whole, atol=1e-6)
@@ -55,7 +55,7 @@ def test_state_carries_across_chunks():
 
 def test_weight_drop_masks_recurrent_weights_in_training_only():
     torch.manual_seed(0)
-    cfg = dict(vocab_size=40, hidden_size=24, embed_size=8, num_layers=2, cutoffs=())
+    cfg = dict(vocab_size=40, hidden_size=24, embed_size=8, num_layers=2, cutoffs=(), dropout=0.0)
     plain = CharLSTM(ModelConfig(**cfg))
     dropped = CharLSTM(ModelConfig(**cfg, weight_drop=0.5))
     dropped.load_state_dict(plain.state_dict())
@@ -99,11 +99,12 @@ def test_token_bits_add_up_to_the_streamed_evaluation():
     from poetgen.lm.evaluate import PIECE, evaluate_ids, token_bits
 
     torch.manual_seed(0)
+    vocab = Vocab(tuple(chr(0x4e00 + i) for i in range(59)) + ("\ufffd",))
     m = CharLSTM(ModelConfig(vocab_size=60, hidden_size=16, embed_size=8, cutoffs=(20,)))
     ids = torch.randint(0, 60, (PIECE + 37,))  # crosses a piece boundary
-    bits = token_bits(m, ids)
+    bits = token_bits(m, vocab, ids, kind="running")
     assert bits.shape == (ids.numel(),) and m.training  # the mode is restored
-    total = evaluate_ids(m, [ids[:100], ids[100:]])  # the split does not change the stream
+    total = evaluate_ids(m, vocab, [ids[:100], ids[100:]], kind="running")  # a split changes nothing
     assert float(bits.sum()) == pytest.approx(total.bpc * total.chars, rel=1e-5)
 
 

@@ -18,12 +18,12 @@ from poetgen.verse.constrain import (PoemSpec, _Hyps, _repeat_penalty, compile_s
                                      generate_poems, placement_fits)
 from poetgen.verse.lexicon import Lexicon, build_lexicon, bundled
 from poetgen.verse.metrics import poem_metrics
-from poetgen.verse.plan import make_plan, theme_keywords
+from poetgen.verse.plan import theme_keywords
 from poetgen.verse.prosody import split_verse
 from poetgen.verse.repeats import repeated_chars
 from poetgen.verse.scores import SAME_CHAR, coherence, couplet_parallelism, couplet_scores
 from poetgen.write import write
-from test_constrain import COMMON, common_vocab
+from test_constrain import common_vocab
 
 TINY = "春江花月夜山水风云雨雪天地人心秋声明光长空日落红南北东西来去不知何处归"  # conftest's HAN
 

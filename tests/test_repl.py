@@ -601,3 +601,4 @@ def test_eval_generate_metrics_next_to_real_poems(checkpoint, tmp_path):
     assert rows[1]["longest_copy"] == 5 and model["mean_logprob"] < 0
     r = CliRunner().invoke(cli, ["eval", str(checkpoint)])
     assert r.exit_code == 1 and "give a FILE" in r.output
+

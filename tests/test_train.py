@@ -74,7 +74,7 @@ def test_init_starts_from_a_checkpoints_weights_with_new_regularization(tmp_path
     for name, weight in source.model.state_dict().items():
         if not name.startswith("start_"):  # the start state is burned in again at evaluation
             assert torch.allclose(weight, b.model.state_dict()[name], atol=1e-6), name
-    assert b.meta["init"]["sha256"] == source.meta["sha256"] and b.meta["init"]["step"] == 12
+    assert b.meta["init"]["sha256"] == source.sha256 and b.meta["init"]["step"] == 12
     # A resumed second stage still says where it started from.
     train(ids, val, vocab, other, TrainConfig(**{**cfg.__dict__, "max_steps": 12}), tmp_path / "b",
           resume=True)
@@ -188,3 +188,269 @@ def test_training_overfits_a_tiny_corpus(tmp_path):
                    callbacks=Callbacks(on_step=lambda info: losses.append(info.loss)))
     assert len(losses) == result.steps == 150
     assert losses[-1] < 0.25 * losses[0], (losses[0], losses[-1])
+
+
+def test_init_reports_and_limits_the_share_of_characters_outside_the_vocabulary(tmp_path,
+                                                                                 tiny_text):
+    from dataclasses import replace
+
+    run(tmp_path / "a", tiny_text)  # a model of Chinese verse
+    start = tmp_path / "a" / "last.safetensors"
+    vocab = load_checkpoint(start).vocab
+    cfg = TrainConfig(**{**TINY_TRAIN, "max_steps": 2, "eval_every": 2})
+    model = ModelConfig(**TINY_MODEL)
+
+    def fine_tune(text, config, out):
+        data = prepare_text(text, text[:40], config, vocab=vocab)
+        infos = []
+        train(data.train_ids, data.val_ids, vocab, model, config, tmp_path / out, init=start,
+              callbacks=Callbacks(on_start=infos.append))
+        return infos[0]["init_unknown_share"]
+
+    english = "To be, or not to be, that is the question.\n" * 20
+    outside = sum(c not in vocab for c in english) / len(english)  # all but the newlines
+    assert outside > 0.9
+    with pytest.raises(ConfigError, match=rf"{100 * outside:.1f}% of the training characters .*"
+                                          r"--init-max-unknown 1"):
+        fine_tune(english, cfg, "b")
+    assert not (tmp_path / "b" / "last.safetensors").exists()
+    assert fine_tune(english, replace(cfg, init_max_unknown=1.0), "c") == pytest.approx(outside)
+    mostly_known = tiny_text + "鑫\n"  # 2 characters in ~1,500 outside the vocabulary
+    share = fine_tune(mostly_known, cfg, "d")
+    assert 0 < share < cfg.init_max_unknown
+
+
+def test_time_budget_counts_evaluations_and_the_last_one_fits(tmp_path, tiny_text, monkeypatch):
+    """A fake clock: a step takes 1 s, an evaluation 100 s. With a 350 s budget and an evaluation
+    every 100 steps the run evaluates at step 100 (t = 200 s), then stops at step 150 (t = 250 s)
+    so that its last evaluation ends at 350 s; counting training time only, it would run 350 steps."""
+    from poetgen.lm import train as train_mod
+
+    now = [0.0]
+    monkeypatch.setattr(train_mod.time, "perf_counter", lambda: now[0])
+    real_step, real_eval = train_mod.sgd_step, train_mod.evaluate_and_save
+
+    def step(*args):
+        now[0] += 1.0
+        return real_step(*args)
+
+    def evaluate(*args):
+        now[0] += 100.0
+        return real_eval(*args)
+
+    monkeypatch.setattr(train_mod, "sgd_step", step)
+    monkeypatch.setattr(train_mod, "evaluate_and_save", evaluate)
+    result = run(tmp_path, tiny_text, max_steps=0, time_budget=350, eval_every=100)
+    assert result.steps == 150 and result.elapsed == 350.0
+
+
+def test_lines_are_reshuffled_every_epoch(tmp_path, tiny_text, monkeypatch):
+    """Each pass reads the poems in a new order (the same set of lines); running text, or
+    shuffle off, keeps the corpus order."""
+    from poetgen.lm import train as train_mod
+
+    seen = []
+    real = train_mod.epoch_streams
+
+    def spy(train_ids, vocab, config, shuffle, epoch, world):
+        streams = real(train_ids, vocab, config, shuffle, epoch, world)
+        seen.append((shuffle, vocab.decode(streams.ids.tolist())))
+        return streams
+
+    monkeypatch.setattr(train_mod, "epoch_streams", spy)
+    ids, _, _ = setup(tiny_text)
+    chunks = (ids.numel() // 4 - 2) // 16 + 1
+    run(tmp_path / "a", tiny_text, max_steps=2 * chunks + 1, eval_every=1000)
+    assert [s for s, _ in seen] == [True] * 3
+    orders = [text.split("\n") for _, text in seen]
+    assert len({tuple(o[1:-1]) for o in orders}) == 3  # three different orders of whole poems
+    poems = set(tiny_text.split("\n"))
+    assert all(set(o[1:-1]) <= poems for o in orders)
+    seen.clear()
+    run(tmp_path / "b", tiny_text, max_steps=chunks + 1, eval_every=1000, shuffle=False)
+    assert [s for s, _ in seen] == [False, False] and seen[0][1] == seen[1][1]
+
+
+# ----------------------------------------------------------------------------------------------
+# What a run saves, and what it never saves
+
+
+def test_divergence_at_an_evaluation_step_saves_nothing_and_says_what_was_kept(tmp_path, tiny_text):
+    """The issue's case: the diverging update lands on an evaluation step. The training loss was
+    finite (it is computed before the update), the validation loss is not: nothing is written."""
+    run(tmp_path, tiny_text, max_steps=8)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(NonFiniteLossError,
+                       match=r"validation loss became nan at step 9; nothing was saved at that "
+                             r"step: .*last.safetensors \(step 8\) is left as it was"):
+        run(tmp_path, tiny_text, resume=True, max_steps=9, eval_every=9, lr=1e30)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    run(tmp_path, tiny_text, resume=True, max_steps=12)  # the advised resume works
+    assert load_checkpoint(tmp_path / "last.safetensors").meta["training"]["step"] == 12
+
+
+def test_ctrl_c_with_non_finite_weights_saves_nothing(tmp_path, tiny_text, monkeypatch):
+    import poetgen.lm.train as train_mod
+
+    def poison_then_interrupt(info):
+        if info.step == 6:
+            with torch.no_grad():
+                next(poison_then_interrupt.model.parameters()).fill_(math.inf)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    class Spy(train_mod.CharLSTM):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            poison_then_interrupt.model = self
+
+    monkeypatch.setattr(train_mod, "CharLSTM", Spy)
+    with pytest.raises(NonFiniteLossError, match=r"weights hold NaN or infinity after step 6; "
+                                                 r"nothing was saved.*\(step 4\)"):
+        run(tmp_path, tiny_text, callbacks=Callbacks(on_step=poison_then_interrupt))
+    assert load_checkpoint(tmp_path / "last.safetensors").meta["training"]["step"] == 4
+
+
+def _weights(path):
+    return load_checkpoint(path).model.state_dict()
+
+
+def _rows(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return [(int(r["step"]), r["val_bpc"], r["train_loss"]) for r in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("at", [8, 12])  # an evaluation step, and the last step
+def test_an_evaluation_skipped_by_an_interrupt_is_done_on_resume(tmp_path, tiny_text, at):
+    run(tmp_path / "a", tiny_text)
+
+    def interrupt(info):
+        if info.step == at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted):
+        run(tmp_path / "b", tiny_text, callbacks=Callbacks(on_step=interrupt))
+    assert [r[0] for r in _rows(tmp_path / "b")] == [4, 8][: at // 4 - 1]
+    result = run(tmp_path / "b", tiny_text, resume=True)
+    assert result.best_val_bpc == train_best(tmp_path / "a")
+    assert _rows(tmp_path / "b") == _rows(tmp_path / "a")  # every row, train loss included
+    for name in ("best.safetensors", "last.safetensors"):
+        a, b = _weights(tmp_path / "a" / name), _weights(tmp_path / "b" / name)
+        for k in a:  # the start state (burned in at evaluation) included
+            assert torch.equal(a[k], b[k]), (name, k)
+
+
+def train_best(run_dir):
+    return load_checkpoint(run_dir / "last.safetensors").meta["training"]["best_val_bpc"]
+
+
+def test_a_kill_between_the_metrics_row_and_the_checkpoint_loses_no_row(tmp_path, tiny_text,
+                                                                        monkeypatch):
+    """The row is written first; a kill before `last` is saved leaves a row later than `last`,
+    which --resume drops and logs again."""
+    import poetgen.lm.train as train_mod
+
+    run(tmp_path / "a", tiny_text)
+    real_save = train_mod.save_checkpoint
+
+    def killed_at_step_8(path, model, vocab, meta, *a, **k):
+        if meta["training"]["step"] == 8 and path.name == "last.safetensors":
+            raise KeyboardInterrupt  # stands in for kill -9: nothing after it runs
+        return real_save(path, model, vocab, meta, *a, **k)
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", killed_at_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", tiny_text)
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    assert [r[0] for r in _rows(tmp_path / "b")] == [4, 8]
+    run(tmp_path / "b", tiny_text, resume=True)
+    assert _rows(tmp_path / "b") == _rows(tmp_path / "a")
+
+
+# ----------------------------------------------------------------------------------------------
+# The run directory: a lock, stale temporary files, file-system faults
+
+
+def test_a_second_trainer_is_refused_until_the_first_dies(tmp_path, tiny_text):
+    """Another process holds the lock; kill -9 releases it (the OS does), and training goes on."""
+    import subprocess
+    import sys
+
+    from poetgen.errors import RunBusyError
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from poetgen.lm.rundir import RunLock\n"
+         f"with RunLock({str(tmp_path)!r}):\n    print('locked', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunBusyError, match=f"in use by another poetgen train \\(PID "
+                                               f"{holder.pid}\\)"):
+            run(tmp_path, tiny_text, max_steps=4)
+    finally:
+        holder.kill()
+        holder.wait()
+    run(tmp_path, tiny_text, max_steps=4)
+    assert _rows(tmp_path) == [(4,) + _rows(tmp_path)[0][1:]]
+
+
+def test_stale_temporary_files_are_removed_by_the_next_run(tmp_path, tiny_text):
+    run(tmp_path, tiny_text, max_steps=4)
+    stale = tmp_path / ".last.safetensors.k1ll3d.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    started = {}
+    run(tmp_path, tiny_text, resume=True, max_steps=8,
+        callbacks=Callbacks(on_start=lambda info: started.update(info)))
+    assert not stale.exists() and started["removed"] == [stale]
+
+
+def test_file_system_faults_in_a_run_are_one_line(tmp_path, tiny_text, monkeypatch):
+    from poetgen import files
+    from poetgen.errors import FileSystemError
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileSystemError, match="is a file where a directory is needed"):
+        run(tmp_path / "file", tiny_text, max_steps=4)
+    (tmp_path / "d" / "metrics.csv").mkdir(parents=True)
+    with pytest.raises(FileSystemError, match="metrics.csv .*a directory where a file is needed"):
+        run(tmp_path / "d", tiny_text, max_steps=4)
+
+    run(tmp_path / "full", tiny_text, max_steps=4)
+    before = (tmp_path / "full" / "last.safetensors").read_bytes()
+    real_fsync = files.os.fsync
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", disk_full)
+    with pytest.raises(FileSystemError, match="cannot write .* the disk is full"):
+        run(tmp_path / "full", tiny_text, resume=True, max_steps=8)
+    monkeypatch.setattr(files.os, "fsync", real_fsync)
+    assert (tmp_path / "full" / "last.safetensors").read_bytes() == before
+    assert not [p for p in (tmp_path / "full").iterdir() if p.name.endswith(".tmp")]
+
+
+# ----------------------------------------------------------------------------------------------
+# A resume checks what it restores
+
+
+def test_resume_with_another_batch_size_is_refused(tmp_path, tiny_text):
+    run(tmp_path, tiny_text, max_steps=4)
+    with pytest.raises(ConfigError, match="continues the run's 4 streams; drop --batch-size"):
+        run(tmp_path, tiny_text, resume=True, max_steps=8, batch_size=2)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda h: h["extra.rng"].update(dtype="I8"), "random state is missing or malformed"),
+    (lambda h: h["extra.train_h"].update(shape=h["extra.train_h"]["shape"][::-1]),
+     "LSTM state train_h"),
+    (lambda h: h.update({"extra.optim.99.exp_avg": h.pop("extra.optim.0.exp_avg")}),
+     "belongs to no parameter"),
+])
+def test_resume_refuses_malformed_training_state(tmp_path, tiny_text, change, message):
+    from conftest import rewrite_header
+
+    run(tmp_path, tiny_text, max_steps=4)
+    rewrite_header(tmp_path / "last.safetensors", change_header=change)
+    with pytest.raises(CheckpointError, match=message):
+        run(tmp_path, tiny_text, resume=True, max_steps=8)

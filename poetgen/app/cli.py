@@ -1,14 +1,19 @@
 """The `poetgen` command line: parse options, call the core, print results.
 
-Errors a user can fix (PoetgenError) become one-line messages with exit code 1; `--debug` shows the
-traceback instead. Ctrl-C during training saves `last` and exits with 130.
+Errors a user can fix (PoetgenError) and file-system faults (OSError) become one-line messages
+with exit code 1; `--debug` shows the traceback instead. Ctrl-C exits with 130 and no traceback,
+whenever it comes; during training it first saves `last`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
+import os
+import signal
 import sys
+import threading
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +24,7 @@ from rich.table import Table
 
 from poetgen import __version__
 from poetgen.lm.config import ModelConfig, TrainConfig, load_toml, parse_duration, run_configs, to_dict
-from poetgen.errors import ConfigError, PoetgenError
+from poetgen.errors import ConfigError, PoetgenError, file_error
 from poetgen.settings import GenerationSettings
 
 out = Console(highlight=False, soft_wrap=True)
@@ -27,15 +32,43 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class PoetgenGroup(click.Group):
-    """Turns PoetgenError into ClickException (one line, exit 1) unless --debug is on."""
+    """Turns PoetgenError and OSError into ClickException (one line, exit 1) unless --debug is
+    on, and Ctrl-C into exit 130 (click's own "Aborted!" exits 1, as if it had failed)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except PoetgenError as e:
+        except (PoetgenError, OSError) as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            raise click.ClickException(str(e)) from None
+            if isinstance(e, OSError):  # a fault no specific check turned into a PoetgenError
+                e = file_error(e.filename or "a file", e, "use")
+            rank = os.environ.get("RANK", "0")  # set by torchrun: say which process failed
+            raise click.ClickException(str(e) if rank == "0" else f"[rank {rank}] {e}") from None
+        except KeyboardInterrupt:
+            err.print("Interrupted.")
+            raise click.exceptions.Exit(130) from None
+
+
+def import_torch_holding_ctrl_c() -> None:
+    """Import torch with a Ctrl-C held back until the import is done, then acted on.
+
+    A Ctrl-C that lands inside numpy's or torch's C initialisation leaves them half-imported:
+    the next import fails with an ImportError traceback instead of exiting. Holding it costs at
+    most the import's second or two.
+    """
+    hold = ("torch" not in sys.modules and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN)
+    pressed: list[int] = []
+    if hold:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        importlib.import_module("torch")
+    finally:
+        if hold:
+            signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
 
 
 @click.group(cls=PoetgenGroup, invoke_without_command=True,
@@ -60,6 +93,8 @@ def cli(ctx, debug):
     sees. Run `poetgen COMMAND --help` for the options of each command.
     """
     ctx.ensure_object(dict)["debug"] = debug
+    if ctx.invoked_subcommand not in (None, "check"):  # `check` starts without torch
+        import_torch_holding_ctrl_c()
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
         click.echo("\nTo write poems together with the model, run: poetgen repl")
@@ -69,7 +104,8 @@ def cli(ctx, debug):
 # train
 
 _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
-    "--hidden-size": ("hidden_size", int, "LSTM cell size."),
+    "--cell": ("cell", click.Choice(["lstm", "gru"]), "Recurrent cell: LSTM, or GRU (no cell state)."),
+    "--hidden-size": ("hidden_size", int, "LSTM cell size (GRU state size)."),
     "--num-layers": ("num_layers", int, "Stacked LSTM layers."),
     "--embed-size": ("embed_size", int, "Character embedding width."),
     "--proj-size": ("proj_size", int, "LSTM output projection size (0 = none)."),
@@ -78,6 +114,7 @@ _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
     "--text-kind": ("text_kind", click.Choice(["auto", "lines", "running"]),
                     "What the corpus is: one document per line (poems), or running text (prose); "
                     "decides how the model is evaluated. auto: running if it has blank lines."),
+    "--attention": ("attention", int, "Attention over the poem so far: key width, e.g. 64 (0 = off)."),
     "--softmax": ("softmax", click.Choice(["adaptive", "full"]), "Output layer."),
     "--bptt": ("bptt", int, "Characters per truncated-BPTT chunk."),
     "--batch-size": ("batch_size", int, "Parallel streams per step."),
@@ -86,11 +123,16 @@ _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
     "--clip": ("clip", float, "Max gradient norm."),
     "--epochs": ("epochs", float, "Stop after this many passes over the corpus (0 = no limit)."),
     "--max-steps": ("max_steps", int, "Stop after this many optimizer steps (0 = no limit)."),
+    "--shuffle": ("shuffle", bool, "Reorder the poems (lines) at every epoch; running text is "
+                                   "never reordered."),
     "--eval-every": ("eval_every", int, "Steps between validation + checkpoint."),
     "--min-evals": ("min_evals", int, "Validate at least this many times in a run (every "
                     "1/N of its step or time limit too)."),
     "--min-count": ("min_count", int, "Rarer characters map to the unknown token."),
     "--max-vocab": ("max_vocab", int, "Keep at most this many characters (0 = all)."),
+    "--init-max-unknown": ("init_max_unknown", float,
+                           "With --init: refuse a corpus with a larger share of characters outside "
+                           "the checkpoint's vocabulary (1 = never refuse)."),
     "--val-fraction": ("val_fraction", float, "Share held out when --val is not given: lines "
                        "chosen by hash, or the end of running text."),
     "--seed": ("seed", int, "Random seed (weights, dropout)."),
@@ -99,26 +141,36 @@ _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
 }
 
 
-def _train_options(f):
-    for flag, (name, typ, help_text) in reversed(_TRAIN_FLAGS.items()):
-        default = getattr(ModelConfig(), name, None)
-        default = getattr(TrainConfig(), name, default)
-        f = click.option(flag, name, type=typ, default=None,
-                         help=f"{help_text} [default: {default}]")(f)
-    return f
+def _train_options(f=None, only: tuple[str, ...] | None = None):
+    """The options of _TRAIN_FLAGS (or of the fields `only`), each defaulting to None (not given)."""
+    def decorate(f):
+        for flag, (name, typ, help_text) in reversed(_TRAIN_FLAGS.items()):
+            if only is not None and name not in only:
+                continue
+            default = getattr(ModelConfig(), name, None)
+            default = getattr(TrainConfig(), name, default)
+            f = click.option(flag, name, type=typ, default=None,
+                             help=f"{help_text} [default: {default}]")(f)
+        return f
+    return decorate(f) if f is not None else decorate
+
+
+# Settings a prepared corpus fixes when it is encoded (its vocabulary and validation share).
+ENCODE_SETTINGS = ("min_count", "max_vocab", "val_fraction")
 
 
 @cli.command()
 @click.argument("corpus", type=click.Path(path_type=Path))
 @click.option("--val", "val_path", type=click.Path(path_type=Path),
-              help="Validation text. Default: a fixed share of CORPUS's lines (--val-fraction).")
+              help="Validation text. Default: a fixed share of CORPUS's lines (--val-fraction), "
+                   "or a prepared CORPUS's own validation ids.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path),
               help="Run directory for best/last checkpoints and metrics.csv. [default: checkpoints/CORPUS-NAME]")
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
               help="TOML file of settings (field names as in `poetgen info`); flags override it.")
 @click.option("--time-budget", default=None,
-              help="Stop after this much training time, e.g. 90s, 10m, 1h. [default: 10m if no "
-                   "--epochs/--max-steps is given]")
+              help="Stop after this much wall time, evaluations included, e.g. 90s, 10m, 1h. "
+                   "[default: 10m if no --epochs/--max-steps is given]")
 @click.option("--device", default=None, metavar="DEVICE", shell_complete=lambda *a: _DEVICES,
               help="Where to train: auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps. "
                    "[default: auto]")
@@ -136,7 +188,8 @@ def _train_options(f):
 @click.pass_context
 def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, threads, tie_weights,
           resume, init_from, **flags):
-    """Train a model on CORPUS: UTF-8 text, one poem per line, or running text (prose, a play).
+    """Train a model on CORPUS: UTF-8 text, one poem per line, or running text (prose, a play),
+    or a prepared corpus directory (`poetgen corpus encode`).
 
     \b
     Examples:
@@ -145,17 +198,26 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, thre
       poetgen train tang_train.txt --val tang_val.txt --time-budget 1h --out checkpoints/tang
       poetgen train corpus.txt --out checkpoints/tang --resume   # continue after Ctrl-C
       poetgen train corpus.txt --init checkpoints/tang --dropout 0.4 --out checkpoints/tang2
+      poetgen corpus encode big.txt -o corpora/big && poetgen train corpora/big   # > memory
+      torchrun --standalone --nproc-per-node 2 -m poetgen train corpora/big      # 2 processes
 
     The kind of text (--text-kind) is detected from CORPUS and stored in the checkpoint: sampling,
     evaluation and the REPL take their defaults from it (a poem model stops at the end of a poem,
     a prose model writes on). Shows a progress bar; at every evaluation prints validation bits per
     character (bpc, lower is better) and a short sample, and saves best.safetensors (lowest val
     bpc) and last.safetensors.
-    Ctrl-C saves `last` and exits; --resume continues exactly where it stopped.
+    Ctrl-C saves `last` and exits; --resume continues exactly where it stopped. Under torchrun,
+    the processes share out --batch-size and rank 0 alone prints and writes (README "Training at
+    scale").
     """
+    import time
+
+    started = time.perf_counter()  # the time budget counts the whole command, reading included
     from poetgen.lm import checkpoint as ckpt_mod
-    from poetgen.lm.corpus import Vocab, prepare
-    from poetgen.lm.train import TrainingInterrupted
+    from poetgen.lm import distributed
+    from poetgen.lm.corpus import Vocab
+    from poetgen.lm.prepared import is_prepared, load_training_data, open_prepared
+    from poetgen.lm.train import TrainingInterrupted, pick_device
     from poetgen.lm.train import train as run_training
 
     use_threads(threads)
@@ -171,38 +233,64 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, thre
     if limits_given:  # explicit limits replace the default 10-minute budget
         for k in ("epochs", "max_steps", "time_budget"):
             values.setdefault(k, 0)
+    if is_prepared(corpus):  # its vocabulary and validation share were fixed when it was encoded
+        encoded = open_prepared(corpus).meta
+        for name in ENCODE_SETTINGS:
+            if encoded[name] is None:
+                continue
+            if name in values and values[name] != encoded[name]:
+                raise ConfigError(f"{corpus} was encoded with {name} = {encoded[name]}; drop "
+                                  f"--{name.replace('_', '-')}, or encode it again with it")
+            values[name] = encoded[name]
     out_dir = out_dir or Path("checkpoints") / corpus.stem
     if resume and init_from:
         raise ConfigError("--resume continues a run that already has its weights; drop --init")
     if init_from:
         init_from = ckpt_mod.resolve(init_from)
     source = out_dir / "last.safetensors" if resume else init_from
-    meta = ckpt_mod.read_meta(source) if source else None
+    meta = None
+    if source:
+        header = ckpt_mod.read_header(source)
+        for note in header.notes:
+            err.print(f"[yellow]note:[/] {note}")
+        if resume:
+            ckpt_mod.check_resumable(header.meta, header.path)
+        meta = header.meta
     model_config, config = run_configs(values, meta, keep="all" if resume else "shape")
-    data = prepare(corpus, val_path, config, Vocab.from_list(meta["vocab"]) if meta else None,
-                   kind=model_config.text_kind)
-    model_config = replace(model_config, text_kind=data.text_kind)  # recorded in the checkpoint
 
     from poetgen.app.progress import TrainProgress
 
-    progress = TrainProgress(err, config)
-    try:
-        result = run_training(data.train_ids, data.val_ids, data.vocab, model_config, config,
-                              out_dir, resume=resume, callbacks=progress.callbacks(),
-                              init=init_from)
-    except TrainingInterrupted as e:
-        progress.close()
-        err.print(f"[yellow]Interrupted at step {e.step}: saved {e.checkpoint}.[/] "
-                  f"Continue with: poetgen train {corpus} --out {out_dir} --resume")
-        ctx.exit(130)
-    finally:
-        progress.close()
-    err.print(f"Done: {result.steps} steps, best val bpc {result.best_val_bpc:.4f}, "
-              f"checkpoints in {result.run_dir}/ (best.safetensors, last.safetensors, metrics.csv)")
+    # One process, or one of several that torchrun started: then rank 0 alone prints.
+    with distributed.session(pick_device(config.device).type) as world:
+        data = load_training_data(corpus, val_path, config,
+                                  Vocab.from_list(meta["vocab"]) if meta else None,
+                                  kind=model_config.text_kind)
+        model_config = replace(model_config, text_kind=data.text_kind)  # recorded in the checkpoint
+        progress = TrainProgress(err, config) if world.is_main else None
+        try:
+            result = run_training(data.train_ids, data.val_ids, data.vocab, model_config, config,
+                                  out_dir, resume=resume, init=init_from, started=started,
+                                  callbacks=progress.callbacks() if progress else None)
+        except TrainingInterrupted as e:
+            if progress:
+                progress.close()
+                again = f"poetgen train {corpus} --out {out_dir} --resume"
+                err.print(f"[yellow]Interrupted at step {e.step}: saved {e.checkpoint}.[/] "
+                          "Continue with: " + (again if world.size == 1 else
+                                               f"the same torchrun command, running -m {again}"))
+            ctx.exit(130)
+        finally:
+            if progress:
+                progress.close()
+    if world.is_main:
+        err.print(f"Done: {result.steps} steps, best val bpc {result.best_val_bpc:.4f}, "
+                  f"checkpoints in {result.run_dir}/ (best.safetensors, last.safetensors, "
+                  "metrics.csv)")
 
 
 # ----------------------------------------------------------------------------------------------
 # sample
+
 
 _CHECKPOINT_HELP = ("Checkpoint file or run directory, or `default` for the bundled model. "
                     "[default: $POETGEN_CHECKPOINT, else the newest under ./checkpoints, "
@@ -253,6 +341,8 @@ class Loaded:
             err.print(f"[dim]using {self.path} ({self.why}); -c PATH chooses another, "
                       "-c default the bundled Tang model, `poetgen checkpoints` lists them[/]")
         self.ck = ckpt_mod.load_checkpoint(self.path, device=where)
+        for note in self.ck.notes:  # e.g. an old checkpoint format
+            err.print(f"[yellow]note:[/] {note}")
 
     @property
     def implicit(self) -> bool:
@@ -411,8 +501,10 @@ def eval_cmd(checkpoint, file, as_json, generate, forms, copy_corpus, real_file,
              **values):
     """Bits per character of CHECKPOINT on FILE, and/or metrics of generated poems.
 
-    FILE is read as one stream with the model state carried across lines, as in training, in
-    pieces (any size fits in memory). CHECKPOINT may be `default`.
+    FILE is read the way the model learned its text (`text_kind` in `poetgen info`): a model of
+    one poem per line scores each line alone from the poem-start state, many lines per batch; a
+    model of running text reads FILE as one stream with the state carried across lines. Either
+    way in pieces, so any size fits in memory. CHECKPOINT may be `default`.
 
     \b
     Examples:
@@ -491,11 +583,12 @@ def metrics_table(rows) -> Table:
 @click.argument("checkpoint", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(checkpoint, as_json):
-    """What a checkpoint holds: config, size, vocabulary, training summary."""
+    """What a checkpoint holds: config, size, vocabulary, training summary, checksum."""
     ck = Loaded(checkpoint).ck
     training = ck.meta.get("training", {})
     summary = {"checkpoint": str(ck.path), "parameters": ck.model.num_parameters(),
                "vocab_size": len(ck.vocab), "file_bytes": ck.path.stat().st_size,
+               "format": ck.meta["format"], "sha256": ck.sha256,
                "config": to_dict(ck.model.config), "train_config": ck.meta.get("train_config", {}),
                "training": training, "init": ck.meta.get("init")}
     if as_json:
@@ -517,7 +610,9 @@ def info(checkpoint, as_json):
             table.add_row(k, units.get(k, lambda v: f"{v:,}")(training[k]))
     if summary["init"]:
         init = summary["init"]
-        table.add_row("started from", f"{init['from']} (step {init['step']}, sha256 {init['sha256'][:12]}…)")
+        sha = f", sha256 {init['sha256'][:12]}…" if init["sha256"] else ""
+        table.add_row("started from", f"{init['from']} (step {init['step']}{sha})")
+    table.add_row("sha256", f"{ck.sha256} ({ck.meta['format']})")
     out.print(table)
 
 
@@ -729,7 +824,14 @@ def repl(ctx, checkpoint, device, threads, **values):
 
 @cli.group()
 def corpus():
-    """Build training text from chinese-poetry JSON, inspect corpora, fetch known sources."""
+    """Build training text from chinese-poetry JSON, encode it for training at scale, inspect
+    corpora, fetch known sources."""
+
+
+_EXCLUDE_HELP = ("Drop every poem sharing a verse segment (4+ characters between punctuation) with "
+                 "this list of SHA-256 hashes, one per line, e.g. "
+                 "../shared/corpora/heldout_lines.sha256 (the poems that validate and judge "
+                 "models).")
 
 
 @corpus.command("build")
@@ -737,7 +839,8 @@ def corpus():
 @click.option("-o", "--out", "out_path", required=True, type=click.Path(path_type=Path),
               help="Output text file, one poem per line (with --val-fraction: OUT_train / OUT_val).")
 @click.option("--form", "forms", default=None,
-              help="Keep only regular verse of these forms, e.g. 5x4,5x8,7x4,7x8 (or 五绝,七律).")
+              help="Keep only regular verse of these forms, e.g. 5x4,5x8,7x4,7x8 (or 五绝,七律); "
+                   "`other` keeps every poem that is not regular verse (古体, 杂言, fragments).")
 @click.option("--simplified", is_flag=True, help="Convert traditional to simplified (OpenCC t2s).")
 @click.option("--dedupe", is_flag=True, help="Drop poems identical to an earlier one.")
 @click.option("--strip-notes", is_flag=True, help="Remove notes such as （一作…） and keep the poem.")
@@ -745,22 +848,32 @@ def corpus():
               help="Drop poems with a character seen fewer times in the kept poems.")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=0.0,
               help="Hold out this share as OUT_val (poems sharing a verse line stay together).")
-def corpus_build(sources, out_path, forms, simplified, dedupe, strip_notes, min_count, val_fraction):
+@click.option("--exclude", "exclude", type=click.Path(path_type=Path), default=None,
+              metavar="HASHES", help=_EXCLUDE_HELP)
+def corpus_build(sources, out_path, forms, simplified, dedupe, strip_notes, min_count, val_fraction,
+                 exclude):
     """Build OUT from SOURCES: chinese-poetry JSON files or folders, or plain text files.
 
     \b
-    Example (the shared Tang corpus from the raw collection):
+    Examples:
+      # the shared Tang corpus from the raw collection
       poetgen corpus build ../shared/corpora/chinese-poetry -o corpora/tang.txt \\
           --form 5x4,5x8,7x4,7x8 --simplified --dedupe
+      # 全唐诗 but its regular verse, for pretraining, without any held-out poem
+      poetgen corpus build corpora/raw/tang -o corpora/tang-other.txt --form other \\
+          --simplified --dedupe --strip-notes --exclude ../shared/corpora/heldout_lines.sha256
     """
     from poetgen.verse.corpus_tools import BuildOptions, build_corpus
     from poetgen.app.progress import progress_bar
     from poetgen.verse.prosody import get_form
 
-    wanted = (frozenset(get_form(f.strip()).code for f in forms.split(",") if f.strip())
-              if forms else None)
+    from poetgen.verse.corpus_tools import OTHER
+
+    wanted = (frozenset(OTHER if f.strip() == OTHER else get_form(f.strip()).code
+                        for f in forms.split(",") if f.strip()) if forms else None)
     options = BuildOptions(forms=wanted, simplified=simplified, dedupe=dedupe,
-                           strip_notes=strip_notes, min_count=min_count, val_fraction=val_fraction)
+                           strip_notes=strip_notes, min_count=min_count, val_fraction=val_fraction,
+                           exclude=exclude)
     with progress_bar(unit=" poems", desc="reading") as bar:
         report = build_corpus(list(sources), out_path, options, progress=lambda n: bar.update(1))
     table = Table(title=f"{report.read:,} poems read")
@@ -802,6 +915,65 @@ def corpus_lexicon(corpus_file, out_path):
     lex.save(out_path)
     click.echo(f"wrote {out_path} ({len(lex.tokens):,} characters and words from "
                f"{lex.meta['poems']:,} poems, {out_path.stat().st_size / 1e6:.1f} MB)")
+
+
+@corpus.command("encode")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Directory for the prepared corpus (corpus.json and the id files).")
+@click.option("--val", "val_path", type=click.Path(path_type=Path), default=None,
+              help="Validation text. Default: a fixed share of the lines (--val-fraction).")
+@click.option("--vocab-from", "vocab_from", default=None, metavar="CHECKPOINT",
+              help="Use this checkpoint's vocabulary instead of building one (a corpus to "
+                   "fine-tune it on with `train --init`).")
+@_train_options(only=ENCODE_SETTINGS + ("text_kind",))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def corpus_encode(files, out_dir, val_path, vocab_from, as_json, text_kind, **flags):
+    """Encode text FILES (one after another) into a prepared corpus OUT that `train` memory-maps.
+
+    For corpora larger than memory, or read by several training processes: `train` then reads
+    the token ids from disk as it goes instead of holding the text and its ids in memory. The
+    vocabulary (--min-count, --max-vocab), the kind of text and the validation share are fixed
+    here; the ids are the ones `train` would make from the same text with the same settings.
+
+    \b
+    Examples:
+      poetgen corpus encode corpora/song.txt corpora/tang_other.txt -o corpora/pretrain
+      poetgen corpus encode tang_train.txt --val tang_val.txt --vocab-from checkpoints/pre \\
+          -o corpora/tang-finetune
+      poetgen train corpora/pretrain --out checkpoints/pre
+    """
+    from poetgen.app.progress import progress_bar
+    from poetgen.lm import checkpoint as ckpt_mod
+    from poetgen.lm.corpus import Vocab
+    from poetgen.lm.prepared import encode_corpus
+
+    config = TrainConfig(**{k: v for k, v in flags.items() if v is not None})
+    config.validate()
+    vocab = None
+    if vocab_from:
+        vocab = Vocab.from_list(ckpt_mod.read_meta(ckpt_mod.resolve(vocab_from))["vocab"])
+    kind = text_kind or "auto"
+    passes = 1 + (vocab is None) + (kind == "auto" or (kind == "running" and not val_path))
+    total = sum(p.stat().st_size for p in files if p.is_file()) * passes + (
+        val_path.stat().st_size if val_path and val_path.is_file() else 0)
+    with progress_bar(total=total, unit="B", unit_scale=True, desc="encoding") as bar:
+        report = encode_corpus(files, out_dir, config, val_path, vocab, kind, progress=bar.update)
+    summary = {"path": str(report.path), "vocab_size": len(report.vocab), "dtype": report.dtype,
+               "text_kind": report.text_kind,
+               "train_tokens": report.tokens["train"], "val_tokens": report.tokens["val"],
+               "unknown_share": {side: round(report.unknown[side] / report.tokens[side], 6)
+                                 for side in report.tokens}, "fingerprint": report.fingerprint}
+    if as_json:
+        click.echo(json.dumps(summary, ensure_ascii=False))
+        return
+    click.echo(f"wrote {report.path}/: {report.tokens['train']:,} training and "
+               f"{report.tokens['val']:,} validation ids ({report.dtype}), vocabulary "
+               f"{len(report.vocab):,}, {report.text_kind} text")
+    for side, share in summary["unknown_share"].items():
+        if share:
+            click.echo(f"  {100 * share:.3f}% of the {side} characters are outside the vocabulary "
+                       "(the unknown token)")
 
 
 @corpus.command("stats")
@@ -865,13 +1037,15 @@ class _FetchCommand(click.Command):
 @click.option("--manifest", "manifest_path", type=click.Path(path_type=Path), default=None,
               help="TOML list of known sources. [default: ./corpora/manifest.toml if present, "
                    "else the list shipped with poetgen]")
-def corpus_fetch(name, url, sha256, dest, manifest_path):
+@click.option("--exclude", "exclude", type=click.Path(path_type=Path), default=None,
+              metavar="HASHES", help=_EXCLUDE_HELP)
+def corpus_fetch(name, url, sha256, dest, manifest_path, exclude):
     """Download a known source NAME (listed in poetgen/data/sources.toml) and build DEST/NAME.txt.
 
     Resumes an interrupted download (run it again), verifies the sha256, then builds the text.
     """
-    from poetgen.verse.corpus_tools import (BuildOptions, build_corpus, download, extract_members,
-                                            manifest)
+    from poetgen.verse.corpus_tools import (EXCLUDED, BuildOptions, build_corpus, download,
+                                            extract_members, manifest)
     from poetgen.app.progress import progress_bar
 
     entry = dict(manifest(manifest_path).get(name) or {}) if not url else {}
@@ -893,9 +1067,11 @@ def corpus_fetch(name, url, sha256, dest, manifest_path):
     b = entry.get("build", {})
     forms = frozenset(f.strip() for f in b["forms"].split(",")) if b.get("forms") else None
     options = BuildOptions(forms=forms, simplified=b.get("simplified", False),
-                           dedupe=b.get("dedupe", False), strip_notes=b.get("strip_notes", False))
+                           dedupe=b.get("dedupe", False), strip_notes=b.get("strip_notes", False),
+                           exclude=exclude)
     report = build_corpus(raw, dest / f"{name}.txt", options)
-    click.echo(f"wrote {dest / f'{name}.txt'} ({report.kept:,} of {report.read:,} poems)")
+    held = f", {report.dropped[EXCLUDED]:,} held out by --exclude" if exclude else ""
+    click.echo(f"wrote {dest / f'{name}.txt'} ({report.kept:,} of {report.read:,} poems{held})")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -932,6 +1108,9 @@ def plot(run_dirs, out_path):
 def export(checkpoint, out_path, half):
     """Write CHECKPOINT's model (no training state) to OUT_PATH, e.g. for release.
 
+    CHECKPOINT must pass its checksum: a corrupt file is refused, never re-signed. Exporting a
+    checkpoint in the old format (v1) rewrites it in the current one.
+
     \b
     Example (the bundled model):
       poetgen export checkpoints/tang poetgen/data/tang.safetensors --half
@@ -940,7 +1119,7 @@ def export(checkpoint, out_path, half):
 
     from poetgen.lm import checkpoint as ckpt_mod
 
-    ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(checkpoint))
+    ck = Loaded(checkpoint).ck
     meta = {k: v for k, v in ck.meta.items() if k not in ("format", "config", "vocab", "sha256")}
     meta["exported_from"] = ck.path.name
     meta["dtype"] = "float16" if half else "float32"
@@ -949,7 +1128,15 @@ def export(checkpoint, out_path, half):
 
 
 def main() -> None:
-    cli(prog_name="poetgen")
+    try:
+        cli(prog_name="poetgen")
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one's exit was under way
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sys.exit(130)
+    finally:
+        # The command is over, however it ended: a Ctrl-C from here on has nothing left to stop,
+        # and one landing during interpreter shutdown would print a KeyboardInterrupt traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

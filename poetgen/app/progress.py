@@ -32,12 +32,22 @@ class TrainProgress:
         return Callbacks(on_start=self.start, on_step=self.step, on_eval=self.evaluated)
 
     def start(self, info: dict) -> None:
+        for tmp in info.get("removed", []):
+            self.console.print(f"Removed {tmp}, left by a write that was killed midway.")
+        processes = info.get("world_size", 1)
+        where = info["device"] + (f" × {processes} processes" if processes > 1 else "")
         self.console.print(
-            f"Training on {info['device']}: {info['parameters']:,} parameters, vocabulary "
+            f"Training on {where}: {info['parameters']:,} parameters, vocabulary "
             f"{info['vocab']:,}, {info['train_chars']:,} training / {info['val_chars']:,} "
             f"validation characters, {_KIND_WORDS.get(info.get('text_kind'), 'text')}"
             + (f", resuming at step {info['start_step']}"
                                         if info["start_step"] else ""))
+        if info.get("resume_note"):
+            self.console.print(f"[yellow]Note:[/] {info['resume_note']}")
+        if info.get("init_unknown_share") is not None:
+            self.console.print(
+                f"{100 * info['init_unknown_share']:.2f}% of the training characters are outside "
+                "the vocabulary of the --init checkpoint; they train as the unknown token")
         self.by_time = info["total_steps"] is None
         total = round(info["time_budget"]) if self.by_time else info["total_steps"]
         self.bar = progress_bar(

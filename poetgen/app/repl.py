@@ -32,7 +32,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from poetgen.errors import ConfigError, PoetgenError
+from poetgen.errors import ConfigError, FileSystemError, PoetgenError
 from poetgen.settings import SEED_LIMIT, GenerationSettings
 
 KEYS_HELP = ("Tab completes a :command and its values · Up/Down and Ctrl-R search what you typed "
@@ -196,9 +196,9 @@ class Session:
         try:
             text = "".join(p.text + "\n" for p in self.poems)
             atomic_write_bytes(self.session_file, text.encode("utf-8"))
-        except OSError as e:
-            self.ui.say(f"warning: cannot write the session file {self.session_file} "
-                        f"({e.strerror or e}); keep poems with :save", "yellow")
+        except FileSystemError as e:  # files.atomic_open's one line for any OSError
+            self.ui.say(f"warning: cannot write the session file ({e}); keep poems with :save",
+                        "yellow")
             self.session_file = None
 
     def _poem(self, arg: str) -> tuple[str, SessionPoem]:
@@ -343,7 +343,7 @@ class Session:
             if old and not old.endswith(b"\n"):
                 old += b"\n"
             atomic_write_bytes(path, old + (poem.text + "\n").encode("utf-8"))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, FileSystemError) as e:
             reason = getattr(e, "strerror", None) or str(e)
             raise ConfigError(f"cannot save to {name}: {reason}") from None
         self.ui.say(f"{'appended to' if existed else 'saved to'} {path}")

@@ -40,6 +40,7 @@ from rich.text import Text
 
 from poetgen.app.render import poem_rows, wrap_fields
 from poetgen.app.repl import EndSession, Session
+from poetgen.errors import FileSystemError
 
 BUSY = "\x1b[2mwriting… Ctrl-C stops, Ctrl-D quits\x1b[0m"
 
@@ -170,7 +171,7 @@ class LineHistory(History):
             lines = lines[-self.LIMIT:]
             try:
                 atomic_write_bytes(self.path, "".join(x + "\n" for x in lines).encode("utf-8"))
-            except OSError:
+            except FileSystemError:  # what atomic_write_bytes makes of an OSError
                 pass
         return [x for x in reversed(lines[-self.LIMIT:]) if x.strip()]
 

@@ -8,6 +8,7 @@ A TOML file (`poetgen train --config FILE.toml`) may set any field by name; flag
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import tomllib
 from dataclasses import dataclass
@@ -16,6 +17,11 @@ from pathlib import Path
 from poetgen.errors import ConfigError
 
 
+# Upper bounds on the model's sizes. Far beyond anything that trains on one machine, they keep a
+# mistyped flag or a lying checkpoint header from asking for tensors whose size overflows.
+MAX_SIZE = 1 << 24
+MAX_LAYERS = 256
+
 TEXT_KINDS = ("auto", "lines", "running")
 
 
@@ -23,14 +29,17 @@ TEXT_KINDS = ("auto", "lines", "running")
 class ModelConfig:
     vocab_size: int = 0  # set from the corpus vocabulary, never by hand
     embed_size: int = 128  # character embedding width
-    hidden_size: int = 256  # LSTM cell size
+    cell: str = "lstm"  # recurrent cell: "lstm" or "gru" (one update gate, no cell state)
+    hidden_size: int = 256  # LSTM cell size (GRU state size)
     num_layers: int = 1  # stacked LSTM layers
     proj_size: int = 0  # LSTM output projection (LSTMP); 0 = none
-    dropout: float = 0.0  # on embeddings, between layers and before the softmax
+    dropout: float = 0.1  # on embeddings, between layers and before the softmax (see README)
     weight_drop: float = 0.0  # DropConnect on the recurrent weights (AWD-LSTM); 0 = off
     softmax: str = "adaptive"  # "adaptive" (fast for thousands of characters) or "full"
     cutoffs: tuple[int, ...] = (1000, 3000)  # adaptive softmax cluster boundaries (by frequency rank)
     tie_weights: bool = False  # share input embedding and output matrix (full softmax only)
+    attention: int = 0  # key width of one attention head over the poem so far (model.py); 0 = off
+    newline_id: int = -1  # the newline's id, where a poem ends for the attention (from the vocabulary)
     # What kind of text the model learned, which decides how it is evaluated (and sampled):
     # "lines" = one document per line (poems: each line is scored alone from the poem-start
     # state), "running" = running text (prose, plays: one stream, state carried across lines).
@@ -39,18 +48,24 @@ class ModelConfig:
     text_kind: str = "auto"
 
     def validate(self) -> None:
-        _check(self.embed_size > 0, "embed_size must be positive")
-        _check(self.hidden_size > 0, "hidden_size must be positive")
-        _check(self.num_layers >= 1, "num_layers must be at least 1")
+        _check(0 < self.vocab_size <= MAX_SIZE or self.vocab_size == 0,
+               f"vocab_size must be between 1 and {MAX_SIZE:,}")
+        _check(0 < self.embed_size <= MAX_SIZE, f"embed_size must be between 1 and {MAX_SIZE:,}")
+        _check(0 < self.hidden_size <= MAX_SIZE, f"hidden_size must be between 1 and {MAX_SIZE:,}")
+        _check(1 <= self.num_layers <= MAX_LAYERS, f"num_layers must be between 1 and {MAX_LAYERS}")
         _check(0 <= self.proj_size < self.hidden_size or self.proj_size == 0,
                "proj_size must be 0 or smaller than hidden_size")
+        _check(self.cell in ("lstm", "gru"), "cell must be 'lstm' or 'gru'")
+        _check(not (self.cell == "gru" and self.proj_size), "proj_size needs cell = 'lstm'")
+        _check(self.attention >= 0, "attention must be 0 (off) or a positive key width, e.g. 64")
         _check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
         _check(0.0 <= self.weight_drop < 1.0, "weight_drop must be in [0, 1)")
         _check(self.softmax in ("adaptive", "full"), "softmax must be 'adaptive' or 'full'")
         _check(not (self.tie_weights and self.softmax == "adaptive"),
                "tie_weights needs softmax = 'full'")
         _check(self.text_kind in TEXT_KINDS, f"text_kind must be one of {', '.join(TEXT_KINDS)}")
-        _check(list(self.cutoffs) == sorted(set(self.cutoffs)) and all(c > 0 for c in self.cutoffs),
+        _check(list(self.cutoffs) == sorted(set(self.cutoffs))
+               and all(0 < c <= MAX_SIZE for c in self.cutoffs),
                "cutoffs must be increasing positive integers, e.g. 1000,3000")
 
 
@@ -70,7 +85,8 @@ class TrainConfig:
     clip: float = 1.0  # max global gradient norm
     epochs: float = 0.0  # stop after this many passes over the data; 0 = no limit
     max_steps: int = 0  # stop after this many optimizer steps; 0 = no limit
-    time_budget: float = 600.0  # stop after this many seconds of training; 0 = no limit
+    time_budget: float = 600.0  # stop after this many seconds of wall time (evaluations included); 0 = no limit
+    shuffle: bool = True  # reorder the lines at every epoch (a one-document-per-line corpus only)
     eval_every: int = 250  # steps between validations (and best/last checkpoints)
     # A run validates at least this often: every 1/min_evals of its step or time limit too, so
     # that a short run draws a curve (a 2-minute run at 250 steps was evaluated once, at its end).
@@ -78,6 +94,7 @@ class TrainConfig:
     sample_chars: int = 80  # length of the sample shown at each evaluation
     min_count: int = 1  # characters seen fewer times than this map to the unknown token
     max_vocab: int = 0  # keep at most this many characters (most frequent); 0 = all
+    init_max_unknown: float = 0.01  # --init refuses a corpus with a larger share outside its vocabulary
     # Share held out for validation when no --val file is given: lines chosen by a hash for a
     # one-document-per-line corpus, the last part of the text for running text (as char-rnn
     # and nanoGPT split tinyshakespeare), so that neighbouring lines do not leak into val.
@@ -97,8 +114,48 @@ class TrainConfig:
         _check(self.eval_every >= 1, "eval_every must be at least 1")
         _check(self.min_evals >= 1, "min_evals must be at least 1")
         _check(0 < self.val_fraction < 1, "val_fraction must be between 0 and 1")
+        _check(0 <= self.init_max_unknown <= 1, "init_max_unknown must be between 0 and 1")
         _check(is_device_name(self.device), f"device must be {DEVICE_NAMES}, not {self.device!r}")
         _check(self.precision in ("fp32", "bf16"), "precision must be fp32 or bf16")
+
+
+def check_types(cls, values: dict, where: str) -> dict:
+    """`values` with each field of dataclass `cls` checked against the type of its default.
+
+    Settings come from TOML files and checkpoint headers, where "32", 32.5 or true may stand
+    where 32 belongs; each is refused here, in one line, before any of them is used. Integers are
+    accepted for float fields; lists become tuples. Names that are not fields pass through.
+    """
+    defaults = cls()
+    out = dict(values)
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        value, default = values[f.name], getattr(defaults, f.name)
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = _is_int(value), "an integer"
+        elif isinstance(default, float):
+            ok, kind = _is_number(value), "a finite number"
+            value = float(value) if ok else value
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "a string"
+        else:  # a tuple of integers (cutoffs)
+            ok, kind = isinstance(value, (list, tuple)) and all(map(_is_int, value)), "a list of integers"
+            value = tuple(value) if ok else value
+        if not ok:
+            raise ConfigError(f"{where}: {f.name} must be {kind}, not {repr(value)[:40]}")
+        out[f.name] = value
+    return out
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= 1 << 53
+
+
+def _is_number(value) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
 
 
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N (the N-th GPU) or mps"
@@ -148,11 +205,10 @@ def load_toml(path: str | Path) -> dict:
     if unknown:
         raise ConfigError(f"config file {p}: unknown setting(s) {', '.join(unknown)}; "
                           f"known: {', '.join(sorted(known))}")
-    if "time_budget" in flat:
+    if isinstance(flat.get("time_budget"), str):
         flat["time_budget"] = parse_duration(flat["time_budget"])
-    if "cutoffs" in flat:
-        flat["cutoffs"] = tuple(flat["cutoffs"])
-    return flat
+    flat = check_types(ModelConfig, flat, f"config file {p}")
+    return check_types(TrainConfig, flat, f"config file {p}")
 
 
 def split_fields(values: dict) -> tuple[dict, dict]:
@@ -210,5 +266,6 @@ def model_config_from_dict(d: dict) -> ModelConfig:
     return ModelConfig(**kwargs)
 
 
-__all__ = ["ModelConfig", "TrainConfig", "REGULARIZATION", "parse_duration", "load_toml",
+__all__ = ["ModelConfig", "TrainConfig", "REGULARIZATION", "MAX_SIZE", "MAX_LAYERS", "check_types",
+           "parse_duration", "load_toml",
            "split_fields", "to_dict", "model_config_from_dict", "run_configs"]

@@ -9,25 +9,58 @@ and what the sampler stops on; in running text it is just a line break.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
+import os
+import stat
 import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 import torch
 
-from poetgen.errors import CorpusError
+from poetgen.errors import CorpusError, PoetgenError, file_error
 from poetgen.lm.config import TrainConfig
 
 NEWLINE = "\n"
 UNK = "\ufffd"  # stands for every character outside the vocabulary (U+FFFD REPLACEMENT CHARACTER)
 
+# A 1-D sequence of token ids: a tensor (a text encoded in memory) or a NumPy array, typically a
+# read-only np.memmap of a prepared corpus (poetgen/lm/prepared.py) larger than memory. Code that
+# must not grow with the corpus reads it through the functions of "Token ids" below, a bounded
+# piece at a time.
+Ids = Union[torch.Tensor, np.ndarray]
+
 
 # --------------------------------------------------------------------------------------------
 # Reading
+
+
+def input_file(path: str | Path, missing: str, error: type[PoetgenError] = CorpusError) -> Path:
+    """`path` if it names a regular file; otherwise `error` (or FileSystemError) in one line.
+
+    `missing` says what to do when nothing is there. Devices, pipes and sockets are refused:
+    `/dev/zero` as a corpus would otherwise be read until memory runs out.
+    """
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        if p.is_symlink():
+            raise error(f"{p}: a symbolic link to {os.readlink(p)}, which does not exist; "
+                        "fix the link") from None
+        raise error(f"{p}: {missing}") from None
+    except OSError as e:  # a symbolic link loop, a parent without permission, a name too long
+        raise file_error(p, e, "read") from None
+    if stat.S_ISDIR(mode):
+        raise error(f"{p}: is a directory; give a file")
+    if not stat.S_ISREG(mode):
+        raise error(f"{p}: not a regular file (a device, pipe or socket); give a file saved on disk")
+    return p
 
 
 def iter_text(path: str | Path, chunk_bytes: int = 1 << 20) -> Iterator[str]:
@@ -37,13 +70,16 @@ def iter_text(path: str | Path, chunk_bytes: int = 1 << 20) -> Iterator[str]:
     `\\n`; a leading byte-order mark is dropped. Invalid bytes raise CorpusError naming the line and
     byte offset, since "not UTF-8" alone does not help anyone find a bad byte in a 5 MB file.
     """
-    p = Path(path)
-    if not p.exists():
-        raise CorpusError(f"{p}: file not found; check the path")
-    if p.is_dir():
-        raise CorpusError(f"{p}: is a directory; give a UTF-8 text file")
+    p = input_file(path, "file not found; check the path")
+    try:
+        yield from _decode_chunks(p, chunk_bytes)
+    except OSError as e:
+        raise file_error(p, e, "read") from None
+
+
+def _decode_chunks(p: Path, chunk_bytes: int) -> Iterator[str]:
     decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
-    offset = 0  # bytes consumed before the current chunk
+    offset = 0  # bytes read before the current chunk
     line = 1  # line number at the start of the current chunk
     pending_cr = False
     first = True
@@ -53,13 +89,18 @@ def iter_text(path: str | Path, chunk_bytes: int = 1 << 20) -> Iterator[str]:
             try:
                 text = decoder.decode(raw, final=not raw)
             except UnicodeDecodeError as e:
-                bad = offset + e.start
-                at_line = line + raw[: e.start].count(b"\n")
-                col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) if b"\n" in raw[: e.start] else None
+                # e.object is what the decoder saw: the bytes it held back from the previous chunk
+                # (an unfinished character) followed by this chunk, so offsets count from there.
+                seen = e.object
+                start = offset - (len(seen) - len(raw)) + e.start
+                before = seen[: e.start]
+                at_line = line + before.count(b"\n")
+                col = e.start - (before.rfind(b"\n") + 1) if b"\n" in before else None
                 where = f"line {at_line}" + (f", column {col + 1}" if col is not None else "")
+                reason = "the file ends inside a character" if not raw else e.reason
                 raise CorpusError(
-                    f"{p}: not valid UTF-8 at byte {bad} ({where}): {e.reason} "
-                    f"(byte 0x{raw[e.start]:02x}); re-save the file as UTF-8, e.g. "
+                    f"{p}: not valid UTF-8 at byte {start} ({where}): {reason} "
+                    f"(byte 0x{seen[e.start]:02x}); re-save the file as UTF-8, e.g. "
                     f"`iconv -f GB18030 -t UTF-8 {p.name} > fixed.txt`") from None
             offset += len(raw)
             line += raw.count(b"\n")
@@ -109,14 +150,25 @@ def held_out(key: str, fraction: float) -> bool:
     return zlib.crc32(key.encode("utf-8")) % 10_000 < round(fraction * 10_000)
 
 
+def lines_with_ends(text: str) -> list[str]:
+    """The lines of `text`, each with its "\\n" (the last one without, if the text lacks it).
+
+    Only "\\n" ends a line (not str.splitlines' other separators), so that `poetgen corpus
+    encode`, which reads a file in pieces, splits it exactly as this does.
+    """
+    lines = [line + NEWLINE for line in text.split(NEWLINE)]
+    lines[-1] = lines[-1][:-1]
+    return lines if lines[-1] else lines[:-1]
+
+
 def split_lines(text: str, val_fraction: float) -> tuple[str, str]:
-    """Hold out about `val_fraction` of the lines, chosen by `held_out` on each line's text.
+    """Hold out about `val_fraction` of the lines, chosen by `held_out` on each line's text
+    (newline included).
 
     A text with too few lines for that falls back to holding out its tail.
     """
-    lines = text.splitlines(keepends=True)
     train, val = [], []
-    for ln in lines:
+    for ln in lines_with_ends(text):
         (val if held_out(ln, val_fraction) else train).append(ln)
     if not train or not val:
         cut = max(1, int(len(text) * (1 - val_fraction)))
@@ -139,8 +191,12 @@ class Vocab:
 
     @classmethod
     def build(cls, text: str, min_count: int = 1, max_size: int = 0) -> "Vocab":
-        counts = Counter(text)
-        counts.pop(UNK, None)
+        return cls.from_counts(Counter(text), min_count, max_size)
+
+    @classmethod
+    def from_counts(cls, counts: dict[str, int], min_count: int = 1, max_size: int = 0) -> "Vocab":
+        """The vocabulary of a text whose character counts are `counts` (see `build`)."""
+        counts = {c: n for c, n in counts.items() if c != UNK and n > 0}
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
         kept = [c for c, n in ranked if n >= min_count]
         if max_size:
@@ -188,7 +244,7 @@ class Vocab:
 BLANK_LINE_SHARE = 0.01  # a text with more blank lines than this share of its lines is running text
 
 
-def detect_text_kind(ids: torch.Tensor, newline_id: int | None) -> str:
+def detect_text_kind(ids: Ids, newline_id: int | None) -> str:
     """"lines" if the token stream reads as one document per line, else "running".
 
     A corpus of one document per line (poems, names, sentences) has no blank lines, while
@@ -196,20 +252,41 @@ def detect_text_kind(ids: torch.Tensor, newline_id: int | None) -> str:
     tang_train.txt has none in 33,473 lines, tinyshakespeare.txt 7,223 in 40,000. A text with
     no line break at all is running text. `train --text-kind` overrides the guess.
     """
-    if newline_id is None:
-        return "running"
-    is_newline = ids == newline_id
-    lines = int(is_newline.sum())
-    if lines < 2:
-        return "running"
-    blank = int((is_newline[1:] & is_newline[:-1]).sum()) + int(is_newline[0])
-    return "running" if blank >= BLANK_LINE_SHARE * lines else "lines"
+    counter = LineCounter(newline_id)
+    for piece in id_pieces(ids):
+        counter.update(piece)
+    return counter.kind()
+
+
+class LineCounter:
+    """The lines and blank lines of a token stream fed in pieces: what detect_text_kind decides
+    by (`corpus encode` feeds it text it reads in pieces)."""
+
+    def __init__(self, newline_id: int | None):
+        self.newline_id = newline_id
+        self.lines = self.blank = 0
+        self._after_newline = True  # a newline at the very start is a blank line
+
+    def update(self, piece: Ids) -> None:
+        is_newline = as_array(piece) == self.newline_id
+        if self.newline_id is None or not len(is_newline):
+            return
+        self.lines += int(is_newline.sum())
+        self.blank += int((is_newline[1:] & is_newline[:-1]).sum())
+        self.blank += int(bool(is_newline[0]) and self._after_newline)
+        self._after_newline = bool(is_newline[-1])
+
+    def kind(self) -> str:
+        if self.newline_id is None or self.lines < 2:
+            return "running"
+        return "running" if self.blank >= BLANK_LINE_SHARE * self.lines else "lines"
 
 
 def text_kind_of(text: str) -> str:
     """detect_text_kind on a string, before any vocabulary exists (code points stand for ids)."""
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
-    return detect_text_kind(torch.from_numpy(codes), ord(NEWLINE))
+    counter = LineCounter(ord(NEWLINE))
+    counter.update(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32))
+    return counter.kind()
 
 
 def split_text(text: str, val_fraction: float, kind: str) -> tuple[str, str]:
@@ -237,8 +314,8 @@ def encode_tensor(vocab: Vocab, text: str) -> torch.Tensor:
 @dataclass
 class TrainingData:
     vocab: Vocab
-    train_ids: torch.Tensor  # 1-D, the whole training text
-    val_ids: torch.Tensor  # 1-D, the validation text (held out, or the --val file)
+    train_ids: Ids  # 1-D, the whole training text (memory-mapped for a prepared corpus)
+    val_ids: Ids  # 1-D, the validation text (held out, or the --val file)
     text_kind: str = "lines"  # "lines" or "running", as decided (see detect_text_kind)
 
 
@@ -269,37 +346,135 @@ def prepare_text(train_text: str, val_text: str | None, config: TrainConfig,
 
 
 # --------------------------------------------------------------------------------------------
+# Token ids in memory or memory-mapped: what `train` reads, whatever the corpus size
+
+PIECE_TOKENS = 1 << 20  # tokens per piece when a whole sequence is scanned (8 MiB as int64)
+
+
+def as_array(ids: Ids) -> np.ndarray:
+    """A NumPy view of `ids` (no copy): a CPU tensor's memory, or the array itself."""
+    return ids.detach().cpu().numpy() if isinstance(ids, torch.Tensor) else ids
+
+
+def id_pieces(ids: Ids, start: int = 0, stop: int | None = None,
+              size: int = PIECE_TOKENS) -> Iterator[torch.Tensor]:
+    """`ids[start:stop]` as int64 tensors of at most `size` tokens (only these are in memory)."""
+    array = as_array(ids)
+    stop = len(array) if stop is None else stop
+    for i in range(start, stop, size):
+        yield torch.from_numpy(np.asarray(array[i : min(stop, i + size)], dtype=np.int64))
+
+
+class Fingerprinter:
+    """The fingerprint of an id sequence, fed in pieces: the first 16 hex digits of the SHA-256 of
+    its ids as little-endian int64, so a text encoded in memory and the same text prepared on disk
+    (any dtype) have the same fingerprint, and a run may be resumed from either."""
+
+    def __init__(self):
+        self._hash = hashlib.sha256()
+
+    def update(self, ids: Ids) -> None:
+        self._hash.update(np.ascontiguousarray(as_array(ids), dtype="<i8"))  # no copy if int64
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()[:16]
+
+
+def fingerprint(ids: Ids) -> str:
+    f = Fingerprinter()
+    for piece in id_pieces(ids):
+        f.update(piece)
+    return f.hexdigest()
+
+
+def count_id(ids: Ids, token: int) -> int:
+    """How many times `token` occurs in `ids` (read in pieces)."""
+    return sum(int((piece == token).sum()) for piece in id_pieces(ids))
+
+
+def tail_after_newline(ids: Ids, vocab: Vocab, length: int) -> torch.Tensor:
+    """The last `length` ids ending just after the last newline (the very end if there is none)."""
+    array = as_array(ids)
+    end = len(array)
+    newline = vocab.newline_id
+    if newline is not None:
+        for stop in range(len(array), 0, -PIECE_TOKENS):  # search backwards, a piece at a time
+            piece = np.asarray(array[max(0, stop - PIECE_TOKENS) : stop])
+            found = np.flatnonzero(piece == newline)
+            if found.size:
+                end = stop - len(piece) + int(found[-1]) + 1
+                break
+    return torch.from_numpy(np.asarray(array[max(0, end - length) : end], dtype=np.int64))
+
+
+# --------------------------------------------------------------------------------------------
 # Batching for truncated backpropagation through time
 
 
-def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Cut a 1-D token stream into `batch_size` contiguous streams, one per column.
+def shuffle_lines(ids: torch.Tensor, newline_id: int | None, seed: int) -> torch.Tensor:
+    """The lines of a 1-D token stream (each with its newline) in a random order set by `seed`.
 
-    With the stream a b c d e f g h i j k l m n o p q r s t u v w x and batch_size 4:
-
-        ┌ a g m s ┐
-        │ b h n t │    Each column is one stream. Training reads the rows in chunks of `bptt`
-        │ c i o u │    (here 2: rows ab, cd, ef); chunk k of column j continues chunk k-1 of
-        │ d j p v │    column j, so the LSTM state left by one chunk is the right state to start
-        │ e k q w │    the next: it is carried over (detached, so gradients stop at the chunk
-        └ f l r x ┘    boundary: that is the "truncated" in truncated BPTT).
-
-    The tail that does not fill a whole row is dropped (fewer than `batch_size` tokens).
+    Training on one document per line reorders the documents at every epoch, so that the streams
+    do not meet the same poems side by side and in the same order each pass (with a fixed order a
+    model can learn the order itself: the train bpc falls while the val bpc rises). It makes a
+    reordered copy, so `train` applies it to ids in memory only, not to a memory-mapped corpus.
     """
-    rows = ids.numel() // batch_size
-    if rows < 2:
-        raise CorpusError(f"the text has {ids.numel()} characters, too few for batch size "
-                          f"{batch_size}; use a smaller --batch-size or a longer corpus")
-    return ids[: rows * batch_size].view(batch_size, rows).t().contiguous()  # (rows, batch)
+    if newline_id is None:
+        return ids
+    ends = (ids == newline_id).nonzero().view(-1) + 1  # exclusive end of every complete line
+    if ends.numel() < 2:
+        return ids
+    starts = torch.cat([torch.zeros(1, dtype=torch.long), ends[:-1]])
+    order = torch.randperm(ends.numel(), generator=torch.Generator().manual_seed(seed))
+    lengths = (ends - starts)[order]
+    placed = torch.cumsum(lengths, 0) - lengths  # where each line starts in the output
+    index = torch.arange(int(ends[-1])) + torch.repeat_interleave(starts[order] - placed, lengths)
+    return torch.cat([ids[index], ids[int(ends[-1]):]])  # a last line without a newline stays last
 
 
-def num_chunks(data: torch.Tensor, bptt: int) -> int:
-    """Chunks in one pass over batchified `data` (each needs one extra row for its targets)."""
-    return (data.size(0) - 2) // bptt + 1
+class Streams:
+    """A token sequence cut into `batch_size` contiguous streams, read a chunk of `bptt` at a time.
 
+    With the ids a b c d e f g h i j k l m n o p q r s t u v w x, batch_size 4 and bptt 2:
 
-def get_chunk(data: torch.Tensor, index: int, bptt: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and next-character targets of chunk `index`, each (seq_len, batch)."""
-    start = index * bptt
-    seq_len = min(bptt, data.size(0) - 1 - start)
-    return data[start : start + seq_len], data[start + 1 : start + 1 + seq_len]
+        stream 0  1  2  3
+             ┌ a  g  m  s ┐ ← chunk 0 reads rows a..b as inputs and b..c as targets
+             │ b  h  n  t │
+             │ c  i  o  u │ ← chunk 1: rows c..d -> d..e
+             │ d  j  p  v │
+             │ e  k  q  w │ ← chunk 2: row e -> f (the last chunk may be shorter)
+             └ f  l  r  x ┘
+
+    Each stream (column) is one contiguous stretch of the text. Chunk k of a stream continues
+    chunk k-1, so the LSTM state left by one chunk is the right state to start the next: it is
+    carried over (detached, so gradients stop at the chunk boundary: that is the "truncated" in
+    truncated BPTT). The tail that does not fill a whole row is dropped (< batch_size tokens).
+
+    Nothing is copied up front: a chunk gathers its (bptt + 1) x streams ids from `ids`, which
+    may be memory-mapped, so memory does not grow with the corpus. `streams` selects the columns
+    this process trains on: in distributed training each rank owns a share of them.
+    """
+
+    def __init__(self, ids: Ids, batch_size: int, bptt: int, streams: range | None = None):
+        array = as_array(ids)
+        self.rows = len(array) // batch_size
+        if self.rows < 2:
+            raise CorpusError(f"the text has {len(array)} characters, too few for batch size "
+                              f"{batch_size}; use a smaller --batch-size or a longer corpus")
+        self.bptt = bptt
+        self.streams = streams if streams is not None else range(batch_size)
+        self.ids = array[: self.rows * batch_size]  # the ids the streams cover, in order
+        # Row j of the table is stream j: a view of the ids (reshape copies nothing).
+        self._table = self.ids.reshape(batch_size, self.rows)
+
+    def __len__(self) -> int:
+        """Chunks in one pass (each needs one extra row for its targets)."""
+        return (self.rows - 2) // self.bptt + 1
+
+    def chunk(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and next-character targets of chunk `index`: int64 (seq_len, streams), each."""
+        start = index * self.bptt
+        seq_len = min(self.bptt, self.rows - 1 - start)
+        block = self._table[self.streams.start : self.streams.stop, start : start + seq_len + 1]
+        block = torch.from_numpy(np.ascontiguousarray(block.T, dtype=np.int64))
+        return block[:-1], block[1:]

@@ -89,7 +89,7 @@ def sample_next(logp: torch.Tensor, temperature: float, generator: torch.Generat
 def prime_model(model: CharLSTM, ids: list[int], batch: int) -> tuple[torch.Tensor, State]:
     """Run the start state through `ids`; return the last output (B, P) and the state."""
     state = model.start_state(batch)
-    out = state[0][-1]  # the top layer's output after the poem-start newline predicts char one
+    out = model.start_output(batch)  # the output after the poem-start newline predicts char one
     if ids:
         x = torch.tensor(ids, device=out.device).view(-1, 1).expand(-1, batch)
         outputs, state = model(x, state)

@@ -2,7 +2,7 @@
 
 The loop is the classic one from pytorch/examples' word_language_model:
 
-    for each chunk of `bptt` rows of the batchified stream (see corpus.batchify):
+    for each chunk of `bptt` rows of the parallel streams (see corpus.Streams):
         state = detach(state)             # keep the values, cut the graph: truncated BPTT
         outputs, state = model(x, state)  # the state flows on into the next chunk
         loss(outputs, y).backward(); clip the gradient norm; optimizer step
@@ -10,32 +10,49 @@ The loop is the classic one from pytorch/examples' word_language_model:
 Everything a resumed run needs is in `last.safetensors`: weights, optimizer moments, the carried
 LSTM state and the RNG state. The data position and learning rate follow from the step count and
 the elapsed time, so a run interrupted and resumed ends with the same weights as one that was not.
+An evaluation an interruption skipped (at the last step, or at an evaluation step) is done first
+on `--resume`, so the metrics and `best` are those of an uninterrupted run.
+
+What is saved is never poison: a non-finite training loss, a non-finite validation loss or
+non-finite weights stop the run before anything is written at that step, and the message says
+which step the checkpoints on disk still hold. The run directory is locked while training (see
+rundir.py), and metrics.csv gets each evaluation's row before its checkpoints: a run killed
+between the two drops the row on `--resume` (it is later than `last`) and logs it again.
+
+Launched by torchrun with several processes, the same loop trains with DistributedDataParallel:
+each rank reads its share of the streams; rank 0 alone evaluates, saves, logs and reports, and
+decides when the run stops. What the ranks share, and when, is in distributed.py.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import math
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from poetgen.errors import CheckpointError, NonFiniteLossError
+from poetgen.errors import (CheckpointError, ConfigError, NonFiniteLossError, PoetgenError,
+                            file_error)
 from poetgen.files import atomic_open
-from poetgen.lm.checkpoint import load_checkpoint, save_checkpoint
+from poetgen.lm import distributed
+from poetgen.lm.checkpoint import check_resumable, load_checkpoint, read_meta, save_checkpoint
 from poetgen.lm.config import REGULARIZATION, ModelConfig, TrainConfig, to_dict
-from poetgen.lm.corpus import Vocab, batchify, detect_text_kind, get_chunk, num_chunks
+from poetgen.lm.corpus import (Ids, Streams, Vocab, as_array, count_id, detect_text_kind,
+                               fingerprint, id_pieces, shuffle_lines, tail_after_newline)
+from poetgen.lm.distributed import World
 from poetgen.lm.evaluate import LN2, evaluate_ids
 from poetgen.lm.model import CharLSTM, State, burn_in_start_state, evaluating
+from poetgen.lm.rundir import RunLock
 from poetgen.lm.sample import generate
 
+ATTENTION_STATE = ("train_memory", "train_in_poem")  # names of a state's attention entries in `last`
 METRICS_FIELDS = ["step", "train_loss", "train_bpc", "val_bpc", "lr", "chars_per_s", "elapsed_s"]
 
 
@@ -91,7 +108,6 @@ class Callbacks:
 def pick_device(name: str) -> torch.device:
     """The torch device for auto | cpu | cuda | cuda:N | mps, or a ConfigError saying what this
     machine has instead."""
-    from poetgen.errors import ConfigError
     from poetgen.lm.config import DEVICE_NAMES, is_device_name
 
     if not is_device_name(name):
@@ -167,37 +183,59 @@ def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     return out
 
 
-def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    state_dict = opt.state_dict()
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                      source: Path) -> None:
+    """Put saved AdamW moments back, each checked against the parameter it belongs to."""
+    params = [p for group in opt.param_groups for p in group["params"]]
+    shapes = {"exp_avg": None, "exp_avg_sq": None, "step": ()}  # None: the parameter's shape
     state: dict[int, dict] = {}
     for name, value in tensors.items():
-        if name.startswith("optim."):
-            _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = value
+        if not name.startswith("optim."):
+            continue
+        _, index, key = (name.split(".", 2) + ["", ""])[:3]
+        if not (index.isdigit() and int(index) < len(params) and key in shapes):
+            raise CheckpointError(f"{source}: optimizer state {name!r} belongs to no parameter of "
+                                  "this model; the checkpoint is inconsistent")
+        want = shapes[key] if shapes[key] is not None else tuple(params[int(index)].shape)
+        if tuple(value.shape) != want or not value.is_floating_point():
+            raise CheckpointError(f"{source}: optimizer state {name} is {value.dtype} "
+                                  f"{list(value.shape)}, not float {list(want)}; the checkpoint "
+                                  "is inconsistent")
+        state.setdefault(int(index), {})[key] = value
+    state_dict = opt.state_dict()
     state_dict["state"] = state
     opt.load_state_dict(state_dict)
 
 
-def corpus_fingerprint(ids: torch.Tensor) -> str:
-    return hashlib.sha256(ids.numpy().tobytes()).hexdigest()[:16]
+def unknown_share(ids: Ids, vocab: Vocab) -> float:
+    """The share of `ids` that are the unknown token (characters outside `vocab`)."""
+    return count_id(ids, vocab.unk_id) / max(1, len(as_array(ids)))
 
 
-def burn_in_ids(train_ids: torch.Tensor, vocab: Vocab, length: int = 2048) -> torch.Tensor:
-    """The last `length` training characters, ending just after the last newline."""
-    ids = train_ids
-    newline = vocab.newline_id
-    if newline is not None:
-        ends = (ids == newline).nonzero()
-        if ends.numel():
-            ids = ids[: int(ends[-1]) + 1]
-    return ids[-length:]
+def check_init_coverage(ids: Ids, vocab: Vocab, config: TrainConfig, source: str | Path) -> float:
+    """The share of a fine-tuning corpus outside the --init checkpoint's vocabulary; refuses one
+    above `config.init_max_unknown`, since every such character trains as the unknown token."""
+    share = unknown_share(ids, vocab)
+    if share > config.init_max_unknown:
+        raise ConfigError(
+            f"{100 * share:.1f}% of the training characters are outside the vocabulary of "
+            f"{source} ({len(vocab) - 1:,} characters) and would all train as the unknown token "
+            f"(the limit is {100 * config.init_max_unknown:g}%); fine-tune on text in the "
+            "checkpoint's script and language, or pass --init-max-unknown 1 to train anyway")
+    return share
 
 
 class _StopFlag:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps, so a step is never torn."""
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps, so a step is never torn.
 
-    def __init__(self):
+    A second signal is final (the default handler: Ctrl-C twice quits at once), except under a
+    launcher (`final_second=False`): torchrun forwards the Ctrl-C that the terminal also sent to
+    every process, so each gets two at once, and it kills the processes itself if they are slow.
+    """
+
+    def __init__(self, final_second: bool = True):
         self.signal: int | None = None
+        self.final_second = final_second
         self._previous = {}
 
     def __enter__(self):
@@ -208,7 +246,8 @@ class _StopFlag:
 
     def _handle(self, signum, frame):
         self.signal = signum
-        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))  # a second press is final
+        if self.final_second:
+            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -223,9 +262,15 @@ class _Run:
     optimizer: torch.optim.AdamW
     state: State  # the LSTM state carried from chunk to chunk
     step: int = 0
-    elapsed: float = 0.0  # seconds of training (evaluations not counted)
+    elapsed: float = 0.0  # wall-clock seconds of the run, evaluations and saving included
     best: float = math.inf  # lowest validation bpc so far
     init: dict | None = None  # where the starting weights came from, when not random
+    eval_pending: bool = False  # the latest step is due an evaluation that has not run yet
+    lr: float = 0.0  # of the latest step; chars_per_s likewise: the metrics row needs them
+    chars_per_s: float = 0.0
+    loss_sum: float = 0.0  # training losses since the latest evaluation, for its metrics row
+    loss_steps: int = 0
+    world_size: int = 1  # processes (ranks) that trained it, last
 
 
 @dataclass(frozen=True)
@@ -247,13 +292,20 @@ class _Checkpoints:
     def best(self) -> Path:
         return self.run_dir / "best.safetensors"
 
-    def save_last(self, run: _Run, val_bpc: float) -> None:
-        """Weights plus everything an exact resume needs: optimizer moments, state, RNG."""
+    def save_last(self, run: _Run, val_bpc: float, state: State, rngs: torch.Tensor) -> None:
+        """Weights plus everything an exact resume needs: optimizer moments, the state of every
+        stream `state` (each entry with all batch_size streams in dim 1) and the RNG state of
+        every rank `rngs` (ranks, n): see distributed.gather_state."""
+        self._refuse_non_finite(run)
         extra = optimizer_tensors(run.optimizer)
-        extra.update(train_h=run.state[0], train_c=run.state[1], rng=torch.get_rng_state())
+        extra.update(train_h=state[0], train_c=state[1], rng=rngs[0].clone())
+        extra.update(zip(ATTENTION_STATE, state[2:]))  # a model with attention: its memory
+        if len(rngs) > 1:
+            extra["rng_ranks"] = rngs
         save_checkpoint(self.last, run.model, self.vocab, self._meta(run, val_bpc), extra)
 
     def save_best(self, run: _Run, val_bpc: float) -> None:
+        self._refuse_non_finite(run)
         save_checkpoint(self.best, run.model, self.vocab, self._meta(run, val_bpc))
 
     def _meta(self, run: _Run, val_bpc: float) -> dict:
@@ -261,8 +313,30 @@ class _Checkpoints:
         return {"train_config": to_dict(self.config), "init": run.init,
                 "training": {"step": run.step, "elapsed": run.elapsed,
                              "best_val_bpc": finite(run.best), "val_bpc": finite(val_bpc),
+                             "eval_pending": run.eval_pending, "lr": run.lr,
+                             "chars_per_s": run.chars_per_s, "loss_sum": run.loss_sum,
+                             "loss_steps": run.loss_steps,
                              "corpus": self.corpus, "epochs": run.step / self.chunks_per_epoch,
-                             "train_chars": self.train_chars}}
+                             "train_chars": self.train_chars, "world_size": run.world_size}}
+
+    def _refuse_non_finite(self, run: _Run) -> None:
+        if not all(torch.isfinite(p).all() for p in run.model.parameters()):
+            raise NonFiniteLossError(f"the weights hold NaN or infinity after step {run.step}; "
+                                     f"nothing was saved at that step: {self.kept()}. "
+                                     f"{_ADVICE}")
+
+    def kept(self) -> str:
+        """What the run directory holds, said truthfully for a message about a stopped run."""
+        if not self.last.exists():
+            return "no checkpoint was written yet"
+        try:
+            step = read_meta(self.last)["training"]["step"]
+        except (PoetgenError, KeyError, TypeError):
+            return f"{self.last} is left as it was"
+        return f"{self.last} (step {step}) is left as it was"
+
+
+_ADVICE = "Lower --lr (e.g. halve it) or --clip, then --resume"
 
 
 class Throughput:
@@ -298,33 +372,68 @@ def sgd_step(model: CharLSTM, optimizer: torch.optim.Optimizer, x: torch.Tensor,
     Forward, loss, backward, clip the global gradient norm to `clip`, AdamW update at `lr`.
     Returns the loss (nats per character) and the state to carry into the next chunk. A loss that
     is not finite is returned without updating anything: the caller stops the run.
+
+    `model` may be a DistributedDataParallel around the model: backward then averages the
+    gradients over the ranks, and the loss returned (and checked) is the global batch's, the same
+    on every rank, so that all of them stop together on a loss that is not finite.
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
-    state = (state[0].detach(), state[1].detach())  # keep the values, cut the graph
+    state = tuple(s.detach() for s in state)  # keep the values, cut the graph
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         outputs, state = model(x, state)
-        loss = model.loss(outputs, y)
-    if not torch.isfinite(loss):
-        return loss.item(), state
+        loss = distributed.unwrap(model).loss(outputs, y)
+    global_loss = distributed.mean(loss.detach())
+    if not torch.isfinite(global_loss):
+        return global_loss.item(), state
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
-    return loss.item(), state
+    return global_loss.item(), state
 
 
-def evaluate_and_save(run: _Run, checkpoints: _Checkpoints, val_ids: torch.Tensor,
-                      burn_ids: torch.Tensor) -> float:
-    """Validation bpc (from a start state burned in anew); saves `best` when it is the lowest so
-    far, and `last` always."""
+def evaluate_and_save(run: _Run, checkpoints: _Checkpoints, val_ids: Ids, burn_ids: torch.Tensor,
+                      log_row: Callable[[float], None], snapshot: tuple[State, torch.Tensor]
+                      ) -> float:
+    """Validation bpc (from a start state burned in anew); then `log_row(val_bpc)` (the metrics
+    row goes first: see the module docstring), `best` when it is the lowest so far, and `last`
+    with the streams' states and RNG states `snapshot` (distributed.gather_state).
+
+    A non-finite validation loss saves nothing: the weights diverged in the last update.
+    """
     burn_in_start_state(run.model, burn_ids)
-    val_bpc = evaluate_ids(run.model, [val_ids]).bpc
+    val_bpc = evaluate_ids(run.model, checkpoints.vocab, id_pieces(val_ids)).bpc
+    if not math.isfinite(val_bpc):
+        raise NonFiniteLossError(f"the validation loss became {val_bpc} at step {run.step}; "
+                                 f"nothing was saved at that step: {checkpoints.kept()}. {_ADVICE}")
+    run.eval_pending = False
+    log_row(val_bpc)
     if val_bpc < run.best:
         run.best = val_bpc
         checkpoints.save_best(run, val_bpc)
-    checkpoints.save_last(run, val_bpc)
+    checkpoints.save_last(run, val_bpc, *snapshot)
     return val_bpc
+
+
+def save_last(run: _Run, checkpoints: _Checkpoints, world: World, val_bpc: float) -> None:
+    """Save `last` where the run stands. Every rank calls it: the streams' states and RNG states
+    are gathered to rank 0, which writes; the others wait until the file is in place."""
+    snapshot = distributed.gather_state(world, run.state)
+    if world.is_main:
+        checkpoints.save_last(run, val_bpc, *snapshot)
+    distributed.barrier(world)
+
+
+def epoch_streams(train_ids: Ids, vocab: Vocab, config: TrainConfig, shuffle: bool, epoch: int,
+                  world: World) -> Streams:
+    """This rank's streams for pass `epoch`: the lines in a new order for each pass when
+    `shuffle` (a corpus of one document per line, held in memory), else the corpus as it is.
+
+    Every rank shuffles alike (the seed is the config's), then reads its own share of streams.
+    """
+    ids = shuffle_lines(train_ids, vocab.newline_id, config.seed + epoch) if shuffle else train_ids
+    return Streams(ids, config.batch_size, config.bptt, world.streams(config.batch_size))
 
 
 def preview(model: CharLSTM, vocab: Vocab, config: TrainConfig, step: int) -> str:
@@ -343,9 +452,11 @@ def total_steps(config: TrainConfig, chunks_per_epoch: int) -> int | None:
 
 def _start_run(vocab: Vocab, model_config: ModelConfig, config: TrainConfig, last_path: Path,
                fingerprint: str, device: torch.device, resume: bool,
-               init: str | Path | None) -> _Run:
-    """A new run (random or `init` weights), or the run saved in `last_path` (resume)."""
+               init: str | Path | None, world: World) -> _Run:
+    """A new run (random or `init` weights), or the run saved in `last_path` (resume), with the
+    state of this rank's streams."""
     torch.manual_seed(config.seed)
+    streams = world.streams(config.batch_size)
     if not resume:
         if last_path.exists():
             raise CheckpointError(f"{last_path.parent} already holds a run; pass --resume to "
@@ -354,102 +465,238 @@ def _start_run(vocab: Vocab, model_config: ModelConfig, config: TrainConfig, las
         if init is not None:
             model, init_meta = _initial_model(init, vocab, model_config)
         else:
-            model = CharLSTM(replace(model_config, vocab_size=len(vocab)))
+            newline = -1 if vocab.newline_id is None else vocab.newline_id
+            model = CharLSTM(replace(model_config, vocab_size=len(vocab), newline_id=newline))
         model = model.to(device)
-        return _Run(model, make_optimizer(model, config), model.zero_state(config.batch_size),
-                    init=init_meta)
+        if world.size > 1:  # the same weights on every rank, but each its own dropout masks
+            torch.manual_seed(config.seed + 1 + world.rank)
+        return _Run(model, make_optimizer(model, config), model.zero_state(len(streams)),
+                    init=init_meta, world_size=world.size)
     ckpt = load_checkpoint(last_path, device=device, with_extra=True)
-    training = ckpt.meta.get("training", {})
-    if training.get("corpus") != fingerprint:
+    check_resumable(ckpt.meta, last_path)
+    training = ckpt.meta["training"]
+    if training["corpus"] != fingerprint:
         raise CheckpointError(f"{last_path}: was trained on a different corpus or vocabulary; "
                               "resume with the same CORPUS, or start a new --out directory")
+    state = _carried_state(ckpt, config, last_path)
     optimizer = make_optimizer(ckpt.model, config)
-    restore_optimizer(optimizer, {k: v.to(device) for k, v in ckpt.extra.items()})
-    torch.set_rng_state(ckpt.extra["rng"])
+    restore_optimizer(optimizer, {k: v.to(device) for k, v in ckpt.extra.items()}, last_path)
+    saved_world = training.get("world_size", 1)
+    if saved_world == world.size:  # each rank continues its own random numbers
+        torch.set_rng_state(_rank_rng(ckpt, saved_world, world.rank, last_path))
+    else:  # see resume_note
+        torch.manual_seed(config.seed + 1 + world.rank + world.size * training["step"])
     best = training["best_val_bpc"]
-    return _Run(ckpt.model, optimizer,
-                (ckpt.extra["train_h"].to(device), ckpt.extra["train_c"].to(device)),
+    mine = slice(streams.start, streams.stop)  # the state is every stream's, in dim 1
+    return _Run(ckpt.model, optimizer, tuple(s[:, mine].to(device) for s in state),
                 training["step"], training["elapsed"], math.inf if best is None else best,
-                ckpt.meta.get("init"))
+                ckpt.meta.get("init"), training.get("eval_pending") is True,
+                training.get("lr", 0.0),
+                training.get("chars_per_s", 0.0), training.get("loss_sum", 0.0),
+                training.get("loss_steps", 0), saved_world)
 
 
-def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: Vocab, model_config: ModelConfig,
+def _rank_rng(ckpt, saved_world: int, rank: int, source: Path) -> torch.Tensor:
+    """This rank's saved RNG state: `rng` for one process, row `rank` of `rng_ranks` for several."""
+    if saved_world == 1:
+        return ckpt.extra["rng"]
+    rngs = ckpt.extra.get("rng_ranks")
+    if rngs is None or rngs.dtype != torch.uint8 or tuple(rngs.shape) != (
+            saved_world, ckpt.extra["rng"].numel()):
+        raise CheckpointError(f"{source}: the saved random states of the {saved_world} processes "
+                              "are missing or malformed; start a new run with --init to keep "
+                              "the weights")
+    return rngs[rank].clone()  # its own storage: set_rng_state reads from the start of it
+
+
+def resume_note(saved_world: int, world: World, model_config: ModelConfig) -> str | None:
+    """What a resume with another number of processes than the run was saved by does (None when
+    the number is the same: the run then continues exactly)."""
+    if saved_world == world.size:
+        return None
+    random = model_config.dropout > 0 or model_config.weight_drop > 0
+    processes = lambda n: f"{n} process" + ("es" if n != 1 else "")  # noqa: E731
+    return (f"resuming a run saved by {processes(saved_world)} with {processes(world.size)}: the "
+            "streams are shared out anew, each keeping its LSTM state, and the weights, "
+            "optimizer, data position and schedule continue where they were; " +
+            ("the dropout masks come from new random seeds, so the run ends as a run with "
+             "another seed would, not exactly as it would have" if random else
+             "this model draws no random numbers (no dropout), so the run ends as it would "
+             "have, up to float rounding"))
+
+
+def _carried_state(ckpt, config: TrainConfig, source: Path) -> State:
+    """The saved RNG and LSTM state, checked: a retyped or reshaped tensor would crash later."""
+    rng = ckpt.extra.get("rng")
+    if rng is None or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
+        raise CheckpointError(f"{source}: the saved random state is missing or malformed; "
+                              "start a new run with --init to keep the weights")
+    cfg, (h, c) = ckpt.model.config, (ckpt.extra.get("train_h"), ckpt.extra.get("train_c"))
+    attention = tuple(ckpt.extra.get(name) for name in ATTENTION_STATE if name in ckpt.extra)
+    saved_batch = ckpt.meta["train_config"].get("batch_size", config.batch_size)
+    if saved_batch != config.batch_size:
+        raise ConfigError(f"--resume continues the run's {saved_batch} streams; drop --batch-size "
+                          "(or start a new run from its weights with --init)")
+    want = ((cfg.num_layers, config.batch_size, cfg.proj_size or cfg.hidden_size),
+            (cfg.num_layers, config.batch_size, ckpt.model.cell_size))
+    for name, t, shape in (("train_h", h, want[0]), ("train_c", c, want[1])):
+        if t is None or tuple(t.shape) != shape or not t.is_floating_point():
+            raise CheckpointError(f"{source}: the saved LSTM state {name} is missing or not "
+                                  f"float {list(shape)}; start a new run with --init to keep the "
+                                  "weights")
+    if len(attention) != (2 if ckpt.model.attention is not None else 0) or any(
+            t.size(1) != config.batch_size for t in attention):
+        raise CheckpointError(f"{source}: the saved attention memory is missing or malformed; "
+                              "start a new run with --init to keep the weights")
+    return (h, c) + attention
+
+
+def train(train_ids: Ids, val_ids: Ids, vocab: Vocab, model_config: ModelConfig,
           config: TrainConfig, run_dir: str | Path, resume: bool = False,
-          callbacks: Callbacks | None = None, init: str | Path | None = None) -> TrainResult:
+          callbacks: Callbacks | None = None, init: str | Path | None = None,
+          started: float | None = None) -> TrainResult:
     """Train (or resume) a model on `train_ids`, validating on `val_ids`, saving into `run_dir`.
+
+    The ids are tensors, or memory-mapped arrays of a prepared corpus, which are read a chunk at
+    a time and in their own order (the per-epoch shuffle would hold a reordered copy in memory).
+
+    `started` is the time.perf_counter() at which the user's command began (reading the corpus,
+    say): the time budget counts from there. By default it counts from this call.
 
     `init` starts from a trained checkpoint's weights instead of random ones (a second stage
     with new settings, or fine-tuning): its shapes and vocabulary must match, and only the
     shape-free REGULARIZATION fields (dropout, weight_drop) are taken from `model_config`. The
-    optimizer and schedule start afresh.
+    optimizer and schedule start afresh. A corpus with more than `config.init_max_unknown` of
+    its characters outside the checkpoint's vocabulary is refused (check_init_coverage).
+
+    In a process group (torchrun), every rank calls this with the same arguments; callbacks
+    matter on rank 0 only, which alone writes into `run_dir` (see distributed.py).
     """
     # -- setup: the device, the data as parallel streams, the model and optimizer ---------------
     cb = callbacks or Callbacks()
     config.validate()
     if model_config.text_kind == "auto":  # the checkpoint records what was decided
         model_config = replace(model_config, text_kind=detect_text_kind(train_ids, vocab.newline_id))
-    device = pick_device(config.device)
+    world = distributed.current()
+    device = distributed.local_device(pick_device(config.device), world)
     if device.type == "cuda":  # TF32 matmuls: float32 range and accumulation, several times faster
         torch.set_float32_matmul_precision("high")
     bf16 = device.type == "cuda" and config.precision == "bf16"
-    data = batchify(train_ids, config.batch_size).to(device)  # (rows, B)
-    chunks = num_chunks(data, config.bptt)
-    val_ids, burn_ids = val_ids.cpu(), burn_in_ids(train_ids, vocab)
-    checkpoints = _Checkpoints(Path(run_dir), vocab, config, corpus_fingerprint(train_ids),
-                               int(train_ids.numel()), chunks)
-    run = _start_run(vocab, model_config, config, checkpoints.last, checkpoints.corpus, device,
-                     resume, init)
-    run.model.train()
-    metrics_path = checkpoints.run_dir / "metrics.csv"
-    _prepare_metrics(metrics_path, keep_until=run.step if resume else -1)
-    steps = total_steps(config, chunks)
-    meter = Throughput()
-    losses: list[float] = []  # training losses since the last evaluation
-    last_val = math.nan
-    with _StopFlag() as stop:
-        # Announced once Ctrl-C is caught: from here on an interrupt saves `last`.
-        cb.on_start({"device": str(device), "parameters": run.model.num_parameters(),
-                     "vocab": len(vocab), "train_chars": train_ids.numel(),
-                     "val_chars": val_ids.numel(), "chunks_per_epoch": chunks,
-                     "total_steps": steps, "start_step": run.step,
-                     "text_kind": run.model.config.text_kind, "time_budget": config.time_budget})
-        while (progress := run_progress(config, run.step, run.elapsed, chunks)) < 1.0:
-            # -- one SGD step on the next chunk of every stream --------------------------------
-            t0, elapsed_before = time.perf_counter(), run.elapsed
-            index = run.step % chunks
-            if index == 0:  # a new pass starts the streams afresh
-                run.state = run.model.zero_state(config.batch_size)
-            x, y = get_chunk(data, index, config.bptt)
-            lr = learning_rate(config, run.step, progress)
-            loss, run.state = sgd_step(run.model, run.optimizer, x, y, run.state, lr, config.clip,
-                                       bf16)
-            if not math.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"the training loss became {loss} at step {run.step + 1}; "
-                    f"{checkpoints.last if checkpoints.last.exists() else 'no checkpoint'} is "
-                    "left as it was. Lower --lr (e.g. halve it) or --clip, then --resume")
-            run.step += 1
-            run.elapsed += time.perf_counter() - t0
-            losses.append(loss)
-            meter.count(x.numel())
-            cb.on_step(StepInfo(run.step, steps, loss, lr, meter.chars_per_s, run.elapsed))
+    chunks = len(Streams(train_ids, config.batch_size, config.bptt))  # any order: same count
+    burn_ids = tail_after_newline(train_ids, vocab, 2048)
+    train_chars = len(as_array(train_ids))
+    checkpoints = _Checkpoints(Path(run_dir), vocab, config, fingerprint(train_ids), train_chars,
+                               chunks)
+    # One trainer per directory (stale temp files go): the rank that writes, rank 0, holds it.
+    with RunLock(checkpoints.run_dir) if world.is_main else nullcontext() as lock:
+        run = _start_run(vocab, model_config, config, checkpoints.last, checkpoints.corpus,
+                         device, resume, init, world)
+        note = resume_note(run.world_size, world, run.model.config) if resume else None
+        run.world_size = world.size
+        unknown = (check_init_coverage(train_ids, vocab, config, init) if init and not resume
+                   else None)
+        run.model.train()
+        net = distributed.data_parallel(run.model, world)  # the model, or DDP around it
+        shuffle = (config.shuffle and run.model.config.text_kind == "lines"
+                   and isinstance(train_ids, torch.Tensor))
+        loaded_epoch = -1  # the pass whose order `streams` holds
+        metrics_path = checkpoints.run_dir / "metrics.csv"
+        if world.is_main:
+            _prepare_metrics(metrics_path, keep_until=run.step if resume else -1)
+        steps = total_steps(config, chunks)
+        meter = Throughput()
 
-            # -- Ctrl-C or SIGTERM: save where we are, then stop -------------------------------
-            if stop.signal is not None:
-                checkpoints.save_last(run, last_val)
-                raise TrainingInterrupted(checkpoints.last, run.step)
-
-            # -- when due (evaluation_due) and at the end: validate, checkpoint, log, preview ----
-            finished = run_progress(config, run.step, run.elapsed, chunks) >= 1.0
-            if finished or evaluation_due(config, run.step, elapsed_before, run.elapsed, steps):
+        def evaluate() -> float:
+            """Validate, log the metrics row, checkpoint, preview: the end of an evaluation step.
+            Every rank calls it; rank 0 does the work, and its clock is everyone's after."""
+            snapshot = distributed.gather_state(world, run.state)
+            val_bpc = math.nan
+            if world.is_main:
                 with meter.paused():
-                    last_val = evaluate_and_save(run, checkpoints, val_ids, burn_ids)
+                    train_loss = run.loss_sum / max(1, run.loss_steps)
+
+                    def log_row(val_bpc: float) -> None:
+                        _append_metrics(metrics_path, [run.step, train_loss, train_loss / LN2,
+                                                       val_bpc, run.lr, run.chars_per_s,
+                                                       run.elapsed])
+                        run.loss_sum, run.loss_steps = 0.0, 0
+
+                    val_bpc = evaluate_and_save(run, checkpoints, val_ids, burn_ids, log_row,
+                                                snapshot)
                     sample = preview(run.model, vocab, config, run.step)
-                    train_loss = sum(losses) / max(1, len(losses))
-                    losses.clear()
-                    _append_metrics(metrics_path, [run.step, train_loss, train_loss / LN2,
-                                                   last_val, lr, meter.chars_per_s, run.elapsed])
-                    cb.on_eval(EvalInfo(run.step, last_val, run.best, train_loss / LN2, sample))
+                    cb.on_eval(EvalInfo(run.step, val_bpc, run.best, train_loss / LN2, sample))
+                run.elapsed = time.perf_counter() - clock
+            run.eval_pending = False
+            run.elapsed = distributed.from_main(world, run.elapsed, device)
+            return val_bpc
+
+        last_val = math.nan
+        # The time budget is the run's wall-clock time, as a user's clock counts it: evaluations
+        # and saving included. A run stops early enough for its last evaluation to fit too,
+        # judged by what the previous one took. Rank 0's clock is the one that counts.
+        clock = (time.perf_counter() if started is None else started) - run.elapsed
+        eval_seconds = 0.0
+        with _StopFlag(final_second=not distributed.launched()) as stop:
+            # Announced once Ctrl-C is caught: from here on an interrupt saves `last`.
+            cb.on_start({"device": str(device), "parameters": run.model.num_parameters(),
+                         "vocab": len(vocab), "train_chars": train_chars,
+                         "val_chars": len(as_array(val_ids)), "chunks_per_epoch": chunks,
+                         "total_steps": steps, "start_step": run.step,
+                         "text_kind": run.model.config.text_kind,
+                         "time_budget": config.time_budget,
+                         "removed": lock.removed if lock else [], "world_size": world.size,
+                         "resume_note": note, "init_unknown_share": unknown})
+            # -- an evaluation that an interruption skipped (e.g. at the last step) comes first --
+            if run.eval_pending:
+                last_val = evaluate()
+            while (progress := run_progress(config, run.step, run.elapsed, chunks)) < 1.0:
+                # -- one SGD step on the next chunk of every stream (of this rank's) -----------
+                elapsed_before = run.elapsed
+                epoch, index = divmod(run.step, chunks)
+                if epoch != loaded_epoch:
+                    streams = epoch_streams(train_ids, vocab, config, shuffle, epoch, world)
+                    loaded_epoch = epoch
+                if index == 0:  # a new pass starts the streams afresh
+                    run.state = run.model.zero_state(len(streams.streams))
+                x, y = (t.to(device) for t in streams.chunk(index))
+                run.lr = learning_rate(config, run.step, progress)
+                loss, run.state = sgd_step(net, run.optimizer, x, y, run.state, run.lr,
+                                           config.clip, bf16)
+                if not math.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"the training loss became {loss} at step {run.step + 1}; nothing was "
+                        f"saved after it: {checkpoints.kept()}. {_ADVICE}")
+                run.step += 1
+                run.elapsed = time.perf_counter() - clock
+                run.loss_sum, run.loss_steps = run.loss_sum + loss, run.loss_steps + 1
+                meter.count(x.numel() * world.size)  # every rank reads as much: chars/s of all
+                run.chars_per_s = meter.chars_per_s
+                cb.on_step(StepInfo(run.step, steps, loss, run.lr, meter.chars_per_s,
+                                    run.elapsed))
+                # Due (evaluation_due) or the end: recorded, so that a resume after an
+                # interrupt right here still evaluates this step.
+                finished = run_progress(config, run.step, run.elapsed + eval_seconds,
+                                        chunks) >= 1.0
+                run.eval_pending = finished or evaluation_due(config, run.step, elapsed_before,
+                                                              run.elapsed, steps)
+                # Rank 0's clock and decisions, and a stop requested on any rank, for all.
+                (run.elapsed, finished, run.eval_pending), stopping = distributed.agree(
+                    world, (run.elapsed, finished, run.eval_pending), stop.signal is not None,
+                    device)
+
+                # -- Ctrl-C or SIGTERM (on any rank): save where we are, stop ------------------
+                if stopping:  # --resume evaluates first if this step was due one
+                    save_last(run, checkpoints, world, last_val)
+                    raise TrainingInterrupted(checkpoints.last, run.step)
+
+                # -- when due and at the end: validate, log, checkpoint, preview ---------------
+                if run.eval_pending:
+                    t_eval = time.perf_counter()
+                    last_val = evaluate()
+                    eval_seconds = time.perf_counter() - t_eval
+                    if finished:
+                        break
+    distributed.barrier(world)  # the others wait for rank 0's last checkpoint
     return TrainResult(run.step, run.best, last_val, checkpoints.run_dir,
                        run.model.num_parameters(), meter.chars_per_s, run.elapsed)
 
@@ -465,23 +712,36 @@ def _initial_model(path: str | Path, vocab: Vocab,
     model = CharLSTM(replace(source.model.config,
                              **{k: getattr(model_config, k) for k in REGULARIZATION}))
     model.load_state_dict(source.model.state_dict())
-    return model, {"from": str(source.path), "sha256": source.meta.get("sha256"),
+    return model, {"from": str(source.path), "sha256": source.sha256,
                    "step": source.meta.get("training", {}).get("step")}
 
 
 def _prepare_metrics(path: Path, keep_until: int) -> None:
     """Start metrics.csv, or on resume drop rows logged after the checkpoint we resume from."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     if keep_until >= 0 and path.exists():
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
+        try:
+            with path.open(newline="", encoding="utf-8") as f:
+                rows = [r for r in csv.DictReader(f) if _row_step(r) <= keep_until]
+        except OSError as e:
+            raise file_error(path, e, "read") from None
     with atomic_open(path, newline="") as f:
         writer = csv.DictWriter(f, METRICS_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
 
 
+def _row_step(row: dict) -> float:
+    """A row's step; a row that a kill cut short has none and is dropped."""
+    try:
+        return int(row["step"])
+    except (KeyError, TypeError, ValueError):
+        return math.inf
+
+
 def _append_metrics(path: Path, row: list) -> None:
-    with path.open("a", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
+    try:
+        with path.open("a", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
+    except OSError as e:
+        raise file_error(path, e, "write") from None

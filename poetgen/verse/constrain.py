@@ -741,7 +741,7 @@ def _sample(model, c: Compiled, n, temperature, top_k, top_p, gen, seed,
             score = (h.logprob - h.penalty).masked_fill(h.failed, float("-inf"))
             rows = _keep_best(score, group, keep)
             h.select(rows)
-            token, state = token[rows], (state[0][:, rows], state[1][:, rows])
+            token, state = token[rows], tuple(s[:, rows] for s in state)
         if t + 1 < c.steps:
             outputs, state = model(token.view(1, n), state)
             out = outputs[0]
@@ -779,7 +779,7 @@ def _beam(model, c: Compiled, width: int, seed: int, penalty=(0.0, None)) -> lis
         h.logprob = h.logprob + taken_logp
         h.penalty = h.penalty + taken_pen
         _advance(c, h, t, token, per)
-        state = (state[0][:, rows], state[1][:, rows])
+        state = tuple(s[:, rows] for s in state)  # every state entry has the batch in dim 1
         if t + 1 < c.steps:
             outputs, state = model(token.view(1, -1), state)
             out = outputs[0]

@@ -164,12 +164,47 @@ def regular_form(text: str) -> tuple[str | None, str | None]:
 class BuildOptions:
     """What `corpus build` keeps and how it splits; each field is one `corpus build` flag."""
 
-    forms: frozenset[str] | None = None  # keep only regular verse of these forms (5x4 ...); None = any
+    # Keep only regular verse of these forms (5x4 ...), and with "other" every poem that is not
+    # regular verse (古体, 杂言, fragments); None = any.
+    forms: frozenset[str] | None = None
     simplified: bool = False  # convert traditional characters to simplified (OpenCC t2s)
     dedupe: bool = False  # drop poems identical to an earlier one
     strip_notes: bool = False  # remove editorial notes such as （一作…）, keeping the poem
     min_count: int = 0  # drop poems with a character seen fewer times in the kept poems; 0 = off
     val_fraction: float = 0.0  # hold out this share as <stem>_val (and <stem>_train); 0 = one file
+    # Drop every poem with a verse segment (verse_segments) whose SHA-256 is listed in this file,
+    # e.g. ../shared/corpora/heldout_lines.sha256: the poems that validate and judge models.
+    exclude: Path | None = None
+
+
+OTHER = "other"  # the `forms` entry for poems that are not regular verse
+EXCLUDED = "shares a verse segment with the --exclude list"
+_SEGMENT_BREAKS = re.compile(r"[，。？！；：、\s]+")
+
+
+def verse_segments(text: str) -> list[str]:
+    """The verse segments of a poem as heldout_lines.sha256 defines them (see
+    ../shared/corpora/README.md): the pieces of 4 or more characters between the marks
+    ，。？！；：、 and whitespace, in simplified characters."""
+    return [s for s in _SEGMENT_BREAKS.split(text) if len(s) >= 4]
+
+
+def segment_hash(segment: str) -> str:
+    return hashlib.sha256(segment.encode("utf-8")).hexdigest()
+
+
+def read_segment_hashes(path: Path) -> frozenset[str]:
+    """A list of segment hashes: one SHA-256 (64 hex digits) per line."""
+    hashes = set()
+    for number, line in enumerate(iter_lines(path), 1):
+        line = line.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", line):
+            if not line:
+                continue
+            raise CorpusError(f"{path}, line {number}: {line[:70]!r} is not a SHA-256 in hex; "
+                              "--exclude takes a list of hashes, one per line")
+        hashes.add(line)
+    return frozenset(hashes)
 
 
 @dataclass
@@ -208,24 +243,38 @@ def build_corpus(sources: list[Path], out: Path, options: BuildOptions = BuildOp
 
 def _filtered_poems(files: list[Path], options: BuildOptions, report: BuildReport,
                     progress: Callable[[int], None]) -> Iterator[str]:
-    """Pass 1: the poems that pass the form and duplicate filters, cleaned, one string each."""
+    """Pass 1: the poems that pass the form, held-out and duplicate filters, cleaned, one string
+    each.
+
+    A poem is held out (`options.exclude`) if a verse segment of its simplified text as shipped
+    (notes and all) or of the cleaned text is listed: the list was made from the former, and
+    the latter is what training would see.
+    """
     convert = _opencc() if options.simplified else None
+    excluded = read_segment_hashes(options.exclude) if options.exclude else frozenset()
+    simplify = convert or (_opencc() if excluded else None)  # the list is of simplified text
     seen: set[bytes] = set()
     for _, text in iter_poems(files):
         report.read += 1
         progress(report.read)
+        shipped = simplify(text) if simplify else text  # simplified, notes and all
         if convert:
-            text = convert(text)
+            text = shipped
         if options.strip_notes:
             text = strip_notes(text)
         text = re.sub(r"\s+", "", text)
+        if not text:
+            report.dropped["empty"] += 1
+            continue
         if options.forms is not None:
             form, reason = regular_form(text)
-            if reason or form not in options.forms:
+            if form not in options.forms if form else OTHER not in options.forms:
                 report.dropped[reason or f"form {form} not selected"] += 1
                 continue
-        elif not text:
-            report.dropped["empty"] += 1
+        cleaned = text if convert else simplify(text) if excluded else text
+        if excluded and any(segment_hash(seg) in excluded for seg in
+                            verse_segments(shipped) + verse_segments(cleaned)):
+            report.dropped[EXCLUDED] += 1
             continue
         if options.dedupe:
             key = hashlib.blake2b(text.encode(), digest_size=16).digest()
@@ -256,7 +305,7 @@ def _write_outputs(kept: IO[str], out: Path, options: BuildOptions, counts: Coun
                 side = "val" if held_out(group, options.val_fraction) else "train"
             handles[side].write(text + "\n")
             report.kept += 1
-            report.forms[regular_form(text)[0] or "other"] += 1
+            report.forms[regular_form(text)[0] or OTHER] += 1
             report.outputs[str(targets[side])] = report.outputs.get(str(targets[side]), 0) + 1
 
 

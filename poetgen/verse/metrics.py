@@ -72,7 +72,8 @@ def mean_logprobs(model: CharLSTM, vocab: Vocab, poems: list[str], batch: int = 
                 mask[: len(t), j] = True
             state = model.zero_state(len(texts)) if from_zero else model.start_state(len(texts))
             outputs, _ = model(ids, state)
-            predictors = torch.cat([state[0][-1:], outputs[:-1]])  # (T, B, P)
+            first = state[0][-1] if from_zero else model.start_output(len(texts))  # (B, P)
+            predictors = torch.cat([first[None], outputs[:-1]])  # (T, B, P)
             logp = model.log_probs(predictors).gather(-1, ids[..., None]).squeeze(-1)
             total = (logp * mask).sum(0) / mask.sum(0)
             out.extend(total.tolist())
