@@ -53,7 +53,11 @@ class Poet:
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: "
                               f"{', '.join(GenerationSettings.options())}")
-        return write(self.model, self.vocab, base.replace(**changes), side="api")
+        from poetgen.verse.lexicon import lexicon_for
+
+        # Corpus statistics for themes and ranking: the run directory's own, else the bundled ones.
+        return write(self.model, self.vocab, base.replace(**changes), side="api",
+                     lexicon=lexicon_for(self.path))
 
     @torch.no_grad()
     def score(self, text: str) -> float:

@@ -125,6 +125,22 @@ def _han_heads(text: str) -> str:
     return text
 
 
+def _keywords(text: str) -> str:
+    """Keywords: characters or two-character words, separated by commas or spaces."""
+    from poetgen.verse.prosody import split_keywords
+
+    text = _text_or_off(text)
+    split_keywords(text)  # ValueError if a keyword is not one or two Chinese characters
+    return text
+
+
+def _weight(text: str) -> float:
+    v = float(text)
+    if not (v >= 0 and math.isfinite(v)):
+        raise ValueError
+    return v
+
+
 def _on_off(text: str) -> bool:
     word = text.strip().lower()
     if word in ("on", "yes", "true", "1"):
@@ -149,7 +165,7 @@ class GenerationSettings:
     # -- sampling ---------------------------------------------------------------------------
     temperature: float = setting(0.8, Option(
         "temp", "Sampling temperature: lower is safer, higher is wilder.", _positive,
-        "a number > 0, e.g. 0.8"))
+        "a number > 0, e.g. 0.8"))  # with --line-keep, poems likelier than 0.7 without, more varied
     top_k: int = setting(0, Option(
         "top-k", "Sample only from the k likeliest characters (0 = off).", _whole(0),
         "a whole number >= 0 (0 = off)"))
@@ -215,10 +231,36 @@ class GenerationSettings:
     ban: str = setting("", Option(
         "ban", "Characters never to use.", _text_or_off, "characters, or off", metavar="CHARS",
         poem_only=True))
+    repeat_penalty: float = setting(2.25, Option(
+        "repeat-penalty", "Make a character already in the poem this much less likely (in nats; "
+        "叠字 poets use, such as 萧萧, stay free; 0 = off). --no-repeat forbids repeats outright.",
+        _weight,
+        "a number >= 0 (0 = off)", poem_only=True))  # 重字 of every form <= real + 10 points
+    # -- what the poem is about ---------------------------------------------------------------
+    theme: str = setting("", Option(
+        "theme", "A subject, e.g. 秋, 送别 or a title: the poem holds keywords drawn from what real "
+        "poems put beside it (the plan is shown; --json carries it).", _text_or_off,
+        "a word or short phrase, or off", metavar="WORDS", poem_only=True))
+    keywords: str = setting("", Option(
+        "keywords", "Words the poem must hold, e.g. 春,雨,江 (characters or two-character words), "
+        "each placed where its tones fit, one per line.", _keywords,
+        "characters or two-character words separated by commas, or off", metavar="WORDS",
+        poem_only=True))
     # -- search over candidates ---------------------------------------------------------------
-    best_of: int = setting(1, Option(
-        "best-of", "Sample this many candidates per poem; keep the likeliest per character.",
-        _whole(1, 1000), "a whole number from 1 to 1000", poem_only=True))
+    best_of: int = setting(16, Option(
+        "best-of", "Sample this many candidates per poem; keep the best (log-probability per "
+        "character, plus --coherence and --parallelism).", _whole(1, 1000),
+        "a whole number from 1 to 1000", poem_only=True))  # 16 七绝 in ~0.3 s (README)
+    line_keep: int = setting(4, Option(
+        "line-keep", "After each line, go on from copies of the K likeliest of a poem's --best-of "
+        "candidates, so a weak line is dropped where it is written (0 = off).", _whole(0, 1000),
+        "a whole number from 0 to 1000 (0 = off)", metavar="K", poem_only=True))  # README
+    coherence: float = setting(1.0, Option(
+        "coherence", "Weight, when ranking candidates, of how well the lines keep one subject "
+        "(0 = off).", _weight, "a number >= 0 (0 = off)", poem_only=True))
+    parallelism: float = setting(0.25, Option(
+        "parallelism", "Weight, when ranking 律诗 candidates, of 对仗 in the middle couplets "
+        "(0 = off).", _weight, "a number >= 0 (0 = off)", poem_only=True))
     beam: int = setting(0, Option(
         "beam", "Beam search of this width instead of sampling (0 = off).", _whole(0, 1000),
         "a whole number from 0 to 1000 (0 = off)", poem_only=True))
@@ -363,7 +405,9 @@ class GenerationSettings:
                      + f" · tones {self.tones}"
                      + (f" · acrostic {self.acrostic}" if self.acrostic else "")
                      + (" · no-repeat" if self.no_repeat else "")
-                     + (f" · ban {self.ban}" if self.ban else ""))
+                     + (f" · ban {self.ban}" if self.ban else "")
+                     + (f" · theme {self.theme}" if self.theme else "")
+                     + (f" · keywords {self.keywords}" if self.keywords else ""))
         search = (f" · beam {self.beam}" if self.beam else "") + \
             (f" · best-of {self.best_of}" if self.best_of > 1 else "")
         return (f"{shape} · temp {self.temperature:g} · top-k {self.top_k or 'off'} · "

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -524,3 +525,19 @@ def test_two_quick_ctrl_c_exit_130_without_a_traceback(tmp_path, corpus_file):
 
     if (tmp_path / "run" / "last.safetensors").exists():
         load_checkpoint(tmp_path / "run" / "last.safetensors")  # whatever was saved is whole
+
+
+def test_ctrl_c_during_the_torch_import_is_held_until_it_is_done(tmp_path):
+    """A Ctrl-C inside numpy's or torch's C initialisation left them half-imported, and the
+    next import failed with a traceback (or the process aborted): it is held until the import
+    is done, then acted on. A stand-in torch presses Ctrl-C in the middle of its own import."""
+    (tmp_path / "torch.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n"
+                                       "finished = True\n")
+    code = ("import sys\nfrom poetgen.app.cli import import_torch_holding_ctrl_c\ntry:\n"
+            "    import_torch_holding_ctrl_c()\nexcept KeyboardInterrupt:\n"
+            "    print('interrupted after', sys.modules['torch'].finished)\n")
+    repo = str(Path(__file__).resolve().parents[1])
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), repo])},
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert r.stdout.strip() == "interrupted after True", r.stdout + r.stderr

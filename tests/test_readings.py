@@ -96,8 +96,8 @@ def test_generation_never_rhymes_a_character_twice():
     with pytest.raises(ConstraintError, match="fewer characters in the model's vocabulary than the poem's"):
         compile_spec(PoemSpec.make("五绝", rhyme_group="下平十蒸", pattern="????灯"), vocab)
     compiled = compile_spec(PoemSpec.make("五绝"), vocab)
-    assert not bool(compiled.cand0[compiled.group_names.index("下平十蒸")])
-    assert bool(compiled.cand0[compiled.group_names.index("上平一东")])
+    assert not bool(compiled.cand0[0, compiled.group_names.index("下平十蒸")])
+    assert bool(compiled.cand0[0, compiled.group_names.index("上平一东")])
 
 
 # ----------------------------------------------------------------------------- modern rhyme

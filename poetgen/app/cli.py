@@ -7,10 +7,13 @@ whenever it comes; during training it first saves `last`.
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import json
 import os
 import signal
 import sys
+import threading
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -47,6 +50,27 @@ class PoetgenGroup(click.Group):
             raise click.exceptions.Exit(130) from None
 
 
+def import_torch_holding_ctrl_c() -> None:
+    """Import torch with a Ctrl-C held back until the import is done, then acted on.
+
+    A Ctrl-C that lands inside numpy's or torch's C initialisation leaves them half-imported:
+    the next import fails with an ImportError traceback instead of exiting. Holding it costs at
+    most the import's second or two.
+    """
+    hold = ("torch" not in sys.modules and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN)
+    pressed: list[int] = []
+    if hold:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        importlib.import_module("torch")
+    finally:
+        if hold:
+            signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
+
+
 @click.group(cls=PoetgenGroup, invoke_without_command=True,
              context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
@@ -69,6 +93,8 @@ def cli(ctx, debug):
     sees. Run `poetgen COMMAND --help` for the options of each command.
     """
     ctx.ensure_object(dict)["debug"] = debug
+    if ctx.invoked_subcommand not in (None, "check"):  # `check` starts without torch
+        import_torch_holding_ctrl_c()
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
         click.echo("\nTo write poems together with the model, run: poetgen repl")
@@ -281,11 +307,19 @@ def use_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+# Sampling, scoring and the REPL run the model one small step at a time (a batch of at most a
+# few dozen rows): a second thread saves little on an idle machine, and on a busy one its
+# threads wait for each other. Measured with bench/quality_bench.py time (one default 七绝, this
+# 2-core machine at load average 5-8): 0.24-0.27 s of CPU with one thread, 2.3 s with two.
+MODEL_STEP_THREADS = 1
+
+
 def device_options(f):
     """--device and --threads: where a command runs its model (an output/device matter of the
     command, not a generation setting)."""
     f = click.option("--threads", type=click.IntRange(1), default=None,
-                     help="CPU threads torch may use. [default: one per core]")(f)
+                     help=f"CPU threads torch may use. [default: {MODEL_STEP_THREADS}: the model "
+                          "runs a small step at a time, where more threads mostly wait]")(f)
     return click.option("--device", default="auto", show_default=True, metavar="DEVICE",
                         shell_complete=lambda *a: _DEVICES,
                         help="Where the model runs: auto (cuda, else mps, else cpu), cpu, cuda, "
@@ -300,7 +334,7 @@ class Loaded:
         from poetgen.lm import checkpoint as ckpt_mod
         from poetgen.lm.train import pick_device
 
-        use_threads(threads)
+        use_threads(threads or MODEL_STEP_THREADS)
         where = pick_device(device)
         self.path, self.why = ckpt_mod.choose(spec)
         if self.implicit:
@@ -388,18 +422,25 @@ def sample(checkpoint, as_json, device, threads, **values):
       poetgen sample --form 七绝 --rhyme pingshui --tones strict --by-line
       poetgen sample --form 五律 --acrostic 春江花月 --best-of 8
       poetgen sample --form 5x4 --pattern '??春??' --rhyme-group 下平七阳
+      poetgen sample --form 七绝 --theme 秋 --seed 7        # keywords from the theme, shown
+      poetgen sample --form 七律 --keywords 春,雨,江,明月   # each placed where its tones fit
       poetgen sample -c checkpoints/shakespeare --prime-file opening.txt --max-chars 500
 
     A model of poems (one per line) writes until the end of a poem; a model of running text
     (prose, plays) writes --max-chars characters, and several samples are separated by a rule.
+    Themes, coherence and 对仗 use corpus statistics: the checkpoint directory's
+    lexicon.safetensors (`poetgen corpus lexicon`), else those of the bundled Tang model.
     """
+    from poetgen.verse.lexicon import lexicon_for
+    from poetgen.verse.plan import describe_plan
     from poetgen.write import write
 
     settings = settings_from_options(values)
     loaded = Loaded(checkpoint, device, threads)
     ck = loaded.ck
+    lexicon = lexicon_for(ck.path) if settings.writes_poem else None
     try:
-        written = write(ck.model, ck.vocab, settings, side="cli")
+        written = write(ck.model, ck.vocab, settings, side="cli", lexicon=lexicon)
     except PoetgenError as e:
         raise loaded.blame(e) from None
     if as_json:
@@ -410,9 +451,11 @@ def sample(checkpoint, as_json, device, threads, **values):
 
     texts = [verse_rows(w.text) if settings.by_line else w.text for w in written]
     running = ck.model.config.text_kind == "running"
-    for i, text in enumerate(texts):
+    for i, (item, text) in enumerate(zip(written, texts)):
         if i and (running or settings.by_line):  # where one multi-line sample ends
             click.echo(SAMPLE_RULE if running else "")
+        if getattr(item, "plan", None):
+            click.echo(describe_plan(item.plan), err=True)
         click.echo(text)
 
 
@@ -434,7 +477,9 @@ UNKNOWN_WARNING = 0.05  # eval warns above this share of unknown characters (tan
 
 # The generation settings `eval --generate` offers (its --form is a list of forms to measure).
 EVAL_GENERATION = ("temperature", "top_k", "top_p", "seed", "rhyme", "tones", "readings",
-                   "no_repeat", "ban", "best_of", "beam", "novel")
+                   "no_repeat", "ban", "repeat_penalty", "theme", "keywords", "best_of", "line_keep",
+                   "coherence",
+                   "parallelism", "beam", "novel")
 
 
 @cli.command("eval")
@@ -497,10 +542,13 @@ def eval_cmd(checkpoint, file, as_json, generate, forms, copy_corpus, real_file,
         from poetgen.app.progress import progress_bar
         from poetgen.write import compare_generated
 
+        from poetgen.verse.lexicon import lexicon_for
+
         rows = compare_generated(
             ck.model, ck.vocab, [f.strip() for f in forms.split(",") if f.strip()], generate,
             settings, copy_corpus=copy_corpus, real_file=real_file,
-            progress=lambda forms: progress_bar(forms, desc="forms", leave=False))
+            progress=lambda forms: progress_bar(forms, desc="forms", leave=False),
+            lexicon=lexicon_for(ck.path))
         if as_json:
             for row in rows:
                 click.echo(json.dumps(row.as_dict(), ensure_ascii=False))
@@ -519,7 +567,9 @@ def metrics_table(rows) -> Table:
                ("tones (loose)", "tones_loose", "%"), ("tones (strict)", "tones_strict", "%"),
                ("distinct-1", "distinct_1", "{:.3f}"), ("distinct-2", "distinct_2", "{:.3f}"),
                ("copied lines", "copy_lines", "%"), ("copied run ≥4", "copy_run4", "%"),
-               ("longest copy", "longest_copy", "{}"), ("log-prob/char", "mean_logprob", "{:.3f}")]
+               ("longest copy", "longest_copy", "{}"), ("log-prob/char", "mean_logprob", "{:.3f}"),
+               ("重韵 (rhyme twice)", "repeated_rhyme", "%"), ("重字 (char twice)", "repeated_char", "%"),
+               ("coherence", "coherence", "{:.3f}"), ("对仗 (lines 3-6)", "parallelism", "{:.3f}")]
     for title, key, fmt in metrics:
         cells = []
         for row in rows:
@@ -837,6 +887,34 @@ def corpus_build(sources, out_path, forms, simplified, dedupe, strip_notes, min_
     err.print(table)
     for path, n in report.outputs.items():
         click.echo(f"wrote {path} ({n:,} poems)")
+
+
+@corpus.command("lexicon")
+@click.argument("corpus_file", type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_path", required=True, type=click.Path(path_type=Path),
+              help="File to write. Saved as lexicon.safetensors beside a run's checkpoints, it is "
+                   "what sample, eval and the REPL use for that run.")
+def corpus_lexicon(corpus_file, out_path):
+    """Corpus statistics for themes, coherence and 对仗, from CORPUS_FILE (one poem per line).
+
+    Which characters and words keep company across the lines of a poem (themes, coherence),
+    where each stands in a line (keyword placement), and which face each other in the middle
+    couplets of 律诗 (对仗). Build it from the training split only, never validation text.
+
+    \b
+    Example (the file shipped with the bundled model):
+      poetgen corpus lexicon ../shared/corpora/tang_train.txt -o poetgen/data/lexicon.safetensors
+    """
+    from poetgen.lm.corpus import read_text
+    from poetgen.verse.lexicon import build_lexicon
+
+    text = read_text(corpus_file)
+    with err.status("counting co-occurrences and reducing them (a minute for 30,000 poems)"):
+        lex = build_lexicon(text.splitlines(), source=corpus_file.name,
+                            source_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest())
+    lex.save(out_path)
+    click.echo(f"wrote {out_path} ({len(lex.tokens):,} characters and words from "
+               f"{lex.meta['poems']:,} poems, {out_path.stat().st_size / 1e6:.1f} MB)")
 
 
 @corpus.command("encode")

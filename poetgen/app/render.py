@@ -18,6 +18,9 @@ from poetgen.verse.check import VERDICTS, Report
 
 TONE_STYLE = {"平": "green", "仄": "blue", "both": "yellow", None: "dim"}
 TONE_MARK = {"平": "平", "仄": "仄", "both": "中", None: "?"}
+# Mean 对仗 scores of real 律诗 in tang_val (`python bench/quality_bench.py scores`).
+PARALLEL_REAL_MIDDLE, PARALLEL_REAL_FIRST = 0.44, 0.23
+PARALLEL_GOOD = 0.4  # shown in bold: about a real middle couplet
 
 
 VERSE_END = re.compile(r"([，。？！；])(?=[^\n])")  # a verse line's end, not already at a break
@@ -67,7 +70,22 @@ def render_report(report: Report) -> Group:
         findings.append(f"\n· {n}", style="dim")
     legend = Text("平 level  仄 oblique  中 either reading  ? unknown  韵 rhyme position  "
                   "* a rare reading", style="dim")
-    return Group(head, table, verdict, findings, legend)
+    parts = [head, table, verdict, findings]
+    if report.parallelism:
+        parts.append(render_parallelism(report.parallelism))
+    return Group(*parts, legend)
+
+
+def render_parallelism(scores: list[float]) -> Text:
+    """对仗 per couplet, beside what real 律诗 of tang_val score."""
+    text = Text("对仗 ")
+    for k, score in enumerate(scores):
+        text.append(f" {2 * k + 1}–{2 * k + 2}: ")
+        text.append(f"{score:.2f}", style="bold" if score >= PARALLEL_GOOD else "")
+    text.append(f"   (real 律诗: middle couplets {PARALLEL_REAL_MIDDLE:.2f}, first couplet "
+                f"{PARALLEL_REAL_FIRST:.2f} on average; a character facing itself scores -2)",
+                style="dim")
+    return text
 
 
 def poem_rows(poem: str, width: int | None, label: str = "") -> list[str]:

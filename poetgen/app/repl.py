@@ -174,6 +174,11 @@ class Session:
             written = write(self.model, self.vocab, settings, prime=prime, side="repl")
         self.last_prime = prime
         self._present([SessionPoem(w.text, settings) for w in written])
+        for w in written:  # where a :theme or :keywords put its words
+            if getattr(w, "plan", None):
+                from poetgen.verse.plan import describe_plan
+
+                self.ui.say(describe_plan(w.plan), "dim")
 
     def _present(self, poems: list[SessionPoem]) -> None:
         """New poems become the ones shown (and the first the current one), kept in the session."""

@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
+from poetgen.verse.lexicon import bundled
+from poetgen.verse.scores import couplet_scores
 from poetgen.errors import ConstraintError
 from poetgen.verse.prosody import (NEIGHBOURS, PING, READINGS, ZE, Form, LineShape, Reading, Template,
                                    detect_form, is_han, line_rhymes, line_shapes, scheme, split_verse,
@@ -66,6 +68,7 @@ class Report:
     reasons: list[str] = field(default_factory=list)  # short labels of what made the verdict
     tone_violations: int = 0
     rhyme_ok: bool = False
+    parallelism: list[float] = field(default_factory=list)  # 对仗 score per couplet (verse.scores)
 
     @property
     def ok(self) -> bool:
@@ -153,6 +156,7 @@ def check_poem(text: str, rhyme: str = "pingshui", tones: str = "loose", reading
     else:
         report.verdict = "近体" if tones != "off" else "押韵"
     report.reasons += best.reasons(report.verdict)
+    report.parallelism = couplet_scores(lines, bundled())
     return report
 
 

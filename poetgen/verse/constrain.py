@@ -5,21 +5,32 @@ temperature writes a correct poem. What is allowed at step t:
 
     layout      a Han character inside a verse line, '，' or '。' at a line end, '\\n' at the end
     tones       the 平/仄 the template asks for at this position (loose mode frees 一三五)
-    rhyme       at rhyme positions, a character sharing a group with the poem's earlier rhymes
-    fixed       acrostic heads, --pattern characters, the prime
+    rhyme       at rhyme positions, a character sharing a group with the poem's earlier rhymes,
+                never one already placed at a rhyme position (重韵), and only from a group
+                with enough unused characters left for the rhymes still to come
+    fixed       acrostic heads, --pattern characters, the prime, planned keywords (with_plans)
     banned      --ban characters, and with --no-repeat every character already used
+
+Besides the masks, a repetition penalty lowers the log-probability of a character already in the
+poem (or fixed later in it), so characters are reused about as rarely as poets reuse them;
+叠字 (the character just written, in the same line, as in 萧萧) stays free.
 
 Which of the four templates a poem follows is not chosen up front: each poem keeps the set of
 templates its characters so far agree with (`alive`), and the mask is the union over that set,
 so the model's own preferences pick the template. A character of two readings (多音字) keeps all
 its rhyme groups as candidates (`cand`) until a later rhyme narrows them. The sets only shrink to
 what the chosen character allows, so a step always has at least one allowed character: dead ends
-can come only from --no-repeat exhausting a tiny vocabulary, and such poems are redone.
+can come only from --no-repeat exhausting a tiny vocabulary (or, in a vocabulary of a few dozen
+characters, from a first line ending on a character its rhyme group needed), and such poems are
+redone.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -65,16 +76,35 @@ class Compiled:
     spec: PoemSpec
     vocab: Vocab
     steps: int
-    static: torch.Tensor  # (T, V) bool: layout, fixed and banned characters
+    static: torch.Tensor  # (P, T, V) bool: layout, fixed and banned characters, per plan
     tone_req: torch.Tensor  # (K, T) long: 0 平, 1 仄, 2 any, 3 not a verse position
     tone_ok: torch.Tensor  # (4, V) bool: chars that can be 平, 仄, any Han; all (punctuation steps)
     rhymes_at: torch.Tensor  # (K, T) bool: template k rhymes at step t
     member: torch.Tensor  # (V, G) bool: char -> rhyme groups
-    alive0: torch.Tensor  # (K,) bool: templates the fixed characters allow
-    cand0: torch.Tensor  # (G,) bool: rhyme groups still possible before any rhyme
+    rhymes_left: torch.Tensor  # (K, T) float: rhyme positions of template k at steps >= t
+    rhyme_count: torch.Tensor  # (G,) float: writable characters of each group
+    reserved: torch.Tensor  # (P, V) bool: characters fixed somewhere (the repetition penalty's)
+    alive0: torch.Tensor  # (P, K) bool: templates the fixed characters allow
+    cand0: torch.Tensor  # (P, G) bool: rhyme groups still possible before any rhyme
     group_names: list[str]
     templates: list[Template | None]
     positions: list[tuple[int, int]] = field(default_factory=list)  # step -> (line, col), col -1 = punct
+    plan_notes: list[dict | None] = field(default_factory=lambda: [None])  # per plan, for Poem.plan
+    fixed: dict[tuple[int, int], str] = field(default_factory=dict)  # the spec's fixed characters
+
+    # P is 1 for a spec; `with_plans` makes P variants of one spec that differ only in more fixed
+    # characters (where keywords go), so that one batch tries several plans at once.
+    @property
+    def plans(self) -> int:
+        return self.static.size(0)
+
+    @functools.cached_property
+    def member_float(self) -> torch.Tensor:
+        return self.member.float()
+
+    @functools.cached_property
+    def tone_ok_float(self) -> torch.Tensor:
+        return self.tone_ok.float()
 
 
 Placed = list[tuple[tuple[int, int], str]]  # ((line, col), character), in order
@@ -163,10 +193,37 @@ def compile_spec(spec: PoemSpec, vocab: Vocab, device: torch.device | str = "cpu
     tones = _tones(spec, vocab, layout.positions, writable)
     rhyme = _rhyme(spec, vocab, layout.positions, tones.templates)
     alive0, cand0 = _fit(spec, vocab, fixed, layout, tones, rhyme)
-    return Compiled(spec, vocab, len(layout.positions), layout.static.to(device),
+    reserved = torch.zeros(len(vocab), dtype=torch.bool)
+    for ch in fixed.values():
+        reserved[vocab.id(ch)] = True
+    return Compiled(spec, vocab, len(layout.positions), layout.static[None].to(device),
                     tones.required.to(device), tones.ok.to(device), rhyme.at.to(device),
-                    rhyme.member.to(device), alive0.to(device), cand0.to(device),
-                    rhyme.group_names, tones.templates, layout.positions)
+                    rhyme.member.to(device), rhyme.left.to(device), rhyme.count.to(device),
+                    reserved[None].to(device), alive0[None].to(device), cand0[None].to(device),
+                    rhyme.group_names, tones.templates, layout.positions, fixed=fixed)
+
+
+def with_plans(c: Compiled, extras: list[dict[tuple[int, int], str]],
+               notes: list[dict | None]) -> Compiled:
+    """P = len(extras) variants of a compiled spec (P = 1), each with more fixed characters:
+    (line, col) -> character, e.g. where a plan puts its keywords. Each must fit (placement_fits)."""
+    statics, alives, cands, reserveds = [], [], [], []
+    for extra in extras:
+        static = c.static[0].clone()
+        _fix(static, extra, c.positions, c.vocab, c.spec)
+        alive, cand = _fit_extra(c, extra)
+        if not alive.any():
+            raise ConstraintError(f"no tonal template fits the planned characters {extra}")
+        reserved = c.reserved[0].clone()
+        for ch in extra.values():
+            reserved[c.vocab.id(ch)] = True
+        statics.append(static)
+        alives.append(alive)
+        cands.append(cand)
+        reserveds.append(reserved)
+    return dataclasses.replace(c, static=torch.stack(statics), alive0=torch.stack(alives),
+                               cand0=torch.stack(cands), reserved=torch.stack(reserveds),
+                               plan_notes=list(notes))
 
 
 @dataclass
@@ -188,6 +245,8 @@ class _Rhyme:
     member: torch.Tensor  # (V, G) bool: character -> its rhyme groups
     at: torch.Tensor  # (K, T) bool: template k rhymes at step t
     cand0: torch.Tensor  # (G,) bool: groups allowed before any rhyme (level groups, --rhyme-group)
+    left: torch.Tensor  # (K, T) float: rhyme positions of template k at steps >= t
+    count: torch.Tensor  # (G,) float: writable characters in each group
 
 
 def _check_vocabulary_can_write(spec: PoemSpec, vocab: Vocab) -> None:
@@ -219,12 +278,44 @@ def _check_fixed_chars(spec: PoemSpec, vocab: Vocab, fixed: dict[tuple[int, int]
         twice = sorted({c for c in values if values.count(c) > 1})
         if twice:
             raise ConstraintError(f"--no-repeat, but the fixed characters repeat {' '.join(twice)}")
+    last = spec.form.chars_per_line - 1
+    ends = [ch for (i, j), ch in sorted(fixed.items()) if j == last and line_rhymes(i, True)]
+    twice = sorted({c for c in ends if ends.count(c) > 1})
+    if twice:
+        raise ConstraintError(f"the fixed characters end two rhyming lines with {' '.join(twice)} "
+                              "(重韵, a rhyme used twice); move or change one")
 
 
 def _writable(spec: PoemSpec, vocab: Vocab) -> torch.Tensor:
     """(V,) bool: the characters a verse position may hold (Han, not banned)."""
-    banned = _banned(spec)
-    return torch.tensor([is_han(c) and c not in banned for c in vocab.chars])
+    writable = _vocab_table(tuple(vocab.chars), spec.tone_scheme, spec.readings).han.clone()
+    banned = [vocab.id(c) for c in _banned(spec) if c in vocab]
+    writable[banned] = False
+    return writable
+
+
+@dataclass(frozen=True)
+class _VocabTable:
+    """What a scheme says about every character of a vocabulary, once per (vocabulary, scheme)."""
+
+    han: torch.Tensor  # (V,) bool: a Han character
+    ping: torch.Tensor  # (V,) bool: has a level (平) reading
+    ze: torch.Tensor  # (V,) bool: has an oblique (仄) reading
+    member: torch.Tensor  # (V, G) bool: in rhyme group g
+
+
+@functools.lru_cache(maxsize=8)
+def _vocab_table(chars: tuple[str, ...], scheme_name: str, readings: str) -> _VocabTable:
+    rs = scheme(scheme_name, readings)
+    han = [is_han(c) for c in chars]
+    tone = [rs.tone(c) if h else None for c, h in zip(chars, han)]
+    gindex = {g: k for k, g in enumerate(rs.group_names)}
+    pairs = [(v, gindex[g]) for v, (c, h) in enumerate(zip(chars, han)) if h for g in rs.groups(c)]
+    member = torch.zeros(len(chars), max(1, len(rs.group_names)), dtype=torch.bool)
+    if pairs:
+        member[torch.tensor(pairs).T.unbind()] = True
+    return _VocabTable(torch.tensor(han), torch.tensor([t in (PING, "both") for t in tone]),
+                       torch.tensor([t in (ZE, "both") for t in tone]), member)
 
 
 def _layout(spec: PoemSpec, vocab: Vocab, fixed: dict[tuple[int, int], str],
@@ -242,22 +333,36 @@ def _layout(spec: PoemSpec, vocab: Vocab, fixed: dict[tuple[int, int], str],
     positions.append((f.lines, -1))
     rows.append(_one_hot(V, vocab.newline_id))
     static = torch.stack(rows)
+    _fix(static, fixed, positions, vocab, spec)
+    return _Layout(positions, static)
+
+
+def _fix(static: torch.Tensor, fixed: dict[tuple[int, int], str], positions: list[tuple[int, int]],
+         vocab: Vocab, spec: PoemSpec) -> None:
+    """Write fixed characters into a (T, V) mask, in place, with what they forbid elsewhere."""
+    last = spec.form.chars_per_line - 1
+    for t, pos in enumerate(positions):
+        if pos in fixed:
+            static[t] = _one_hot(static.size(1), vocab.id(fixed[pos]))
+    # A character fixed at a line end may not end another line first (it would rhyme twice).
+    end_ids = sorted({vocab.id(ch) for (i, j), ch in fixed.items() if j == last})
+    for t, (i, j) in enumerate(positions):
+        if j == last and (i, j) not in fixed and end_ids:
+            static[t, end_ids] = False
     if spec.no_repeat and fixed:  # a fixed character used early would block its own position later
         reserved = torch.tensor(sorted({vocab.id(ch) for ch in fixed.values()}))
         for t, pos in enumerate(positions):
             if pos[1] >= 0 and pos not in fixed:
                 static[t, reserved] = False
-    return _Layout(positions, static)
 
 
 def _tones(spec: PoemSpec, vocab: Vocab, positions: list[tuple[int, int]],
            writable: torch.Tensor) -> _Tones:
     """What each template asks at each step, and which characters can give it."""
-    f, ts = spec.form, scheme(spec.tone_scheme, spec.readings)
-    tone_of = [ts.tone(c) if is_han(c) else None for c in vocab.chars]
+    f, table = spec.form, _vocab_table(tuple(vocab.chars), spec.tone_scheme, spec.readings)
     ok = torch.stack([
-        writable & torch.tensor([t in (PING, "both") for t in tone_of]),
-        writable & torch.tensor([t in (ZE, "both") for t in tone_of]),
+        writable & table.ping,
+        writable & table.ze,
         writable,
         torch.ones(len(vocab), dtype=torch.bool),  # not a verse position: the static mask decides
     ])
@@ -283,18 +388,17 @@ def _rhyme(spec: PoemSpec, vocab: Vocab, positions: list[tuple[int, int]],
     rs = scheme(spec.rhyme, spec.readings) if spec.rhyme else None
     group_names = rs.group_names if rs else []
     gindex = {g: k for k, g in enumerate(group_names)}
-    member = torch.zeros(len(vocab), max(1, len(group_names)), dtype=torch.bool)
     at = torch.zeros(len(tpls), len(positions), dtype=torch.bool)
     cand0 = torch.zeros(max(1, len(group_names)), dtype=torch.bool)
     if rs is None:
-        return _Rhyme(group_names, member, at, cand0)
-    for v, c in enumerate(vocab.chars):
-        for g in rs.groups(c) if is_han(c) else ():
-            member[v, gindex[g]] = True
-    for k, tpl in enumerate(tpls):
-        first_rhymes = tpl is not None and tpl.first_line_rhymes
-        for t, (i, j) in enumerate(positions):
-            at[k, t] = j == f.chars_per_line - 1 and line_rhymes(i, first_rhymes)
+        member = torch.zeros(len(vocab), 1, dtype=torch.bool)
+        return _Rhyme(group_names, member, at, cand0, at.float(), cand0.float())
+    member = _vocab_table(tuple(vocab.chars), spec.rhyme, spec.readings).member
+    at = torch.tensor([[j == f.chars_per_line - 1 and line_rhymes(i, tpl is not None and
+                                                                tpl.first_line_rhymes)
+                        for i, j in positions] for tpl in tpls])
+    left = at.float().flip(1).cumsum(1).flip(1)  # rhymes at t and after
+    count = (member & _writable(spec, vocab)[:, None]).sum(0).float()
     allowed = rs.level_groups if spec.tones != "off" else set(group_names)
     if spec.rhyme_group:
         wanted = rs.resolve_group(spec.rhyme_group)
@@ -313,7 +417,7 @@ def _rhyme(spec: PoemSpec, vocab: Vocab, positions: list[tuple[int, int]],
                               "rhyme twice; choose a larger group")
     for g in big_enough or allowed:  # none at all: _fit names the position that cannot rhyme
         cand0[gindex[g]] = True
-    return _Rhyme(group_names, member, at, cand0)
+    return _Rhyme(group_names, member, at, cand0, left, count)
 
 
 def _fit(spec: PoemSpec, vocab: Vocab, fixed: dict[tuple[int, int], str], layout: _Layout,
@@ -361,17 +465,60 @@ def _template_conflict(k: int, layout: _Layout, fixed: dict[tuple[int, int], str
                         "does not rhyme with the other fixed rhymes or the rhyme group")
     if rhyme.group_names and not cand.any():
         return "no rhyme group is left to rhyme in"
-    rhymable = rhyme.member.float() @ cand.float() > 0
-    for t in range(layout.static.size(0)):
-        ok = layout.static[t] & tones.ok[tones.required[k, t]]
-        if rhyme.at[k, t]:
-            ok = ok & rhymable
-        if not ok.any():
-            i, j = layout.positions[t]
-            what = "rhyming " if rhyme.at[k, t] else ""
-            return (f"the model's vocabulary has no {what}character that fits line {i + 1}, "
-                    f"character {j + 1}; choose another rhyme group or loosen --tones")
+    rhymable = (rhyme.member & cand[None]).any(1)
+    ok = layout.static & tones.ok[tones.required[k]]  # (T, V)
+    ok[rhyme.at[k]] &= rhymable
+    empty = (~ok.any(1)).nonzero()
+    if len(empty):
+        t = int(empty[0])
+        i, j = layout.positions[t]
+        what = "rhyming " if rhyme.at[k, t] else ""
+        return (f"the model's vocabulary has no {what}character that fits line {i + 1}, "
+                f"character {j + 1}; choose another rhyme group or loosen --tones")
+    rhymes = int(rhyme.at[k].sum())
+    if rhyme.group_names and not (cand & (rhyme.count >= rhymes)).any():
+        return (f"no rhyme group left has {rhymes} different characters in the model's vocabulary "
+                "(a poem never rhymes on one character twice); choose another rhyme group")
     return None
+
+
+def placement_fits(c: Compiled, extra: dict[tuple[int, int], str]) -> bool:
+    """Whether more fixed characters ((line, col) -> character) on a compiled spec (P = 1) leave
+    some template able to hold them: each allowed where it stands (layout, fixed, banned, tones),
+    the rhymes in one group with enough characters, no rhyme twice. Cheap: for planning."""
+    where = {pos: t for t, pos in enumerate(c.positions)}
+    last = c.spec.form.chars_per_line - 1
+    ends = [ch for (i, j), ch in extra.items() if j == last]
+    if len(ends) != len(set(ends)):
+        return False
+    for pos, ch in extra.items():
+        if pos not in where or ch not in c.vocab or not c.static[0, where[pos], c.vocab.id(ch)]:
+            return False
+    return bool(_fit_extra(c, extra)[0].any())
+
+
+def _fit_extra(c: Compiled, extra: dict[tuple[int, int], str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alive (K,), cand (G,)) of a compiled spec (P = 1) once `extra` characters are fixed too."""
+    where = {pos: t for t, pos in enumerate(c.positions)}
+    ids = {where[pos]: c.vocab.id(ch) for pos, ch in extra.items()}
+    alive = c.alive0[0].clone()
+    for k in range(len(c.templates)):
+        if not alive[k]:
+            continue
+        cand = c.cand0[0].clone()
+        for t, v in ids.items():
+            if not c.tone_ok[c.tone_req[k, t], v]:
+                alive[k] = False
+                break
+            if c.rhymes_at[k, t]:
+                cand = cand & c.member[v]
+        if alive[k] and c.group_names:
+            alive[k] = bool((cand & (c.rhyme_count >= c.rhymes_left[k, 0])).any())
+    cand = c.cand0[0].clone()
+    for t, v in ids.items():  # rhymes every surviving template shares narrow the groups up front
+        if c.group_names and alive.any() and bool(c.rhymes_at[alive, t].all()):
+            cand &= c.member[v]
+    return alive, cand
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,48 +532,80 @@ class Poem(Sample):
     form: str = ""  # 五绝 五律 七绝 七律
     template: str | None = None  # the tonal template it follows (None with --tones off)
     rhyme_group: str | None = None  # the group(s) its rhymes share (None without rhyme)
+    repeat_penalty: float = 0.0  # the repetition penalties its characters took while sampling
+    scores: dict[str, float] = field(default_factory=dict)  # what ranked it (see verse.scores)
+    plan: dict | None = None  # the theme and keyword plan it was written to (see verse.plan)
+
+    @property
+    def penalized_logprob(self) -> float:
+        """Log-probability per character less the repetition penalties: what sampling aimed at."""
+        return self.mean_logprob - self.repeat_penalty / max(1, self.num_chars)
 
     def to_dict(self) -> dict:
-        return super().to_dict() | {"form": self.form, "template": self.template,
-                                    "rhyme_group": self.rhyme_group}
+        d = super().to_dict() | {"form": self.form, "template": self.template,
+                                 "rhyme_group": self.rhyme_group}
+        if self.scores:
+            d["scores"] = {k: round(v, 4) for k, v in self.scores.items()}
+        if self.plan is not None:
+            d["plan"] = self.plan
+        return d
 
 
 class _Hyps:
     """Constraint state of a batch of partial poems; rows can be reordered (beam search)."""
 
-    def __init__(self, c: Compiled, n: int, device):
+    def __init__(self, c: Compiled, n: int, device, plan: torch.Tensor | None = None):
         V = len(c.vocab)
-        self.alive = c.alive0.expand(n, -1).clone()  # (n, K)
-        self.cand = c.cand0.expand(n, -1).clone()  # (n, G)
+        self.plan = torch.arange(n, device=device) % c.plans if plan is None else plan  # (n,)
+        self.alive = c.alive0[self.plan].clone()  # (n, K)
+        self.cand = c.cand0[self.plan].clone()  # (n, G)
         self.used = torch.zeros(n, V, dtype=torch.bool, device=device)
-        self.rhymed = torch.zeros(n, V, dtype=torch.bool, device=device)  # used as a rhyme: no 重韵
+        self.rhymed = torch.zeros(n, V, dtype=torch.bool, device=device)  # at a rhyme position
         self.tokens = torch.zeros(n, c.steps, dtype=torch.long, device=device)
-        self.logprob = torch.zeros(n, device=device)
+        self.logprob = torch.zeros(n, device=device)  # the model's, temperature 1, no penalty
+        self.penalty = torch.zeros(n, device=device)  # repetition penalties of the chosen characters
         self.failed = torch.zeros(n, dtype=torch.bool, device=device)
 
+    FIELDS = ("plan", "alive", "cand", "used", "rhymed", "tokens", "logprob", "penalty", "failed")
+
     def select(self, rows: torch.Tensor) -> None:
-        for name in ("alive", "cand", "used", "rhymed", "tokens", "logprob", "failed"):
+        for name in self.FIELDS:
             setattr(self, name, getattr(self, name)[rows])
 
 
-def _allowed(c: Compiled, h: _Hyps, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, V) allowed characters at step t, and (n, K, V) allowed per template."""
-    per = c.tone_ok[c.tone_req[:, t]][None] & c.static[t][None, None]  # (1, K, V)
-    if c.rhymes_at[:, t].any():
-        rhyme_ok = ((h.cand.float() @ c.member.T.float()) > 0) & ~h.rhymed  # (n, V); no 重韵
-        per = per & torch.where(c.rhymes_at[:, t][None, :, None], rhyme_ok[:, None, :], True)
+def _allowed(c: Compiled, h: _Hyps, t: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(n, V) allowed characters at step t, and at rhyme steps (n, K, V) allowed per template
+    (elsewhere None: a character's templates are then those whose tone it has, see _advance)."""
+    static = c.static[0, t][None] if c.plans == 1 else c.static[h.plan, t]  # (1 or n, V)
+    if not c.rhymes_at[:, t].any():  # the common step: one small product instead of (n, K, V)
+        allowed = (h.alive.float() @ c.tone_ok_float[c.tone_req[:, t]] > 0) & static
+        if c.spec.no_repeat and c.tone_req[0, t] != NONE:
+            allowed = allowed & ~h.used
+        return allowed, None
+    per = c.tone_ok[c.tone_req[:, t]][None] & static[:, None]  # (n, K, V)
+    # Groups with enough unused characters for the rhymes left under each template (n, K, G),
+    # then the characters of those groups that no rhyme position holds yet (no 重韵).
+    member = c.member_float
+    free = c.rhyme_count[None] - h.rhymed.float() @ member  # (n, G)
+    enough = free[:, None, :] >= c.rhymes_left[:, t][None, :, None]
+    groups = (h.cand[:, None, :] & enough).float()
+    rhyme_ok = ((groups @ member.T) > 0) & ~h.rhymed[:, None, :]  # (n, K, V)
+    per = per & torch.where(c.rhymes_at[:, t][None, :, None], rhyme_ok, True)
     per = per & h.alive[:, :, None]
     if c.spec.no_repeat and c.tone_req[0, t] != NONE:
         per = per & ~h.used[:, None, :]
     return per.any(1), per
 
 
-def _advance(c: Compiled, h: _Hyps, t: int, token: torch.Tensor, per: torch.Tensor) -> None:
+def _advance(c: Compiled, h: _Hyps, t: int, token: torch.Tensor, per: torch.Tensor | None) -> None:
     """Record `token` (n,) at step t: prune templates, narrow rhyme candidates."""
     n = token.numel()
     rows = torch.arange(n, device=token.device)
     h.tokens[:, t] = token
-    h.alive = per[rows, :, token]  # templates under which this character was allowed
+    if per is None:  # templates whose tone here the character has
+        h.alive = h.alive & c.tone_ok[c.tone_req[:, t]][:, token].T
+    else:  # templates under which this character was allowed
+        h.alive = per[rows, :, token]
     rhymes = c.rhymes_at[:, t]
     if rhymes.any():
         # A character allowed both as a rhyme and not (e.g. line 1's end, 'both' tone) is read as
@@ -436,34 +615,69 @@ def _advance(c: Compiled, h: _Hyps, t: int, token: torch.Tensor, per: torch.Tens
         is_rhyme = (h.alive & rhymes).any(1)
         narrowed = h.cand & c.member[token]
         h.cand = torch.where(is_rhyme[:, None], narrowed, h.cand)
-        h.rhymed[rows, token] |= is_rhyme
+    if rhymes.any() or c.positions[t] == (0, c.spec.form.chars_per_line - 1):
+        # Kept from every later rhyme, line 1's end too, rhyming or not: a reader hears the same
+        # character end two of these lines as a repeated rhyme either way.
+        h.rhymed[rows, token] = True
     h.used[rows, token] = True
+
+
+def _repeat_penalty(c: Compiled, h: _Hyps, t: int, penalty: float,
+                    doubles: torch.Tensor | None = None) -> torch.Tensor | None:
+    """(n, V) what to subtract from the log-probabilities at step t: `penalty` for a character
+    already in the poem or fixed later in it, except the one just written in this line when it
+    may double (叠字; `doubles` (V,) bool, None = any character may)."""
+    i, j = c.positions[t]
+    if not penalty or j < 0:
+        return None
+    pen = (h.used | c.reserved[h.plan]).float() * penalty
+    if j > 0:
+        rows = torch.arange(pen.size(0), device=pen.device)
+        prev = h.tokens[:, t - 1]
+        free = torch.ones_like(prev, dtype=torch.bool) if doubles is None else doubles[prev]
+        pen[rows, prev] = torch.where(free, 0.0, pen[rows, prev])
+    return pen
 
 
 @torch.no_grad()
 def generate_poems(model: CharLSTM, compiled: Compiled, n: int = 1, temperature: float = 1.0,
                    top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                    best_of: int = 1, beam: int = 0, novel_lines: set[str] | None = None,
-                   max_rounds: int = 8) -> list[Poem]:
+                   repeat_penalty: float = 0.0, doubles: str | None = None,
+                   rank: Rank | None = None, line_keep: int = 0, max_rounds: int = 8) -> list[Poem]:
     """`n` poems that satisfy `compiled`'s constraints.
 
-    best_of: sample that many candidates per poem and keep the likeliest (model log-probability
-    per character). beam: beam search of that width instead of sampling; returns its n best.
-    novel_lines: verse lines that must not be copied (poems that copy one are redone).
+    best_of: sample that many candidates per poem and keep the best by `rank` (default: the
+    model's log-probability per character less the repetition penalties taken). beam: beam search of that width instead of sampling;
+    returns its n best. novel_lines: verse lines that must not be copied (poems that copy one are
+    redone). repeat_penalty: subtracted from the log-probability of a character already in the
+    poem while sampling, except a 叠字 of a character in `doubles` (None: of any character); the
+    poems' scores stay the model's own. line_keep: after each line but the last, the `line_keep`
+    likeliest of a poem's best_of candidates go on, each copied; 0 = off.
     """
     check_sampling_args(temperature, top_k, top_p)
     seed = new_seed() if seed is None else seed
     with evaluating(model):
+        may_double = None if doubles is None else torch.tensor(
+            [ch in doubles for ch in compiled.vocab.chars], device=model.start_h.device)
+        penalty = (repeat_penalty, may_double)
         return _generate_poems(model, compiled, n, temperature, top_k, top_p, seed, best_of, beam,
-                               novel_lines, max_rounds)
+                               novel_lines, penalty, rank or _by_logprob, line_keep, max_rounds)
+
+
+Rank = Callable[[list[Poem]], list[float]]  # candidates -> a score each, higher is better
+
+
+def _by_logprob(poems: list[Poem]) -> list[float]:
+    return [p.penalized_logprob for p in poems]
 
 
 def _generate_poems(model, compiled, n, temperature, top_k, top_p, seed, best_of, beam, novel_lines,
-                    max_rounds) -> list[Poem]:
+                    penalty, rank, line_keep, max_rounds) -> list[Poem]:
     if beam:
         if n > beam:
             raise ConstraintError(f"--beam {beam} keeps {beam} candidates; ask for at most that many poems")
-        poems = _beam(model, compiled, beam, seed)
+        poems = _beam(model, compiled, beam, seed, penalty)
         poems = [p for p in poems if not _copies(p.text, novel_lines)]
         if len(poems) < n:
             raise ConstraintError("beam search found no poem that avoids the --novel corpus; "
@@ -475,12 +689,17 @@ def _generate_poems(model, compiled, n, temperature, top_k, top_p, seed, best_of
         todo = [i for i, p in enumerate(result) if p is None]
         if not todo:
             break
-        cands = _sample(model, compiled, len(todo) * best_of, temperature, top_k, top_p, gen, seed)
+        # Candidate b of poem i follows plan (i * best_of + b) mod P, in every round.
+        plan = torch.tensor([(i * best_of + b) % compiled.plans for i in todo for b in range(best_of)],
+                            device=model.start_h.device)
+        cands = _sample(model, compiled, len(todo) * best_of, temperature, top_k, top_p, gen, seed,
+                        penalty, plan, best_of, line_keep)
         for slot, i in enumerate(todo):
             group = [p for p in cands[slot * best_of:(slot + 1) * best_of]
                      if p is not None and not _copies(p.text, novel_lines)]
             if group:
-                result[i] = max(group, key=lambda p: p.mean_logprob)
+                scores = rank(group)
+                result[i] = group[max(range(len(group)), key=scores.__getitem__)]
     missing = sum(p is None for p in result)
     if missing:
         why = "every try copied a line of the --novel corpus" if novel_lines else \
@@ -495,27 +714,50 @@ def _copies(text: str, novel_lines: set[str] | None) -> bool:
 
 
 @stepwise()
-def _sample(model, c: Compiled, n, temperature, top_k, top_p, gen, seed) -> list[Poem | None]:
+def _sample(model, c: Compiled, n, temperature, top_k, top_p, gen, seed,
+            penalty=(0.0, None), plan=None, group=1, keep=0) -> list[Poem | None]:
+    """n rows sampled in groups of `group` (one poem's candidates). With `keep`, after every line
+    but the last each group keeps its `keep` best rows (log-probability less the repetition
+    penalties taken) and goes on from copies of them."""
     device = model.start_h.device
     out, state = prime_model(model, [], n)
-    h = _Hyps(c, n, device)
+    h = _Hyps(c, n, device, plan)
+    prune_after = {t for t, (i, j) in enumerate(c.positions)
+                   if j < 0 and i < c.spec.form.lines - 1} if 0 < keep < group else set()
     for t in range(c.steps):
         logp = model.log_probs(out)  # (n, V)
         allowed, per = _allowed(c, h, t)
         h.failed |= ~allowed.any(1)
-        allowed = torch.where(h.failed[:, None], c.static[t][None], allowed)  # keep going; redone later
-        token = sample_next(logp, temperature, gen, top_k, top_p, allowed)
+        allowed = torch.where(h.failed[:, None], c.static[h.plan, t], allowed)  # keep going; redone later
+        pen = _repeat_penalty(c, h, t, *penalty)
+        token = sample_next(logp if pen is None else logp - pen, temperature, gen, top_k, top_p,
+                            allowed)
         h.logprob += logp.gather(1, token[:, None]).squeeze(1)
+        if pen is not None:
+            h.penalty += pen.gather(1, token[:, None]).squeeze(1)
         _advance(c, h, t, token, per)
-        h.alive = torch.where(h.failed[:, None], c.alive0[None], h.alive)
+        h.alive = torch.where(h.failed[:, None], c.alive0[h.plan], h.alive)
+        if t in prune_after:
+            score = (h.logprob - h.penalty).masked_fill(h.failed, float("-inf"))
+            rows = _keep_best(score, group, keep)
+            h.select(rows)
+            token, state = token[rows], tuple(s[:, rows] for s in state)
         if t + 1 < c.steps:
             outputs, state = model(token.view(1, n), state)
             out = outputs[0]
     return [None if h.failed[j] else _poem(c, h, j, seed) for j in range(n)]
 
 
+def _keep_best(score: torch.Tensor, group: int, keep: int) -> torch.Tensor:
+    """Rows that replace each group of `group` rows: its `keep` best by `score`, repeated."""
+    best = torch.topk(score.view(-1, group), keep, dim=1).indices  # (groups, keep)
+    starts = torch.arange(0, score.numel(), group, device=score.device)[:, None]
+    return (starts + best)[:, torch.arange(group, device=score.device) % keep].reshape(-1)
+
+
 @stepwise()
-def _beam(model, c: Compiled, width: int, seed: int) -> list[Poem]:
+def _beam(model, c: Compiled, width: int, seed: int, penalty=(0.0, None)) -> list[Poem]:
+    """Beams ranked by the model's log-probability minus the repetition penalties they took."""
     device = model.start_h.device
     out, state = prime_model(model, [], width)
     h = _Hyps(c, width, device)
@@ -524,20 +766,24 @@ def _beam(model, c: Compiled, width: int, seed: int) -> list[Poem]:
     for t in range(c.steps):
         logp = model.log_probs(out)
         allowed, per = _allowed(c, h, t)
-        scores = (h.logprob[:, None] + logp).masked_fill(~allowed, float("-inf"))
-        top = torch.topk(scores.view(-1), width)
+        pen = _repeat_penalty(c, h, t, *penalty)
+        pen = torch.zeros_like(logp) if pen is None else pen
+        scores = (h.logprob - h.penalty)[:, None] + logp - pen
+        top = torch.topk(scores.masked_fill(~allowed, float("-inf")).view(-1), width)
         rows, token = top.indices // V, top.indices % V
         keep = torch.isfinite(top.values)
         rows, token = rows[keep], token[keep]
+        taken_logp, taken_pen = logp[rows, token], pen[rows, token]
         h.select(rows)
-        per = per[rows]
-        h.logprob = top.values[keep]
+        per = per[rows] if per is not None else None
+        h.logprob = h.logprob + taken_logp
+        h.penalty = h.penalty + taken_pen
         _advance(c, h, t, token, per)
         state = tuple(s[:, rows] for s in state)  # every state entry has the batch in dim 1
         if t + 1 < c.steps:
             outputs, state = model(token.view(1, -1), state)
             out = outputs[0]
-    order = torch.argsort(h.logprob, descending=True)
+    order = torch.argsort(h.logprob - h.penalty, descending=True)
     return [_poem(c, h, int(j), seed) for j in order]
 
 
@@ -548,7 +794,8 @@ def _poem(c: Compiled, h: _Hyps, j: int, seed: int) -> Poem:
     tpl = c.templates[alive[0]] if alive and c.templates[alive[0]] is not None else None
     groups = [c.group_names[g] for g in range(len(c.group_names)) if h.cand[j, g]] if c.group_names else []
     return Poem(text, float(h.logprob[j]), len(ids), seed, form=c.spec.form.name,
-                template=tpl.name if tpl else None,
+                repeat_penalty=float(h.penalty[j]),
+                plan=c.plan_notes[int(h.plan[j])], template=tpl.name if tpl else None,
                 rhyme_group="/".join(groups) if c.spec.rhyme and len(groups) <= 3 else None)
 
 
@@ -612,9 +859,8 @@ class Stepper:
             raise ConstraintError(f"{ch!r} is not allowed here" + (
                 " (not in the model's vocabulary)" if v is None else " by the form, rhyme or tones"))
         self._undo.append((self.out, self.state, list(self.tokens),
-                           None if self.h is None else {k: getattr(self.h, k).clone() for k in
-                                                        ("alive", "cand", "used", "rhymed", "tokens", "logprob",
-                                                         "failed")}))
+                           None if self.h is None else {k: getattr(self.h, k).clone()
+                                                        for k in _Hyps.FIELDS}))
         self._step(v, per)
         self._skip_forced()
 

@@ -11,7 +11,10 @@ import torch
 from poetgen.verse.check import check_poem, distinct_n
 from poetgen.lm.corpus import NEWLINE, Vocab, iter_text
 from poetgen.lm.model import CharLSTM, evaluating
+from poetgen.verse.lexicon import Lexicon
 from poetgen.verse.prosody import split_verse
+from poetgen.verse.repeats import repeated_chars
+from poetgen.verse.scores import coherence, middle_parallelism
 
 MIN_COPY = 4  # copied runs shorter than this are ordinary phrasing, not copying
 
@@ -93,13 +96,17 @@ class PoemMetrics:
     copy_run4: float | None  # share of poems with a copied run of >= 4 characters
     longest_copy: int | None  # longest copied run over all poems
     mean_logprob: float | None  # nats per character under the model
+    repeated_rhyme: float = 0.0  # share with a rhyme character twice (重韵, as the checker finds it)
+    repeated_char: float = 0.0  # share with a character in two places, 叠字 aside (重字)
+    coherence: float | None = None  # mean coherence score (verse.scores), None without a lexicon
+    parallelism: float | None = None  # mean 对仗 score of 律诗 middle couplets (None for 绝句)
 
     def as_dict(self) -> dict:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
 def poem_metrics(poems: list[str], form: str, source: str, copy_index: CopyIndex | None = None,
-                 logprobs: list[float] | None = None) -> PoemMetrics:
+                 logprobs: list[float] | None = None, lexicon: Lexicon | None = None) -> PoemMetrics:
     n = max(1, len(poems))
     checked = [check_poem(p, "pingshui", "loose") for p in poems]
     share = lambda flags: sum(flags) / n  # noqa: E731
@@ -121,4 +128,14 @@ def poem_metrics(poems: list[str], form: str, source: str, copy_index: CopyIndex
         distinct_1=distinct_n(poems, 1), distinct_2=distinct_n(poems, 2),
         copy_lines=copy_lines, copy_run4=copy_run, longest_copy=longest,
         mean_logprob=sum(logprobs) / len(logprobs) if logprobs else None,
+        repeated_rhyme=share(any(v.startswith("重韵") for v in r.violations) for r in checked),
+        repeated_char=share(bool(repeated_chars(split_verse(p))) for p in poems),
+        coherence=_mean(coherence(split_verse(p), lexicon) for p in poems) if lexicon else None,
+        parallelism=_mean(middle_parallelism(split_verse(p), lexicon) for p in poems)
+        if lexicon else None,
     )
+
+
+def _mean(values) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None

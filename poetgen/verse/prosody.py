@@ -459,3 +459,13 @@ def split_verse(poem: str) -> list[str]:
     """Verse lines of a poem: text between punctuation marks, with whitespace dropped."""
     parts = re.split(r"[，。？！；、,.?!;:：\s]+", poem.strip())
     return [p for p in parts if p]
+
+
+def split_keywords(text: str) -> list[str]:
+    """'春,雨,江', '春 雨 江' or '春，明月' -> ['春', '雨', '江'] / ['春', '明月']: keywords of one or
+    two Chinese characters. Raises ValueError naming the first that is not."""
+    words = [w for w in re.split(r"[,，、;；/\s]+", text.strip()) if w]
+    for w in words:
+        if len(w) > 2 or not all(_is_han(c) for c in w):
+            raise ValueError(w)
+    return words
