@@ -169,17 +169,24 @@ def test_init_runs_a_second_stage_and_rejects_shape_flags(runner, corpus_file):
     assert "started from" in r.output
 
 
-def test_ctrl_c_saves_last_and_exits_130(tmp_path, corpus_file):
-    """A real SIGINT to a real process, as a user pressing Ctrl-C would send."""
+def start_training(corpus_file, out_dir, *flags) -> subprocess.Popen:
+    """A real `poetgen train` process of a tiny model, returned once it says "Training on",
+    which it says once its Ctrl-C handler is in place."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     args = [sys.executable, "-m", "poetgen", "train", str(corpus_file), "--time-budget", "2m",
             "--hidden-size", "32", "--embed-size", "16", "--batch-size", "4", "--bptt", "16",
-            "--eval-every", "100000", "--out", str(tmp_path / "run")]
+            "--out", str(out_dir), *flags]
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
     deadline = time.time() + 60
     line = ""
-    while "Training on" not in line and time.time() < deadline:  # said once Ctrl-C is caught
+    while "Training on" not in line and time.time() < deadline:
         line = proc.stderr.readline()
+    return proc
+
+
+def test_ctrl_c_saves_last_and_exits_130(tmp_path, corpus_file):
+    """A real SIGINT to a real process, as a user pressing Ctrl-C would send."""
+    proc = start_training(corpus_file, tmp_path / "run", "--eval-every", "100000")
     proc.send_signal(signal.SIGINT)
     _, rest = proc.communicate(timeout=60)
     assert proc.returncode == 130, rest
@@ -505,15 +512,7 @@ def test_corpus_that_is_a_device_or_a_link_loop_is_one_line(runner, tmp_path, co
 def test_two_quick_ctrl_c_exit_130_without_a_traceback(tmp_path, corpus_file):
     """Real signals to a real process: the second press comes while the first one's save and
     exit are under way, wherever that is; the exit is 130 and no traceback is printed."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    args = [sys.executable, "-m", "poetgen", "train", str(corpus_file), "--time-budget", "2m",
-            "--hidden-size", "32", "--embed-size", "16", "--batch-size", "4", "--bptt", "16",
-            "--eval-every", "20", "--out", str(tmp_path / "run")]
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
-    deadline = time.time() + 60
-    line = ""
-    while "Training on" not in line and time.time() < deadline:
-        line = proc.stderr.readline()
+    proc = start_training(corpus_file, tmp_path / "run", "--eval-every", "20")
     time.sleep(1.0)  # into the loop (not what the test judges)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.01)
