@@ -347,3 +347,32 @@ def test_corpus_lexicon_command_builds_what_sample_then_uses(tmp_path, verse_che
     assert Lexicon.load(out).meta["poems"] == 120
     assert lexicon_for(tmp_path / "best.safetensors").meta["poems"] == 120  # beside a checkpoint
     assert lexicon_for(verse_checkpoint) is bundled()  # none there: the bundled Tang one
+
+
+def test_repl_uses_the_run_directorys_lexicon(tmp_path, verse_checkpoint, monkeypatch):
+    """A run directory with its own lexicon.safetensors: the REPL's poems are themed and ranked
+    with it, as `sample`'s are (without one, with the bundled Tang lexicon)."""
+    import shutil
+
+    import poetgen.write
+    from poetgen.app.cli import cli
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copy(verse_checkpoint, run_dir / "best.safetensors")
+    build_lexicon(synthetic_corpus(120), source="synthetic").save(run_dir / "lexicon.safetensors")
+    seen = []
+    real_write = poetgen.write.write
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("lexicon"))
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(poetgen.write, "write", spy)
+    for checkpoint, source in ((run_dir / "best.safetensors", "synthetic"),
+                               (verse_checkpoint, bundled().meta["source"])):
+        seen.clear()
+        r = CliRunner().invoke(cli, ["repl", "-c", str(checkpoint), "--form", "五绝"],
+                               input=":seed 3\n春\n:line 2\n")
+        assert r.exit_code == 0, r.output
+        assert len(seen) == 2 and all(lex is not None and lex.meta["source"] == source for lex in seen)

@@ -23,7 +23,8 @@ from rich.console import Console
 from rich.table import Table
 
 from poetgen import __version__
-from poetgen.lm.config import ModelConfig, TrainConfig, load_toml, parse_duration, run_configs, to_dict
+from poetgen.lm.config import ModelConfig, TrainConfig, to_dict
+from poetgen.lm.launch import ENCODE_SETTINGS
 from poetgen.errors import ConfigError, PoetgenError, file_error
 from poetgen.settings import GenerationSettings
 
@@ -155,10 +156,6 @@ def _train_options(f=None, only: tuple[str, ...] | None = None):
     return decorate(f) if f is not None else decorate
 
 
-# Settings a prepared corpus fixes when it is encoded (its vocabulary and validation share).
-ENCODE_SETTINGS = ("min_count", "max_vocab", "val_fraction")
-
-
 @cli.command()
 @click.argument("corpus", type=click.Path(path_type=Path))
 @click.option("--val", "val_path", type=click.Path(path_type=Path),
@@ -213,50 +210,21 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, thre
     import time
 
     started = time.perf_counter()  # the time budget counts the whole command, reading included
-    from poetgen.lm import checkpoint as ckpt_mod
     from poetgen.lm import distributed
     from poetgen.lm.corpus import Vocab
-    from poetgen.lm.prepared import is_prepared, load_training_data, open_prepared
+    from poetgen.lm.launch import plan_training
+    from poetgen.lm.prepared import load_training_data
     from poetgen.lm.train import TrainingInterrupted, pick_device
     from poetgen.lm.train import train as run_training
 
     use_threads(threads)
-    values = load_toml(config_file) if config_file else {}
-    values.update({k: v for k, v in flags.items() if v is not None})
     if tie_weights is not None:
-        values["tie_weights"] = tie_weights
-    if device is not None:
-        values["device"] = device
-    limits_given = any(k in values for k in ("epochs", "max_steps", "time_budget")) or time_budget
-    if time_budget is not None:
-        values["time_budget"] = parse_duration(time_budget)
-    if limits_given:  # explicit limits replace the default 10-minute budget
-        for k in ("epochs", "max_steps", "time_budget"):
-            values.setdefault(k, 0)
-    if is_prepared(corpus):  # its vocabulary and validation share were fixed when it was encoded
-        encoded = open_prepared(corpus).meta
-        for name in ENCODE_SETTINGS:
-            if encoded[name] is None:
-                continue
-            if name in values and values[name] != encoded[name]:
-                raise ConfigError(f"{corpus} was encoded with {name} = {encoded[name]}; drop "
-                                  f"--{name.replace('_', '-')}, or encode it again with it")
-            values[name] = encoded[name]
-    out_dir = out_dir or Path("checkpoints") / corpus.stem
-    if resume and init_from:
-        raise ConfigError("--resume continues a run that already has its weights; drop --init")
-    if init_from:
-        init_from = ckpt_mod.resolve(init_from)
-    source = out_dir / "last.safetensors" if resume else init_from
-    meta = None
-    if source:
-        header = ckpt_mod.read_header(source)
-        for note in header.notes:
-            err.print(f"[yellow]note:[/] {note}")
-        if resume:
-            ckpt_mod.check_resumable(header.meta, header.path)
-        meta = header.meta
-    model_config, config = run_configs(values, meta, keep="all" if resume else "shape")
+        flags["tie_weights"] = tie_weights
+    plan = plan_training(corpus, {**flags, "device": device}, config_file=config_file,
+                         time_budget=time_budget, out_dir=out_dir, resume=resume, init=init_from)
+    for note in plan.notes:
+        err.print(f"[yellow]note:[/] {note}")
+    model_config, config, out_dir, meta = plan.model_config, plan.config, plan.out_dir, plan.base_meta
 
     from poetgen.app.progress import TrainProgress
 
@@ -269,7 +237,7 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, thre
         progress = TrainProgress(err, config) if world.is_main else None
         try:
             result = run_training(data.train_ids, data.val_ids, data.vocab, model_config, config,
-                                  out_dir, resume=resume, init=init_from, started=started,
+                                  out_dir, resume=resume, init=plan.init, started=started,
                                   callbacks=progress.callbacks() if progress else None)
         except TrainingInterrupted as e:
             if progress:
@@ -806,6 +774,7 @@ def repl(ctx, checkpoint, device, threads, **values):
       printf '春风\\n:line 2\\n:check\\n:save poems.txt\\n' | poetgen repl
     """
     from poetgen.app.repl import run
+    from poetgen.verse.lexicon import lexicon_for
     from poetgen.write import session_defaults
 
     loaded = Loaded(checkpoint, device, threads)
@@ -815,7 +784,7 @@ def repl(ctx, checkpoint, device, threads, **values):
     except PoetgenError as e:
         raise loaded.blame(e) from None
     ctx.exit(run(ck.model, ck.vocab, out, sys.stdin, settings, err_console=err,
-                 debug=bool(ctx.obj and ctx.obj.get("debug"))))
+                 debug=bool(ctx.obj and ctx.obj.get("debug")), lexicon=lexicon_for(ck.path)))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from rich.cells import cell_len
 from rich.console import Console, Group, RenderableType
@@ -34,6 +34,9 @@ from rich.text import Text
 
 from poetgen.errors import ConfigError, FileSystemError, PoetgenError
 from poetgen.settings import SEED_LIMIT, GenerationSettings
+
+if TYPE_CHECKING:
+    from poetgen.verse.lexicon import Lexicon
 
 KEYS_HELP = ("Tab completes a :command and its values · Up/Down and Ctrl-R search what you typed "
              "before · Ctrl-L clears the screen · Ctrl-C stops a poem being written · Ctrl-D "
@@ -115,8 +118,9 @@ class Session:
     """The REPL's state and commands; `handle` takes one input line."""
 
     def __init__(self, model, vocab, ui: UI, settings: GenerationSettings | None = None,
-                 session_file: Path | None = None):
+                 session_file: Path | None = None, lexicon: Lexicon | None = None):
         self.model, self.vocab, self.ui = model, vocab, ui
+        self.lexicon = lexicon  # the corpus statistics themes and ranking use (None: bundled)
         self.settings = (settings or GenerationSettings(form="七绝")).validate("repl")
         self.poems: list[SessionPoem] = []  # every poem of the session, in order
         self.shown: list[SessionPoem] = []  # the poems on screen, numbered #1.. (a batch, :history)
@@ -171,7 +175,8 @@ class Session:
 
         settings = self._next_settings()
         with self.ui.busy():
-            written = write(self.model, self.vocab, settings, prime=prime, side="repl")
+            written = write(self.model, self.vocab, settings, prime=prime, side="repl",
+                            lexicon=self.lexicon)
         self.last_prime = prime
         self._present([SessionPoem(w.text, settings) for w in written])
         for w in written:  # where a :theme or :keywords put its words
@@ -253,7 +258,8 @@ class Session:
         settings = self._next_settings(**constraints, mode="poem", pattern=pattern, acrostic="",
                                        n=1, beam=0)
         with self.ui.busy():
-            written = write(self.model, self.vocab, settings, prime="", side="repl")[0]
+            written = write(self.model, self.vocab, settings, prime="", side="repl",
+                            lexicon=self.lexicon)[0]
         self._present([SessionPoem(written.text, settings.replace(pattern="",
                                                                   acrostic=own.acrostic))])
 
@@ -591,7 +597,7 @@ class ScriptUI:
 
 def run(model, vocab, console: Console, stdin: TextIO | None = None,
         settings: GenerationSettings | None = None, *, err_console: Console | None = None,
-        debug: bool = False) -> int:
+        debug: bool = False, lexicon: Lexicon | None = None) -> int:
     """The REPL until :quit or Ctrl-D; returns the exit status (scripted: 1 if a command failed)."""
     stdin = stdin or sys.stdin
     if stdin.isatty() and console.is_terminal:
@@ -604,7 +610,7 @@ def run(model, vocab, console: Console, stdin: TextIO | None = None,
             session_file, kept = None, (f"warning: no session file ({e.strerror or e}): keep "
                                         "poems with :save")
         with TerminalUI(console, stdin, history_file()) as ui:
-            session = Session(model, vocab, ui, settings, session_file)
+            session = Session(model, vocab, ui, settings, session_file, lexicon)
             ui.attach(session)
             ui.say("poetgen REPL: type the start of a poem, or :help. Tab completes, Ctrl-D "
                    "quits.", "dim")
@@ -617,7 +623,7 @@ def run(model, vocab, console: Console, stdin: TextIO | None = None,
         return 0
     ui = ScriptUI(stdin, console, err_console or Console(stderr=True, highlight=False,
                                                          soft_wrap=True))
-    session = Session(model, vocab, ui, settings)
+    session = Session(model, vocab, ui, settings, lexicon=lexicon)
     ui.say(session.settings.summary(), "dim")
     try:
         _loop(session, ui, debug)

@@ -78,14 +78,16 @@ def encode_corpus(train_paths: list[str | Path], out: str | Path, config: TrainC
     running text, to count characters, to encode), the validation file once.
     """
     train_paths = [Path(p) for p in train_paths]
-    for p in train_paths + ([Path(val_path)] if val_path else []):
+    val_path = Path(val_path) if val_path else None
+    for p in train_paths + ([val_path] if val_path else []):
         if not p.is_file():
             raise CorpusError(f"{p}: file not found; give UTF-8 text files, one poem per line")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CorpusError(f"{out}: exists and is not a directory; choose another -o")
 
-    cut = None  # where the validation part of running text starts (in characters)
+    # -- pass 1 (when needed): what kind of text, and where running text's validation starts ----
+    cut = None  # in characters
     if kind == "auto" or (kind == "running" and not val_path):
         lines, chars = LineCounter(ord(NEWLINE)), 0
         for block in _line_blocks(train_paths, progress):
@@ -93,57 +95,16 @@ def encode_corpus(train_paths: list[str | Path], out: str | Path, config: TrainC
             chars += len(block)
         kind = lines.kind() if kind == "auto" else kind
         cut = int(chars * (1 - config.val_fraction))  # as split_text cuts
+    split = _Split(train_paths, val_path, kind, cut, config.val_fraction, progress)
 
-    def sides(with_val: bool = True) -> Iterator[tuple[str, str]]:
-        """("train" | "val", text) pieces, in order."""
-        position = 0
-        for block in _line_blocks(train_paths, progress):
-            if val_path:
-                yield "train", block
-            elif kind == "running":  # the end of the text
-                split = min(len(block), max(0, cut - position))
-                yield "train", block[:split]
-                yield "val", block[split:]
-            else:  # lines chosen by hash
-                lines = lines_with_ends(block)
-                held = [held_out(line, config.val_fraction) for line in lines]
-                yield "train", "".join(line for line, h in zip(lines, held) if not h)
-                yield "val", "".join(line for line, h in zip(lines, held) if h)
-            position += len(block)
-        if val_path and with_val:
-            for block in _line_blocks([Path(val_path)], progress):
-                yield "val", block
-
+    # -- pass 2 (without a given vocabulary): count the training side's characters --------------
     vocab_given = vocab is not None
-    if vocab is None:
-        counts = np.zeros(UNICODE, dtype=np.int64)
-        for side, text in sides(with_val=False):
-            if side == "train" and text:
-                counts += np.bincount(_code_points(text), minlength=UNICODE)
-        found = np.flatnonzero(counts)
-        vocab = Vocab.from_counts({chr(c): int(counts[c]) for c in found}, config.min_count,
-                                  config.max_vocab)
-    dtype = "<u2" if len(vocab) <= 0xFFFF else "<u4"
-    table = np.full(UNICODE, vocab.unk_id, dtype=np.int64)  # code point -> id
-    for i, ch in enumerate(vocab.chars):
-        table[ord(ch)] = i
+    vocab = vocab if vocab_given else _count_vocab(split, config)
 
+    # -- pass 3: encode both sides, each to a file named by what it holds -----------------------
+    dtype = "<u2" if len(vocab) <= 0xFFFF else "<u4"
     out.mkdir(parents=True, exist_ok=True)
-    with ExitStack() as stack:  # each side to a temporary file, kept only if all goes well
-        writers = {side: _IdWriter(stack.enter_context(atomic_open(out / f"{side}.partial", "wb")),
-                                   dtype, vocab.unk_id) for side in ("train", "val")}
-        for side, text in sides():
-            if text:
-                writers[side].write(table[_code_points(text)])
-        for side, w in writers.items():
-            if not w.tokens:
-                raise CorpusError(f"no {side} text: " + (
-                    "the training files are empty" if side == "train" else
-                    "too few lines to hold out a share; give a --val file"))
-    files = {}
-    for side, w in writers.items():  # named by what they hold: see the module docstring
-        files[side] = out / f"{side}-{w.fingerprint.hexdigest()}-{np.dtype(dtype).name}.ids"
-        os.replace(out / f"{side}.partial", files[side])
+    writers, files = _write_ids(split, vocab, dtype, out)
     meta = {"format": FORMAT, "dtype": np.dtype(dtype).name, "text_kind": kind,
             "vocab": list(vocab.chars),
             "min_count": config.min_count, "max_vocab": config.max_vocab,
@@ -160,6 +121,74 @@ def encode_corpus(train_paths: list[str | Path], out: str | Path, config: TrainC
             stale.unlink()
     return EncodeReport(out, vocab, meta["dtype"], kind, {s: w.tokens for s, w in writers.items()},
                         {s: w.unknown for s, w in writers.items()}, meta["train"]["fingerprint"])
+
+
+@dataclass(frozen=True)
+class _Split:
+    """How the training files' text divides into the training and validation sides."""
+
+    train_paths: list[Path]
+    val_path: Path | None  # a validation file; None: held out of the training files
+    kind: str  # "lines": lines held out by hash; "running": the end of the text from `cut` on
+    cut: int | None
+    val_fraction: float
+    progress: Callable[[int], None]
+
+    def sides(self, with_val: bool = True) -> Iterator[tuple[str, str]]:
+        """("train" | "val", text) pieces, in order (`with_val=False`: without a val file's)."""
+        position = 0
+        for block in _line_blocks(self.train_paths, self.progress):
+            if self.val_path:
+                yield "train", block
+            elif self.kind == "running":  # the end of the text
+                split = min(len(block), max(0, self.cut - position))
+                yield "train", block[:split]
+                yield "val", block[split:]
+            else:  # lines chosen by hash
+                lines = lines_with_ends(block)
+                held = [held_out(line, self.val_fraction) for line in lines]
+                yield "train", "".join(line for line, h in zip(lines, held) if not h)
+                yield "val", "".join(line for line, h in zip(lines, held) if h)
+            position += len(block)
+        if self.val_path and with_val:
+            for block in _line_blocks([self.val_path], self.progress):
+                yield "val", block
+
+
+def _count_vocab(split: _Split, config: TrainConfig) -> Vocab:
+    """The vocabulary of the training side, by `config.min_count` and `config.max_vocab`."""
+    counts = np.zeros(UNICODE, dtype=np.int64)
+    for side, text in split.sides(with_val=False):
+        if side == "train" and text:
+            counts += np.bincount(_code_points(text), minlength=UNICODE)
+    found = np.flatnonzero(counts)
+    return Vocab.from_counts({chr(c): int(counts[c]) for c in found}, config.min_count,
+                             config.max_vocab)
+
+
+def _write_ids(split: _Split, vocab: Vocab, dtype: str, out: Path
+               ) -> tuple[dict[str, _IdWriter], dict[str, Path]]:
+    """Both sides' ids, each written to a temporary file, kept (renamed to the name of what it
+    holds: see the module docstring) only if both sides were written whole and are not empty."""
+    table = np.full(UNICODE, vocab.unk_id, dtype=np.int64)  # code point -> id
+    for i, ch in enumerate(vocab.chars):
+        table[ord(ch)] = i
+    with ExitStack() as stack:
+        writers = {side: _IdWriter(stack.enter_context(atomic_open(out / f"{side}.partial", "wb")),
+                                   dtype, vocab.unk_id) for side in ("train", "val")}
+        for side, text in split.sides():
+            if text:
+                writers[side].write(table[_code_points(text)])
+        for side, w in writers.items():
+            if not w.tokens:
+                raise CorpusError(f"no {side} text: " + (
+                    "the training files are empty" if side == "train" else
+                    "too few lines to hold out a share; give a --val file"))
+    files = {}
+    for side, w in writers.items():
+        files[side] = out / f"{side}-{w.fingerprint.hexdigest()}-{np.dtype(dtype).name}.ids"
+        os.replace(out / f"{side}.partial", files[side])
+    return writers, files
 
 
 def _line_blocks(paths: list[Path], progress: Callable[[int], None]) -> Iterator[str]:

@@ -572,8 +572,7 @@ def train(train_ids: Ids, val_ids: Ids, vocab: Vocab, model_config: ModelConfig,
     In a process group (torchrun), every rank calls this with the same arguments; callbacks
     matter on rank 0 only, which alone writes into `run_dir` (see distributed.py).
     """
-    # -- setup: the device, the data as parallel streams, the model and optimizer ---------------
-    cb = callbacks or Callbacks()
+    # -- settings, the device, and where the run saves ------------------------------------------
     config.validate()
     if model_config.text_kind == "auto":  # the checkpoint records what was decided
         model_config = replace(model_config, text_kind=detect_text_kind(train_ids, vocab.newline_id))
@@ -581,124 +580,169 @@ def train(train_ids: Ids, val_ids: Ids, vocab: Vocab, model_config: ModelConfig,
     device = distributed.local_device(pick_device(config.device), world)
     if device.type == "cuda":  # TF32 matmuls: float32 range and accumulation, several times faster
         torch.set_float32_matmul_precision("high")
-    bf16 = device.type == "cuda" and config.precision == "bf16"
     chunks = len(Streams(train_ids, config.batch_size, config.bptt))  # any order: same count
-    burn_ids = tail_after_newline(train_ids, vocab, 2048)
     train_chars = len(as_array(train_ids))
     checkpoints = _Checkpoints(Path(run_dir), vocab, config, fingerprint(train_ids), train_chars,
                                chunks)
+
     # One trainer per directory (stale temp files go): the rank that writes, rank 0, holds it.
     with RunLock(checkpoints.run_dir) if world.is_main else nullcontext() as lock:
+        # -- the model and optimizer: new, from --init, or where `last` left them --------------
         run = _start_run(vocab, model_config, config, checkpoints.last, checkpoints.corpus,
                          device, resume, init, world)
         note = resume_note(run.world_size, world, run.model.config) if resume else None
         run.world_size = world.size
         unknown = (check_init_coverage(train_ids, vocab, config, init) if init and not resume
                    else None)
-        run.model.train()
-        net = distributed.data_parallel(run.model, world)  # the model, or DDP around it
-        shuffle = (config.shuffle and run.model.config.text_kind == "lines"
-                   and isinstance(train_ids, torch.Tensor))
-        loaded_epoch = -1  # the pass whose order `streams` holds
-        metrics_path = checkpoints.run_dir / "metrics.csv"
-        if world.is_main:
-            _prepare_metrics(metrics_path, keep_until=run.step if resume else -1)
-        steps = total_steps(config, chunks)
-        meter = Throughput()
 
-        def evaluate() -> float:
-            """Validate, log the metrics row, checkpoint, preview: the end of an evaluation step.
-            Every rank calls it; rank 0 does the work, and its clock is everyone's after."""
-            snapshot = distributed.gather_state(world, run.state)
-            val_bpc = math.nan
-            if world.is_main:
-                with meter.paused():
-                    train_loss = run.loss_sum / max(1, run.loss_steps)
-
-                    def log_row(val_bpc: float) -> None:
-                        _append_metrics(metrics_path, [run.step, train_loss, train_loss / LN2,
-                                                       val_bpc, run.lr, run.chars_per_s,
-                                                       run.elapsed])
-                        run.loss_sum, run.loss_steps = 0.0, 0
-
-                    val_bpc = evaluate_and_save(run, checkpoints, val_ids, burn_ids, log_row,
-                                                snapshot)
-                    sample = preview(run.model, vocab, config, run.step)
-                    cb.on_eval(EvalInfo(run.step, val_bpc, run.best, train_loss / LN2, sample))
-                run.elapsed = time.perf_counter() - clock
-            run.eval_pending = False
-            run.elapsed = distributed.from_main(world, run.elapsed, device)
-            return val_bpc
-
-        last_val = math.nan
-        # The time budget is the run's wall-clock time, as a user's clock counts it: evaluations
-        # and saving included. A run stops early enough for its last evaluation to fit too,
-        # judged by what the previous one took. Rank 0's clock is the one that counts.
-        clock = (time.perf_counter() if started is None else started) - run.elapsed
-        eval_seconds = 0.0
+        # -- the loop, announced once Ctrl-C is caught: from then on an interrupt saves `last` --
+        loop = _Loop(run, checkpoints, train_ids, val_ids, world, device, callbacks or Callbacks(),
+                     started, keep_metrics=resume)
         with _StopFlag(final_second=not distributed.launched()) as stop:
-            # Announced once Ctrl-C is caught: from here on an interrupt saves `last`.
-            cb.on_start({"device": str(device), "parameters": run.model.num_parameters(),
-                         "vocab": len(vocab), "train_chars": train_chars,
-                         "val_chars": len(as_array(val_ids)), "chunks_per_epoch": chunks,
-                         "total_steps": steps, "start_step": run.step,
-                         "text_kind": run.model.config.text_kind,
-                         "time_budget": config.time_budget,
-                         "removed": lock.removed if lock else [], "world_size": world.size,
-                         "resume_note": note, "init_unknown_share": unknown})
-            # -- an evaluation that an interruption skipped (e.g. at the last step) comes first --
-            if run.eval_pending:
-                last_val = evaluate()
-            while (progress := run_progress(config, run.step, run.elapsed, chunks)) < 1.0:
-                # -- one SGD step on the next chunk of every stream (of this rank's) -----------
-                elapsed_before = run.elapsed
-                epoch, index = divmod(run.step, chunks)
-                if epoch != loaded_epoch:
-                    streams = epoch_streams(train_ids, vocab, config, shuffle, epoch, world)
-                    loaded_epoch = epoch
-                if index == 0:  # a new pass starts the streams afresh
-                    run.state = run.model.zero_state(len(streams.streams))
-                x, y = (t.to(device) for t in streams.chunk(index))
-                run.lr = learning_rate(config, run.step, progress)
-                loss, run.state = sgd_step(net, run.optimizer, x, y, run.state, run.lr,
-                                           config.clip, bf16)
-                if not math.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"the training loss became {loss} at step {run.step + 1}; nothing was "
-                        f"saved after it: {checkpoints.kept()}. {_ADVICE}")
-                run.step += 1
-                run.elapsed = time.perf_counter() - clock
-                run.loss_sum, run.loss_steps = run.loss_sum + loss, run.loss_steps + 1
-                meter.count(x.numel() * world.size)  # every rank reads as much: chars/s of all
-                run.chars_per_s = meter.chars_per_s
-                cb.on_step(StepInfo(run.step, steps, loss, run.lr, meter.chars_per_s,
-                                    run.elapsed))
-                # Due (evaluation_due) or the end: recorded, so that a resume after an
-                # interrupt right here still evaluates this step.
-                finished = run_progress(config, run.step, run.elapsed + eval_seconds,
-                                        chunks) >= 1.0
-                run.eval_pending = finished or evaluation_due(config, run.step, elapsed_before,
-                                                              run.elapsed, steps)
-                # Rank 0's clock and decisions, and a stop requested on any rank, for all.
-                (run.elapsed, finished, run.eval_pending), stopping = distributed.agree(
-                    world, (run.elapsed, finished, run.eval_pending), stop.signal is not None,
-                    device)
-
-                # -- Ctrl-C or SIGTERM (on any rank): save where we are, stop ------------------
-                if stopping:  # --resume evaluates first if this step was due one
-                    save_last(run, checkpoints, world, last_val)
-                    raise TrainingInterrupted(checkpoints.last, run.step)
-
-                # -- when due and at the end: validate, log, checkpoint, preview ---------------
-                if run.eval_pending:
-                    t_eval = time.perf_counter()
-                    last_val = evaluate()
-                    eval_seconds = time.perf_counter() - t_eval
-                    if finished:
-                        break
+            loop.callbacks.on_start({
+                "device": str(device), "parameters": run.model.num_parameters(),
+                "vocab": len(vocab), "train_chars": train_chars,
+                "val_chars": len(as_array(val_ids)), "chunks_per_epoch": chunks,
+                "total_steps": loop.steps, "start_step": run.step,
+                "text_kind": run.model.config.text_kind, "time_budget": config.time_budget,
+                "removed": lock.removed if lock else [], "world_size": world.size,
+                "resume_note": note, "init_unknown_share": unknown})
+            last_val = loop.until_done(stop)
     distributed.barrier(world)  # the others wait for rank 0's last checkpoint
     return TrainResult(run.step, run.best, last_val, checkpoints.run_dir,
-                       run.model.num_parameters(), meter.chars_per_s, run.elapsed)
+                       run.model.num_parameters(), loop.meter.chars_per_s, run.elapsed)
+
+
+class _Loop:
+    """The training loop of one run: SGD steps until a limit, an evaluation when one is due.
+
+    It holds what stays fixed while the run goes (the data, the ranks, the device, where it
+    saves) beside `run`, which changes at every step and is what `last` saves.
+
+    Time: `run.elapsed` is the run's wall-clock time as a user's clock counts it, evaluations and
+    saving included, and rank 0's clock is everyone's. A run stops early enough for its last
+    evaluation to fit in the budget too, judged by what the previous evaluation took.
+    """
+
+    def __init__(self, run: _Run, checkpoints: _Checkpoints, train_ids: Ids, val_ids: Ids,
+                 world: World, device: torch.device, callbacks: Callbacks,
+                 started: float | None, keep_metrics: bool):
+        self.run, self.checkpoints, self.world, self.device = run, checkpoints, world, device
+        self.train_ids, self.val_ids, self.callbacks = train_ids, val_ids, callbacks
+        self.config, self.vocab = checkpoints.config, checkpoints.vocab
+        self.chunks = checkpoints.chunks_per_epoch
+        self.steps = total_steps(self.config, self.chunks)
+        self.bf16 = device.type == "cuda" and self.config.precision == "bf16"
+        # The start state is burned in on the corpus's last 2,048 characters before each
+        # evaluation (see model.burn_in_start_state).
+        self.burn_ids = tail_after_newline(train_ids, self.vocab, 2048)
+        # Poems (lines) are read in a new order each pass, unless the ids are a memory map.
+        self.shuffle = (self.config.shuffle and run.model.config.text_kind == "lines"
+                        and isinstance(train_ids, torch.Tensor))
+        self.streams: Streams | None = None
+        self.streams_epoch = -1  # the pass whose order `streams` holds
+        run.model.train()
+        self.net = distributed.data_parallel(run.model, world)  # the model, or DDP around it
+        self.meter = Throughput()
+        self.metrics_path = checkpoints.run_dir / "metrics.csv"
+        if world.is_main:
+            _prepare_metrics(self.metrics_path, keep_until=run.step if keep_metrics else -1)
+        self.origin = (time.perf_counter() if started is None else started) - run.elapsed
+        self.eval_seconds = 0.0  # what the latest evaluation took: the last one must fit too
+
+    def until_done(self, stop: _StopFlag) -> float:
+        """Train until a limit (steps, epochs, time) or a stop signal; the last val bpc."""
+        run, last_val = self.run, math.nan
+        if run.eval_pending:  # an evaluation an interruption skipped (at the last step, say)
+            last_val = self.evaluate()
+        while (progress := self.progress(run.elapsed)) < 1.0:
+            finished = self.step(progress)
+            # Rank 0's clock and decisions, and a stop requested on any rank, for all.
+            (run.elapsed, finished, run.eval_pending), stopping = distributed.agree(
+                self.world, (run.elapsed, finished, run.eval_pending), stop.signal is not None,
+                self.device)
+
+            # -- Ctrl-C or SIGTERM (on any rank): save where we are, stop ----------------------
+            if stopping:  # --resume evaluates first if this step was due one
+                save_last(run, self.checkpoints, self.world, last_val)
+                raise TrainingInterrupted(self.checkpoints.last, run.step)
+
+            # -- when due and at the end: validate, log, checkpoint, preview -------------------
+            if run.eval_pending:
+                t_eval = time.perf_counter()
+                last_val = self.evaluate()
+                self.eval_seconds = time.perf_counter() - t_eval
+                if finished:
+                    break
+        return last_val
+
+    def progress(self, elapsed: float) -> float:
+        return run_progress(self.config, self.run.step, elapsed, self.chunks)
+
+    def step(self, progress: float) -> bool:
+        """One SGD step on the next chunk of every stream (of this rank's), its bookkeeping, and
+        whether the run is finished after it. Marks `run.eval_pending` when an evaluation is due
+        (evaluation_due, or the end): recorded, so that a resume after an interrupt right after
+        this step still evaluates it."""
+        run = self.run
+        elapsed_before = run.elapsed
+        x, y = (t.to(self.device) for t in self.next_chunk())
+        run.lr = learning_rate(self.config, run.step, progress)
+        loss, run.state = sgd_step(self.net, run.optimizer, x, y, run.state, run.lr,
+                                   self.config.clip, self.bf16)
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(f"the training loss became {loss} at step {run.step + 1}; "
+                                     f"nothing was saved after it: {self.checkpoints.kept()}. "
+                                     f"{_ADVICE}")
+        run.step += 1
+        run.elapsed = time.perf_counter() - self.origin
+        run.loss_sum, run.loss_steps = run.loss_sum + loss, run.loss_steps + 1
+        self.meter.count(x.numel() * self.world.size)  # every rank reads as much: chars/s of all
+        run.chars_per_s = self.meter.chars_per_s
+        self.callbacks.on_step(StepInfo(run.step, self.steps, loss, run.lr,
+                                        self.meter.chars_per_s, run.elapsed))
+        finished = self.progress(run.elapsed + self.eval_seconds) >= 1.0
+        run.eval_pending = finished or evaluation_due(self.config, run.step, elapsed_before,
+                                                      run.elapsed, self.steps)
+        return finished
+
+    def next_chunk(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inputs and targets (bptt, streams) of the step about to run; a new pass reorders
+        the poems (when shuffling) and starts the carried state afresh."""
+        epoch, index = divmod(self.run.step, self.chunks)
+        if epoch != self.streams_epoch:
+            self.streams = epoch_streams(self.train_ids, self.vocab, self.config, self.shuffle,
+                                         epoch, self.world)
+            self.streams_epoch = epoch
+        if index == 0:
+            self.run.state = self.run.model.zero_state(len(self.streams.streams))
+        return self.streams.chunk(index)
+
+    def evaluate(self) -> float:
+        """Validate, log the metrics row, checkpoint, preview: the end of an evaluation step.
+        Every rank calls it; rank 0 does the work, and its clock is everyone's after."""
+        run, world = self.run, self.world
+        snapshot = distributed.gather_state(world, run.state)
+        val_bpc = math.nan
+        if world.is_main:
+            with self.meter.paused():
+                train_loss = run.loss_sum / max(1, run.loss_steps)
+                val_bpc = evaluate_and_save(run, self.checkpoints, self.val_ids, self.burn_ids,
+                                            lambda val: self.log_row(train_loss, val), snapshot)
+                sample = preview(run.model, self.vocab, self.config, run.step)
+                self.callbacks.on_eval(EvalInfo(run.step, val_bpc, run.best, train_loss / LN2,
+                                                sample))
+            run.elapsed = time.perf_counter() - self.origin
+        run.eval_pending = False
+        run.elapsed = distributed.from_main(world, run.elapsed, self.device)
+        return val_bpc
+
+    def log_row(self, train_loss: float, val_bpc: float) -> None:
+        """The evaluation's metrics.csv row; the training losses it averaged start again."""
+        run = self.run
+        _append_metrics(self.metrics_path, [run.step, train_loss, train_loss / LN2, val_bpc,
+                                            run.lr, run.chars_per_s, run.elapsed])
+        run.loss_sum, run.loss_steps = 0.0, 0
 
 
 def _initial_model(path: str | Path, vocab: Vocab,

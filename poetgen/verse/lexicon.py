@@ -201,6 +201,7 @@ def build_lexicon(poems: list[str], source: str = "", source_sha256: str = "") -
     if len(poems) < MIN_POEMS:
         raise CorpusError(f"{source or 'the corpus'}: {len(poems)} poems of Chinese verse (lines "
                           f"split by ，。); corpus statistics need at least {MIN_POEMS}")
+    # -- tokens: characters, and two-character words that stick together --------------------------
     chars = Counter(c for p in poems for line in p for c in line)
     total_chars = sum(chars.values())
     slot_words = Counter(line[a:b] for p in poems for line in p
@@ -213,18 +214,53 @@ def build_lexicon(poems: list[str], source: str = "", source_sha256: str = "") -
     char_list = [c for c, n in chars.most_common() if n >= MIN_CHAR_COUNT]
     words.sort(key=lambda w: -slot_words[w])
     tokens = char_list + words
-    index = {t: i for i, t in enumerate(tokens)}
-    N = len(tokens)
     counts = np.array([chars[t] if len(t) == 1 else slot_words[t] for t in tokens], dtype=np.int64)
 
-    positions = np.zeros((N, 12), dtype=np.int64)
-    line_rows, line_cols, poem_of_line, end_rows, end_cols = [], [], [], [], []
-    nlines = 0
+    # -- topic: co-occurrence across the lines of a poem; positions: where tokens start ----------
+    lines, positions = _line_tokens(poems, {t: i for i, t in enumerate(tokens)})
+    cooc = _cross_line_pairs(*lines.tokens, lines.poem_of_line, lines.count, len(poems), len(tokens))
+    # Line ends rhyme with each other: without this, 安 would keep company with 端 宽 鞍 (寒).
+    cooc -= _cross_line_pairs(*lines.ends, lines.poem_of_line, lines.count, len(poems), len(tokens))
+    cooc.fill_diagonal_(0)
+    topic = _ppmi_svd(cooc, TOPIC_DIM, unit=False)
+    del cooc
+
+    # -- parallel: which characters face each other in the middle couplets of 律诗 ---------------
+    facing, couplets = _facing_counts(poems, char_list)
+    parallel = _ppmi_svd(torch.from_numpy(facing), PARALLEL_DIM, unit=False)
+    from poetgen import __version__
+
+    meta = {"source": source, "source_sha256": source_sha256, "built_by": f"poetgen {__version__}",
+            "poems": len(poems), "characters": total_chars,
+            "lines": lines.count, "middle_couplets": couplets,
+            "min_char_count": MIN_CHAR_COUNT, "min_word_count": MIN_WORD_COUNT,
+            "min_word_pmi": MIN_WORD_PMI, "topic_dim": TOPIC_DIM, "parallel_dim": PARALLEL_DIM,
+            "min_doubled": MIN_DOUBLED}
+    doubles = "".join(c for c, n in doubled.most_common() if n >= MIN_DOUBLED)
+    return Lexicon(tokens, counts, topic.numpy(), positions, char_list, parallel.numpy(), meta,
+                   doubles)
+
+
+@dataclass
+class _LineTokens:
+    """Which tokens each line holds, as sparse (line, token) pairs for _cross_line_pairs."""
+
+    tokens: tuple[list[int], list[int]]  # every token of a line
+    ends: tuple[list[int], list[int]]  # a line's rhyme character and the word that holds it
+    poem_of_line: list[int]
+    count: int  # lines
+
+
+def _line_tokens(poems: list[list[str]], index: dict[str, int]) -> tuple[_LineTokens, np.ndarray]:
+    """The tokens of every line, and (N, 12) counts of where each token starts in a 五言 line
+    (columns 0-4) and a 七言 line (5-11)."""
+    positions = np.zeros((len(index), 12), dtype=np.int64)
+    rows, cols, end_rows, end_cols, poem_of_line = [], [], [], [], []
     for pi, p in enumerate(poems):
         for line in p:
             for end in (line[-1], line[-2:]):  # the rhyme, and the word that holds it
                 if end in index:
-                    end_rows.append(nlines)
+                    end_rows.append(len(poem_of_line))
                     end_cols.append(index[end])
             ids = set()
             col0 = POSITION_COLUMNS.get(len(line))
@@ -237,20 +273,17 @@ def build_lexicon(poems: list[str], source: str = "", source_sha256: str = "") -
                 if line[a:b] in index:
                     ids.add(index[line[a:b]])
                     positions[index[line[a:b]], col0 + a] += 1
-            line_rows += [nlines] * len(ids)
-            line_cols += sorted(ids)
+            rows += [len(poem_of_line)] * len(ids)
+            cols += sorted(ids)
             poem_of_line.append(pi)
-            nlines += 1
-    cooc = _cross_line_pairs(line_rows, line_cols, poem_of_line, nlines, len(poems), N)
-    # Line ends rhyme with each other: without this, 安 would keep company with 端 宽 鞍 (寒).
-    cooc -= _cross_line_pairs(end_rows, end_cols, poem_of_line, nlines, len(poems), N)
-    cooc.fill_diagonal_(0)
-    topic = _ppmi_svd(cooc, TOPIC_DIM, unit=False)
-    del cooc
+    return _LineTokens((rows, cols), (end_rows, end_cols), poem_of_line, len(poem_of_line)), positions
 
-    parallel_chars = char_list
-    pindex = {c: i for i, c in enumerate(parallel_chars)}
-    facing = np.zeros((len(parallel_chars), len(parallel_chars)), dtype=np.float32)
+
+def _facing_counts(poems: list[list[str]], chars: list[str]) -> tuple[np.ndarray, int]:
+    """(C, C) counts of characters at the same position of the two lines of a middle couplet
+    (lines 3-4 and 5-6 of a regular 8-line poem), both ways, and the number of couplets."""
+    index = {c: i for i, c in enumerate(chars)}
+    facing = np.zeros((len(chars), len(chars)), dtype=np.float32)
     couplets = 0
     for p in poems:
         if len(p) != 8 or len({len(x) for x in p}) != 1:
@@ -258,21 +291,10 @@ def build_lexicon(poems: list[str], source: str = "", source_sha256: str = "") -
         for a, b in ((p[2], p[3]), (p[4], p[5])):
             couplets += 1
             for x, y in zip(a, b):
-                if x in pindex and y in pindex and x != y:
-                    facing[pindex[x], pindex[y]] += 1
-                    facing[pindex[y], pindex[x]] += 1
-    parallel = _ppmi_svd(torch.from_numpy(facing), PARALLEL_DIM, unit=False)
-    from poetgen import __version__
-
-    meta = {"source": source, "source_sha256": source_sha256, "built_by": f"poetgen {__version__}",
-            "poems": len(poems), "characters": total_chars,
-            "lines": nlines, "middle_couplets": couplets,
-            "min_char_count": MIN_CHAR_COUNT, "min_word_count": MIN_WORD_COUNT,
-            "min_word_pmi": MIN_WORD_PMI, "topic_dim": TOPIC_DIM, "parallel_dim": PARALLEL_DIM}
-    doubles = "".join(c for c, n in doubled.most_common() if n >= MIN_DOUBLED)
-    meta["min_doubled"] = MIN_DOUBLED
-    return Lexicon(tokens, counts, topic.numpy(), positions, parallel_chars, parallel.numpy(), meta,
-                   doubles)
+                if x in index and y in index and x != y:
+                    facing[index[x], index[y]] += 1
+                    facing[index[y], index[x]] += 1
+    return facing, couplets
 
 
 def _cross_line_pairs(rows: list[int], cols: list[int], poem_of_line: list[int], nlines: int,
