@@ -375,4 +375,22 @@ def test_repl_uses_the_run_directorys_lexicon(tmp_path, verse_checkpoint, monkey
         r = CliRunner().invoke(cli, ["repl", "-c", str(checkpoint), "--form", "五绝"],
                                input=":seed 3\n春\n:line 2\n")
         assert r.exit_code == 0, r.output
-        assert len(seen) == 2 and all(lex is not None and lex.meta["source"] == source for lex in seen)
+        assert len(seen) == 2  # the poem and the rewritten line
+        assert all(lex is not None and lex.meta["source"] == source for lex in seen)
+
+
+def test_repl_loads_the_lexicon_only_when_a_poem_needs_it(tmp_path, verse_checkpoint):
+    """A broken lexicon.safetensors beside the checkpoint does not stop free text; a poem then
+    fails with a one-line error that names the file (scripted: exit status 1), as in `sample`."""
+    import shutil
+
+    from poetgen.app.cli import cli
+
+    shutil.copy(verse_checkpoint, tmp_path / "best.safetensors")
+    (tmp_path / "lexicon.safetensors").write_bytes(b"not a safetensors file")
+    checkpoint = str(tmp_path / "best.safetensors")
+    r = CliRunner().invoke(cli, ["repl", "-c", checkpoint], input=":mode free\n:seed 1\n春\n")
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["repl", "-c", checkpoint, "--form", "五绝"], input="春\n")
+    assert r.exit_code == 1 and "lexicon.safetensors" in r.output
+    assert "Traceback" not in r.output

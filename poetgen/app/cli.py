@@ -221,10 +221,10 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, thre
     if tie_weights is not None:
         flags["tie_weights"] = tie_weights
     plan = plan_training(corpus, {**flags, "device": device}, config_file=config_file,
-                         time_budget=time_budget, out_dir=out_dir, resume=resume, init=init_from)
-    for note in plan.notes:
-        err.print(f"[yellow]note:[/] {note}")
-    model_config, config, out_dir, meta = plan.model_config, plan.config, plan.out_dir, plan.base_meta
+                         time_budget=time_budget, out_dir=out_dir, resume=resume, init=init_from,
+                         notify=lambda note: err.print(f"[yellow]note:[/] {note}"))
+    model_config, config, out_dir = plan.model_config, plan.config, plan.out_dir
+    meta = plan.base_meta
 
     from poetgen.app.progress import TrainProgress
 
@@ -784,7 +784,8 @@ def repl(ctx, checkpoint, device, threads, **values):
     except PoetgenError as e:
         raise loaded.blame(e) from None
     ctx.exit(run(ck.model, ck.vocab, out, sys.stdin, settings, err_console=err,
-                 debug=bool(ctx.obj and ctx.obj.get("debug")), lexicon=lexicon_for(ck.path)))
+                 debug=bool(ctx.obj and ctx.obj.get("debug")),
+                 load_lexicon=lambda: lexicon_for(ck.path)))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -118,9 +118,10 @@ class Session:
     """The REPL's state and commands; `handle` takes one input line."""
 
     def __init__(self, model, vocab, ui: UI, settings: GenerationSettings | None = None,
-                 session_file: Path | None = None, lexicon: Lexicon | None = None):
+                 session_file: Path | None = None,
+                 load_lexicon: Callable[[], Lexicon] | None = None):
         self.model, self.vocab, self.ui = model, vocab, ui
-        self.lexicon = lexicon  # the corpus statistics themes and ranking use (None: bundled)
+        self._load_lexicon, self._lexicon = load_lexicon, None
         self.settings = (settings or GenerationSettings(form="七绝")).validate("repl")
         self.poems: list[SessionPoem] = []  # every poem of the session, in order
         self.shown: list[SessionPoem] = []  # the poems on screen, numbered #1.. (a batch, :history)
@@ -130,6 +131,14 @@ class Session:
         self.generation = 0
         self.session_file = session_file
         self.running = True
+
+    @property
+    def lexicon(self) -> Lexicon | None:
+        """The corpus statistics themes and ranking use, loaded when a poem first needs them, as
+        `sample` loads them (None: write's default, the bundled Tang lexicon)."""
+        if self._lexicon is None and self._load_lexicon is not None:
+            self._lexicon = self._load_lexicon()
+        return self._lexicon
 
     # -- input ----------------------------------------------------------------------------------
     def handle(self, line: str) -> None:
@@ -176,7 +185,7 @@ class Session:
         settings = self._next_settings()
         with self.ui.busy():
             written = write(self.model, self.vocab, settings, prime=prime, side="repl",
-                            lexicon=self.lexicon)
+                            lexicon=self.lexicon if settings.writes_poem else None)
         self.last_prime = prime
         self._present([SessionPoem(w.text, settings) for w in written])
         for w in written:  # where a :theme or :keywords put its words
@@ -597,7 +606,7 @@ class ScriptUI:
 
 def run(model, vocab, console: Console, stdin: TextIO | None = None,
         settings: GenerationSettings | None = None, *, err_console: Console | None = None,
-        debug: bool = False, lexicon: Lexicon | None = None) -> int:
+        debug: bool = False, load_lexicon: Callable[[], Lexicon] | None = None) -> int:
     """The REPL until :quit or Ctrl-D; returns the exit status (scripted: 1 if a command failed)."""
     stdin = stdin or sys.stdin
     if stdin.isatty() and console.is_terminal:
@@ -610,7 +619,7 @@ def run(model, vocab, console: Console, stdin: TextIO | None = None,
             session_file, kept = None, (f"warning: no session file ({e.strerror or e}): keep "
                                         "poems with :save")
         with TerminalUI(console, stdin, history_file()) as ui:
-            session = Session(model, vocab, ui, settings, session_file, lexicon)
+            session = Session(model, vocab, ui, settings, session_file, load_lexicon)
             ui.attach(session)
             ui.say("poetgen REPL: type the start of a poem, or :help. Tab completes, Ctrl-D "
                    "quits.", "dim")
@@ -623,7 +632,7 @@ def run(model, vocab, console: Console, stdin: TextIO | None = None,
         return 0
     ui = ScriptUI(stdin, console, err_console or Console(stderr=True, highlight=False,
                                                          soft_wrap=True))
-    session = Session(model, vocab, ui, settings, lexicon=lexicon)
+    session = Session(model, vocab, ui, settings, load_lexicon=load_lexicon)
     ui.say(session.settings.summary(), "dim")
     try:
         _loop(session, ui, debug)

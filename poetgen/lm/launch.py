@@ -1,17 +1,19 @@
 """From what a user asked for to what a training run does: the settings of `poetgen train`.
 
-A run's settings come from four places, later ones winning:
+A run's settings come from these places, later ones winning:
 
-    TrainConfig/ModelConfig defaults  <  a --config TOML file  <  flags  <  what must not change
+    TrainConfig/ModelConfig defaults (a new run) or the saved run's settings (--resume)
+        <  a --config TOML file  <  flags
 
-and "what must not change" is: the model of a run that --resume continues (its saved settings are
-the base the flags override), the shape of an --init checkpoint (only REGULARIZATION may change),
-and the vocabulary settings a prepared corpus was encoded with. This module settles all of that
+except for what must not change, where a flag asking otherwise is refused: the model of a run
+that --resume continues, the shape of an --init checkpoint (only REGULARIZATION may change), and
+the vocabulary settings a prepared corpus was encoded with. This module settles all of that
 before any data is read, so that a mistake is a one-line ConfigError, not a failed run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,19 +27,23 @@ LIMITS = ("epochs", "max_steps", "time_budget")  # any of them given replaces th
 
 @dataclass(frozen=True)
 class TrainingPlan:
+    """What `poetgen train` will do: its configs, where it saves, what it starts from."""
+
     model_config: ModelConfig
     config: TrainConfig
     out_dir: Path
     init: Path | None  # the checkpoint --init starts from, resolved
     base_meta: dict | None  # the metadata of the checkpoint resumed or started from
-    notes: tuple[str, ...] = ()  # what the user should know about that checkpoint
 
 
 def plan_training(corpus: Path, flags: dict, *, config_file: Path | None = None,
                   time_budget: str | None = None, out_dir: Path | None = None,
-                  resume: bool = False, init: str | None = None) -> TrainingPlan:
+                  resume: bool = False, init: str | None = None,
+                  notify: Callable[[str], None] = lambda note: None) -> TrainingPlan:
     """The configs of `poetgen train CORPUS`: `flags` are the {field: value} given on the command
-    line (None for not given), `time_budget` as the user wrote it (e.g. "10m")."""
+    line (None for not given), `time_budget` as the user wrote it (e.g. "10m"). `notify` hears
+    what the user should know about the checkpoint resumed or started from (an old format, say)
+    as soon as its header is read, before anything else can refuse the run."""
     from poetgen.lm import checkpoint as ckpt_mod
 
     values = load_toml(config_file) if config_file else {}
@@ -54,12 +60,13 @@ def plan_training(corpus: Path, flags: dict, *, config_file: Path | None = None,
     init_path = ckpt_mod.resolve(init) if init else None
     source = out_dir / "last.safetensors" if resume else init_path
     header = ckpt_mod.read_header(source) if source else None
+    for note in header.notes if header else ():
+        notify(note)
     if resume:
         ckpt_mod.check_resumable(header.meta, header.path)
     meta = header.meta if header else None
     model_config, config = run_configs(values, meta, keep="all" if resume else "shape")
-    return TrainingPlan(model_config, config, out_dir, init_path, meta,
-                        header.notes if header else ())
+    return TrainingPlan(model_config, config, out_dir, init_path, meta)
 
 
 def prepared_settings(corpus: Path, values: dict) -> dict:

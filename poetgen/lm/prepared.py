@@ -141,9 +141,9 @@ class _Split:
             if self.val_path:
                 yield "train", block
             elif self.kind == "running":  # the end of the text
-                split = min(len(block), max(0, self.cut - position))
-                yield "train", block[:split]
-                yield "val", block[split:]
+                at = min(len(block), max(0, self.cut - position))
+                yield "train", block[:at]
+                yield "val", block[at:]
             else:  # lines chosen by hash
                 lines = lines_with_ends(block)
                 held = [held_out(line, self.val_fraction) for line in lines]

@@ -656,7 +656,7 @@ class _Loop:
         if run.eval_pending:  # an evaluation an interruption skipped (at the last step, say)
             last_val = self.evaluate()
         while (progress := self.progress(run.elapsed)) < 1.0:
-            finished = self.step(progress)
+            finished = self.train_step(progress)
             # Rank 0's clock and decisions, and a stop requested on any rank, for all.
             (run.elapsed, finished, run.eval_pending), stopping = distributed.agree(
                 self.world, (run.elapsed, finished, run.eval_pending), stop.signal is not None,
@@ -679,7 +679,7 @@ class _Loop:
     def progress(self, elapsed: float) -> float:
         return run_progress(self.config, self.run.step, elapsed, self.chunks)
 
-    def step(self, progress: float) -> bool:
+    def train_step(self, progress: float) -> bool:
         """One SGD step on the next chunk of every stream (of this rank's), its bookkeeping, and
         whether the run is finished after it. Marks `run.eval_pending` when an evaluation is due
         (evaluation_due, or the end): recorded, so that a resume after an interrupt right after
@@ -710,13 +710,14 @@ class _Loop:
         """The inputs and targets (bptt, streams) of the step about to run; a new pass reorders
         the poems (when shuffling) and starts the carried state afresh."""
         epoch, index = divmod(self.run.step, self.chunks)
-        if epoch != self.streams_epoch:
+        if self.streams is None or epoch != self.streams_epoch:
             self.streams = epoch_streams(self.train_ids, self.vocab, self.config, self.shuffle,
                                          epoch, self.world)
             self.streams_epoch = epoch
+        streams = self.streams
         if index == 0:
-            self.run.state = self.run.model.zero_state(len(self.streams.streams))
-        return self.streams.chunk(index)
+            self.run.state = self.run.model.zero_state(len(streams.streams))
+        return streams.chunk(index)
 
     def evaluate(self) -> float:
         """Validate, log the metrics row, checkpoint, preview: the end of an evaluation step.

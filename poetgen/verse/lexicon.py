@@ -218,9 +218,10 @@ def build_lexicon(poems: list[str], source: str = "", source_sha256: str = "") -
 
     # -- topic: co-occurrence across the lines of a poem; positions: where tokens start ----------
     lines, positions = _line_tokens(poems, {t: i for i, t in enumerate(tokens)})
-    cooc = _cross_line_pairs(*lines.tokens, lines.poem_of_line, lines.count, len(poems), len(tokens))
+    shape = (lines.poem_of_line, lines.count, len(poems), len(tokens))
+    cooc = _cross_line_pairs(*lines.tokens, *shape)
     # Line ends rhyme with each other: without this, 安 would keep company with 端 宽 鞍 (寒).
-    cooc -= _cross_line_pairs(*lines.ends, lines.poem_of_line, lines.count, len(poems), len(tokens))
+    cooc -= _cross_line_pairs(*lines.ends, *shape)
     cooc.fill_diagonal_(0)
     topic = _ppmi_svd(cooc, TOPIC_DIM, unit=False)
     del cooc
@@ -276,7 +277,8 @@ def _line_tokens(poems: list[list[str]], index: dict[str, int]) -> tuple[_LineTo
             rows += [len(poem_of_line)] * len(ids)
             cols += sorted(ids)
             poem_of_line.append(pi)
-    return _LineTokens((rows, cols), (end_rows, end_cols), poem_of_line, len(poem_of_line)), positions
+    lines = _LineTokens((rows, cols), (end_rows, end_cols), poem_of_line, len(poem_of_line))
+    return lines, positions
 
 
 def _facing_counts(poems: list[list[str]], chars: list[str]) -> tuple[np.ndarray, int]:
