@@ -289,6 +289,28 @@ def test_divergence_at_an_evaluation_step_saves_nothing_and_says_what_was_kept(t
     assert load_checkpoint(tmp_path / "last.safetensors").meta["training"]["step"] == 12
 
 
+def test_an_absurd_but_finite_validation_loss_saves_nothing(tmp_path, tiny_text, monkeypatch):
+    """Weights around 1e28 give a finite validation loss around 1e29 bits: as useless as NaN, and
+    stopped the same way (the limit is twice the bits of a uniform guess over the vocabulary)."""
+    import poetgen.lm.train as train_mod
+
+    run(tmp_path, tiny_text, max_steps=4)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real = train_mod.evaluate_ids
+
+    def absurd(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.nats = 1e29 * result.chars
+        return result
+
+    monkeypatch.setattr(train_mod, "evaluate_ids", absurd)
+    with pytest.raises(NonFiniteLossError, match=r"validation loss became 1\.443e\+29 bits per "
+                                                 r"character \(over [0-9.]+, twice a uniform "
+                                                 r"guess's\) at step 6; nothing was saved"):
+        run(tmp_path, tiny_text, resume=True, max_steps=6)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 def test_ctrl_c_with_non_finite_weights_saves_nothing(tmp_path, tiny_text, monkeypatch):
     import poetgen.lm.train as train_mod
 

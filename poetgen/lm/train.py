@@ -400,12 +400,17 @@ def evaluate_and_save(run: _Run, checkpoints: _Checkpoints, val_ids: Ids, burn_i
     row goes first: see the module docstring), `best` when it is the lowest so far, and `last`
     with the streams' states and RNG states `snapshot` (distributed.gather_state).
 
-    A non-finite validation loss saves nothing: the weights diverged in the last update.
+    A validation loss that is not finite, or absurd (over twice the bits of a uniform guess over
+    the vocabulary: no model that learned anything is there), saves nothing: the weights diverged
+    in the last update.
     """
     burn_in_start_state(run.model, burn_ids)
     val_bpc = evaluate_ids(run.model, checkpoints.vocab, id_pieces(val_ids)).bpc
-    if not math.isfinite(val_bpc):
-        raise NonFiniteLossError(f"the validation loss became {val_bpc} at step {run.step}; "
+    ceiling = 2 * math.log2(len(checkpoints.vocab))
+    if not math.isfinite(val_bpc) or val_bpc > ceiling:
+        what = (f"{val_bpc}" if not math.isfinite(val_bpc) else
+                f"{val_bpc:.4g} bits per character (over {ceiling:.1f}, twice a uniform guess's)")
+        raise NonFiniteLossError(f"the validation loss became {what} at step {run.step}; "
                                  f"nothing was saved at that step: {checkpoints.kept()}. {_ADVICE}")
     run.eval_pending = False
     log_row(val_bpc)
