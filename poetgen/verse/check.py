@@ -173,6 +173,16 @@ def _tone_summary(options: tuple[Reading, ...]) -> str | None:
     return None if not tones else tones.pop() if len(tones) == 1 else "both"
 
 
+@dataclass(frozen=True)
+class _RhymeGroup:
+    """A rhyme group the poem may rhyme in, judged (see _Judge._rhyme_group)."""
+
+    group: str
+    rank: tuple  # lower is better: lines off, rare readings, borrowed, 仄, earliest, table order
+    off: list[int]  # lines that should rhyme and do not
+    borrowed: bool  # line 1 rhymes in a neighbouring group (首句借邻韵)
+
+
 def _cost(options: tuple[Reading, ...], ok) -> int | None:
     """0 if a common reading satisfies `ok`, 1 if only a rare one does, None if none does."""
     if any(ok(r) for r in options if r.common):
@@ -216,32 +226,10 @@ class _Judge:
     # ---------------------------------------------------------------- rhyme
 
     def _rhyme(self) -> None:
-        form, rs, last = self.form, self.rs, self.form.chars_per_line - 1
+        form, last = self.form, self.form.chars_per_line - 1
         first = self.template is not None and self.template.first_line_rhymes
         ends = _rhyme_lines(form, False)  # couplet ends: always rhyme
         groups = {r.group for i in ends + [0] for r in self.opts[i][last] if r.group}
-
-        def judge(g):
-            costs = {i: _cost(self.opts[i][last], lambda r: r.group == g) for i in ends}
-            off = [i for i in ends if costs[i] is None]
-            rare = [i for i in ends if costs[i] == 1]
-            borrowed = None
-            if first:
-                c0 = _cost(self.opts[0][last], lambda r: r.group == g)
-                if c0 is None:
-                    c0 = _cost(self.opts[0][last], lambda r: r.group in NEIGHBOURS.get(g, ()))
-                    if c0 is None:
-                        off = [0] + off
-                    else:
-                        borrowed = c0
-                if c0 == 1:
-                    rare = [0] + rare
-            level = g in rs.level_groups or self.template is None
-            # On a tie, the group of the earliest couplet end: the poem sets its rhyme first.
-            earliest = min((i for i in ends if i not in off), default=form.lines)
-            return ((len(off), len(rare), borrowed is not None, not level, earliest, rs.group_names.index(g)),
-                    off, rare, borrowed)
-
         if not groups:
             self.off = ends + ([0] if first else [])
             for i in self.off:
@@ -249,40 +237,73 @@ class _Judge:
                 self.violations.append(f"line {i + 1} ends with {self.lines[i][last]!r}, which is not in "
                                        "the rhyme table: it does not rhyme")
             return
-        key, off, rare, borrowed = min((judge(g) for g in groups), key=lambda t: t[0])
-        g = self.group = rs.group_names[key[-1]]
+        choice = min((self._rhyme_group(g, ends, first) for g in groups), key=lambda c: c.rank)
+        self.group, self.off = choice.group, choice.off
         rhyming = _rhyme_lines(form, first)  # with tones off, the couplet ends only
-        self.off = off
         for i in rhyming:
-            ch = self.lines[i][last]
-            if i in off:
-                why = "is not in the rhyme table" if not any(r.group for r in self.opts[i][last]) else f"is not in {g}"
-                self.violations.append(f"line {i + 1} ends with {ch!r}, which {why}: it does not rhyme")
-                self._rhyme_mark(i, None, False)
-            elif i == 0 and borrowed is not None:
-                own = [r for r in self.opts[0][last] if r.group in NEIGHBOURS.get(g, ())]
-                used = next((r for r in own if r.common), own[0])
-                self.notes.append(f"首句借邻韵: line 1 ends with {ch!r} ({used.group}), a group next to "
-                                  f"{g} (邻韵), which a first line may borrow")
-                self._rhyme_mark(i, used, True)
-                if not used.common:
-                    self.warnings.append(self._rare_message(0, last, [used], f"rhymes in {used.group}"))
-            else:
-                used = next((r for r in self.opts[i][last] if r.group == g and r.common), None)
-                if used is None:
-                    used = next(r for r in self.opts[i][last] if r.group == g)
-                    self.warnings.append(self._rare_message(i, last, [used], f"rhymes in {g}"))
-                self._rhyme_mark(i, used, True)
-        self.rhyme_ok = not off
-        if self.template is not None and g not in rs.level_groups:
+            self._judge_rhyme_line(i, choice)
+        self.rhyme_ok = not choice.off
+        if self.template is not None and choice.group not in self.rs.level_groups:
             self.oblique = True
-            self.violations.append(f"仄韵: the poem rhymes in {g}, an oblique (仄) group; regulated "
-                                   "verse rhymes in a level (平) group")
+            self.violations.append(f"仄韵: the poem rhymes in {choice.group}, an oblique (仄) group; "
+                                   "regulated verse rhymes in a level (平) group")
             self.tone_violations += len(rhyming)
+        self._repeated_rhymes([i for i in rhyming if i not in choice.off])
+
+    def _rhyme_group(self, g: str, ends: list[int], first: bool) -> _RhymeGroup:
+        """How well the poem rhymes in group `g`: the lines off it, those that rhyme in it only
+        through a rare reading, and whether line 1 borrows a neighbouring group (首句借邻韵)."""
+        last = self.form.chars_per_line - 1
+        costs = {i: _cost(self.opts[i][last], lambda r: r.group == g) for i in ends}
+        off = [i for i in ends if costs[i] is None]
+        rare = [i for i in ends if costs[i] == 1]
+        borrowed = False
+        if first:
+            c0 = _cost(self.opts[0][last], lambda r: r.group == g)
+            if c0 is None:
+                c0 = _cost(self.opts[0][last], lambda r: r.group in NEIGHBOURS.get(g, ()))
+                if c0 is None:
+                    off = [0] + off
+                else:
+                    borrowed = True
+            if c0 == 1:
+                rare = [0] + rare
+        level = g in self.rs.level_groups or self.template is None
+        # On a tie, the group of the earliest couplet end: the poem sets its rhyme first.
+        earliest = min((i for i in ends if i not in off), default=self.form.lines)
+        rank = (len(off), len(rare), borrowed, not level, earliest, self.rs.group_names.index(g))
+        return _RhymeGroup(g, rank, off, borrowed)
+
+    def _judge_rhyme_line(self, i: int, choice: _RhymeGroup) -> None:
+        """The verdict on line i's rhyme in the chosen group: off it, borrowed, or in it."""
+        last, g = self.form.chars_per_line - 1, choice.group
+        ch = self.lines[i][last]
+        if i in choice.off:
+            why = ("is not in the rhyme table" if not any(r.group for r in self.opts[i][last])
+                   else f"is not in {g}")
+            self.violations.append(f"line {i + 1} ends with {ch!r}, which {why}: it does not rhyme")
+            self._rhyme_mark(i, None, False)
+        elif i == 0 and choice.borrowed:
+            own = [r for r in self.opts[0][last] if r.group in NEIGHBOURS.get(g, ())]
+            used = next((r for r in own if r.common), own[0])
+            self.notes.append(f"首句借邻韵: line 1 ends with {ch!r} ({used.group}), a group next to "
+                              f"{g} (邻韵), which a first line may borrow")
+            self._rhyme_mark(i, used, True)
+            if not used.common:
+                self.warnings.append(self._rare_message(0, last, [used], f"rhymes in {used.group}"))
+        else:
+            used = next((r for r in self.opts[i][last] if r.group == g and r.common), None)
+            if used is None:
+                used = next(r for r in self.opts[i][last] if r.group == g)
+                self.warnings.append(self._rare_message(i, last, [used], f"rhymes in {g}"))
+            self._rhyme_mark(i, used, True)
+
+    def _repeated_rhymes(self, rhyming: list[int]) -> None:
+        """重韵: one character ending two of the lines that rhyme."""
+        last = self.form.chars_per_line - 1
         seen: dict[str, list[int]] = {}
         for i in rhyming:
-            if i not in off:
-                seen.setdefault(self.lines[i][last], []).append(i + 1)
+            seen.setdefault(self.lines[i][last], []).append(i + 1)
         for ch, at in seen.items():
             if len(at) > 1:
                 self.repeated.append(ch)
