@@ -22,6 +22,7 @@ import torch
 
 from poetgen.errors import ConfigError
 from poetgen.lm import checkpoint as ckpt_mod
+from poetgen.lm.config import INFERENCE_PRECISIONS as PRECISIONS
 from poetgen.lm.corpus import Vocab
 from poetgen.lm.evaluate import evaluate_ids
 from poetgen.lm.model import CharLSTM
@@ -72,14 +73,19 @@ class Poet:
         return evaluate_ids(self.model, self.vocab, [ids]).bpc
 
 
-def load(checkpoint: str | Path | None = "default", device: str = "cpu") -> Poet:
+def load(checkpoint: str | Path | None = "default", device: str = "cpu",
+         precision: str = "auto") -> Poet:
     """A model from a checkpoint file, a run directory, or "default" (the bundled Tang model).
 
     None means what the CLI does without --checkpoint: $POETGEN_CHECKPOINT, else the newest
-    checkpoint under ./checkpoints, else the bundled model.
+    checkpoint under ./checkpoints, else the bundled model. `precision` is the CLI's --precision:
+    "auto" (bfloat16 matrix products on a CPU that has them natively), "fp32" or "bf16".
     """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(None if checkpoint is None else str(checkpoint)),
                                   device=device)
+    ck.model.inference_precision = precision
     return Poet(ck.model, ck.vocab, ck.path, ck.meta, ck.notes)
 
 

@@ -74,3 +74,31 @@ def test_check_returns_a_structured_report():
 def test_load_refuses_a_missing_checkpoint(tmp_path):
     with pytest.raises(poetgen.CheckpointError):
         poetgen.load(tmp_path / "none.safetensors")
+
+
+def test_precision_reaches_the_model_from_the_cli_and_the_api(checkpoint, monkeypatch):
+    """--precision (and load(precision=)) sets how the model multiplies on a CPU; a poem batch
+    written either way is a valid poem batch, and an unknown value is refused in one line."""
+    import poetgen.app.cli as cli_mod
+    from poetgen.errors import ConfigError
+
+    seen = []
+    real = cli_mod.Loaded.__init__
+
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        seen.append(self.ck.model.inference_precision)
+
+    monkeypatch.setattr(cli_mod.Loaded, "__init__", spy)
+    for precision in ("fp32", "bf16"):
+        r = CliRunner().invoke(cli, ["sample", "-c", str(checkpoint), "--form", "五绝", "--n", "4",
+                                     "--seed", "2", "--precision", precision])
+        assert r.exit_code == 0, r.output
+        poems = r.stdout.splitlines()
+        assert len(poems) == 4 and all(check_poem(p).ok for p in poems)
+    assert seen == ["fp32", "bf16"]
+    r = CliRunner().invoke(cli, ["sample", "-c", str(checkpoint), "--precision", "fp16"])
+    assert r.exit_code == 2 and "fp16" in r.output
+    assert poetgen.load(checkpoint, precision="bf16").model.inference_precision == "bf16"
+    with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16"):
+        poetgen.load(checkpoint, precision="fp16")

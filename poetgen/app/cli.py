@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from poetgen import __version__
-from poetgen.lm.config import ModelConfig, TrainConfig, to_dict
+from poetgen.lm.config import INFERENCE_PRECISIONS, ModelConfig, TrainConfig, to_dict
 from poetgen.lm.launch import ENCODE_SETTINGS
 from poetgen.errors import ConfigError, PoetgenError, file_error
 from poetgen.settings import GenerationSettings
@@ -283,8 +283,13 @@ MODEL_STEP_THREADS = 1
 
 
 def device_options(f):
-    """--device and --threads: where a command runs its model (an output/device matter of the
-    command, not a generation setting)."""
+    """--device, --threads and --precision: where and how a command runs its model (a matter of
+    the machine, not a generation setting)."""
+    f = click.option("--precision", type=click.Choice(INFERENCE_PRECISIONS), default="auto",
+                     show_default=True,
+                     help="Matrix products on a CPU: bf16 where the CPU has native bfloat16 "
+                          "(AMX, AVX512-BF16; ~1.5-1.7x faster sampling of 4+ poems at once, "
+                          "the same val bpc to 0.0001), else fp32.")(f)
     f = click.option("--threads", type=click.IntRange(1), default=None,
                      help=f"CPU threads torch may use. [default: {MODEL_STEP_THREADS}: the model "
                           "runs a small step at a time, where more threads mostly wait]")(f)
@@ -298,7 +303,8 @@ class Loaded:
     """A checkpoint loaded for a command, with how it was chosen: a default picked out of sight
     is named on stderr, and in any error about what the model can write."""
 
-    def __init__(self, spec: str | None, device: str = "cpu", threads: int | None = None):
+    def __init__(self, spec: str | None, device: str = "cpu", threads: int | None = None,
+                 precision: str = "auto"):
         from poetgen.lm import checkpoint as ckpt_mod
         from poetgen.lm.train import pick_device
 
@@ -309,6 +315,7 @@ class Loaded:
             err.print(f"[dim]using {self.path} ({self.why}); -c PATH chooses another, "
                       "-c default the bundled Tang model, `poetgen checkpoints` lists them[/]")
         self.ck = ckpt_mod.load_checkpoint(self.path, device=where)
+        self.ck.model.inference_precision = precision
         for note in self.ck.notes:  # e.g. an old checkpoint format
             err.print(f"[yellow]note:[/] {note}")
 
@@ -380,7 +387,7 @@ def settings_from_options(values: dict, defaults: dict | None = None) -> Generat
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per sample on stdout.")
 @device_options
 @generation_options()
-def sample(checkpoint, as_json, device, threads, **values):
+def sample(checkpoint, as_json, device, threads, precision, **values):
     """Generate text or poems from a trained model.
 
     \b
@@ -404,7 +411,7 @@ def sample(checkpoint, as_json, device, threads, **values):
     from poetgen.write import write
 
     settings = settings_from_options(values)
-    loaded = Loaded(checkpoint, device, threads)
+    loaded = Loaded(checkpoint, device, threads, precision)
     ck = loaded.ck
     lexicon = lexicon_for(ck.path) if settings.writes_poem else None
     try:
@@ -466,7 +473,7 @@ EVAL_GENERATION = ("temperature", "top_k", "top_p", "seed", "rhyme", "tones", "r
 @device_options
 @generation_options(only=EVAL_GENERATION, defaults={"seed": 0})
 def eval_cmd(checkpoint, file, as_json, generate, forms, copy_corpus, real_file, device, threads,
-             **values):
+             precision, **values):
     """Bits per character of CHECKPOINT on FILE, and/or metrics of generated poems.
 
     FILE is read the way the model learned its text (`text_kind` in `poetgen info`): a model of
@@ -482,7 +489,7 @@ def eval_cmd(checkpoint, file, as_json, generate, forms, copy_corpus, real_file,
     if file is None and generate is None:
         raise ConfigError("give a FILE to score, or --generate N to measure generated poems")
     settings = settings_from_options(values, defaults={"seed": 0, "form": "五绝"})
-    ck = Loaded(checkpoint, device, threads).ck
+    ck = Loaded(checkpoint, device, threads, precision).ck
     if file is not None:
         from poetgen.lm.corpus import iter_text
         from poetgen.lm.evaluate import evaluate_file
@@ -749,7 +756,7 @@ REPL_START = ("form", "seed", "temperature", "rhyme", "tones")
 @device_options
 @generation_options(only=REPL_START, defaults={"form": "七绝 for a model of Chinese verse"})
 @click.pass_context
-def repl(ctx, checkpoint, device, threads, **values):
+def repl(ctx, checkpoint, device, threads, precision, **values):
     """Write poems (or text) together with the model, interactively.
 
     Type the start of a poem and the model completes it (with a model of running text, prose,
@@ -777,7 +784,7 @@ def repl(ctx, checkpoint, device, threads, **values):
     from poetgen.verse.lexicon import lexicon_for
     from poetgen.write import session_defaults
 
-    loaded = Loaded(checkpoint, device, threads)
+    loaded = Loaded(checkpoint, device, threads, precision)
     ck = loaded.ck
     try:
         settings = settings_from_options(values, defaults=session_defaults(ck.model, ck.vocab))

@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
+from poetgen.lm.bf16 import Bf16LSTM, wants_bf16
 from poetgen.lm.config import ModelConfig
 
 # (h, c): (L, B, P) and (L, B, H); a GRU's c is (L, B, 0). With attention two more entries follow:
@@ -106,6 +107,10 @@ class CharLSTM(nn.Module):
             self.gru = nn.GRU(E, H, L, dropout=between)
         else:  # the attribute keeps its name, so checkpoints from before GRUs load unchanged
             self.lstm = nn.LSTM(E, H, L, dropout=between, proj_size=config.proj_size)
+        # Inference on CPU (no gradients): bfloat16 matrix products where the CPU has them
+        # natively ("auto"), or always ("bf16"), or never ("fp32"); see bf16.py. Not saved.
+        self.inference_precision = "auto"
+        self._bf16_lstm = Bf16LSTM(self.lstm) if config.cell == "lstm" else None
         self.attention = PoemAttention(self.output_size, config.attention) if config.attention else None
         self.cutoffs = [c for c in config.cutoffs if c < V - 1]
         if config.softmax == "adaptive" and self.cutoffs:
@@ -191,6 +196,9 @@ class CharLSTM(nn.Module):
         return self.dropout(out), (*recurrent, memory, in_poem)
 
     def _rnn(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        if (self._bf16_lstm is not None and not self.training and not torch.is_grad_enabled()
+                and x.device.type == "cpu" and wants_bf16(self.inference_precision, x.size(1))):
+            return self._bf16_lstm(x, state[:2])
         # oneDNN has no projection LSTM: PyTorch falls back to ATen's, but warns on every run.
         use_aten = stepwise() if self.config.proj_size and x.device.type == "cpu" else nullcontext()
         gru = self.config.cell == "gru"
