@@ -165,8 +165,15 @@ def test_bf16_copies_follow_weight_updates_and_few_rows_stay_float32():
     after, exact = _outputs(model, tokens, "bf16")[0], _outputs(model, tokens, "fp32")[0]
     # Stale copies would give `before` again, exactly; new ones follow the new weights.
     assert (after - before).abs().max() > 10 * (after - exact).abs().max()
+    model.lstm = torch.nn.LSTM(8, 16, proj_size=8)  # a new module: its weights, not the old ones
+    replaced, exact = _outputs(model, tokens, "bf16")[0], _outputs(model, tokens, "fp32")[0]
+    assert (replaced - after).abs().max() > 10 * (replaced - exact).abs().max()
     few = tokens[:, : MIN_ROWS - 1]  # below MIN_ROWS even "bf16" takes float32's exact path
     assert torch.equal(_outputs(model, few, "bf16")[0], _outputs(model, few, "fp32")[0])
+    double = model.double()  # nor a float64 model: its products stay float64
+    assert _outputs(double, tokens, "bf16")[0].dtype == torch.float64
+    assert torch.equal(_outputs(double, tokens, "bf16")[0], _outputs(double, tokens, "fp32")[0])
+    model = double.float()
     model.train()  # training (with gradients) never takes it
     model.inference_precision = "bf16"
     out, _ = model(tokens, model.start_state(tokens.size(1)))

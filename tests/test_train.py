@@ -289,6 +289,23 @@ def test_divergence_at_an_evaluation_step_saves_nothing_and_says_what_was_kept(t
     assert load_checkpoint(tmp_path / "last.safetensors").meta["training"]["step"] == 12
 
 
+def test_training_evaluates_in_float32_on_every_cpu(tmp_path, tiny_text, monkeypatch):
+    """metrics.csv and the choice of `best` must not depend on whether the CPU has bfloat16
+    products (lm/bf16.py): training's evaluations run the model at "fp32"."""
+    import poetgen.lm.train as train_mod
+
+    seen = []
+    real = train_mod.evaluate_ids
+
+    def spy(model, *args, **kwargs):
+        seen.append(model.inference_precision)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "evaluate_ids", spy)
+    run(tmp_path, tiny_text, max_steps=4)
+    assert seen and set(seen) == {"fp32"}
+
+
 def test_an_absurd_but_finite_validation_loss_saves_nothing(tmp_path, tiny_text, monkeypatch):
     """Weights around 1e28 give a finite validation loss around 1e29 bits: as useless as NaN, and
     stopped the same way (the limit is twice the bits of a uniform guess over the vocabulary)."""

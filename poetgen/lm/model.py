@@ -110,7 +110,7 @@ class CharLSTM(nn.Module):
         # Inference on CPU (no gradients): bfloat16 matrix products where the CPU has them
         # natively ("auto"), or always ("bf16"), or never ("fp32"); see bf16.py. Not saved.
         self.inference_precision = "auto"
-        self._bf16_lstm = Bf16LSTM(self.lstm) if config.cell == "lstm" else None
+        self._bf16_lstm = Bf16LSTM() if config.cell == "lstm" else None
         self.attention = PoemAttention(self.output_size, config.attention) if config.attention else None
         self.cutoffs = [c for c in config.cutoffs if c < V - 1]
         if config.softmax == "adaptive" and self.cutoffs:
@@ -197,8 +197,9 @@ class CharLSTM(nn.Module):
 
     def _rnn(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         if (self._bf16_lstm is not None and not self.training and not torch.is_grad_enabled()
-                and x.device.type == "cpu" and wants_bf16(self.inference_precision, x.size(1))):
-            return self._bf16_lstm(x, state[:2])
+                and x.device.type == "cpu" and x.dtype == torch.float32
+                and wants_bf16(self.inference_precision, x.size(1))):
+            return self._bf16_lstm(self.lstm, x, state[:2])
         # oneDNN has no projection LSTM: PyTorch falls back to ATen's, but warns on every run.
         use_aten = stepwise() if self.config.proj_size and x.device.type == "cpu" else nullcontext()
         gru = self.config.cell == "gru"

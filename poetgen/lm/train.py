@@ -647,6 +647,9 @@ class _Loop:
         self.streams: Streams | None = None
         self.streams_epoch = -1  # the pass whose order `streams` holds
         run.model.train()
+        # Evaluations in float32 on every CPU, so that metrics.csv and the choice of `best` do
+        # not depend on whether this CPU has bfloat16 products (lm/bf16.py).
+        run.model.inference_precision = "fp32"
         self.net = distributed.data_parallel(run.model, world)  # the model, or DDP around it
         self.meter = Throughput()
         self.metrics_path = checkpoints.run_dir / "metrics.csv"
