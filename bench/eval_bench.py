@@ -31,8 +31,12 @@ def main():
     parser.add_argument("checkpoint", nargs="?", default="default")
     parser.add_argument("file", nargs="?", default=str(SHARED / "tang_val.txt"))
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--precision", default="auto",
+                        help="auto (as `poetgen eval`: bf16 products where the CPU has them), "
+                             "fp32 or bf16; the stream, one row, is float32 either way")
     args = parser.parse_args()
     ck = load_checkpoint(resolve(args.checkpoint))
+    ck.model.inference_precision = args.precision
     times = {"running": [], "lines": []}
     cpu = {"running": [], "lines": []}
     bpc = {}
@@ -47,7 +51,7 @@ def main():
     stream_cpu, lines_cpu = (statistics.median(cpu[k]) for k in ("running", "lines"))
     print(json.dumps({
         "checkpoint": str(ck.path), "file": args.file, "threads": torch.get_num_threads(),
-        "text_kind": ck.model.config.text_kind,
+        "precision": args.precision, "text_kind": ck.model.config.text_kind,
         "stream_s": round(stream_s, 2), "stream_bpc": round(bpc["running"], 5),
         "lines_s": round(lines_s, 2), "lines_bpc": round(bpc["lines"], 5),
         "stream_cpu_s": round(stream_cpu, 2), "lines_cpu_s": round(lines_cpu, 2),

@@ -185,6 +185,7 @@ def timing(args) -> None:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     ck = load_checkpoint(resolve(args.checkpoint))
+    ck.model.inference_precision = args.precision
     load_s = time.perf_counter() - start
     changes = {k: v for k, v in vars(args).items()
                if k in GenerationSettings.options() and v is not None}
@@ -232,6 +233,7 @@ def main() -> None:
     t.add_argument("--form", default="七绝")
     t.add_argument("--repeats", type=int, default=10)
     t.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    t.add_argument("--precision", default="fp32", help="fp32 | bf16 | auto (sample's --precision)")
     for flag, typ in (("--best-of", int), ("--temperature", float), ("--repeat-penalty", float),
                       ("--coherence", float), ("--parallelism", float), ("--theme", str),
                       ("--keywords", str), ("--top-p", float)):

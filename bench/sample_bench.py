@@ -1,7 +1,8 @@
 """Sampling speed: characters/s for one stream and for a batch of 64, and the time of one
 constrained 七律 with every constraint on (rhyme, tones, acrostic, no-repeat).
 
-    python bench/sample_bench.py [CHECKPOINT]      # default: the newest under checkpoints/
+    python bench/sample_bench.py [CHECKPOINT] [PRECISION]   # default: the newest under
+                                                            # checkpoints/, fp32 (or bf16, auto)
 
 Prints one JSON line; medians over repeats, of wall seconds and of the process's CPU seconds
 (the steadier figure on a machine shared with other work; compare two versions of the code by
@@ -35,6 +36,7 @@ def timed(fn, repeats=5):
 
 def main():
     ck = load_checkpoint(resolve(sys.argv[1] if len(sys.argv) > 1 else None))
+    ck.model.inference_precision = sys.argv[2] if len(sys.argv) > 2 else "fp32"
     m, v = ck.model, ck.vocab
     chars = 200
     one = timed(lambda: generate(m, v, n=1, max_chars=chars, seed=0, stop_at_newline=False))
@@ -46,6 +48,7 @@ def main():
     poem = timed(lambda: generate_poems(m, compiled, n=1, seed=0))
     print(json.dumps({
         "checkpoint": str(ck.path), "threads": torch.get_num_threads(),
+        "precision": ck.model.inference_precision,
         "free_chars_per_s_1_stream": round(chars / one[0]),
         "free_chars_per_s_batch_64": round(64 * chars / batch[0]),
         "qilv_all_constraints_compile_s": round(compile_s[0], 3),

@@ -74,12 +74,13 @@ class Poet:
 
 
 def load(checkpoint: str | Path | None = "default", device: str = "cpu",
-         precision: str = "auto") -> Poet:
+         precision: str = "fp32") -> Poet:
     """A model from a checkpoint file, a run directory, or "default" (the bundled Tang model).
 
     None means what the CLI does without --checkpoint: $POETGEN_CHECKPOINT, else the newest
     checkpoint under ./checkpoints, else the bundled model. `precision` is the CLI's --precision:
-    "auto" (bfloat16 matrix products on a CPU that has them natively), "fp32" or "bf16".
+    "fp32" (a seed writes the same poems on every CPU), "bf16" (bfloat16 matrix products: faster
+    for several poems at once where the CPU has them natively) or "auto" (bf16 where native).
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")

@@ -97,6 +97,12 @@ def test_precision_reaches_the_model_from_the_cli_and_the_api(checkpoint, monkey
         poems = r.stdout.splitlines()
         assert len(poems) == 4 and all(check_poem(p).ok for p in poems)
     assert seen == ["fp32", "bf16"]
+    # Defaults: sample (and repl) keep float32, so that a seed writes the same poems on every
+    # CPU; eval, where only scores come out, takes bfloat16 where the CPU has it.
+    assert CliRunner().invoke(cli, ["sample", "-c", str(checkpoint), "--n", "1"]).exit_code == 0
+    r = CliRunner().invoke(cli, ["eval", str(checkpoint), str(checkpoint.parent.parent / "poems.txt")])
+    assert r.exit_code == 0, r.output
+    assert seen[2:] == ["fp32", "auto"]
     r = CliRunner().invoke(cli, ["sample", "-c", str(checkpoint), "--precision", "fp16"])
     assert r.exit_code == 2 and "fp16" in r.output
     assert poetgen.load(checkpoint, precision="bf16").model.inference_precision == "bf16"

@@ -107,9 +107,11 @@ class CharLSTM(nn.Module):
             self.gru = nn.GRU(E, H, L, dropout=between)
         else:  # the attribute keeps its name, so checkpoints from before GRUs load unchanged
             self.lstm = nn.LSTM(E, H, L, dropout=between, proj_size=config.proj_size)
-        # Inference on CPU (no gradients): bfloat16 matrix products where the CPU has them
-        # natively ("auto"), or always ("bf16"), or never ("fp32"); see bf16.py. Not saved.
-        self.inference_precision = "auto"
+        # Inference on CPU (no gradients): float32 ("fp32"), bfloat16 matrix products ("bf16"),
+        # or bf16 where the CPU has them natively ("auto"); see bf16.py. Not saved. float32 by
+        # default: bf16 scores alike but can draw other characters, and a seed should write the
+        # same poem on every CPU; `poetgen eval`, where only scores come out, asks for "auto".
+        self.inference_precision = "fp32"
         self._bf16_lstm = Bf16LSTM() if config.cell == "lstm" else None
         self.attention = PoemAttention(self.output_size, config.attention) if config.attention else None
         self.cutoffs = [c for c in config.cutoffs if c < V - 1]
