@@ -492,6 +492,29 @@ def test_ctrl_c_during_start_up_exits_130(runner, corpus_file, monkeypatch):
     assert "Aborted" not in r.output and "Traceback" not in r.output
 
 
+def test_ctrl_c_as_the_command_ends_exits_130(monkeypatch):
+    """A Ctrl-C that lands after app/cli.py's handling is over (the command has finished, its
+    files are written; seen once in the fault battery) exits with 130, not Python's traceback and
+    death by SIGINT, and leaves no handler that a further Ctrl-C could interrupt."""
+    import signal
+
+    import poetgen.__main__
+    import poetgen.app.cli as cli_mod
+
+    def finished_then_interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_mod, "main", finished_then_interrupted)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            poetgen.__main__.main()
+        assert exit_info.value.code == 130
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("out", ["afile", "afile/sub"])
 def test_out_that_is_or_is_below_a_file_is_one_line(runner, corpus_file, tmp_path, out):
     (tmp_path / "afile").write_text("my notes")
