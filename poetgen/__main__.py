@@ -6,7 +6,7 @@ one that lands as the command ends, after app/cli.py's own handling is over (its
 
 A process that torchrun started ends with os._exit once its command is done and its output
 flushed: C++ teardown at interpreter exit (a thread of the distributed runtime still joinable)
-aborted such a process now and then after a finished run, in about 1 of 25 2-process runs on
+aborted such a process now and then after a finished run, in about 1 of 30 2-process runs on
 a busy 2-core machine (SIGABRT, "terminate called without an active exception", no Python
 frame), and torchrun then reports the whole run as failed. Every file the command wrote is
 closed and synced by then (checkpoints are written atomically), so nothing is skipped but that.
