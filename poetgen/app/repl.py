@@ -121,7 +121,7 @@ class Session:
                  session_file: Path | None = None,
                  load_lexicon: Callable[[], Lexicon] | None = None):
         self.model, self.vocab, self.ui = model, vocab, ui
-        self._load_lexicon, self._lexicon = load_lexicon, None
+        self._load_lexicon = load_lexicon
         self.settings = (settings or GenerationSettings(form="七绝")).validate("repl")
         self.poems: list[SessionPoem] = []  # every poem of the session, in order
         self.shown: list[SessionPoem] = []  # the poems on screen, numbered #1.. (a batch, :history)
@@ -135,10 +135,9 @@ class Session:
     @property
     def lexicon(self) -> Lexicon | None:
         """The corpus statistics themes and ranking use, loaded when a poem first needs them, as
-        `sample` loads them (None: write's default, the bundled Tang lexicon)."""
-        if self._lexicon is None and self._load_lexicon is not None:
-            self._lexicon = self._load_lexicon()
-        return self._lexicon
+        `sample` loads them (None: write's default, the bundled Tang lexicon). The loader keeps
+        what it loaded (verse.lexicon caches each file), so asking again costs a stat."""
+        return self._load_lexicon() if self._load_lexicon is not None else None
 
     # -- input ----------------------------------------------------------------------------------
     def handle(self, line: str) -> None:
