@@ -24,22 +24,24 @@ def main() -> None:
         run()
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a further Ctrl-C has nothing to stop
-        _exit(130)
+        _leave(130)
     except SystemExit as done:
-        _exit(done.code)
-    _exit(0)
+        _leave(done.code)
+    _leave(0)
 
 
-def _exit(code) -> None:
-    """Exit with `code` (SystemExit's: None, a number, or a message for stderr and status 1)."""
-    if isinstance(code, str):
-        print(code, file=sys.stderr)
-        code = 1
-    code = 0 if code is None else code
-    if "LOCAL_RANK" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun
+def _leave(code) -> None:
+    """Exit with SystemExit's `code` (None, a number, or a message): through os._exit in a
+    process torchrun started for a command that trains (which has loaded lm.distributed, whose
+    `launched` is the one rule for that), else as usual."""
+    distributed = sys.modules.get("poetgen.lm.distributed")
+    if distributed is not None and distributed.launched():
+        if isinstance(code, str):  # what sys.exit does with a message
+            print(code, file=sys.stderr)
+            code = 1
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(code)
+        os._exit(0 if code is None else code)
     sys.exit(code)
 
 

@@ -521,6 +521,7 @@ def test_a_process_torchrun_started_ends_with_os_exit(monkeypatch, launched, cod
     interpreter exit aborted about 1 in 30 finished 2-process runs); elsewhere through SystemExit."""
     import poetgen.__main__
     import poetgen.app.cli as cli_mod
+    import poetgen.lm.distributed  # noqa: F401 (loaded by every command that trains)
 
     class OsExit(Exception):
         pass
