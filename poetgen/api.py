@@ -74,13 +74,15 @@ class Poet:
 
 
 def load(checkpoint: str | Path | None = "default", device: str = "cpu",
-         precision: str = "fp32") -> Poet:
+         precision: str = "auto") -> Poet:
     """A model from a checkpoint file, a run directory, or "default" (the bundled Tang model).
 
     None means what the CLI does without --checkpoint: $POETGEN_CHECKPOINT, else the newest
     checkpoint under ./checkpoints, else the bundled model. `precision` is the CLI's --precision:
-    "fp32" (a seed writes the same poems on every CPU), "bf16" (bfloat16 matrix products: faster
-    for several poems at once where the CPU has them natively) or "auto" (bf16 where native).
+    the weights the model multiplies with on a CPU, "fp32", "bf16", "int8" or "auto" (int8 for
+    up to 4 rows at a time, bf16 for more, where the CPU has native bfloat16; else fp32; see
+    poetgen/lm/inference.py). A seed writes the same poem again at the same precision on the
+    same kind of CPU; fp32 is the one to compare across CPUs.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")

@@ -90,21 +90,21 @@ def test_precision_reaches_the_model_from_the_cli_and_the_api(checkpoint, monkey
         seen.append(self.ck.model.inference_precision)
 
     monkeypatch.setattr(cli_mod.Loaded, "__init__", spy)
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", "bf16", "int8"):
         r = CliRunner().invoke(cli, ["sample", "-c", str(checkpoint), "--form", "五绝", "--n", "4",
                                      "--seed", "2", "--precision", precision])
         assert r.exit_code == 0, r.output
         poems = r.stdout.splitlines()
         assert len(poems) == 4 and all(check_poem(p).ok for p in poems)
-    assert seen == ["fp32", "bf16"]
-    # Defaults: sample (and repl) keep float32, so that a seed writes the same poems on every
-    # CPU; eval, where only scores come out, takes bfloat16 where the CPU has it.
+    assert seen == ["fp32", "bf16", "int8"]
+    # Every command defaults to auto: the fastest copies this CPU has for each batch size.
     assert CliRunner().invoke(cli, ["sample", "-c", str(checkpoint), "--n", "1"]).exit_code == 0
     r = CliRunner().invoke(cli, ["eval", str(checkpoint), str(checkpoint.parent.parent / "poems.txt")])
     assert r.exit_code == 0, r.output
-    assert seen[2:] == ["fp32", "auto"]
+    assert seen[3:] == ["auto", "auto"]
+    assert poetgen.load(checkpoint).model.inference_precision == "auto"
     r = CliRunner().invoke(cli, ["sample", "-c", str(checkpoint), "--precision", "fp16"])
     assert r.exit_code == 2 and "fp16" in r.output
     assert poetgen.load(checkpoint, precision="bf16").model.inference_precision == "bf16"
-    with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16"):
+    with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16, int8"):
         poetgen.load(checkpoint, precision="fp16")

@@ -125,66 +125,149 @@ def test_evaluating_restores_the_training_mode_even_on_error():
     assert not m.training  # a model in eval mode stays there
 
 
-# -- bfloat16 inference (lm/bf16.py) -----------------------------------------------------------
+# -- reduced-precision inference on a CPU (lm/inference.py) ------------------------------------
 
 
 def _outputs(model, tokens, precision):
     model.inference_precision = precision
     with torch.no_grad():
         out, (h, c) = model(tokens, model.start_state(tokens.size(1)))
-    return out, h, c
+        logp = model.log_probs(out)
+    return out, h, c, logp
 
 
+def _small(seed=0, **kw):
+    torch.manual_seed(seed)
+    # Widths in multiples of 16 where the int8 kernel takes them (gates, projection, head);
+    # the clusters' narrow second products (8 and 2 wide) keep bfloat16 copies.
+    config = dict(vocab_size=60, embed_size=16, hidden_size=32, cutoffs=(10, 30))
+    return CharLSTM(ModelConfig(**{**config, **kw})).eval()
+
+
+@pytest.mark.parametrize("kind, tolerance", [("bf16", 0.02), ("int8", 0.05)])
 @pytest.mark.parametrize("proj_size, num_layers", [(0, 1), (16, 1), (16, 2)])
-def test_bf16_inference_follows_the_float32_lstm(proj_size, num_layers):
-    """Only the products' operands are rounded (8 bits of mantissa): outputs and states stay
-    within bfloat16's rounding of float32's, over 40 steps and every layer."""
-    from poetgen.lm.bf16 import MIN_ROWS
+@pytest.mark.parametrize("rows", [1, 7])
+def test_reduced_copies_follow_the_float32_model(kind, tolerance, proj_size, num_layers, rows):
+    """Only the products' operands are rounded: outputs, states and the adaptive softmax's
+    log-probabilities stay within the rounding of float32's, over 40 steps and every layer."""
+    model = _small(proj_size=proj_size, num_layers=num_layers)
+    tokens = torch.randint(0, 60, (40, rows))
+    exact, reduced = _outputs(model, tokens, "fp32"), _outputs(model, tokens, kind)
+    for a, b in zip(exact, reduced):
+        assert a.shape == b.shape and a.dtype == b.dtype == torch.float32
+        assert not torch.equal(a, b)  # the reduced path ran
+        assert torch.allclose(a, b, atol=tolerance), (a - b).abs().max()
+    assert torch.allclose(reduced[3].exp().sum(-1), torch.ones(40, rows), atol=1e-5)
+
+
+@pytest.mark.parametrize("head_bias", [False, True])
+def test_the_adaptive_softmax_assembled_from_copies_is_torchs(head_bias):
+    """The stacked first products and the per-cluster log-softmaxes give what
+    nn.AdaptiveLogSoftmaxWithLoss.log_prob gives; float32 copies make it exact up to summation
+    order, so a misplaced cluster or a wrong offset cannot hide in rounding."""
+    from poetgen.lm import inference
 
     torch.manual_seed(0)
-    model = CharLSTM(ModelConfig(vocab_size=50, embed_size=12, hidden_size=32, num_layers=num_layers,
-                                 proj_size=proj_size, softmax="full")).eval()
-    tokens = torch.randint(0, 50, (40, MIN_ROWS + 3))
-    exact, bf16 = _outputs(model, tokens, "fp32"), _outputs(model, tokens, "bf16")
-    for a, b in zip(exact, bf16):
-        assert a.shape == b.shape and a.dtype == b.dtype == torch.float32
-        assert not torch.equal(a, b)  # the bfloat16 path ran
-        assert torch.allclose(a, b, atol=0.02), (a - b).abs().max()
+    adaptive = torch.nn.AdaptiveLogSoftmaxWithLoss(24, 70, [10, 25, 50], div_value=2.0,
+                                                   head_bias=head_bias)
+    x = torch.randn(5, 24)
+    copies = inference.adaptive_copies().get(adaptive, "fp32")
+    with torch.no_grad():
+        assert torch.allclose(inference.adaptive_log_prob(copies, x), adaptive.log_prob(x),
+                              atol=1e-5)
 
 
-def test_bf16_copies_follow_weight_updates_and_few_rows_stay_float32():
-    from poetgen.lm.bf16 import MIN_ROWS
+@pytest.mark.parametrize("shape", [(7, 16), (64, 48), (3, 128)])
+def test_int8_copies_against_their_own_dequantized_weights(shape):
+    """The oracle is the arithmetic written out: q = round(W / s) per row with s = max|W_row| / 127
+    (so each row reaches ±127 and no weight moves by more than s / 2), and the kernel's product
+    is x (q s)ᵀ up to bfloat16's rounding of x and of the result."""
+    from poetgen.lm.inference import Product
 
     torch.manual_seed(1)
-    model = CharLSTM(ModelConfig(vocab_size=30, embed_size=8, hidden_size=16, proj_size=8,
-                                 softmax="full")).eval()
-    tokens = torch.randint(0, 30, (10, MIN_ROWS))
-    before = _outputs(model, tokens, "bf16")[0]
+    w = torch.randn(*shape) * torch.linspace(0.01, 3, shape[0])[:, None]  # rows of all scales
+    p = Product(w, "int8")
+    q, s = p.weight.float(), p.scale.float()[:, None]
+    exact_s = w.abs().amax(1, keepdim=True) / 127
+    assert p.weight.dtype == torch.int8 and (q.abs().amax(1) == 127).all()
+    assert ((q * exact_s - w).abs() <= exact_s * 0.5001).all()
+    assert torch.allclose(s, exact_s, rtol=2**-8)  # the scale kept in bfloat16
+    x = torch.randn(4, shape[1])
+    want = x.bfloat16().double() @ (q.double() * s.double()).T
+    got = p(x.bfloat16()).double()
+    assert torch.allclose(got, want, rtol=0.02, atol=0.02 * want.abs().max().item())
+    # A column slice of a one-row product is contiguous but not aligned: the kernel must get a
+    # copy, not the view (it crashed on one).
+    wide = torch.randn(1, shape[1] + 3).bfloat16()
+    assert torch.equal(p(wide[:, 3:]), p(wide[:, 3:].clone()))
+
+
+def test_a_width_the_int8_kernel_cannot_take_keeps_a_bfloat16_copy():
+    """The kernel crashed the process on inner widths not a multiple of 16 (20, 24, 40)."""
+    from poetgen.lm.inference import INT8_BLOCK, Product
+
+    w = torch.randn(8, INT8_BLOCK + 4)
+    p = Product(w, "int8")
+    assert p.weight.dtype == torch.bfloat16 and p.scale is None
+    x = torch.randn(3, INT8_BLOCK + 4)
+    assert torch.allclose(p(x.bfloat16()).float(), x @ w.T, atol=0.1)
+
+
+def test_auto_takes_int8_for_few_rows_bf16_for_many_and_fp32_without_native_bfloat16(monkeypatch):
+    from poetgen.lm import inference
+
+    monkeypatch.setattr(inference, "native_bf16", lambda: True)
+    assert [inference.product_kind("auto", n) for n in (1, inference.INT8_MAX_ROWS,
+                                                        inference.INT8_MAX_ROWS + 1, 64)] == \
+        ["int8", "int8", "bf16", "bf16"]
+    monkeypatch.setattr(inference, "native_bf16", lambda: False)
+    assert {inference.product_kind("auto", n) for n in (1, 64)} == {"fp32"}
+    assert [inference.product_kind(p, 1) for p in ("fp32", "bf16", "int8")] == ["fp32", "bf16", "int8"]
+    # ...and the model follows: with no native bfloat16, auto is float32 exactly.
+    model = _small(proj_size=16)
+    tokens = torch.randint(0, 60, (10, 3))
+    assert all(torch.equal(a, b) for a, b in zip(_outputs(model, tokens, "auto"),
+                                                 _outputs(model, tokens, "fp32")))
+
+
+@pytest.mark.parametrize("kind", ["bf16", "int8"])
+def test_reduced_copies_follow_weight_updates(kind):
+    model = _small(seed=1, proj_size=8)
+    tokens = torch.randint(0, 60, (10, 3))
+    before = _outputs(model, tokens, kind)[0]
     with torch.no_grad():  # an optimizer step changes the weights in place
         model.lstm.weight_ih_l0.mul_(-3)
-    after, exact = _outputs(model, tokens, "bf16")[0], _outputs(model, tokens, "fp32")[0]
+    after, exact = _outputs(model, tokens, kind)[0], _outputs(model, tokens, "fp32")[0]
     # Stale copies would give `before` again, exactly; new ones follow the new weights.
     assert (after - before).abs().max() > 10 * (after - exact).abs().max()
-    model.lstm = torch.nn.LSTM(8, 16, proj_size=8)  # a new module: its weights, not the old ones
-    replaced, exact = _outputs(model, tokens, "bf16")[0], _outputs(model, tokens, "fp32")[0]
+    model.lstm = torch.nn.LSTM(16, 32, proj_size=8)  # a new module: its weights, not the old ones
+    replaced, exact = _outputs(model, tokens, kind)[0], _outputs(model, tokens, "fp32")[0]
     assert (replaced - after).abs().max() > 10 * (replaced - exact).abs().max()
-    few = tokens[:, : MIN_ROWS - 1]  # below MIN_ROWS even "bf16" takes float32's exact path
-    assert torch.equal(_outputs(model, few, "bf16")[0], _outputs(model, few, "fp32")[0])
-    double = model.double()  # nor a float64 model: its products stay float64
-    assert _outputs(double, tokens, "bf16")[0].dtype == torch.float64
-    assert torch.equal(_outputs(double, tokens, "bf16")[0], _outputs(double, tokens, "fp32")[0])
-    model = double.float()
-    model.train()  # training (with gradients) never takes it
-    model.inference_precision = "bf16"
+    logp_before = _outputs(model, tokens, kind)[3]
+    with torch.no_grad():  # the softmax's copies too
+        model.adaptive.head.weight.mul_(2)
+    logp_after, logp_exact = _outputs(model, tokens, kind)[3], _outputs(model, tokens, "fp32")[3]
+    assert (logp_after - logp_before).abs().max() > 10 * (logp_after - logp_exact).abs().max()
+
+
+def test_reduced_copies_are_for_float32_inference_only():
+    model = _small(seed=2, proj_size=8).double()  # a float64 model: its products stay float64
+    tokens = torch.randint(0, 60, (10, 5))
+    assert _outputs(model, tokens, "bf16")[0].dtype == torch.float64
+    assert all(torch.equal(a, b) for a, b in zip(_outputs(model, tokens, "int8"),
+                                                 _outputs(model, tokens, "fp32")))
+    model = model.float()
+    model.train()  # training (with gradients) never takes them
+    model.inference_precision = "int8"
     out, _ = model(tokens, model.start_state(tokens.size(1)))
     assert out.requires_grad
 
 
 @pytest.mark.skipif(not (SHARED / "corpora" / "tang_val.txt").exists(),
                     reason="needs ../shared/corpora/tang_val.txt")
-def test_bf16_scores_the_bundled_model_as_float32_does():
-    """The quality check of the faster path: 300 poems of tang_val read by the bundled model,
-    bfloat16 products against float32 (on the whole file: 5.84449 against 5.84447)."""
+def test_reduced_copies_score_the_bundled_model_as_float32_does():
+    """The quality check of the faster paths: 300 poems of tang_val read by the bundled model
+    (on the whole file, bench/precision_bpc.py: float32 5.84447, bf16 5.84449, int8 5.84409)."""
     from poetgen.lm.checkpoint import BUNDLED, load_checkpoint
     from poetgen.lm.evaluate import evaluate_ids
 
@@ -192,7 +275,8 @@ def test_bf16_scores_the_bundled_model_as_float32_does():
     lines = (SHARED / "corpora" / "tang_val.txt").read_text(encoding="utf-8").splitlines()[:300]
     ids = torch.tensor(ck.vocab.encode("\n".join(lines) + "\n"))
     bpc = {}
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", "bf16", "int8"):
         ck.model.inference_precision = precision
         bpc[precision] = evaluate_ids(ck.model, ck.vocab, [ids], kind="lines").bpc
-    assert bpc["bf16"] != bpc["fp32"] and abs(bpc["bf16"] - bpc["fp32"]) < 0.001
+    for kind in ("bf16", "int8"):
+        assert bpc[kind] != bpc["fp32"] and abs(bpc[kind] - bpc["fp32"]) < 0.002, bpc

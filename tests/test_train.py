@@ -291,7 +291,7 @@ def test_divergence_at_an_evaluation_step_saves_nothing_and_says_what_was_kept(t
 
 def test_training_evaluates_in_float32_on_every_cpu(tmp_path, tiny_text, monkeypatch):
     """metrics.csv and the choice of `best` must not depend on whether the CPU has bfloat16
-    products (lm/bf16.py): training's evaluations run the model at "fp32"."""
+    products (lm/inference.py): training's evaluations run the model at "fp32"."""
     import poetgen.lm.train as train_mod
 
     seen = []

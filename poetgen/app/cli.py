@@ -282,29 +282,26 @@ def use_threads(threads: int | None) -> None:
 MODEL_STEP_THREADS = 1
 
 
-def device_options(precision: str):
+def device_options(f):
     """--device, --threads and --precision: where and how a command runs its model (a matter of
-    the machine, not a generation setting). `precision` is the command's default: "auto" where
-    only scores come out (`eval`), "fp32" where a seed must write the same poem on every CPU."""
-    seeded = ("; fp32 by default here, so that a seed writes the same poems on every CPU, which "
-              "bf16 does not promise" if precision == "fp32" else "")
-
-    def decorate(f):
-        f = click.option("--precision", type=click.Choice(INFERENCE_PRECISIONS), default=precision,
-                         show_default=True,
-                         help="How the model multiplies matrices on a CPU (not a GPU): bf16 "
-                              "products (1.6-1.8x faster for 64 poems at once on a CPU with AMX, the "
-                              "same val bpc to 0.0001), fp32, or auto: bf16 where the CPU has "
-                              f"native bfloat16 (AMX, AVX512-BF16), else fp32{seeded}.")(f)
-        f = click.option("--threads", type=click.IntRange(1), default=None,
-                         help=f"CPU threads torch may use. [default: {MODEL_STEP_THREADS}: the "
-                              "model runs a small step at a time, where more threads mostly "
-                              "wait]")(f)
-        return click.option("--device", default="auto", show_default=True, metavar="DEVICE",
-                            shell_complete=lambda *a: _DEVICES,
-                            help="Where the model runs: auto (cuda, else mps, else cpu), cpu, "
-                                 "cuda, cuda:N or mps.")(f)
-    return decorate
+    the machine, not a generation setting)."""
+    f = click.option("--precision", type=click.Choice(INFERENCE_PRECISIONS), default="auto",
+                     show_default=True,
+                     help="The weights the model multiplies with on a CPU (not a GPU): fp32; "
+                          "bf16 or int8 copies (faster, the same val bpc to 0.001); or auto: "
+                          "int8 for up to 4 rows at a time (poems, candidates), bf16 for more, "
+                          "where the CPU "
+                          "has native bfloat16 (AMX, AVX512-BF16), else fp32. A seed writes the "
+                          "same poem again at the same precision on the same kind of CPU; "
+                          "fp32 is the one to compare across CPUs.")(f)
+    f = click.option("--threads", type=click.IntRange(1), default=None,
+                     help=f"CPU threads torch may use. [default: {MODEL_STEP_THREADS}: the "
+                          "model runs a small step at a time, where more threads mostly "
+                          "wait]")(f)
+    return click.option("--device", default="auto", show_default=True, metavar="DEVICE",
+                        shell_complete=lambda *a: _DEVICES,
+                        help="Where the model runs: auto (cuda, else mps, else cpu), cpu, "
+                             "cuda, cuda:N or mps.")(f)
 
 
 class Loaded:
@@ -312,7 +309,7 @@ class Loaded:
     is named on stderr, and in any error about what the model can write."""
 
     def __init__(self, spec: str | None, device: str = "cpu", threads: int | None = None,
-                 precision: str = "fp32"):
+                 precision: str = "auto"):
         from poetgen.lm import checkpoint as ckpt_mod
         from poetgen.lm.train import pick_device
 
@@ -393,7 +390,7 @@ def settings_from_options(values: dict, defaults: dict | None = None) -> Generat
 @cli.command()
 @click.option("--checkpoint", "-c", default=None, help=_CHECKPOINT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per sample on stdout.")
-@device_options(precision="fp32")
+@device_options
 @generation_options()
 def sample(checkpoint, as_json, device, threads, precision, **values):
     """Generate text or poems from a trained model.
@@ -478,7 +475,7 @@ EVAL_GENERATION = ("temperature", "top_k", "top_p", "seed", "rhyme", "tones", "r
               help="Training corpus: measure how much the poems copy from it.")
 @click.option("--real", "real_file", type=click.Path(path_type=Path), default=None,
               help="Real poems (one per line, e.g. tang_val.txt) measured the same way, side by side.")
-@device_options(precision="auto")
+@device_options
 @generation_options(only=EVAL_GENERATION, defaults={"seed": 0})
 def eval_cmd(checkpoint, file, as_json, generate, forms, copy_corpus, real_file, device, threads,
              precision, **values):
@@ -761,7 +758,7 @@ REPL_START = ("form", "seed", "temperature", "rhyme", "tones")
 
 @cli.command()
 @click.option("--checkpoint", "-c", default=None, help=_CHECKPOINT_HELP)
-@device_options(precision="fp32")
+@device_options
 @generation_options(only=REPL_START, defaults={"form": "七绝 for a model of Chinese verse"})
 @click.pass_context
 def repl(ctx, checkpoint, device, threads, precision, **values):

@@ -159,9 +159,9 @@ def _is_number(value) -> bool:
 
 
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N (the N-th GPU) or mps"
-# How inference multiplies matrices on a CPU (see bf16.py): auto is bf16 where the CPU has native
-# bfloat16, else fp32.
-INFERENCE_PRECISIONS = ("auto", "fp32", "bf16")
+# The weights inference multiplies with on a CPU (see inference.py): auto is int8 for a few rows
+# and bf16 for more where the CPU has native bfloat16, else fp32.
+INFERENCE_PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
 def is_device_name(name: str) -> bool:

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from poetgen.lm.bf16 import Bf16LSTM, wants_bf16
+from poetgen.lm import inference
 from poetgen.lm.config import ModelConfig
 
 # (h, c): (L, B, P) and (L, B, H); a GRU's c is (L, B, 0). With attention two more entries follow:
@@ -107,12 +107,12 @@ class CharLSTM(nn.Module):
             self.gru = nn.GRU(E, H, L, dropout=between)
         else:  # the attribute keeps its name, so checkpoints from before GRUs load unchanged
             self.lstm = nn.LSTM(E, H, L, dropout=between, proj_size=config.proj_size)
-        # Inference on CPU (no gradients): float32 ("fp32"), bfloat16 matrix products ("bf16"),
-        # or bf16 where the CPU has them natively ("auto"); see bf16.py. Not saved. float32 by
-        # default: bf16 scores alike but can draw other characters, and a seed should write the
-        # same poem on every CPU; `poetgen eval`, where only scores come out, asks for "auto".
+        # Inference on CPU (no gradients): "fp32", "bf16" or "int8" copies of the weights for
+        # the LSTM's and the adaptive softmax's products, or "auto" (the fastest of them for the
+        # batch size on this CPU); see inference.py. Not saved: a setting of the commands.
         self.inference_precision = "fp32"
-        self._bf16_lstm = Bf16LSTM() if config.cell == "lstm" else None
+        self._lstm_copies = inference.lstm_copies() if config.cell == "lstm" else None
+        self._adaptive_copies = inference.adaptive_copies()
         self.attention = PoemAttention(self.output_size, config.attention) if config.attention else None
         self.cutoffs = [c for c in config.cutoffs if c < V - 1]
         if config.softmax == "adaptive" and self.cutoffs:
@@ -190,18 +190,30 @@ class CharLSTM(nn.Module):
 
     def forward(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """tokens (T, B) -> outputs (T, B, P) and the state after the last character."""
-        x = self.dropout(self.embedding(tokens))  # (T, B, E)
+        x = self._drop(self.embedding(tokens))  # (T, B, E)
         out, recurrent = self._rnn(x, state[:2])  # (T, B, P)
         if self.attention is None:
-            return self.dropout(out), recurrent
+            return self._drop(out), recurrent
         out, memory, in_poem = self.attention(out, tokens == self.config.newline_id, *state[2:])
-        return self.dropout(out), (*recurrent, memory, in_poem)
+        return self._drop(out), (*recurrent, memory, in_poem)
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        # Dropout is the identity outside training; not calling it saves a sampling step ~5 µs.
+        return self.dropout(x) if self.training else x
+
+    def _reduced(self, x: torch.Tensor, rows: int) -> str | None:
+        """The reduced copies ("bf16", "int8") a product of `rows` rows of x uses, or None for
+        the module's own float32 (or other dtype) weights: always while training or on a GPU."""
+        if (self.training or torch.is_grad_enabled() or x.device.type != "cpu"
+                or x.dtype != torch.float32):
+            return None
+        kind = inference.product_kind(self.inference_precision, rows)
+        return None if kind == "fp32" else kind
 
     def _rnn(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        if (self._bf16_lstm is not None and not self.training and not torch.is_grad_enabled()
-                and x.device.type == "cpu" and x.dtype == torch.float32
-                and wants_bf16(self.inference_precision, x.size(1))):
-            return self._bf16_lstm(self.lstm, x, state[:2])
+        kind = self._reduced(x, x.size(1)) if self._lstm_copies is not None else None
+        if kind is not None:
+            return inference.lstm_forward(self._lstm_copies.get(self.lstm, kind), x, state[:2])
         # oneDNN has no projection LSTM: PyTorch falls back to ATen's, but warns on every run.
         use_aten = stepwise() if self.config.proj_size and x.device.type == "cpu" else nullcontext()
         gru = self.config.cell == "gru"
@@ -238,7 +250,10 @@ class CharLSTM(nn.Module):
     def log_probs(self, outputs: torch.Tensor) -> torch.Tensor:
         """Log-probabilities over the whole vocabulary: (..., P) -> (..., V)."""
         flat = outputs.reshape(-1, outputs.size(-1))
-        if self.adaptive is not None:
+        kind = self._reduced(flat, flat.size(0)) if self.adaptive is not None else None
+        if kind is not None:
+            logp = inference.adaptive_log_prob(self._adaptive_copies.get(self.adaptive, kind), flat)
+        elif self.adaptive is not None:
             logp = self.adaptive.log_prob(flat)
         else:
             logp = F.log_softmax(self.decoder(self.to_embed(flat)), dim=-1)

@@ -98,13 +98,36 @@ class Compiled:
     def plans(self) -> int:
         return self.static.size(0)
 
+    # What the decoding loop asks at every step, worked out once: Python values where it
+    # branches (a tensor's truth value costs a synchronising call per step) and float copies for
+    # the products that take unions over templates and rhyme groups.
     @functools.cached_property
     def member_float(self) -> torch.Tensor:
-        return self.member.float()
+        return self.member.float()  # (V, G)
+
+    @functools.cached_property
+    def member_float_t(self) -> torch.Tensor:
+        return self.member.float().T.contiguous()  # (G, V): a transposed view multiplied 3x slower
 
     @functools.cached_property
     def tone_ok_float(self) -> torch.Tensor:
-        return self.tone_ok.float()
+        return self.tone_ok.float()  # (4, V)
+
+    @functools.cached_property
+    def requirement_of(self) -> torch.Tensor:
+        """(T, K, 4) float: template k asks for tone code c at step t (one-hot), so that the
+        codes a row's alive templates ask for are one (n, K) @ (K, 4) product."""
+        return torch.nn.functional.one_hot(self.tone_req.T, 4).float()
+
+    @functools.cached_property
+    def rhyme_step(self) -> list[bool]:
+        """Whether some template rhymes at step t."""
+        return self.rhymes_at.any(0).tolist()
+
+    @functools.cached_property
+    def verse_step(self) -> list[bool]:
+        """Whether step t writes a verse character (not punctuation or the final newline)."""
+        return (self.tone_req[0] != NONE).tolist()
 
 
 Placed = list[tuple[tuple[int, int], str]]  # ((line, col), character), in order
@@ -577,22 +600,22 @@ def _allowed(c: Compiled, h: _Hyps, t: int) -> tuple[torch.Tensor, torch.Tensor 
     """(n, V) allowed characters at step t, and at rhyme steps (n, K, V) allowed per template
     (elsewhere None: a character's templates are then those whose tone it has, see _advance)."""
     static = c.static[0, t][None] if c.plans == 1 else c.static[h.plan, t]  # (1 or n, V)
-    if not c.rhymes_at[:, t].any():  # the common step: one small product instead of (n, K, V)
-        allowed = (h.alive.float() @ c.tone_ok_float[c.tone_req[:, t]] > 0) & static
-        if c.spec.no_repeat and c.tone_req[0, t] != NONE:
+    if not c.rhyme_step[t]:  # the common step: two small products instead of (n, K, V)
+        asked = h.alive.float() @ c.requirement_of[t]  # (n, 4): tone codes alive templates ask
+        allowed = (asked @ c.tone_ok_float > 0) & static
+        if c.spec.no_repeat and c.verse_step[t]:
             allowed = allowed & ~h.used
         return allowed, None
     per = c.tone_ok[c.tone_req[:, t]][None] & static[:, None]  # (n, K, V)
     # Groups with enough unused characters for the rhymes left under each template (n, K, G),
     # then the characters of those groups that no rhyme position holds yet (no 重韵).
-    member = c.member_float
-    free = c.rhyme_count[None] - h.rhymed.float() @ member  # (n, G)
+    free = c.rhyme_count[None] - h.rhymed.float() @ c.member_float  # (n, G)
     enough = free[:, None, :] >= c.rhymes_left[:, t][None, :, None]
     groups = (h.cand[:, None, :] & enough).float()
-    rhyme_ok = ((groups @ member.T) > 0) & ~h.rhymed[:, None, :]  # (n, K, V)
+    rhyme_ok = ((groups @ c.member_float_t) > 0) & ~h.rhymed[:, None, :]  # (n, K, V)
     per = per & torch.where(c.rhymes_at[:, t][None, :, None], rhyme_ok, True)
     per = per & h.alive[:, :, None]
-    if c.spec.no_repeat and c.tone_req[0, t] != NONE:
+    if c.spec.no_repeat and c.verse_step[t]:
         per = per & ~h.used[:, None, :]
     return per.any(1), per
 
@@ -603,11 +626,11 @@ def _advance(c: Compiled, h: _Hyps, t: int, token: torch.Tensor, per: torch.Tens
     rows = torch.arange(n, device=token.device)
     h.tokens[:, t] = token
     if per is None:  # templates whose tone here the character has
-        h.alive = h.alive & c.tone_ok[c.tone_req[:, t]][:, token].T
+        h.alive = h.alive & c.tone_ok[:, token][c.tone_req[:, t]].T
     else:  # templates under which this character was allowed
         h.alive = per[rows, :, token]
     rhymes = c.rhymes_at[:, t]
-    if rhymes.any():
+    if c.rhyme_step[t]:
         # A character allowed both as a rhyme and not (e.g. line 1's end, 'both' tone) is read as
         # not rhyming when some template allows that: the narrower reading keeps more freedom.
         nonrhyme_alive = (h.alive & ~rhymes).any(1, keepdim=True)
@@ -615,7 +638,7 @@ def _advance(c: Compiled, h: _Hyps, t: int, token: torch.Tensor, per: torch.Tens
         is_rhyme = (h.alive & rhymes).any(1)
         narrowed = h.cand & c.member[token]
         h.cand = torch.where(is_rhyme[:, None], narrowed, h.cand)
-    if rhymes.any() or c.positions[t] == (0, c.spec.form.chars_per_line - 1):
+    if c.rhyme_step[t] or c.positions[t] == (0, c.spec.form.chars_per_line - 1):
         # Kept from every later rhyme, line 1's end too, rhyming or not: a reader hears the same
         # character end two of these lines as a repeated rhyme either way.
         h.rhymed[rows, token] = True
@@ -728,7 +751,9 @@ def _sample(model, c: Compiled, n, temperature, top_k, top_p, gen, seed,
         logp = model.log_probs(out)  # (n, V)
         allowed, per = _allowed(c, h, t)
         h.failed |= ~allowed.any(1)
-        allowed = torch.where(h.failed[:, None], c.static[h.plan, t], allowed)  # keep going; redone later
+        failing = bool(h.failed.any())  # rare (a dead end): only then are the selects needed
+        if failing:  # keep going; redone later
+            allowed = torch.where(h.failed[:, None], c.static[h.plan, t], allowed)
         pen = _repeat_penalty(c, h, t, *penalty)
         token = sample_next(logp if pen is None else logp - pen, temperature, gen, top_k, top_p,
                             allowed)
@@ -736,7 +761,8 @@ def _sample(model, c: Compiled, n, temperature, top_k, top_p, gen, seed,
         if pen is not None:
             h.penalty += pen.gather(1, token[:, None]).squeeze(1)
         _advance(c, h, t, token, per)
-        h.alive = torch.where(h.failed[:, None], c.alive0[h.plan], h.alive)
+        if failing:
+            h.alive = torch.where(h.failed[:, None], c.alive0[h.plan], h.alive)
         if t in prune_after:
             score = (h.logprob - h.penalty).masked_fill(h.failed, float("-inf"))
             rows = _keep_best(score, group, keep)

@@ -1,0 +1,225 @@
+"""Faster inference on a CPU: the LSTM's and the adaptive softmax's matrix products done with
+bfloat16 or int8 copies of their weights.
+
+Sampling and scoring spend most of their time in matrix products: for the bundled model, per
+character, a 6144 × 640 product for the LSTM's gates, a 512 × 1536 projection, and the softmax's
+1162 × 512 first level (head and cluster projections together). Two things bound them:
+
+- One row (a poem written alone) is bound by reading the weights: 15.7 MB of float32 gates per
+  character. int8 copies (one scale per output row) read a quarter of that; PyTorch's
+  weight-only int8 kernel multiplies them with bfloat16 activations. Measured on one core of a
+  Xeon with AMX, the gates' product: 222 µs against 587 in float32 at 1 row, 401 against 1169
+  at 4 rows; from 5 rows on it is slower than bfloat16.
+- Many rows (a batch of poems, candidates, a scored file) are bound by arithmetic, which a CPU
+  with AMX or AVX512-BF16 (Intel Xeon since Cooper Lake and Sapphire Rapids, AMD Zen 4) does
+  several times faster in bfloat16 (same product: 591 µs against 2329 at 12 rows, 3.7× at 64).
+
+So `auto` takes int8 up to INT8_MAX_ROWS rows and bf16 above, on CPUs with native bfloat16;
+elsewhere bfloat16 is emulated and slower, and `auto` keeps float32. `bf16` and `int8` ask for
+one path at every batch size (for measuring; int8 is slow for big batches).
+
+What is rounded: the products' operands (bfloat16: 8 bits of mantissa; int8 weights: 1/254 of a
+row's largest weight) and each product's result, once. Everything between the products stays
+float32 (the gate activations, the cell state, the log-softmax), so the rounding does not build
+up along a poem. The bundled model on tang_val, read poem by poem (`bench/eval_bench.py`,
+`bench/int8_probe.py`): 5.84447 bpc in float32, 5.84449 with bf16, 5.84409 with int8.
+
+Training never takes these paths: they need no gradients, and training's evaluations are float32
+so that its metrics and its choice of `best` do not depend on the CPU (train.py sets "fp32").
+The copies are made again when a weight is replaced or changed in place through autograd-visible
+operations (an optimizer step, load_state_dict); a change through `.data` is not seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+# Up to this many rows sharing the weights, `auto` reads int8 weights (bound by reading them);
+# above, bfloat16 ones (bound by arithmetic). The crossover measured for all three products of
+# the bundled model (table in the module docstring) lies between 4 and 6 rows.
+INT8_MAX_ROWS = 4
+
+# PyTorch's weight-only int8 kernel (torch._weight_int8pack_mm, the one torchao uses on CPU)
+# reads the inner dimension in blocks of 16: widths 16, 32, 48, 64 gave the right products,
+# 20, 24, 40 crashed the process. A narrower or ragged matrix keeps a bfloat16 copy instead.
+INT8_BLOCK = 16
+
+
+@cache
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX tiles or AVX512-BF16)."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except (AttributeError, RuntimeError):  # a PyTorch build without these probes: assume not
+        return False
+
+
+def product_kind(precision: str, rows: int) -> str:
+    """The weights a CPU product of `rows` rows uses under `precision` ("auto", "fp32", "bf16"
+    or "int8"): "fp32", "bf16" or "int8"."""
+    if precision != "auto":
+        return precision
+    if not native_bf16():
+        return "fp32"
+    return "int8" if rows <= INT8_MAX_ROWS else "bf16"
+
+
+class Product:
+    """y = x Wᵀ with a copy of W (N, K): bfloat16, int8 with one bfloat16 scale per row
+    (symmetric: a row's largest |weight| maps to 127), or float32. Takes (B, K) and returns
+    (B, N) in bfloat16, or in float32 for a float32 copy."""
+
+    def __init__(self, weight: torch.Tensor, kind: str):
+        weight = weight.detach().float()
+        if kind == "int8" and (weight.size(1) % INT8_BLOCK or weight.size(1) == 0):
+            kind = "bf16"  # the int8 kernel cannot take this width (a tiny cluster may have 0)
+        if kind == "fp32":
+            self.weight, self.scale = weight, None
+        elif kind == "int8":
+            scale = weight.abs().amax(dim=1).clamp(min=1e-30) / 127  # (N,)
+            self.weight = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
+            self.scale = scale.to(torch.bfloat16)
+        else:
+            self.weight, self.scale = weight.to(torch.bfloat16), None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scale is None:
+            return F.linear(x.to(self.weight.dtype), self.weight)
+        x = x.to(torch.bfloat16)
+        # The kernel reads x as a dense matrix whose first element is aligned as a fresh tensor's
+        # (64 bytes); a column slice of a one-row product is contiguous but not aligned, and
+        # crashed it, so such a view is copied first.
+        if not x.is_contiguous() or x.data_ptr() % 64:
+            x = x.clone(memory_format=torch.contiguous_format)
+        return torch._weight_int8pack_mm(x, self.weight, self.scale)
+
+
+class _LstmLayer:
+    """One LSTM layer's copies. The gate rows are reordered from nn.LSTM's (i, f, g, o) to
+    (i, f, o, g), so that one sigmoid covers the first three gates and one tanh the last."""
+
+    def __init__(self, lstm: nn.LSTM, layer: int, kind: str):
+        get = lambda name: getattr(lstm, f"{name}_l{layer}").detach()  # noqa: E731
+        H = lstm.hidden_size
+        order = torch.cat([torch.arange(0, 2 * H), torch.arange(3 * H, 4 * H),
+                           torch.arange(2 * H, 3 * H)])
+        # [W_ih W_hh]: one product of [x_t h] per step, the input's share included (precomputing
+        # it for all T steps at once writes a (T, B, 4H) float32 tensor out to memory and back,
+        # which cost more than it saved).
+        self.gates = Product(torch.cat([get("weight_ih"), get("weight_hh")], dim=1)[order], kind)
+        self.bias = (get("bias_ih") + get("bias_hh"))[order]  # (4H,) float32
+        self.project = Product(get("weight_hr"), kind) if lstm.proj_size else None
+
+
+class _AdaptiveCopies:
+    """nn.AdaptiveLogSoftmaxWithLoss's copies: its head and the first product of every cluster
+    stacked into one matrix (one product per step instead of 1 + clusters), then each cluster's
+    second product."""
+
+    def __init__(self, adaptive: nn.AdaptiveLogSoftmaxWithLoss, kind: str):
+        firsts = [adaptive.head.weight] + [tail[0].weight for tail in adaptive.tail]
+        self.first = Product(torch.cat(firsts), kind)
+        self.head_bias = adaptive.head.bias.detach() if adaptive.head.bias is not None else None
+        self.splits = [w.size(0) for w in firsts]
+        self.seconds = [Product(tail[1].weight, kind) for tail in adaptive.tail]
+        self.shortlist, self.cutoffs = adaptive.shortlist_size, adaptive.cutoffs
+
+
+class Copies:
+    """Reduced copies of one module's weights, per kind, made on first use and again whenever a
+    weight changes: the weights themselves (kept, so that a freed tensor's address cannot pass
+    for its successor's) and their version counters, which in-place updates advance, are compared
+    at every call, which costs microseconds. `weights(module)` lists the weights copied."""
+
+    def __init__(self, weights: Callable[[nn.Module], list[torch.Tensor]],
+                 build: Callable[[nn.Module, str], object]):
+        self._weights, self._build = weights, build
+        self._made: dict[str, tuple[list[torch.Tensor], list[int], object]] = {}
+
+    def get(self, module: nn.Module, kind: str):
+        params = self._weights(module)
+        versions = [p._version for p in params]
+        made = self._made.get(kind)
+        if (made is None or len(made[0]) != len(params) or versions != made[1]
+                or not all(a is b for a, b in zip(params, made[0]))):
+            made = self._made[kind] = (params, versions, self._build(module, kind))
+        return made[2]
+
+
+def lstm_copies() -> Copies:
+    return Copies(lambda lstm: [w for layer in lstm.all_weights for w in layer],
+                  lambda lstm, kind: [_LstmLayer(lstm, i, kind) for i in range(lstm.num_layers)])
+
+
+def _adaptive_weights(adaptive: nn.AdaptiveLogSoftmaxWithLoss) -> list[torch.Tensor]:
+    # Named rather than found by module.parameters(), whose walk over the submodules cost more
+    # than the rest of the check (~7 µs a step).
+    weights = [adaptive.head.weight, *(t[i].weight for t in adaptive.tail for i in (0, 1))]
+    return weights if adaptive.head.bias is None else [*weights, adaptive.head.bias]
+
+
+def adaptive_copies() -> Copies:
+    return Copies(_adaptive_weights, _AdaptiveCopies)
+
+
+def with_onednn(fn):
+    """Run fn with oneDNN on: sampling turns it off for nn.LSTM's sake (model.stepwise), and
+    bfloat16 products without it take a generic kernel several times slower than float32."""
+    def wrapped(*args, **kwargs):
+        previous = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = True
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.backends.mkldnn.enabled = previous
+    return wrapped
+
+
+@with_onednn
+def lstm_forward(layers: list[_LstmLayer], x: torch.Tensor,
+                 state: tuple[torch.Tensor, torch.Tensor]
+                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """nn.LSTM's output for x (T, B, E) float32 from (h (L, B, P), c (L, B, H)), in eval mode
+    (no dropout): outputs (T, B, P) and the state after the last step, all float32."""
+    hs, cs = [], []
+    for layer, copies in enumerate(layers):
+        h, c = state[0][layer], state[1][layer]  # (B, P), (B, H)
+        H = c.size(1)
+        inputs = x.to(torch.bfloat16)
+        outputs = []
+        for t in range(x.size(0)):
+            xh = torch.cat([inputs[t], h.to(torch.bfloat16)], dim=1)  # (B, E + P)
+            gates = copies.gates(xh) + copies.bias  # bfloat16 + float32 -> (B, 4H) float32
+            ifo = torch.sigmoid(gates[:, : 3 * H])
+            c = ifo[:, H : 2 * H] * c + ifo[:, :H] * torch.tanh(gates[:, 3 * H :])
+            h = ifo[:, 2 * H :] * torch.tanh(c)
+            if copies.project is not None:
+                h = copies.project(h.to(torch.bfloat16)).float()
+            outputs.append(h)
+        x = torch.stack(outputs) if len(outputs) > 1 else h[None]
+        hs.append(h)
+        cs.append(c)
+    if len(layers) == 1:  # sampling's usual case: views, not copies
+        return x, (hs[0][None], cs[0][None])
+    return x, (torch.stack(hs), torch.stack(cs))
+
+
+@with_onednn
+def adaptive_log_prob(copies: _AdaptiveCopies, x: torch.Tensor) -> torch.Tensor:
+    """nn.AdaptiveLogSoftmaxWithLoss.log_prob of x (B, P) float32: (B, V) float32."""
+    first = copies.first(x)  # (B, head + cluster projections)
+    head, *projected = first.split(copies.splits, dim=1)
+    head = head.float() if copies.head_bias is None else head + copies.head_bias
+    head_logp = F.log_softmax(head, dim=1)  # (B, shortlist + clusters)
+    out = x.new_empty(x.size(0), copies.cutoffs[-1])
+    out[:, : copies.shortlist] = head_logp[:, : copies.shortlist]
+    for i, (second, start, stop) in enumerate(zip(copies.seconds, copies.cutoffs, copies.cutoffs[1:])):
+        cluster = second(projected[i]).float()  # (B, cluster size)
+        torch.add(F.log_softmax(cluster, dim=1), head_logp[:, copies.shortlist + i, None],
+                  out=out[:, start:stop])
+    return out
