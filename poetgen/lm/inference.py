@@ -33,6 +33,7 @@ operations (an optimizer step, load_state_dict); a change through `.data` is not
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from functools import cache
 
 import torch
@@ -69,6 +70,19 @@ def product_kind(precision: str, rows: int) -> str:
     return "int8" if rows <= INT8_MAX_ROWS else "bf16"
 
 
+@contextmanager
+def onednn():
+    """oneDNN on for the block (or the decorated function): sampling turns it off for nn.LSTM's
+    sake (model.stepwise), and bfloat16 products without it take a generic kernel several times
+    slower than float32."""
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = True
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous
+
+
 class Product:
     """y = x Wᵀ with a copy of W (N, K): bfloat16, int8 with one bfloat16 scale per row
     (symmetric: a row's largest |weight| maps to 127), or float32. Takes (B, K) and returns
@@ -78,25 +92,49 @@ class Product:
         weight = weight.detach().float()
         if kind == "int8" and (weight.size(1) % INT8_BLOCK or weight.size(1) == 0):
             kind = "bf16"  # the int8 kernel cannot take this width (a tiny cluster may have 0)
+        self.kind, self.scale, self.packed = kind, None, False
         if kind == "fp32":
-            self.weight, self.scale = weight, None
+            self.weight = weight
         elif kind == "int8":
             scale = weight.abs().amax(dim=1).clamp(min=1e-30) / 127  # (N,)
             self.weight = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
             self.scale = scale.to(torch.bfloat16)
         else:
-            self.weight, self.scale = weight.to(torch.bfloat16), None
+            self.weight, self.packed = _packed_bf16(weight.to(torch.bfloat16))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.scale is None:
-            return F.linear(x.to(self.weight.dtype), self.weight)
+        if self.kind == "fp32":
+            return F.linear(x.float(), self.weight)
+        # Both kernels read x as a dense matrix whose first element is aligned as a fresh
+        # tensor's (64 bytes); a column slice of a one-row product is contiguous but not
+        # aligned, and crashed the int8 one, so such a view is copied first.
         x = x.to(torch.bfloat16)
-        # The kernel reads x as a dense matrix whose first element is aligned as a fresh tensor's
-        # (64 bytes); a column slice of a one-row product is contiguous but not aligned, and
-        # crashed it, so such a view is copied first.
         if not x.is_contiguous() or x.data_ptr() % 64:
             x = x.clone(memory_format=torch.contiguous_format)
-        return torch._weight_int8pack_mm(x, self.weight, self.scale)
+        if self.kind == "int8":
+            return torch._weight_int8pack_mm(x, self.weight, self.scale)
+        if self.packed:
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
+        return F.linear(x, self.weight)
+
+
+@onednn()
+def _packed_bf16(weight: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """`weight` (bfloat16) laid out once in oneDNN's blocked format, and whether that worked.
+
+    F.linear lays a bfloat16 weight out again at every call, which costs more than the
+    arithmetic: the gates' product took 533 µs at one row, 606 at 16, 938 at 64, against 358,
+    414, 566 prepacked (one core of a Xeon with AMX). The two operators are PyTorch's own (its
+    compiler's CPU backend prepacks weights with them) but not public API, so a build without
+    them keeps the plain weight and F.linear.
+    """
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight)
+        probe = torch.zeros(1, weight.size(1), dtype=torch.bfloat16)
+        torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "")
+        return packed, True
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return weight, False
 
 
 class _LstmLayer:
@@ -167,20 +205,7 @@ def adaptive_copies() -> Copies:
     return Copies(_adaptive_weights, _AdaptiveCopies)
 
 
-def with_onednn(fn):
-    """Run fn with oneDNN on: sampling turns it off for nn.LSTM's sake (model.stepwise), and
-    bfloat16 products without it take a generic kernel several times slower than float32."""
-    def wrapped(*args, **kwargs):
-        previous = torch.backends.mkldnn.enabled
-        torch.backends.mkldnn.enabled = True
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.backends.mkldnn.enabled = previous
-    return wrapped
-
-
-@with_onednn
+@onednn()
 def lstm_forward(layers: list[_LstmLayer], x: torch.Tensor,
                  state: tuple[torch.Tensor, torch.Tensor]
                  ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -212,7 +237,7 @@ def lstm_forward(layers: list[_LstmLayer], x: torch.Tensor,
     return x, (torch.stack(hs), torch.stack(cs))
 
 
-@with_onednn
+@onednn()
 def adaptive_log_prob(copies: _AdaptiveCopies, x: torch.Tensor) -> torch.Tensor:
     """nn.AdaptiveLogSoftmaxWithLoss.log_prob of x (B, P) float32: (B, V) float32."""
     first = copies.first(x)  # (B, head + cluster projections)
