@@ -130,6 +130,16 @@ class Compiled:
                 for t in range(self.steps)]
 
     @functools.cached_property
+    def forced_at(self) -> list[int | None]:
+        """The one character the layout allows at step t, in every plan, where there is one and
+        no rhyme is decided: punctuation, the final newline, an acrostic head, a fixed
+        character. Such a step is taken without masks or a draw (_take_forced)."""
+        single = self.static.sum(-1) == 1  # (P, T)
+        first = self.static.int().argmax(-1)  # (P, T)
+        return [int(first[0, t]) if bool(single[:, t].all()) and bool((first[:, t] == first[0, t]).all())
+                and not self.rhyme_step[t] else None for t in range(self.steps)]
+
+    @functools.cached_property
     def verse_step(self) -> list[bool]:
         """Whether step t writes a verse character (not punctuation or the final newline)."""
         return (self.tone_req[0] != NONE).tolist()
@@ -767,19 +777,17 @@ def _sample(model, c: Compiled, n, temperature, top_k, top_p, gen, seed,
                    if j < 0 and i < c.spec.form.lines - 1} if 0 < keep < group else set()
     for t in range(c.steps):
         logp = model.log_probs(out)  # (n, V)
-        allowed, per = _allowed(c, h, t)
-        h.failed |= ~any_true(allowed)
-        failing = bool(h.failed.any())  # rare (a dead end): only then are the selects needed
-        if failing:  # keep going; redone later
-            allowed = torch.where(h.failed[:, None], c.static[h.plan, t], allowed)
         pen = _repeat_penalty(c, h, t, *penalty)
-        token = sample_next(logp if pen is None else logp - pen, temperature, gen, top_k, top_p,
-                            allowed)
+        if c.forced_at[t] is None:
+            token, per = _draw(c, h, t, logp if pen is None else logp - pen, temperature, gen,
+                               top_k, top_p)
+        else:
+            token, per = _take_forced(c, h, t, c.forced_at[t], gen), None
         h.logprob += logp.gather(1, token[:, None]).squeeze(1)
         if pen is not None:
             h.penalty += pen.gather(1, token[:, None]).squeeze(1)
         _advance(c, h, t, token, per)
-        if failing:
+        if h.failed.any():  # rare: a dead end's row goes on from its first templates; redone later
             h.alive = torch.where(h.failed[:, None], c.alive0[h.plan], h.alive)
         if t in prune_after:
             score = (h.logprob - h.penalty).masked_fill(h.failed, float("-inf"))
@@ -790,6 +798,34 @@ def _sample(model, c: Compiled, n, temperature, top_k, top_p, gen, seed,
             outputs, state = model(token.view(1, n), state)
             out = outputs[0]
     return [None if h.failed[j] else _poem(c, h, j, seed) for j in range(n)]
+
+
+def _draw(c: Compiled, h: _Hyps, t: int, logits: torch.Tensor, temperature: float,
+          gen: torch.Generator, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Step t's characters (n,) sampled within the constraints from `logits` (n, V), and the
+    (n, K, V) masks _advance takes where templates disagree about rhyming. A row with nothing
+    allowed (a dead end) is marked failed and goes on under the layout alone."""
+    allowed, per = _allowed(c, h, t)
+    h.failed |= ~any_true(allowed)
+    if h.failed.any():
+        allowed = torch.where(h.failed[:, None], c.static[h.plan, t], allowed)
+    return sample_next(logits, temperature, gen, top_k, top_p, allowed), per
+
+
+def _take_forced(c: Compiled, h: _Hyps, t: int, char: int, gen: torch.Generator) -> torch.Tensor:
+    """Step t's one possible character for every row (n,), as _draw would have drawn it, without
+    its (n, V) masks: of those only the column of `char` matters, whether each row's templates
+    and --no-repeat allow it."""
+    asked = h.alive.float() @ c.requirement_of[t]  # (n, 4)
+    ok = asked @ c.tone_ok_float[:, char] > 0
+    if c.spec.no_repeat and c.verse_step[t]:
+        ok &= ~h.used[:, char]
+    h.failed |= ~ok
+    # The uniform number a draw takes from the generator, taken all the same: the rows' later
+    # draws then do not depend on which steps were forced (and a seed writes what it wrote when
+    # every step was drawn).
+    torch.rand(h.failed.size(0), 1, generator=gen, device=h.failed.device)
+    return torch.full_like(h.tokens[:, t], char)
 
 
 def _keep_best(score: torch.Tensor, group: int, keep: int) -> torch.Tensor:
