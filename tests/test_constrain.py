@@ -175,3 +175,36 @@ def test_no_repeat_never_uses_up_a_fixed_character_early(random_model, vocab):
     for p in poems:
         han = "".join(split_verse(p.text))
         assert len(set(han)) == len(han) and [x[0] for x in split_verse(p.text)] == list("春江花月夜山风雨")
+
+
+@pytest.mark.parametrize("spec", [
+    dict(form="七律", acrostic="春江花月夜山风雨", no_repeat=True),
+    dict(form="五绝"),
+    dict(form="七绝", pattern="??春????/???????", rhyme="modern"),
+])
+def test_the_shortcut_steps_write_what_the_full_masks_write(trained_model, vocab, spec):
+    """A step the layout forces is taken without masks or a draw (forced_at), and a rhyme every
+    template shares without (n, K, V) masks (shared_rhyme_step). The oracle is the decoder with
+    both turned off, full masks at every step: the same seed must give the same poems, scores,
+    templates and rhyme groups."""
+    import dataclasses
+
+    compiled = compile_spec(PoemSpec.make(**spec), vocab)
+    assert any(c is not None for c in compiled.forced_at) and any(compiled.shared_rhyme_step)
+    full = dataclasses.replace(compiled)  # the same masks, without the step tables worked out
+    full.__dict__["forced_at"] = [None] * full.steps
+    full.__dict__["shared_rhyme_step"] = [False] * full.steps
+    for settings in (dict(n=6, best_of=2, repeat_penalty=1.5, line_keep=1), dict(n=3)):
+        fast = generate_poems(trained_model, compiled, seed=3, temperature=1.5, **settings)
+        slow = generate_poems(trained_model, full, seed=3, temperature=1.5, **settings)
+        assert [p.to_dict() for p in fast] == [p.to_dict() for p in slow]
+
+
+def test_a_compiled_spec_is_kept_and_generation_leaves_it_as_it_was(random_model, vocab):
+    spec = dict(acrostic="春江", no_repeat=True)
+    compiled = compile_spec(PoemSpec.make("五律", **spec), vocab)
+    assert compile_spec(PoemSpec.make("五律", **spec), vocab) is compiled  # an equal spec: kept
+    assert compile_spec(PoemSpec.make("五律", acrostic="春山"), vocab) is not compiled
+    before = {k: v.clone() for k, v in vars(compiled).items() if isinstance(v, torch.Tensor)}
+    generate_poems(random_model, compiled, n=4, seed=1, best_of=2)
+    assert all(torch.equal(getattr(compiled, k), v) for k, v in before.items())

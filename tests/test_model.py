@@ -202,6 +202,23 @@ def test_int8_copies_against_their_own_dequantized_weights(shape):
     assert torch.equal(p(wide[:, 3:]), p(wide[:, 3:].clone()))
 
 
+def test_bfloat16_copies_are_prepacked_and_multiply_as_f_linear_does():
+    """oneDNN's prepacked layout (PyTorch's own operators for it, not public API: a build
+    without them falls back to F.linear, and this test says so) gives F.linear's product."""
+    import torch.nn.functional as F
+
+    from poetgen.lm.inference import Product
+
+    torch.manual_seed(2)
+    w, x = torch.randn(48, 32), torch.randn(5, 32)
+    p = Product(w, "bf16")
+    assert p.packed
+    want = F.linear(x.bfloat16(), w.bfloat16()).float()
+    assert torch.allclose(p(x).float(), want, rtol=2**-7, atol=1e-3)
+    row = torch.randn(1, 40).bfloat16()
+    assert torch.equal(p(row[:, 8:]), p(row[:, 8:].clone()))  # an unaligned view: as its copy
+
+
 def test_a_width_the_int8_kernel_cannot_take_keeps_a_bfloat16_copy():
     """The kernel crashed the process on inner widths not a multiple of 16 (20, 24, 40)."""
     from poetgen.lm.inference import INT8_BLOCK, Product

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from poetgen.lm.checkpoint import load_checkpoint
 from poetgen.errors import ConfigError
-from poetgen.lm.sample import filter_logits, generate
+from poetgen.lm.sample import IMPOSSIBLE, any_true, as_float, filter_logits, forbid, generate, sample_next
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +71,31 @@ def test_top_p_keeps_the_smallest_set_holding_p(values, p):
     assert mass >= p - 1e-6
     assert mass - least < p + 1e-6
     assert (probs[~kept] <= least + 1e-12).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6), st.integers(2, 40), st.floats(0.2, 3.0), st.integers(0, 2**31 - 1),
+       st.integers(0, 5), st.sampled_from([1.0, 0.9, 0.5]))
+def test_forbidding_by_arithmetic_draws_what_masked_fill_draws(rows, size, temperature, seed,
+                                                               top_k, top_p):
+    """forbid() adds IMPOSSIBLE where masked_fill wrote -inf: the probabilities over the allowed
+    characters come out bit for bit the same, after top-k and top-p too, and a forbidden
+    character is never drawn."""
+    g = torch.Generator().manual_seed(seed)
+    logp = torch.log_softmax(torch.randn(rows, size, generator=g) * 4, -1)
+    allowed = torch.rand(rows, size, generator=g) < 0.5
+    allowed[torch.arange(rows), torch.randint(0, size, (rows,), generator=g)] = True
+    by_fill = (logp / temperature).masked_fill(~allowed, float("-inf"))
+    by_add = forbid(logp / temperature, allowed)
+    assert torch.equal(by_add[allowed], by_fill[allowed]) and (by_add[~allowed] == IMPOSSIBLE).all()
+    assert torch.equal(torch.softmax(filter_logits(by_fill, top_k, top_p), -1),
+                       torch.softmax(filter_logits(by_add, top_k, top_p), -1))
+    draws = sample_next(logp, temperature, torch.Generator().manual_seed(seed), top_k, top_p, allowed)
+    assert allowed[torch.arange(rows), draws].all()
+
+
+@pytest.mark.parametrize("shape, dim", [((16, 5488), -1), ((3, 4, 50), 1), ((7,), 0), ((2, 0), -1)])
+def test_bool_mask_helpers_agree_with_torch(shape, dim):
+    mask = torch.rand(shape) < 0.3
+    assert torch.equal(as_float(mask), mask.float())
+    assert torch.equal(any_true(mask, dim), mask.any(dim)) if mask.numel() else True
