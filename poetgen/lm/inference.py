@@ -240,10 +240,7 @@ def lstm_forward(layers: list[_LstmLayer], x: torch.Tensor,
 @onednn()
 def adaptive_log_prob(copies: _AdaptiveCopies, x: torch.Tensor) -> torch.Tensor:
     """nn.AdaptiveLogSoftmaxWithLoss.log_prob of x (B, P) float32: (B, V) float32."""
-    first = copies.first(x)  # (B, head + cluster projections)
-    head, *projected = first.split(copies.splits, dim=1)
-    head = head.float() if copies.head_bias is None else head + copies.head_bias
-    head_logp = F.log_softmax(head, dim=1)  # (B, shortlist + clusters)
+    head_logp, projected = adaptive_head_log_prob(copies, x)
     out = x.new_empty(x.size(0), copies.cutoffs[-1])
     out[:, : copies.shortlist] = head_logp[:, : copies.shortlist]
     for i, (second, start, stop) in enumerate(zip(copies.seconds, copies.cutoffs, copies.cutoffs[1:])):
@@ -251,3 +248,16 @@ def adaptive_log_prob(copies: _AdaptiveCopies, x: torch.Tensor) -> torch.Tensor:
         torch.add(F.log_softmax(cluster, dim=1), head_logp[:, copies.shortlist + i, None],
                   out=out[:, start:stop])
     return out
+
+
+@onednn()
+def adaptive_head_log_prob(copies: _AdaptiveCopies, x: torch.Tensor
+                           ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The head's log-probabilities (B, shortlist + clusters) of x (B, P), which are the
+    shortlist's characters' own, and the clusters' projections of x that their second products
+    take. Alone, for a character of the shortlist, it is the whole answer at a fraction of the
+    cost (model.log_prob_of)."""
+    first = copies.first(x)  # (B, head + cluster projections)
+    head, *projected = first.split(copies.splits, dim=1)
+    head = head.float() if copies.head_bias is None else head + copies.head_bias
+    return F.log_softmax(head, dim=1), projected

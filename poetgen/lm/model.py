@@ -259,6 +259,21 @@ class CharLSTM(nn.Module):
             logp = F.log_softmax(self.decoder(self.to_embed(flat)), dim=-1)
         return logp.view(*outputs.shape[:-1], -1)
 
+    def log_prob_of(self, outputs: torch.Tensor, char: int) -> torch.Tensor:
+        """log_probs(outputs)[..., char], the same numbers, computing only the adaptive
+        softmax's head when `char` is one of its shortlist (the commonest characters,
+        punctuation among them): a step that can only write '，' needs no cluster."""
+        if self.adaptive is None or char >= self.adaptive.shortlist_size:
+            return self.log_probs(outputs)[..., char]
+        flat = outputs.reshape(-1, outputs.size(-1))
+        kind = self._reduced(flat, flat.size(0))
+        if kind is not None:
+            head, _ = inference.adaptive_head_log_prob(
+                self._adaptive_copies.get(self.adaptive, kind), flat)
+        else:  # as nn.AdaptiveLogSoftmaxWithLoss.log_prob computes its head
+            head = F.log_softmax(self.adaptive.head(flat), dim=1)
+        return head[:, char].view(outputs.shape[:-1])
+
     def tied_names(self) -> dict[str, str]:
         """{alias: source} for parameters that are another parameter under a second name.
 

@@ -785,14 +785,15 @@ def _sample(model, c: Compiled, n, temperature, top_k, top_p, gen, seed,
     prune_after = {t for t, (i, j) in enumerate(c.positions)
                    if j < 0 and i < c.spec.form.lines - 1} if 0 < keep < group else set()
     for t in range(c.steps):
-        logp = model.log_probs(out)  # (n, V)
         pen = _repeat_penalty(c, h, t, *penalty)
         if c.forced_at[t] is None:
+            logp = model.log_probs(out)  # (n, V)
             token, per = _draw(c, h, t, logp if pen is None else logp - pen, temperature, gen,
                                top_k, top_p)
+            h.logprob += logp.gather(1, token[:, None]).squeeze(1)
         else:
             token, per = _take_forced(c, h, t, c.forced_at[t], gen), None
-        h.logprob += logp.gather(1, token[:, None]).squeeze(1)
+            h.logprob += model.log_prob_of(out, c.forced_at[t])
         if pen is not None:
             h.penalty += pen.gather(1, token[:, None]).squeeze(1)
         _advance(c, h, t, token, per)
