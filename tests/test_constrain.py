@@ -205,6 +205,7 @@ def test_a_compiled_spec_is_kept_and_generation_leaves_it_as_it_was(random_model
     compiled = compile_spec(PoemSpec.make("五律", **spec), vocab)
     assert compile_spec(PoemSpec.make("五律", **spec), vocab) is compiled  # an equal spec: kept
     assert compile_spec(PoemSpec.make("五律", acrostic="春山"), vocab) is not compiled
+    assert compile_spec(PoemSpec.make("五律", **spec), vocab, fresh=True) is not compiled
     before = {k: v.clone() for k, v in vars(compiled).items() if isinstance(v, torch.Tensor)}
     generate_poems(random_model, compiled, n=4, seed=1, best_of=2)
     assert all(torch.equal(getattr(compiled, k), v) for k, v in before.items())
