@@ -648,7 +648,7 @@ class _Loop:
         self.streams_epoch = -1  # the pass whose order `streams` holds
         run.model.train()
         # Evaluations in float32 on every CPU, so that metrics.csv and the choice of `best` do
-        # not depend on whether this CPU has bfloat16 products (lm/bf16.py).
+        # not depend on whether this CPU has bfloat16 products (lm/inference.py).
         run.model.inference_precision = "fp32"
         self.net = distributed.data_parallel(run.model, world)  # the model, or DDP around it
         self.meter = Throughput()
