@@ -233,7 +233,7 @@ def main() -> None:
     t.add_argument("--form", default="七绝")
     t.add_argument("--repeats", type=int, default=10)
     t.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    t.add_argument("--precision", default="fp32", help="fp32 | bf16 | auto (sample's --precision)")
+    t.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | int8 (sample's --precision)")
     for flag, typ in (("--best-of", int), ("--temperature", float), ("--repeat-penalty", float),
                       ("--coherence", float), ("--parallelism", float), ("--theme", str),
                       ("--keywords", str), ("--top-p", float)):

@@ -2,7 +2,8 @@
 constrained 七律 with every constraint on (rhyme, tones, acrostic, no-repeat).
 
     python bench/sample_bench.py [CHECKPOINT] [PRECISION]   # default: the newest under
-                                                            # checkpoints/, fp32 (or bf16, auto)
+                                                            # checkpoints/, auto (as `sample`);
+                                                            # or fp32, bf16, int8
 
 Prints one JSON line; medians over repeats, of wall seconds and of the process's CPU seconds
 (the steadier figure on a machine shared with other work; compare two versions of the code by
@@ -36,7 +37,7 @@ def timed(fn, repeats=5):
 
 def main():
     ck = load_checkpoint(resolve(sys.argv[1] if len(sys.argv) > 1 else None))
-    ck.model.inference_precision = sys.argv[2] if len(sys.argv) > 2 else "fp32"
+    ck.model.inference_precision = sys.argv[2] if len(sys.argv) > 2 else "auto"
     m, v = ck.model, ck.vocab
     chars = 200
     one = timed(lambda: generate(m, v, n=1, max_chars=chars, seed=0, stop_at_newline=False))

@@ -73,12 +73,12 @@ def product_kind(precision: str, rows: int) -> str:
 
 
 @contextmanager
-def onednn():
-    """oneDNN on for the block (or the decorated function): sampling turns it off for nn.LSTM's
-    sake (model.stepwise), and bfloat16 products without it take a generic kernel several times
-    slower than float32."""
+def onednn(enabled: bool = True):
+    """oneDNN on (or off) for the block or the decorated function, then as it was. On for these
+    copies: sampling turns it off for nn.LSTM's sake (model.stepwise), and bfloat16 products
+    without it take a generic kernel several times slower than float32."""
     previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = True
+    torch.backends.mkldnn.enabled = enabled
     try:
         yield
     finally:

@@ -340,7 +340,6 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-@contextmanager
 def stepwise():
     """Run the LSTM with ATen's kernel instead of oneDNN's, for two cases.
 
@@ -348,12 +347,7 @@ def stepwise():
     of ~3x the arithmetic of a 256-wide step at batch 1, so plain ATen is faster there. And
     projection LSTMs, which oneDNN lacks (see CharLSTM._lstm). Otherwise training keeps oneDNN,
     which is faster on whole chunks."""
-    previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = previous
+    return inference.onednn(False)
 
 
 @torch.no_grad()
