@@ -219,14 +219,19 @@ def test_bfloat16_copies_are_prepacked_and_multiply_as_f_linear_does():
     assert torch.equal(p(row[:, 8:]), p(row[:, 8:].clone()))  # an unaligned view: as its copy
 
 
-def test_a_width_the_int8_kernel_cannot_take_keeps_a_bfloat16_copy():
-    """The kernel crashed the process on inner widths not a multiple of 16 (20, 24, 40)."""
+@pytest.mark.parametrize("why", ["width", "no kernel"])
+def test_where_int8_cannot_run_a_bfloat16_copy_serves(why, monkeypatch):
+    """The kernel crashed the process on inner widths not a multiple of 16 (20, 24, 40); a
+    PyTorch build without it must not fail at the first product."""
+    from poetgen.lm import inference
     from poetgen.lm.inference import INT8_BLOCK, Product
 
-    w = torch.randn(8, INT8_BLOCK + 4)
+    if why == "no kernel":
+        monkeypatch.setattr(inference, "int8_kernel", lambda: False)
+    w = torch.randn(8, INT8_BLOCK + 4 if why == "width" else INT8_BLOCK)
     p = Product(w, "int8")
     assert p.weight.dtype == torch.bfloat16 and p.scale is None
-    x = torch.randn(3, INT8_BLOCK + 4)
+    x = torch.randn(3, w.size(1))
     assert torch.allclose(p(x.bfloat16()).float(), x @ w.T, atol=0.1)
 
 

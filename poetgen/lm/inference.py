@@ -72,6 +72,19 @@ def product_kind(precision: str, rows: int) -> str:
     return "int8" if rows <= INT8_MAX_ROWS else "bf16"
 
 
+@cache
+def int8_kernel() -> bool:
+    """Whether this PyTorch build has the weight-only int8 kernel on CPU; without it, int8
+    copies are bfloat16 ones."""
+    try:
+        torch._weight_int8pack_mm(torch.zeros(1, INT8_BLOCK, dtype=torch.bfloat16),
+                                  torch.zeros(1, INT8_BLOCK, dtype=torch.int8),
+                                  torch.ones(1, dtype=torch.bfloat16))
+        return True
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
 @contextmanager
 def onednn(enabled: bool = True):
     """oneDNN on (or off) for the block or the decorated function, then as it was. On for these
@@ -92,8 +105,9 @@ class Product:
 
     def __init__(self, weight: torch.Tensor, kind: str):
         weight = weight.detach().float()
-        if kind == "int8" and (weight.size(1) % INT8_BLOCK or weight.size(1) == 0):
-            kind = "bf16"  # the int8 kernel cannot take this width (a tiny cluster may have 0)
+        if kind == "int8" and (weight.size(1) % INT8_BLOCK or weight.size(1) == 0
+                               or not int8_kernel()):
+            kind = "bf16"  # a width the kernel cannot take (a tiny cluster may have 0), or none
         self.kind, self.scale, self.packed = kind, None, False
         if kind == "fp32":
             self.weight = weight
