@@ -1,6 +1,8 @@
 """What each inference precision costs in quality: val bpc of one checkpoint with its CPU
 products in float32, bfloat16 and int8 weights (poetgen/lm/inference.py), each at every batch
-size, read poem by poem as `poetgen eval` reads them; one JSON line.
+size; one JSON line. Two readings, poem by poem: as `poetgen eval` scores (`*_bpc`: the LSTM's
+copies, the adaptive softmax's own target-only path), and from the whole distribution that
+sampling draws from (`*_sampling_bpc`: model.log_probs, the softmax's copies too).
 
     python bench/precision_bpc.py [CHECKPOINT] [FILE]     # default: `default`, tang_val
 
@@ -8,15 +10,42 @@ size, read poem by poem as `poetgen eval` reads them; one JSON line.
 """
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from poetgen.lm.checkpoint import load_checkpoint, resolve  # noqa: E402
 from poetgen.lm.evaluate import evaluate_file  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora"
+
+
+@torch.no_grad()
+def sampling_bpc(model, vocab, path, batch=64):
+    """Bits per character of each line of `path` read from the start state, scored by
+    model.log_probs (as sampling sees the distribution); lines batched by length."""
+    lines = [torch.tensor(vocab.encode(line + "\n"))
+             for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
+    lines.sort(key=len)
+    nats = chars = 0
+    model.eval()
+    for start in range(0, len(lines), batch):
+        group = lines[start : start + batch]
+        T, B = max(map(len, group)), len(group)
+        x = torch.zeros(T, B, dtype=torch.long)
+        for j, ids in enumerate(group):
+            x[: len(ids), j] = ids
+        outputs, _ = model(x, model.start_state(B))
+        inputs = torch.cat([model.start_output(B)[None], outputs[:-1]])  # (T, B, P)
+        logp = model.log_probs(inputs).gather(-1, x[..., None]).squeeze(-1)  # (T, B)
+        scored = torch.arange(T)[:, None] < torch.tensor([len(ids) for ids in group])[None]
+        nats -= float(logp[scored].sum(dtype=torch.float64))
+        chars += int(scored.sum())
+    return nats / chars / math.log(2)
 
 
 def main():
@@ -28,8 +57,11 @@ def main():
         start = time.process_time()
         figures[f"{precision}_bpc"] = round(evaluate_file(ck.model, ck.vocab, path).bpc, 5)
         figures[f"{precision}_cpu_s"] = round(time.process_time() - start, 1)
+        figures[f"{precision}_sampling_bpc"] = round(sampling_bpc(ck.model, ck.vocab, path), 5)
     for precision in ("bf16", "int8"):
-        figures[f"{precision}_cost"] = round(figures[f"{precision}_bpc"] - figures["fp32_bpc"], 5)
+        for what in ("", "sampling_"):
+            figures[f"{precision}_{what}cost"] = round(
+                figures[f"{precision}_{what}bpc"] - figures[f"fp32_{what}bpc"], 5)
     print(json.dumps(figures))
 
 

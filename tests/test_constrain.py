@@ -209,3 +209,43 @@ def test_a_compiled_spec_is_kept_and_generation_leaves_it_as_it_was(random_model
     before = {k: v.clone() for k, v in vars(compiled).items() if isinstance(v, torch.Tensor)}
     generate_poems(random_model, compiled, n=4, seed=1, best_of=2)
     assert all(torch.equal(getattr(compiled, k), v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8", "bf16"])
+def test_the_shortcut_steps_with_an_adaptive_softmax_and_reduced_copies(vocab, precision):
+    """The same oracle on a model with an adaptive softmax, whose forced steps are scored from
+    the head alone (log_prob_of), under each precision: the shortlist holds the punctuation."""
+    import dataclasses
+
+    torch.manual_seed(3)
+    model = CharLSTM(ModelConfig(vocab_size=len(vocab), embed_size=16, hidden_size=32,
+                                 cutoffs=(40, 120))).eval()
+    model.inference_precision = precision
+    compiled = compile_spec(PoemSpec.make("七绝", acrostic="春江花月"), vocab)
+    assert any(char is not None and char < 40 for char in compiled.forced_at)  # '，' '。' '\n'
+    full = dataclasses.replace(compiled)
+    full.__dict__["forced_at"] = [None] * full.steps
+    full.__dict__["shared_rhyme_step"] = [False] * full.steps
+    fast = generate_poems(model, compiled, n=4, seed=5, best_of=2, repeat_penalty=1.0)
+    slow = generate_poems(model, full, n=4, seed=5, best_of=2, repeat_penalty=1.0)
+    assert [p.to_dict() for p in fast] == [p.to_dict() for p in slow]
+
+
+def test_rhyme_groups_still_live_give_what_every_group_gives(vocab):
+    """_may_rhyme multiplies only over the groups some row may still rhyme in; the oracle is
+    the product over all of them, on random candidate sets (an empty one among them)."""
+    from poetgen.verse.constrain import _Hyps, _may_rhyme
+
+    compiled = compile_spec(PoemSpec.make("五律"), vocab)
+    g = torch.Generator().manual_seed(0)
+    h = _Hyps(compiled, 6, "cpu")
+    G, V = compiled.member.shape[1], len(vocab)
+    for density in (0.0, 0.02, 0.3):
+        h.cand = torch.rand(6, G, generator=g) < density
+        h.rhymed = torch.rand(6, V, generator=g) < 0.05
+        left = torch.tensor([1.0, 2.0, 4.0])
+        member = compiled.member.float()
+        free = compiled.rhyme_count[None] - h.rhymed.float() @ member
+        groups = (h.cand[:, None, :] & (free[:, None, :] >= left[None, :, None])).float()
+        want = ((groups @ member.T) > 0) & ~h.rhymed[:, None, :]
+        assert torch.equal(_may_rhyme(compiled, h, left), want)

@@ -1,3 +1,4 @@
+import math
 import warnings
 
 import pytest
@@ -160,6 +161,20 @@ def test_reduced_copies_follow_the_float32_model(kind, tolerance, proj_size, num
     assert torch.allclose(reduced[3].exp().sum(-1), torch.ones(40, rows), atol=1e-5)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_log_prob_of_one_character_is_log_probs_column(precision):
+    """The same numbers, whether the character is in the adaptive softmax's shortlist (the head
+    alone is computed) or in a cluster (the whole distribution is)."""
+    model = _small(proj_size=16)
+    model.inference_precision = precision
+    tokens = torch.randint(0, 60, (6, 3))
+    with torch.no_grad():
+        out, _ = model(tokens, model.start_state(3))
+        logp = model.log_probs(out)
+        for char in (0, 9, 10, 45, 59):  # shortlist (cutoffs 10, 30), both clusters
+            assert torch.equal(model.log_prob_of(out, char), logp[..., char])
+
+
 @pytest.mark.parametrize("head_bias", [False, True])
 def test_the_adaptive_softmax_assembled_from_copies_is_torchs(head_bias):
     """The stacked first products and the per-cluster log-softmaxes give what
@@ -272,6 +287,19 @@ def test_reduced_copies_follow_weight_updates(kind):
     assert (logp_after - logp_before).abs().max() > 10 * (logp_after - logp_exact).abs().max()
 
 
+def test_reduced_copies_see_new_storage_and_take_inference_mode_weights_as_fixed():
+    model = _small(seed=4, proj_size=8)
+    tokens = torch.randint(0, 60, (10, 2))
+    before = _outputs(model, tokens, "int8")[0]
+    model.lstm.weight_hh_l0.data = model.lstm.weight_hh_l0.data * -2  # new storage, same version
+    after, exact = _outputs(model, tokens, "int8")[0], _outputs(model, tokens, "fp32")[0]
+    assert (after - before).abs().max() > 10 * (after - exact).abs().max()
+    with torch.inference_mode():  # its tensors have no version counter
+        frozen = _small(seed=4, proj_size=8)
+        out, exact = _outputs(frozen, tokens, "int8")[0], _outputs(frozen, tokens, "fp32")[0]
+    assert torch.allclose(out, exact, atol=0.05) and not torch.equal(out, exact)
+
+
 def test_reduced_copies_are_for_float32_inference_only():
     model = _small(seed=2, proj_size=8).double()  # a float64 model: its products stay float64
     tokens = torch.randint(0, 60, (10, 5))
@@ -296,9 +324,26 @@ def test_reduced_copies_score_the_bundled_model_as_float32_does():
     ck = load_checkpoint(BUNDLED)
     lines = (SHARED / "corpora" / "tang_val.txt").read_text(encoding="utf-8").splitlines()[:300]
     ids = torch.tensor(ck.vocab.encode("\n".join(lines) + "\n"))
-    bpc = {}
+    bpc, drawn = {}, {}
     for precision in ("fp32", "bf16", "int8"):
         ck.model.inference_precision = precision
         bpc[precision] = evaluate_ids(ck.model, ck.vocab, [ids], kind="lines").bpc
+        drawn[precision] = _bits_as_sampling_sees_them(ck.model, ck.vocab, lines[:100])
     for kind in ("bf16", "int8"):
         assert bpc[kind] != bpc["fp32"] and abs(bpc[kind] - bpc["fp32"]) < 0.002, bpc
+        assert drawn[kind] != drawn["fp32"] and abs(drawn[kind] - drawn["fp32"]) < 0.002, drawn
+
+
+def _bits_as_sampling_sees_them(model, vocab, lines):
+    """Bits per character of `lines`, each from the start state, scored by model.log_probs,
+    the whole distribution sampling draws from (the softmax's copies too, which `eval`'s
+    target-only path does not use)."""
+    total, chars = 0.0, 0
+    with torch.no_grad():
+        for line in lines:
+            x = torch.tensor(vocab.encode(line + "\n"))[:, None]  # (T, 1)
+            outputs, _ = model(x, model.start_state(1))
+            inputs = torch.cat([model.start_output(1)[None], outputs[:-1]])
+            total -= float(model.log_probs(inputs).gather(-1, x[..., None]).sum())
+            chars += x.numel()
+    return total / chars / math.log(2)

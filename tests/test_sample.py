@@ -94,8 +94,20 @@ def test_forbidding_by_arithmetic_draws_what_masked_fill_draws(rows, size, tempe
     assert allowed[torch.arange(rows), draws].all()
 
 
-@pytest.mark.parametrize("shape, dim", [((16, 5488), -1), ((3, 4, 50), 1), ((7,), 0), ((2, 0), -1)])
+@pytest.mark.parametrize("shape, dim", [((16, 5488), -1), ((3, 4, 50), 1), ((7,), 0), ((2, 0), -1),
+                                        ((0, 3), -1)])
 def test_bool_mask_helpers_agree_with_torch(shape, dim):
     mask = torch.rand(shape) < 0.3
     assert torch.equal(as_float(mask), mask.float())
-    assert torch.equal(any_true(mask, dim), mask.any(dim)) if mask.numel() else True
+    assert torch.equal(any_true(mask, dim), mask.any(dim))
+
+
+def test_a_forbidden_character_stays_forbidden_at_any_temperature():
+    """IMPOSSIBLE is float32's lowest value, so that even at a temperature that makes the
+    allowed logits enormous the forbidden one stays below them (-1e30 did not, at 1e-31)."""
+    logp = torch.tensor([[-0.01, -5.0, -6.0]])
+    allowed = torch.tensor([[False, True, True]])
+    g = torch.Generator().manual_seed(0)
+    for temperature in (1e-31, 1e-20, 1.0, 1e6):
+        draws = {int(sample_next(logp, temperature, g, allowed=allowed)) for _ in range(30)}
+        assert 0 not in draws

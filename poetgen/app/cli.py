@@ -288,7 +288,8 @@ def device_options(f):
     f = click.option("--precision", type=click.Choice(INFERENCE_PRECISIONS), default="auto",
                      show_default=True,
                      help="The weights the model multiplies with on a CPU (not a GPU): fp32; "
-                          "bf16 or int8 copies (faster, the same val bpc to 0.001); or auto: "
+                          "bf16 or int8 copies (faster; the bundled model's val bpc moves by "
+                          "less than 0.001); or auto: "
                           "int8 for up to 4 rows at a time (poems, candidates), bf16 for more, "
                           "where the CPU "
                           "has native bfloat16 (AMX, AVX512-BF16), else fp32. A seed writes the "

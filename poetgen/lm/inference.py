@@ -27,8 +27,9 @@ up along a poem. The bundled model on tang_val, read poem by poem (`bench/eval_b
 
 Training never takes these paths: they need no gradients, and training's evaluations are float32
 so that its metrics and its choice of `best` do not depend on the CPU (train.py sets "fp32").
-The copies are made again when a weight is replaced or changed in place through autograd-visible
-operations (an optimizer step, load_state_dict); a change through `.data` is not seen.
+The copies are made again when a weight is replaced, given new storage or changed in place
+through autograd-visible operations (an optimizer step, load_state_dict); a change made in place
+through `.data` is not seen (see _version).
 """
 
 from __future__ import annotations
@@ -184,11 +185,20 @@ class _AdaptiveCopies:
         self.shortlist, self.cutoffs = adaptive.shortlist_size, adaptive.cutoffs
 
 
+def _version(weight: torch.Tensor) -> tuple[int, int]:
+    """What changes when a weight's values may have: its storage (replaced by `.data = ...`,
+    `model.half().float()`, `load_state_dict` with assign) and its version counter (advanced by
+    in-place updates that autograd sees: an optimizer step, `copy_`). A change made in place
+    through `.data` moves neither and is not seen. A tensor made under torch.inference_mode()
+    has no counter, and such a model's weights are taken as fixed."""
+    return weight.data_ptr(), 0 if weight.is_inference() else weight._version
+
+
 class Copies:
     """Reduced copies of one module's weights, per kind, made on first use and again whenever a
     weight changes: the weights themselves (kept, so that a freed tensor's address cannot pass
-    for its successor's) and their version counters, which in-place updates advance, are compared
-    at every call, which costs microseconds. `weights(module)` lists the weights copied."""
+    for its successor's) and their versions (_version) are compared at every call, which costs
+    microseconds. `weights(module)` lists the weights copied."""
 
     def __init__(self, weights: Callable[[nn.Module], list[torch.Tensor]],
                  build: Callable[[nn.Module, str], object]):
@@ -197,7 +207,7 @@ class Copies:
 
     def get(self, module: nn.Module, kind: str):
         params = self._weights(module)
-        versions = [p._version for p in params]
+        versions = [_version(p) for p in params]
         made = self._made.get(kind)
         if (made is None or len(made[0]) != len(params) or versions != made[1]
                 or not all(a is b for a, b in zip(params, made[0]))):

@@ -201,7 +201,7 @@ class CharLSTM(nn.Module):
         # Dropout is the identity outside training; not calling it saves a sampling step ~5 µs.
         return self.dropout(x) if self.training else x
 
-    def _reduced(self, x: torch.Tensor, rows: int) -> str | None:
+    def _reduced_kind(self, x: torch.Tensor, rows: int) -> str | None:
         """The reduced copies ("bf16", "int8") a product of `rows` rows of x uses, or None for
         the module's own float32 (or other dtype) weights: always while training or on a GPU."""
         if (self.training or torch.is_grad_enabled() or x.device.type != "cpu"
@@ -211,7 +211,7 @@ class CharLSTM(nn.Module):
         return None if kind == "fp32" else kind
 
     def _rnn(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        kind = self._reduced(x, x.size(1)) if self._lstm_copies is not None else None
+        kind = self._reduced_kind(x, x.size(1)) if self._lstm_copies is not None else None
         if kind is not None:
             return inference.lstm_forward(self._lstm_copies.get(self.lstm, kind), x, state[:2])
         # oneDNN has no projection LSTM: PyTorch falls back to ATen's, but warns on every run.
@@ -250,7 +250,7 @@ class CharLSTM(nn.Module):
     def log_probs(self, outputs: torch.Tensor) -> torch.Tensor:
         """Log-probabilities over the whole vocabulary: (..., P) -> (..., V)."""
         flat = outputs.reshape(-1, outputs.size(-1))
-        kind = self._reduced(flat, flat.size(0)) if self.adaptive is not None else None
+        kind = self._reduced_kind(flat, flat.size(0)) if self.adaptive is not None else None
         if kind is not None:
             logp = inference.adaptive_log_prob(self._adaptive_copies.get(self.adaptive, kind), flat)
         elif self.adaptive is not None:
@@ -266,7 +266,7 @@ class CharLSTM(nn.Module):
         if self.adaptive is None or char >= self.adaptive.shortlist_size:
             return self.log_probs(outputs)[..., char]
         flat = outputs.reshape(-1, outputs.size(-1))
-        kind = self._reduced(flat, flat.size(0))
+        kind = self._reduced_kind(flat, flat.size(0))
         if kind is not None:
             head, _ = inference.adaptive_head_log_prob(
                 self._adaptive_copies.get(self.adaptive, kind), flat)

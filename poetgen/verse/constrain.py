@@ -70,9 +70,13 @@ class PoemSpec:
         return self.rhyme or "pingshui"  # tones follow the rhyme scheme; classical by default
 
 
-@dataclass
+@dataclass(frozen=True)
 class Compiled:
-    """A spec compiled against one vocabulary: tensors indexed by step t and vocabulary id."""
+    """A spec compiled against one vocabulary: tensors indexed by step t and vocabulary id.
+
+    Never changed once made, its tensors neither (compile_spec keeps the last few and hands the
+    same object out again; with_plans makes a new one): the step tables below are worked out
+    from them once."""
 
     spec: PoemSpec
     vocab: Vocab
@@ -103,15 +107,17 @@ class Compiled:
     # branches (a tensor's truth value costs a synchronising call per step) and float copies for
     # the products that take unions over templates and rhyme groups.
     @functools.cached_property
-    def member_float_t(self) -> torch.Tensor:
-        return self.member.float().T.contiguous()  # (G, V): a transposed view multiplied 3x slower
+    def group_members(self) -> torch.Tensor:
+        """(G, V) float: the characters of each rhyme group (`member` transposed, contiguous: a
+        transposed view multiplied 3x slower)."""
+        return self.member.float().T.contiguous()
 
     @functools.cached_property
     def tone_ok_float(self) -> torch.Tensor:
         return self.tone_ok.float()  # (4, V)
 
     @functools.cached_property
-    def requirement_of(self) -> torch.Tensor:
+    def tone_onehot(self) -> torch.Tensor:
         """(T, K, 4) float: template k asks for tone code c at step t (one-hot), so that the
         codes a row's alive templates ask for are one (n, K) @ (K, 4) product."""
         return torch.nn.functional.one_hot(self.tone_req.T, 4).float()
@@ -627,7 +633,7 @@ def _allowed(c: Compiled, h: _Hyps, t: int) -> tuple[torch.Tensor, torch.Tensor 
     tone it has, see _advance)."""
     static = c.static[0, t][None] if c.plans == 1 else c.static[h.plan, t]  # (1 or n, V)
     if not c.rhyme_step[t] or c.shared_rhyme_step[t]:  # two small products, no (n, K, V) masks
-        asked = h.alive.float() @ c.requirement_of[t]  # (n, 4): tone codes alive templates ask
+        asked = h.alive.float() @ c.tone_onehot[t]  # (n, 4): tone codes alive templates ask
         allowed = (asked @ c.tone_ok_float > 0) & static
         if c.rhyme_step[t]:
             allowed = allowed & _may_rhyme(c, h, c.rhymes_left[:1, t])[:, 0]
@@ -647,11 +653,12 @@ def _may_rhyme(c: Compiled, h: _Hyps, rhymes_left: torch.Tensor) -> torch.Tensor
     """(n, K, V): characters of a rhyme group with enough unused characters for the K
     `rhymes_left` (K,) still to come, that no rhyme position holds yet (no 重韵).
 
-    Only the g groups some row may still rhyme in take part: after a poem's first rhyme that is
-    one or two per row instead of all 106, and the (n K, g) @ (g, V) product shrinks with them.
+    Only the g groups some row may still rhyme in take part (the union over the rows): after a
+    poem's first rhyme each row keeps one or two of the 106, and the (n K, g) @ (g, V) product
+    shrinks with them; the other groups' columns would be all false.
     """
     live = any_true(h.cand, 0).nonzero().view(-1)  # (g,)
-    members = c.member_float_t[live]  # (g, V): rows, which gather 6x faster than columns
+    members = c.group_members[live]  # (g, V): rows, which gather 6x faster than columns
     free = c.rhyme_count[live][None] - as_float(h.rhymed) @ members.T  # (n, g)
     enough = free[:, None, :] >= rhymes_left[None, :, None]  # (n, K, g)
     groups = as_float(h.cand[:, None, live] & enough)
@@ -828,7 +835,7 @@ def _take_forced(c: Compiled, h: _Hyps, t: int, char: int, gen: torch.Generator)
     """Step t's one possible character for every row (n,), as _draw would have drawn it, without
     its (n, V) masks: of those only the column of `char` matters, whether each row's templates
     and --no-repeat allow it."""
-    asked = h.alive.float() @ c.requirement_of[t]  # (n, 4)
+    asked = h.alive.float() @ c.tone_onehot[t]  # (n, 4)
     ok = asked @ c.tone_ok_float[:, char] > 0
     if c.spec.no_repeat and c.verse_step[t]:
         ok &= ~h.used[:, char]
@@ -864,6 +871,9 @@ def _beam(model, c: Compiled, width: int, seed: int, penalty=(0.0, None)) -> lis
         top = torch.topk(scores.masked_fill(~allowed, float("-inf")).view(-1), width)
         rows, token = top.indices // V, top.indices % V
         keep = torch.isfinite(top.values)
+        if not keep.any():
+            raise ConstraintError("beam search ran into a dead end (no allowed character for any "
+                                  "beam); sample instead (drop --beam) or relax the constraints")
         rows, token = rows[keep], token[keep]
         taken_logp, taken_pen = logp[rows, token], pen[rows, token]
         h.select(rows)
@@ -906,7 +916,8 @@ class Stepper:
         device = model.start_h.device
         self.h = _Hyps(compiled, 1, device) if compiled else None
         prime_ids = [] if compiled else vocab.encode(prime)
-        self.out, self.state = prime_model(model, prime_ids, 1)
+        with torch.no_grad():  # as every later step (_step)
+            self.out, self.state = prime_model(model, prime_ids, 1)
         self.tokens: list[int] = list(prime_ids)
         self._undo: list[tuple] = []
         self._skip_forced()
@@ -972,11 +983,16 @@ class Stepper:
         gen = torch.Generator(device=self.out.device).manual_seed(new_seed() if seed is None else seed)
         while not self.done:
             allowed, per = self._allowed()
+            if not allowed.any():
+                raise ConstraintError("no character is allowed here (the choices so far leave "
+                                      "none; --no-repeat may have used them up): :undo and choose "
+                                      "again")
             v = int(sample_next(self.model.log_probs(self.out), temperature, gen,
                                 allowed=allowed[None]))
             self._step(v, per)
         return self.text
 
+    @torch.no_grad()  # __init__'s forced steps too: no graph, and the same inference path
     def _step(self, v: int, per) -> None:
         token = torch.tensor([v], device=self.out.device)
         if self.c is not None:
