@@ -267,6 +267,12 @@ def test_auto_takes_int8_for_few_rows_bf16_for_many_and_fp32_without_native_bflo
                                                  _outputs(model, tokens, "fp32")))
 
 
+# proj_size 8 leaves the adaptive softmax's last cluster 0 wide (8 // 16): an edge case the
+# copies must take, which PyTorch's initialisation warns about.
+ZERO_WIDE_CLUSTER = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+
+
+@ZERO_WIDE_CLUSTER
 @pytest.mark.parametrize("kind", ["bf16", "int8"])
 def test_reduced_copies_follow_weight_updates(kind):
     model = _small(seed=1, proj_size=8)
@@ -287,6 +293,7 @@ def test_reduced_copies_follow_weight_updates(kind):
     assert (logp_after - logp_before).abs().max() > 10 * (logp_after - logp_exact).abs().max()
 
 
+@ZERO_WIDE_CLUSTER
 def test_reduced_copies_see_new_storage_and_take_inference_mode_weights_as_fixed():
     model = _small(seed=4, proj_size=8)
     tokens = torch.randint(0, 60, (10, 2))
@@ -300,6 +307,7 @@ def test_reduced_copies_see_new_storage_and_take_inference_mode_weights_as_fixed
     assert torch.allclose(out, exact, atol=0.05) and not torch.equal(out, exact)
 
 
+@ZERO_WIDE_CLUSTER
 def test_reduced_copies_are_for_float32_inference_only():
     model = _small(seed=2, proj_size=8).double()  # a float64 model: its products stay float64
     tokens = torch.randint(0, 60, (10, 5))
