@@ -68,8 +68,15 @@ def draw(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     thousands of categories. Impossible characters have zero width in the CDF, so never come out.
     """
     cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)
-    u = torch.rand(cdf.size(0), 1, generator=generator, device=cdf.device) * cdf[:, -1:]
+    u = uniforms(cdf.size(0), generator, cdf.device) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.size(1) - 1)
+
+
+def uniforms(rows: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """The (rows, 1) uniform numbers one draw takes from `generator`. A step taken without a
+    draw (a forced character) takes them all the same, so that later draws do not depend on
+    which steps needed one."""
+    return torch.rand(rows, 1, generator=generator, device=device)
 
 
 # Added to the logit of a character a constraint forbids: the lowest float32, which arithmetic

@@ -42,7 +42,7 @@ from poetgen.verse.prosody import (COMMA, PERIOD, PING, READINGS, ZE, Form, Temp
                                    get_form, han_only, is_han, line_end_mark, line_rhymes, scheme,
                                    split_verse, templates)
 from poetgen.lm.sample import (Sample, any_true, as_float, check_sampling_args, new_seed,
-                               prime_model, sample_next)
+                               prime_model, sample_next, uniforms)
 
 ANY, NONE = 2, 3  # tone requirement codes besides 0 = 平 and 1 = 仄
 FREE_MARKS = "?？_＿*"  # a free position in --pattern
@@ -840,10 +840,7 @@ def _take_forced(c: Compiled, h: _Hyps, t: int, char: int, gen: torch.Generator)
     if c.spec.no_repeat and c.verse_step[t]:
         ok &= ~h.used[:, char]
     h.failed |= ~ok
-    # The uniform number a draw takes from the generator, taken all the same: the rows' later
-    # draws then do not depend on which steps were forced (and a seed writes what it wrote when
-    # every step was drawn).
-    torch.rand(h.failed.size(0), 1, generator=gen, device=h.failed.device)
+    uniforms(h.failed.size(0), gen, h.failed.device)  # as a draw would: see uniforms
     return torch.full_like(h.tokens[:, t], char)
 
 
