@@ -205,13 +205,13 @@ class Copies:
     def __init__(self, weights: Callable[[nn.Module], list[torch.Tensor]],
                  build: Callable[[nn.Module, str], object]):
         self._weights, self._build = weights, build
-        self._made: dict[str, tuple[list[torch.Tensor], list[int], object]] = {}
+        self._made: dict[str, tuple[list[torch.Tensor], list[tuple[int, int]], object]] = {}
 
     def get(self, module: nn.Module, kind: str):
         params = self._weights(module)
         versions = [_version(p) for p in params]
         made = self._made.get(kind)
-        if (made is None or len(made[0]) != len(params) or versions != made[1]
+        if (made is None or versions != made[1]  # a list of another length differs too
                 or not all(a is b for a, b in zip(params, made[0]))):
             made = self._made[kind] = (params, versions, self._build(module, kind))
         return made[2]
@@ -271,8 +271,9 @@ def adaptive_log_prob(copies: _AdaptiveCopies, x: torch.Tensor) -> torch.Tensor:
     head_logp, projected = adaptive_head_log_prob(copies, x)
     out = x.new_empty(x.size(0), copies.cutoffs[-1])
     out[:, : copies.shortlist] = head_logp[:, : copies.shortlist]
-    for i, (second, start, stop) in enumerate(zip(copies.seconds, copies.cutoffs, copies.cutoffs[1:])):
-        cluster = second(projected[i]).float()  # (B, cluster size)
+    clusters = zip(copies.seconds, projected, copies.cutoffs, copies.cutoffs[1:])
+    for i, (second, x_i, start, stop) in enumerate(clusters):
+        cluster = second(x_i).float()  # (B, cluster size)
         torch.add(F.log_softmax(cluster, dim=1), head_logp[:, copies.shortlist + i, None],
                   out=out[:, start:stop])
     return out

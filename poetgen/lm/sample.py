@@ -79,11 +79,12 @@ def uniforms(rows: int, generator: torch.Generator, device: torch.device) -> tor
     return torch.rand(rows, 1, generator=generator, device=device)
 
 
-# Added to the logit of a character a constraint forbids: the lowest float32, which arithmetic
-# can make (0 - 1) * -IMPOSSIBLE gives it where 0 * inf would give NaN. A forbidden logit is then
-# at most this (or -inf, where the sum overflows), below every finite allowed logit at any
-# temperature, and exp() of it after a softmax's shift is exactly 0: a softmax, a top-k or a
-# top-p over the allowed characters comes out bit for bit as it would with -inf.
+# Added to the logit of a character a constraint forbids: float32's lowest finite value, rather
+# than -inf, because a mask turns into it by arithmetic ((0 - 1) * -IMPOSSIBLE) where 0 * inf
+# would be NaN. A forbidden logit is then at most this (or -inf, where the sum overflows), below
+# every finite allowed logit at any temperature, and exp() of it after a softmax's shift is
+# exactly 0: a softmax, a top-k or a top-p over the allowed characters comes out bit for bit as
+# it would with -inf.
 IMPOSSIBLE = torch.finfo(torch.float32).min
 
 

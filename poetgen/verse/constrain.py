@@ -132,18 +132,18 @@ class Compiled:
         """Whether at step t every template rhymes, with as many rhymes still to come: then
         which characters may rhyme does not depend on the template (every rhyme but the first
         line's, which some templates leave unrhymed), and the step needs no (n, K, V) masks."""
-        return [bool(self.rhymes_at[:, t].all() and (self.rhymes_left[:, t] == self.rhymes_left[0, t]).all())
-                for t in range(self.steps)]
+        same_left = (self.rhymes_left == self.rhymes_left[:1]).all(0)  # (T,)
+        return (self.rhymes_at.all(0) & same_left).tolist()
 
     @functools.cached_property
     def forced_at(self) -> list[int | None]:
         """The one character the layout allows at step t, in every plan, where there is one and
         no rhyme is decided: punctuation, the final newline, an acrostic head, a fixed
         character. Such a step is taken without masks or a draw (_take_forced)."""
-        single = self.static.sum(-1) == 1  # (P, T)
-        first = self.static.int().argmax(-1)  # (P, T)
-        return [int(first[0, t]) if bool(single[:, t].all()) and bool((first[:, t] == first[0, t]).all())
-                and not self.rhyme_step[t] else None for t in range(self.steps)]
+        first = self.static.int().argmax(-1)  # (P, T): the first allowed character
+        forced = ((self.static.sum(-1) == 1) & (first == first[:1])).all(0).tolist()  # (T,)
+        return [int(first[0, t]) if forced[t] and not self.rhyme_step[t] else None
+                for t in range(self.steps)]
 
     @functools.cached_property
     def verse_step(self) -> list[bool]:
@@ -633,12 +633,9 @@ def _allowed(c: Compiled, h: _Hyps, t: int) -> tuple[torch.Tensor, torch.Tensor 
     tone it has, see _advance)."""
     static = c.static[0, t][None] if c.plans == 1 else c.static[h.plan, t]  # (1 or n, V)
     if not c.rhyme_step[t] or c.shared_rhyme_step[t]:  # two small products, no (n, K, V) masks
-        asked = h.alive.float() @ c.tone_onehot[t]  # (n, 4): tone codes alive templates ask
-        allowed = (asked @ c.tone_ok_float > 0) & static
+        allowed = _tone_and_repeat_ok(c, h, t) & static
         if c.rhyme_step[t]:
             allowed = allowed & _may_rhyme(c, h, c.rhymes_left[:1, t])[:, 0]
-        if c.spec.no_repeat and c.verse_step[t]:
-            allowed = allowed & ~h.used
         return allowed, None
     per = c.tone_ok[c.tone_req[:, t]][None] & static[:, None]  # (n, K, V)
     rhyme_ok = _may_rhyme(c, h, c.rhymes_left[:, t])  # (n, K, V)
@@ -647,6 +644,18 @@ def _allowed(c: Compiled, h: _Hyps, t: int) -> tuple[torch.Tensor, torch.Tensor 
     if c.spec.no_repeat and c.verse_step[t]:
         per = per & ~h.used[:, None, :]
     return any_true(per, 1), per
+
+
+def _tone_and_repeat_ok(c: Compiled, h: _Hyps, t: int, chars: int | slice = slice(None)
+                        ) -> torch.Tensor:
+    """Whether a tone some alive template asks for at step t is one `chars` can take, and (with
+    --no-repeat, at a verse step) the row has not used them yet: (n, V) for every character,
+    (n,) for one."""
+    asked = h.alive.float() @ c.tone_onehot[t]  # (n, 4): the tone codes alive templates ask for
+    ok = asked @ c.tone_ok_float[:, chars] > 0
+    if c.spec.no_repeat and c.verse_step[t]:
+        ok = ok & ~h.used[:, chars]
+    return ok
 
 
 def _may_rhyme(c: Compiled, h: _Hyps, rhymes_left: torch.Tensor) -> torch.Tensor:
@@ -820,7 +829,8 @@ def _sample(model, c: Compiled, n, temperature, top_k, top_p, gen, seed,
 
 
 def _draw(c: Compiled, h: _Hyps, t: int, logits: torch.Tensor, temperature: float,
-          gen: torch.Generator, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+          gen: torch.Generator, top_k: int, top_p: float
+          ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Step t's characters (n,) sampled within the constraints from `logits` (n, V), and the
     (n, K, V) masks _advance takes where templates disagree about rhyming. A row with nothing
     allowed (a dead end) is marked failed and goes on under the layout alone."""
@@ -835,11 +845,7 @@ def _take_forced(c: Compiled, h: _Hyps, t: int, char: int, gen: torch.Generator)
     """Step t's one possible character for every row (n,), as _draw would have drawn it, without
     its (n, V) masks: of those only the column of `char` matters, whether each row's templates
     and --no-repeat allow it."""
-    asked = h.alive.float() @ c.tone_onehot[t]  # (n, 4)
-    ok = asked @ c.tone_ok_float[:, char] > 0
-    if c.spec.no_repeat and c.verse_step[t]:
-        ok &= ~h.used[:, char]
-    h.failed |= ~ok
+    h.failed |= ~_tone_and_repeat_ok(c, h, t, char)
     uniforms(h.failed.size(0), gen, h.failed.device)  # as a draw would: see uniforms
     return torch.full_like(h.tokens[:, t], char)
 
