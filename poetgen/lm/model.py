@@ -340,6 +340,16 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+@contextmanager
+def sampling(model: CharLSTM) -> Iterator[CharLSTM]:
+    """For a loop that feeds `model` one character at a time (sampling, beam search): evaluation
+    mode, ATen's LSTM kernel (stepwise), and the reduced copies looked up once, since the
+    weights cannot change in the middle of the loop (inference.Copies.held)."""
+    lstm = model._lstm_copies.held() if model._lstm_copies is not None else nullcontext()
+    with evaluating(model), stepwise(), lstm, model._adaptive_copies.held():
+        yield model
+
+
 def stepwise():
     """Run the LSTM with ATen's kernel instead of oneDNN's, for two cases.
 

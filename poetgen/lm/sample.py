@@ -16,7 +16,7 @@ import torch
 
 from poetgen.lm.corpus import NEWLINE, Vocab
 from poetgen.errors import ConfigError
-from poetgen.lm.model import CharLSTM, State, evaluating, stepwise
+from poetgen.lm.model import CharLSTM, State, sampling
 
 
 @dataclass
@@ -147,7 +147,7 @@ def generate(model: CharLSTM, vocab: Vocab, n: int = 1, max_chars: int = 200,
     seed = new_seed() if seed is None else seed
     device = model.start_h.device
     gen = torch.Generator(device=device).manual_seed(seed)
-    with evaluating(model), stepwise():
+    with sampling(model):
         out, state = prime_model(model, vocab.encode(prime), n)
         chosen, logprob, length = _sample_loop(model, vocab, out, state, n, max_chars, temperature,
                                                top_k, top_p, gen, stop_at_newline)
@@ -161,24 +161,33 @@ def generate(model: CharLSTM, vocab: Vocab, n: int = 1, max_chars: int = 200,
 
 def _sample_loop(model, vocab, out, state, n, max_chars, temperature, top_k, top_p, gen,
                  stop_at_newline):
+    """The characters drawn (steps, n), each text's log-probability (n,) and length (n,).
+
+    A step does only what the next one needs (each operation costs microseconds, as much as its
+    arithmetic at one row); where each text ended and what it scored are worked out once, after.
+    """
     device = out.device
-    newline = vocab.newline_id if stop_at_newline else None
     chosen = torch.empty(max_chars, n, dtype=torch.long, device=device)
-    logprob = torch.zeros(n, device=device)
-    length = torch.full((n,), max_chars, device=device)  # generated chars counted per sample
-    done = torch.zeros(n, dtype=torch.bool, device=device)
+    picked = torch.empty(max_chars, n, device=device)  # log-probability of each drawn character
+    ended = torch.zeros(n, dtype=torch.bool, device=device)
+    steps = max_chars
     for t in range(max_chars):
         logp = model.log_probs(out)  # (n, V)
         logp[:, vocab.unk_id] = float("-inf")  # never write the unknown-character token
         token = sample_next(logp, temperature, gen, top_k, top_p)
         chosen[t] = token
-        logprob += torch.where(done, 0.0, logp.gather(1, token[:, None]).squeeze(1))
-        if newline is not None:
-            ended = (token == newline) & ~done
-            length = torch.where(ended, t + 1, length)
-            done |= ended
-            if done.all():
+        picked[t] = logp.gather(1, token[:, None]).squeeze(1)
+        if stop_at_newline:
+            ended |= token == vocab.newline_id
+            if ended.all():
+                steps = t + 1
                 break
         outputs, state = model(token.view(1, n), state)
         out = outputs[0]
+    chosen = chosen[:steps]
+    length = torch.full((n,), max_chars, device=device)
+    if stop_at_newline:  # up to and with each text's first newline
+        newline = chosen == vocab.newline_id
+        length = torch.where(any_true(newline, 0), newline.byte().argmax(0) + 1, length)
+    logprob = picked[:steps].cumsum(0).gather(0, (length - 1)[None]).squeeze(0)  # to each end
     return chosen, logprob, length

@@ -37,7 +37,7 @@ import torch
 
 from poetgen.lm.corpus import NEWLINE, Vocab
 from poetgen.errors import ConstraintError
-from poetgen.lm.model import CharLSTM, evaluating, stepwise
+from poetgen.lm.model import CharLSTM, sampling, stepwise
 from poetgen.verse.prosody import (COMMA, PERIOD, PING, READINGS, ZE, Form, Template, free_positions,
                                    get_form, han_only, is_han, line_end_mark, line_rhymes, scheme,
                                    split_verse, templates)
@@ -735,7 +735,7 @@ def generate_poems(model: CharLSTM, compiled: Compiled, n: int = 1, temperature:
     """
     check_sampling_args(temperature, top_k, top_p)
     seed = new_seed() if seed is None else seed
-    with evaluating(model):
+    with sampling(model):
         may_double = None if doubles is None else torch.tensor(
             [ch in doubles for ch in compiled.vocab.chars], device=model.start_h.device)
         penalty = (repeat_penalty, may_double)
@@ -791,7 +791,6 @@ def _copies(text: str, novel_lines: set[str] | None) -> bool:
     return bool(novel_lines) and any(line in novel_lines for line in split_verse(text))
 
 
-@stepwise()
 def _sample(model, c: Compiled, n, temperature, top_k, top_p, gen, seed,
             penalty=(0.0, None), plan=None, group=1, keep=0) -> list[Poem | None]:
     """n rows sampled in groups of `group` (one poem's candidates). With `keep`, after every line
@@ -857,7 +856,6 @@ def _keep_best(score: torch.Tensor, group: int, keep: int) -> torch.Tensor:
     return (starts + best)[:, torch.arange(group, device=score.device) % keep].reshape(-1)
 
 
-@stepwise()
 def _beam(model, c: Compiled, width: int, seed: int, penalty=(0.0, None)) -> list[Poem]:
     """Beams ranked by the model's log-probability minus the repetition penalties they took."""
     device = model.start_h.device
