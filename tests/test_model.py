@@ -192,6 +192,46 @@ def test_the_adaptive_softmax_assembled_from_copies_is_torchs(head_bias):
                               atol=1e-5)
 
 
+@pytest.mark.parametrize("in_features, div_value", [(24, 2.0), (512, 4.0)])
+def test_the_clusters_projections_are_stacked_where_a_kernel_reads_them_in_place(in_features,
+                                                                                 div_value):
+    """Each cluster's share of the stacked first product starts a multiple of 32 bfloat16 (64
+    bytes) in, so a one-row product hands it to the second product without a copy; the rows
+    that pad it there are zero, and the head follows the clusters."""
+    from poetgen.lm import inference
+
+    adaptive = torch.nn.AdaptiveLogSoftmaxWithLoss(in_features, 5000, [1000, 3000, 4000],
+                                                   div_value=div_value)
+    copies = inference._AdaptiveCopies(adaptive, "fp32")
+    weight = copies.first.weight
+    edges = [0] + [b for _, b in copies.projected]
+    for (a, b), tail in zip(copies.projected, adaptive.tail):
+        assert a % 32 == 0 and torch.equal(weight[a:b], tail[0].weight)
+    for stop, start in zip(edges[1:], [a for a, _ in copies.projected[1:]] + [copies.head_start]):
+        assert not weight[stop:start].any()  # padding
+    assert torch.equal(weight[copies.head_start:], adaptive.head.weight)
+
+
+@pytest.mark.parametrize("kind", ["bf16", "int8"])
+def test_held_copies_are_looked_up_once_in_a_sampling_loop_and_checked_again_after(kind):
+    """Inside sampling(model) the copies are checked at their first use only (each check cost
+    ~18 µs a step); a change made after it is not seen until the block ends, and then it is."""
+    from poetgen.lm.model import sampling
+
+    model = _small(seed=3, proj_size=16)
+    tokens = torch.randint(0, 60, (5, 2))
+    with sampling(model):
+        before = _outputs(model, tokens, kind)
+        with torch.no_grad():
+            model.lstm.weight_hh_l0.mul_(-2)
+            model.adaptive.head.weight.mul_(3)
+        held = _outputs(model, tokens, kind)
+    after, exact = _outputs(model, tokens, kind), _outputs(model, tokens, "fp32")
+    assert all(torch.equal(a, b) for a, b in zip(before, held))
+    assert all((a - b).abs().max() > 10 * (a - e).abs().max()
+               for a, b, e in zip(after, before, exact))
+
+
 @pytest.mark.parametrize("shape", [(7, 16), (64, 48), (3, 128)])
 def test_int8_copies_against_their_own_dequantized_weights(shape):
     """The oracle is the arithmetic written out: q = round(W / s) per row with s = max|W_row| / 127

@@ -29,6 +29,29 @@ def test_stops_at_end_of_poem_and_respects_max_chars(ck):
     assert all(len(s.text) == 3 for s in short)
 
 
+@pytest.mark.parametrize("stop_at_newline", [True, False])
+def test_each_samples_score_and_length_are_the_models_reading_of_its_text(ck, stop_at_newline):
+    """The loop works out where each text ended and what it scored once, after drawing; the
+    oracle reads each text back through the model (teacher forcing) and sums the log-probabilities
+    of its characters, the ending newline included where the text stopped at one."""
+    from poetgen.lm.model import evaluating
+
+    samples = generate(ck.model, ck.vocab, n=6, max_chars=30, prime="春", seed=3,
+                       stop_at_newline=stop_at_newline)
+    ended = 0
+    for s in samples:
+        written = s.text[1:] + ("\n" if s.num_chars > len(s.text) - 1 else "")
+        ended += written.endswith("\n")
+        assert s.num_chars == len(written)
+        ids = torch.tensor(ck.vocab.encode("春" + written))
+        with torch.no_grad(), evaluating(ck.model):
+            out, _ = ck.model(ids[:-1, None], ck.model.start_state(1))
+            logp = torch.cat([ck.model.log_probs(ck.model.start_output(1))[None], ck.model.log_probs(out)])
+        want = logp[1:, 0].gather(1, ids[1:, None]).sum().item()
+        assert s.logprob == pytest.approx(want, rel=1e-4, abs=1e-3)
+    assert (ended > 0) == stop_at_newline  # the tiny model ends some texts within 30 characters
+
+
 def test_prime_is_kept_and_top_k_1_is_greedy(ck):
     a = generate(ck.model, ck.vocab, n=2, max_chars=12, prime="春江", top_k=1, seed=1)
     b = generate(ck.model, ck.vocab, n=2, max_chars=12, prime="春江", top_k=1, seed=2)
