@@ -303,7 +303,7 @@ def lstm_forward(layers: list[_LstmLayer], x: torch.Tensor,
 @onednn()
 def adaptive_log_prob(copies: _AdaptiveCopies, x: torch.Tensor) -> torch.Tensor:
     """nn.AdaptiveLogSoftmaxWithLoss.log_prob of x (B, P) float32: (B, V) float32."""
-    head_logp, first = adaptive_head_log_prob(copies, x)
+    head_logp, first = _head_log_prob(copies, x)
     out = x.new_empty(x.size(0), copies.cutoffs[-1])
     out[:, : copies.shortlist] = head_logp[:, : copies.shortlist]
     clusters = zip(copies.seconds, copies.projected, copies.cutoffs, copies.cutoffs[1:])
@@ -320,6 +320,10 @@ def adaptive_head_log_prob(copies: _AdaptiveCopies, x: torch.Tensor
     shortlist's characters' own, and the stacked first product whose columns
     `copies.projected` the clusters' second products take. Alone, for a character of the
     shortlist, it is the whole answer at a fraction of the cost (model.log_prob_of)."""
+    return _head_log_prob(copies, x)
+
+
+def _head_log_prob(copies: _AdaptiveCopies, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     first = copies.first(x)  # (B, cluster projections + head)
     head = first[:, copies.head_start :]
     head = head.float() if copies.head_bias is None else head + copies.head_bias
