@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from poetgen.lm.checkpoint import load_checkpoint
 from poetgen.errors import ConfigError
-from poetgen.lm.sample import IMPOSSIBLE, any_true, as_float, filter_logits, forbid, generate, sample_next
+from poetgen.lm.sample import IMPOSSIBLE, any_true, as_bool, as_float, filter_logits, forbid, generate, sample_next
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +123,8 @@ def test_bool_mask_helpers_agree_with_torch(shape, dim):
     mask = torch.rand(shape) < 0.3
     assert torch.equal(as_float(mask), mask.float())
     assert torch.equal(any_true(mask, dim), mask.any(dim))
+    counts = as_float(mask) @ as_float(torch.rand(shape[-1], 5) < 0.5)  # products of 0/1 masks
+    assert torch.equal(as_bool(counts), counts > 0) and as_bool(counts).dtype == torch.bool
 
 
 def test_a_forbidden_character_stays_forbidden_at_any_temperature():

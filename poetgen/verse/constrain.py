@@ -42,7 +42,7 @@ from poetgen.verse.prosody import (COMMA, PERIOD, PING, READINGS, ZE, Form, Temp
                                    get_form, han_only, is_han, line_end_mark, line_rhymes, scheme,
                                    split_verse, templates)
 from poetgen.lm.sample import (Sample, any_true, as_float, check_sampling_args, new_seed,
-                               prime_model, sample_next, uniforms)
+                               as_bool, prime_model, sample_next, uniforms)
 
 ANY, NONE = 2, 3  # tone requirement codes besides 0 = 平 and 1 = 仄
 FREE_MARKS = "?？_＿*"  # a free position in --pattern
@@ -519,7 +519,7 @@ def _template_conflict(k: int, layout: _Layout, fixed: dict[tuple[int, int], str
                         "does not rhyme with the other fixed rhymes or the rhyme group")
     if rhyme.group_names and not cand.any():
         return "no rhyme group is left to rhyme in"
-    rhymable = as_float(rhyme.member) @ as_float(cand) > 0  # (V,): in a candidate group
+    rhymable = as_bool(as_float(rhyme.member) @ as_float(cand))  # (V,): in a candidate group
     ok = layout.static & tones.ok[tones.required[k]]  # (T, V)
     ok[rhyme.at[k]] &= rhymable
     empty = (~any_true(ok, 1)).nonzero()
@@ -652,7 +652,7 @@ def _tone_and_repeat_ok(c: Compiled, h: _Hyps, t: int, chars: int | slice = slic
     --no-repeat, at a verse step) the row has not used them yet: (n, V) for every character,
     (n,) for one."""
     asked = h.alive.float() @ c.tone_onehot[t]  # (n, 4): the tone codes alive templates ask for
-    ok = asked @ c.tone_ok_float[:, chars] > 0
+    ok = as_bool(asked @ c.tone_ok_float[:, chars])
     if c.spec.no_repeat and c.verse_step[t]:
         ok = ok & ~h.used[:, chars]
     return ok
@@ -671,7 +671,7 @@ def _may_rhyme(c: Compiled, h: _Hyps, rhymes_left: torch.Tensor) -> torch.Tensor
     free = c.rhyme_count[live][None] - as_float(h.rhymed) @ members.T  # (n, g)
     enough = free[:, None, :] >= rhymes_left[None, :, None]  # (n, K, g)
     groups = as_float(h.cand[:, None, live] & enough)
-    return ((groups @ members) > 0) & ~h.rhymed[:, None, :]
+    return as_bool(groups @ members) & ~h.rhymed[:, None, :]
 
 
 def _advance(c: Compiled, h: _Hyps, t: int, token: torch.Tensor, per: torch.Tensor | None) -> None:
