@@ -274,37 +274,50 @@ def test_bfloat16_copies_are_prepacked_and_multiply_as_f_linear_does():
     assert torch.equal(p(row[:, 8:]), p(row[:, 8:].clone()))  # an unaligned view: as its copy
 
 
+@pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("why", ["width", "no kernel"])
-def test_where_int8_cannot_run_a_bfloat16_copy_serves(why, monkeypatch):
+def test_where_int8_cannot_run_the_next_fastest_copy_serves(why, native, monkeypatch):
     """The kernel crashed the process on inner widths not a multiple of 16 (20, 24, 40); a
-    PyTorch build without it must not fail at the first product."""
+    PyTorch build without it must not fail at the first product. bfloat16 serves instead where
+    the CPU has it natively, float32 elsewhere."""
     from poetgen.lm import inference
     from poetgen.lm.inference import INT8_BLOCK, Product
 
+    monkeypatch.setattr(inference, "native_bf16", lambda: native)
     if why == "no kernel":
         monkeypatch.setattr(inference, "int8_kernel", lambda: False)
     w = torch.randn(8, INT8_BLOCK + 4 if why == "width" else INT8_BLOCK)
     p = Product(w, "int8")
-    assert p.weight.dtype == torch.bfloat16 and p.scale is None
+    assert p.weight.dtype == (torch.bfloat16 if native else torch.float32) and p.scale is None
     x = torch.randn(3, w.size(1))
     assert torch.allclose(p(x.bfloat16()).float(), x @ w.T, atol=0.1)
 
 
-def test_auto_takes_int8_for_few_rows_bf16_for_many_and_fp32_without_native_bfloat16(monkeypatch):
+def test_auto_takes_int8_for_few_rows_then_bf16_where_native_else_fp32(monkeypatch):
+    """int8 for up to INT8_MAX_ROWS rows wherever the vectorized int8 kernel runs (x86 AVX2 or
+    AVX-512, with or without native bfloat16), above that bf16 only with native bfloat16."""
     from poetgen.lm import inference
 
-    monkeypatch.setattr(inference, "native_bf16", lambda: True)
-    assert [inference.product_kind("auto", n) for n in (1, inference.INT8_MAX_ROWS,
-                                                        inference.INT8_MAX_ROWS + 1, 64)] == \
-        ["int8", "int8", "bf16", "bf16"]
-    monkeypatch.setattr(inference, "native_bf16", lambda: False)
-    assert {inference.product_kind("auto", n) for n in (1, 64)} == {"fp32"}
+    rows = (1, inference.INT8_MAX_ROWS, inference.INT8_MAX_ROWS + 1, 64)
+    for fast, native, want in [(True, True, ["int8", "int8", "bf16", "bf16"]),
+                               (True, False, ["int8", "int8", "fp32", "fp32"]),
+                               (False, True, ["bf16"] * 4),
+                               (False, False, ["fp32"] * 4)]:
+        monkeypatch.setattr(inference, "int8_fast", lambda: fast)
+        monkeypatch.setattr(inference, "native_bf16", lambda: native)
+        assert [inference.product_kind("auto", n) for n in rows] == want, (fast, native)
     assert [inference.product_kind(p, 1) for p in ("fp32", "bf16", "int8")] == ["fp32", "bf16", "int8"]
-    # ...and the model follows: with no native bfloat16, auto is float32 exactly.
+    # ...and the model follows: with neither, auto is float32 exactly; with int8 alone, a poem
+    # written as one row takes it and a batch of five does not.
     model = _small(proj_size=16)
-    tokens = torch.randint(0, 60, (10, 3))
-    assert all(torch.equal(a, b) for a, b in zip(_outputs(model, tokens, "auto"),
-                                                 _outputs(model, tokens, "fp32")))
+    for batch, same in [(1, False), (5, True)]:
+        tokens = torch.randint(0, 60, (10, batch))
+        monkeypatch.setattr(inference, "int8_fast", lambda: False)
+        exact = _outputs(model, tokens, "fp32")
+        assert all(torch.equal(a, b) for a, b in zip(_outputs(model, tokens, "auto"), exact))
+        monkeypatch.setattr(inference, "int8_fast", lambda: True)
+        auto = _outputs(model, tokens, "auto")
+        assert all(torch.equal(a, b) for a, b in zip(auto, exact)) == same
 
 
 # proj_size 8 leaves the adaptive softmax's last cluster 0 wide (8 // 16): an edge case the

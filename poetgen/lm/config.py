@@ -160,7 +160,7 @@ def _is_number(value) -> bool:
 
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N (the N-th GPU) or mps"
 # The weights inference multiplies with on a CPU (see inference.py): auto is int8 for a few rows
-# and bf16 for more where the CPU has native bfloat16, else fp32.
+# (x86 with AVX2 or AVX-512), and for more bf16 where the CPU has native bfloat16, else fp32.
 INFERENCE_PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 

@@ -15,9 +15,14 @@ character, a 6144 × 640 product for the LSTM's gates, a 512 × 1536 projection,
   several times faster in bfloat16, from copies laid out once in oneDNN's blocked format (same
   product at 16 rows: 414 µs against 1,677 in float32; see _packed_bf16).
 
-So `auto` takes int8 up to INT8_MAX_ROWS rows and bf16 above, on CPUs with native bfloat16;
-elsewhere bfloat16 is emulated and slower, and `auto` keeps float32. `bf16` and `int8` ask for
-one path at every batch size (for measuring; int8 is slow for big batches).
+So `auto` takes int8 up to INT8_MAX_ROWS rows, and bf16 above on CPUs with native bfloat16;
+elsewhere bfloat16 is emulated and slower, and `auto` keeps float32 above INT8_MAX_ROWS. The
+int8 kernel needs no bfloat16 arithmetic (it widens the activations to float32): with PyTorch's
+AVX2 kernels (ATEN_CPU_CAPABILITY=avx2, standing in for a CPU without AVX-512), the gates'
+product took 325 µs against 588 in float32 at 1 row, 697 against 1,175 at 4, and 2,738 against
+1,807 at 16. It is taken on x86 CPUs with AVX2 or AVX-512 (int8_fast), not elsewhere, where it
+was never measured. `bf16` and `int8` ask for one path at every batch size (for measuring; int8
+is slow for big batches).
 
 What is rounded: the products' operands (bfloat16: 8 bits of mantissa; int8 weights: 1/254 of a
 row's largest weight) and each product's result, once. Everything between the products stays
@@ -52,7 +57,8 @@ INT8_MAX_ROWS = 4
 
 # PyTorch's weight-only int8 kernel (torch._weight_int8pack_mm, the one torchao uses on CPU)
 # reads the inner dimension in blocks of 16: widths 16, 32, 48, 64 gave the right products,
-# 20, 24, 40 crashed the process. A narrower or ragged matrix keeps a bfloat16 copy instead.
+# 20, 24, 40 crashed the process. A narrower or ragged matrix keeps a bfloat16 copy instead
+# (float32 on a CPU without native bfloat16).
 INT8_BLOCK = 16
 
 
@@ -70,21 +76,31 @@ def product_kind(precision: str, rows: int) -> str:
     or "int8"): "fp32", "bf16" or "int8"."""
     if precision != "auto":
         return precision
-    if not native_bf16():
-        return "fp32"
-    return "int8" if rows <= INT8_MAX_ROWS else "bf16"
+    if rows <= INT8_MAX_ROWS and int8_fast():
+        return "int8"
+    return "bf16" if native_bf16() else "fp32"
 
 
 @cache
 def int8_kernel() -> bool:
     """Whether this PyTorch build has the weight-only int8 kernel on CPU; without it, int8
-    copies are bfloat16 ones."""
+    copies are bfloat16 (or float32) ones."""
     try:
         torch._weight_int8pack_mm(torch.zeros(1, INT8_BLOCK, dtype=torch.bfloat16),
                                   torch.zeros(1, INT8_BLOCK, dtype=torch.int8),
                                   torch.ones(1, dtype=torch.bfloat16))
         return True
     except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+@cache
+def int8_fast() -> bool:
+    """Whether PyTorch runs its vectorized int8 kernel on this CPU (x86 with AVX2 or AVX-512),
+    where int8 copies beat float32 for a few rows with or without native bfloat16."""
+    try:
+        return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") and int8_kernel()
+    except (AttributeError, RuntimeError):
         return False
 
 
@@ -110,7 +126,9 @@ class Product:
         weight = weight.detach().float()
         if kind == "int8" and (weight.size(1) % INT8_BLOCK or weight.size(1) == 0
                                or not int8_kernel()):
-            kind = "bf16"  # a width the kernel cannot take (a tiny cluster may have 0), or none
+            # A width the kernel cannot take (a tiny cluster may have 0), or no kernel: the
+            # next fastest copy on this CPU.
+            kind = "bf16" if native_bf16() else "fp32"
         self.kind, self.scale, self.packed = kind, None, False
         if kind == "fp32":
             self.weight = weight
