@@ -210,6 +210,11 @@ def test_the_clusters_projections_are_stacked_where_a_kernel_reads_them_in_place
     for stop, start in zip(edges[1:], [a for a, _ in copies.projected[1:]] + [copies.head_start]):
         assert not weight[stop:start].any()  # padding
     assert torch.equal(weight[copies.head_start:], adaptive.head.weight)
+    # ...so a one-row product's share of each cluster is an aligned view the kernel reads as is.
+    with torch.no_grad():
+        first = inference._AdaptiveCopies(adaptive, "int8").first(torch.randn(1, in_features))
+    assert first.dtype == torch.bfloat16 and first.data_ptr() % 64 == 0
+    assert all(first[:, a:b].data_ptr() % 64 == 0 for a, b in copies.projected)
 
 
 @pytest.mark.parametrize("kind", ["bf16", "int8"])
@@ -220,16 +225,39 @@ def test_held_copies_are_looked_up_once_in_a_sampling_loop_and_checked_again_aft
 
     model = _small(seed=3, proj_size=16)
     tokens = torch.randint(0, 60, (5, 2))
-    with sampling(model):
-        before = _outputs(model, tokens, kind)
+
+    def change_weights():
         with torch.no_grad():
             model.lstm.weight_hh_l0.mul_(-2)
             model.adaptive.head.weight.mul_(3)
+
+    def followed(after, before):  # the copies follow the new weights, not the old
+        exact = _outputs(model, tokens, "fp32")
+        return all((a - b).abs().max() > 10 * (a - e).abs().max()
+                   for a, b, e in zip(after, before, exact))
+
+    with sampling(model):
+        before = _outputs(model, tokens, kind)
+        change_weights()
         held = _outputs(model, tokens, kind)
-    after, exact = _outputs(model, tokens, kind), _outputs(model, tokens, "fp32")
     assert all(torch.equal(a, b) for a, b in zip(before, held))
-    assert all((a - b).abs().max() > 10 * (a - e).abs().max()
-               for a, b, e in zip(after, before, exact))
+    assert followed(_outputs(model, tokens, kind), before)
+    # Blocks that overlap rather than nest (two threads on one model), and one that raises:
+    # checking resumes when the last has ended, not when the first has.
+    first, second = sampling(model), sampling(model)
+    first.__enter__()
+    second.__enter__()
+    before = _outputs(model, tokens, kind)
+    first.__exit__(None, None, None)
+    change_weights()
+    assert all(torch.equal(a, b) for a, b in zip(before, _outputs(model, tokens, kind)))
+    second.__exit__(None, None, None)
+    assert followed(_outputs(model, tokens, kind), before)
+    with pytest.raises(RuntimeError), sampling(model):
+        before = _outputs(model, tokens, kind)
+        raise RuntimeError
+    change_weights()
+    assert followed(_outputs(model, tokens, kind), before)
 
 
 @pytest.mark.parametrize("shape", [(7, 16), (64, 48), (3, 128)])
@@ -291,6 +319,37 @@ def test_where_int8_cannot_run_the_next_fastest_copy_serves(why, native, monkeyp
     assert p.weight.dtype == (torch.bfloat16 if native else torch.float32) and p.scale is None
     x = torch.randn(3, w.size(1))
     assert torch.allclose(p(x.bfloat16()).float(), x @ w.T, atol=0.1)
+
+
+def test_an_lstm_int8_cannot_serve_runs_its_own_float32_where_bfloat16_is_not_native(monkeypatch):
+    """Gates 16 + 20 = 36 wide: the int8 kernel cannot take them, and without native bfloat16
+    its copies would be float32 weights behind bfloat16-rounded inputs; nn.LSTM runs instead."""
+    from poetgen.lm import inference
+
+    model = _small(hidden_size=20)
+    tokens = torch.randint(0, 60, (8, 1))
+    monkeypatch.setattr(inference, "native_bf16", lambda: False)
+    exact, asked = _outputs(model, tokens, "fp32"), _outputs(model, tokens, "int8")
+    assert all(torch.equal(a, b) for a, b in zip(exact[:3], asked[:3]))  # output, h, c
+    monkeypatch.setattr(inference, "native_bf16", lambda: True)  # bfloat16 copies serve there
+    assert not torch.equal(_outputs(model, tokens, "int8")[0], exact[0])
+
+
+def test_a_model_copied_inside_a_sampling_block_checks_its_own_copies():
+    import copy
+
+    from poetgen.lm.model import sampling
+
+    model = _small(seed=5, proj_size=16)
+    tokens = torch.randint(0, 60, (5, 1))
+    with sampling(model):
+        _outputs(model, tokens, "int8")
+        twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.lstm.weight_hh_l0.mul_(-2)
+    with sampling(model):  # held again: the original's copies stay the original's
+        assert torch.allclose(_outputs(twin, tokens, "int8")[0], _outputs(twin, tokens, "fp32")[0],
+                              atol=0.05)
 
 
 def test_auto_takes_int8_for_few_rows_then_bf16_where_native_else_fp32(monkeypatch):

@@ -52,6 +52,22 @@ def test_each_samples_score_and_length_are_the_models_reading_of_its_text(ck, st
     assert (ended > 0) == stop_at_newline  # the tiny model ends some texts within 30 characters
 
 
+def test_a_vocabulary_without_a_newline_writes_to_max_chars():
+    """Text learned without line breaks has no newline to stop at: every sample runs to
+    max_chars, whether or not stopping at a newline was asked for."""
+    from poetgen.lm.config import ModelConfig
+    from poetgen.lm.corpus import Vocab
+    from poetgen.lm.model import CharLSTM
+
+    vocab = Vocab(tuple("abcdefgh") + ("\ufffd",))
+    assert vocab.newline_id is None
+    torch.manual_seed(0)
+    model = CharLSTM(ModelConfig(vocab_size=len(vocab), embed_size=8, hidden_size=16)).eval()
+    for stop in (True, False):
+        samples = generate(model, vocab, n=3, max_chars=25, seed=1, stop_at_newline=stop)
+        assert [len(s.text) for s in samples] == [25] * 3 and all(s.num_chars == 25 for s in samples)
+
+
 def test_prime_is_kept_and_top_k_1_is_greedy(ck):
     a = generate(ck.model, ck.vocab, n=2, max_chars=12, prime="春江", top_k=1, seed=1)
     b = generate(ck.model, ck.vocab, n=2, max_chars=12, prime="春江", top_k=1, seed=2)

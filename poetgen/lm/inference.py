@@ -235,7 +235,8 @@ class Copies:
                  build: Callable[[nn.Module, str], object]):
         self._weights, self._build = weights, build
         self._made: dict[str, tuple[list[torch.Tensor], list[tuple[int, int]], object]] = {}
-        self._held: dict[str, object] | None = None
+        self._held: dict[str, object] | None = None  # inside held(): kind -> copies
+        self._holders = 0  # held() blocks open, however they nest or end
 
     def get(self, module: nn.Module, kind: str):
         if self._held is not None and kind in self._held:
@@ -252,14 +253,36 @@ class Copies:
 
     @contextmanager
     def held(self):
-        """Within the block the weights are taken as fixed: each kind's copies are checked at
-        their first use only. For a loop that steps the model a character at a time, where
-        comparing the weights at every step cost ~18 µs of a ~600 µs step."""
-        outer, self._held = self._held, {} if self._held is None else self._held
+        """Within the block the weights are assumed not to change: each kind's copies are
+        checked at their first use only. For a loop that steps the model a character at a time,
+        where comparing the weights at every step cost ~18 µs of a ~600 µs step. Blocks may
+        nest or overlap (two threads sampling one model); checking resumes when the last ends."""
+        if self._holders == 0:
+            self._held = {}
+        self._holders += 1
         try:
             yield
         finally:
-            self._held = outer
+            self._holders -= 1
+            if self._holders == 0:
+                self._held = None
+
+    def __deepcopy__(self, memo) -> "Copies":
+        """A copied model's copies start empty, and unheld even if copied inside a block: they
+        would be of the original's weights."""
+        return Copies(self._weights, self._build)
+
+
+def lstm_takes(lstm: nn.LSTM, kind: str) -> bool:
+    """Whether copies of `kind` serve the LSTM's gate products. int8 needs every layer's gate
+    width (its inputs and outputs) a multiple of INT8_BLOCK, else those copies fall back to
+    bfloat16, and where bfloat16 is not native to float32 weights behind bfloat16-rounded
+    inputs: slower and less exact than nn.LSTM's own float32, which then runs instead."""
+    if kind != "int8" or native_bf16():
+        return True
+    out = lstm.proj_size or lstm.hidden_size
+    widths = [lstm.input_size + out] + [2 * out] * (lstm.num_layers - 1)
+    return int8_kernel() and all(w % INT8_BLOCK == 0 for w in widths)
 
 
 def lstm_copies() -> Copies:
@@ -288,8 +311,8 @@ def lstm_forward(layers: list[_LstmLayer], x: torch.Tensor,
     Written for sampling's one step at a time, where the operations between the products cost
     more than their arithmetic: after a product has streamed megabytes of weights through the
     caches, each small operation took 2-5x its time in isolation (an add of the bias 10.5 µs
-    against 3), so every one left out counts. h is kept in bfloat16 for the next product as it
-    comes out of the projection (its float32 is that, widened: the same numbers)."""
+    against 3), so every one left out counts. The next product takes h as the projection gave
+    it (bfloat16 from a reduced copy, whose float32 is the same numbers widened)."""
     hs, cs = [], []
     for layer, copies in enumerate(layers):
         c = state[1][layer]  # (B, H)

@@ -212,7 +212,7 @@ class CharLSTM(nn.Module):
 
     def _rnn(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         kind = self._reduced_kind(x, x.size(1)) if self._lstm_copies is not None else None
-        if kind is not None:
+        if kind is not None and inference.lstm_takes(self.lstm, kind):
             return inference.lstm_forward(self._lstm_copies.get(self.lstm, kind), x, state[:2])
         # oneDNN has no projection LSTM: PyTorch falls back to ATen's, but warns on every run.
         use_aten = stepwise() if self.config.proj_size and x.device.type == "cpu" else nullcontext()
@@ -343,8 +343,8 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
 @contextmanager
 def sampling(model: CharLSTM) -> Iterator[CharLSTM]:
     """For a loop that feeds `model` one character at a time (sampling, beam search): evaluation
-    mode, ATen's LSTM kernel (stepwise), and the reduced copies looked up once, since the
-    weights cannot change in the middle of the loop (inference.Copies.held)."""
+    mode, ATen's LSTM kernel (stepwise), and the reduced copies looked up once, the weights
+    being assumed not to change in the middle of the loop (inference.Copies.held)."""
     lstm = model._lstm_copies.held() if model._lstm_copies is not None else nullcontext()
     with evaluating(model), stepwise(), lstm, model._adaptive_copies.held():
         yield model

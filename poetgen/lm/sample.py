@@ -174,6 +174,7 @@ def _sample_loop(model, vocab, out, state, n, max_chars, temperature, top_k, top
     arithmetic at one row); where each text ended and what it scored are worked out once, after.
     """
     device = out.device
+    stop_at_newline = stop_at_newline and vocab.newline_id is not None  # a text without lines
     chosen = torch.empty(max_chars, n, dtype=torch.long, device=device)
     picked = torch.empty(max_chars, n, device=device)  # log-probability of each drawn character
     ended = torch.zeros(n, dtype=torch.bool, device=device)

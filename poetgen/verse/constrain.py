@@ -37,7 +37,7 @@ import torch
 
 from poetgen.lm.corpus import NEWLINE, Vocab
 from poetgen.errors import ConstraintError
-from poetgen.lm.model import CharLSTM, sampling, stepwise
+from poetgen.lm.model import CharLSTM, evaluating, sampling, stepwise
 from poetgen.verse.prosody import (COMMA, PERIOD, PING, READINGS, ZE, Form, Template, free_positions,
                                    get_form, han_only, is_han, line_end_mark, line_rhymes, scheme,
                                    split_verse, templates)
@@ -432,7 +432,8 @@ def _tones(spec: PoemSpec, vocab: Vocab, positions: list[tuple[int, int]],
         return ANY if (j in free and not last) else (0 if tpl.lines[i][j] == PING else 1)
 
     # Python lists, then one tensor: a tensor written element by element cost ~0.7 ms a 七律.
-    required = torch.tensor([[asks(tpl, i, j) for i, j in positions] for tpl in tpls])
+    required = torch.tensor([[asks(tpl, i, j) for i, j in positions] for tpl in tpls],
+                            dtype=torch.long)
     return _Tones(tpls, required, ok)
 
 
@@ -735,7 +736,7 @@ def generate_poems(model: CharLSTM, compiled: Compiled, n: int = 1, temperature:
     """
     check_sampling_args(temperature, top_k, top_p)
     seed = new_seed() if seed is None else seed
-    with sampling(model):
+    with evaluating(model):
         may_double = None if doubles is None else torch.tensor(
             [ch in doubles for ch in compiled.vocab.chars], device=model.start_h.device)
         penalty = (repeat_penalty, may_double)
@@ -755,7 +756,8 @@ def _generate_poems(model, compiled, n, temperature, top_k, top_p, seed, best_of
     if beam:
         if n > beam:
             raise ConstraintError(f"--beam {beam} keeps {beam} candidates; ask for at most that many poems")
-        poems = _beam(model, compiled, beam, seed, penalty)
+        with sampling(model):
+            poems = _beam(model, compiled, beam, seed, penalty)
         poems = [p for p in poems if not _copies(p.text, novel_lines)]
         if len(poems) < n:
             raise ConstraintError("beam search found no poem that avoids the --novel corpus; "
@@ -770,8 +772,9 @@ def _generate_poems(model, compiled, n, temperature, top_k, top_p, seed, best_of
         # Candidate b of poem i follows plan (i * best_of + b) mod P, in every round.
         plan = torch.tensor([(i * best_of + b) % compiled.plans for i in todo for b in range(best_of)],
                             device=model.start_h.device)
-        cands = _sample(model, compiled, len(todo) * best_of, temperature, top_k, top_p, gen, seed,
-                        penalty, plan, best_of, line_keep)
+        with sampling(model):  # not around `rank`, which may read whole poems with the model
+            cands = _sample(model, compiled, len(todo) * best_of, temperature, top_k, top_p, gen,
+                            seed, penalty, plan, best_of, line_keep)
         for slot, i in enumerate(todo):
             group = [p for p in cands[slot * best_of:(slot + 1) * best_of]
                      if p is not None and not _copies(p.text, novel_lines)]
