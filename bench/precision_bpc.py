@@ -6,7 +6,7 @@ sampling draws from (`*_sampling_bpc`: model.log_probs, the softmax's copies too
 
     python bench/precision_bpc.py [CHECKPOINT] [FILE]     # default: `default`, tang_val
 
-`auto` mixes the last two (int8 up to 4 rows, bf16 above), so its cost is at most theirs.
+`auto` mixes them (int8 up to 4 rows; above, bf16 or fp32), so its cost is at most theirs.
 """
 
 import json
