@@ -310,8 +310,9 @@ def lstm_forward(layers: list[_LstmLayer], x: torch.Tensor,
 
     Written for sampling's one step at a time, where the operations between the products cost
     more than their arithmetic: after a product has streamed megabytes of weights through the
-    caches, each small operation took 2-5x its time in isolation (an add of the bias 10.5 µs
-    against 3), so every one left out counts. The next product takes h as the projection gave
+    caches, each small operation takes several times its time in a warm cache (the add of the
+    bias 8-25 µs right after the gate product, 3 after nothing: bench/step_anatomy.py), so every
+    one left out counts. The next product takes h as the projection gave
     it (bfloat16 from a reduced copy, whose float32 is the same numbers widened)."""
     hs, cs = [], []
     for layer, copies in enumerate(layers):
