@@ -7,7 +7,9 @@ Prints one JSON line. `stream_us_per_char` is one free stream (as bench/sample_b
 with only the gate product replaced (`fake_gates`), and with every product replaced but a plain
 4 MB read where the gate product was (`fake_plus_4mb_read`; `read_4mb_alone_us` is that read
 by itself, in a loop). `after_product_us` times small operations run right after the gate
-product and right after nothing: the slowdown the products' weight streaming causes.
+product and right after nothing: the slowdown the products' weight streaming causes. For an
+LSTM checkpoint with an adaptive softmax, on an x86 CPU where `auto` takes int8 for one row
+(AVX2 or AVX-512), which is what it fakes.
 """
 
 import json
