@@ -273,21 +273,16 @@ class Copies:
         return Copies(self._weights, self._build)
 
 
-def lstm_takes(lstm: nn.LSTM, kind: str) -> bool:
-    """Whether copies of `kind` serve the LSTM's gate products. int8 needs every layer's gate
-    width (its inputs and outputs) a multiple of INT8_BLOCK, else those copies fall back to
-    bfloat16, and where bfloat16 is not native to float32 weights behind bfloat16-rounded
-    inputs: slower and less exact than nn.LSTM's own float32, which then runs instead."""
-    if kind != "int8" or native_bf16():
-        return True
-    out = lstm.proj_size or lstm.hidden_size
-    widths = [lstm.input_size + out] + [2 * out] * (lstm.num_layers - 1)
-    return int8_kernel() and all(w % INT8_BLOCK == 0 for w in widths)
+def _lstm_layers(lstm: nn.LSTM, kind: str) -> list[_LstmLayer] | None:
+    """Every layer's copies, or None where a gate product's copy came out float32 (int8 asked
+    for, a width the kernel cannot take, no native bfloat16): float32 weights behind
+    bfloat16-rounded inputs are slower and less exact than nn.LSTM's own, which then runs."""
+    layers = [_LstmLayer(lstm, i, kind) for i in range(lstm.num_layers)]
+    return None if any(layer.gates.kind == "fp32" for layer in layers) else layers
 
 
 def lstm_copies() -> Copies:
-    return Copies(lambda lstm: [w for layer in lstm.all_weights for w in layer],
-                  lambda lstm, kind: [_LstmLayer(lstm, i, kind) for i in range(lstm.num_layers)])
+    return Copies(lambda lstm: [w for layer in lstm.all_weights for w in layer], _lstm_layers)
 
 
 def _adaptive_weights(adaptive: nn.AdaptiveLogSoftmaxWithLoss) -> list[torch.Tensor]:

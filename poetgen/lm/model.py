@@ -212,8 +212,9 @@ class CharLSTM(nn.Module):
 
     def _rnn(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         kind = self._reduced_kind(x, x.size(1)) if self._lstm_copies is not None else None
-        if kind is not None and inference.lstm_takes(self.lstm, kind):
-            return inference.lstm_forward(self._lstm_copies.get(self.lstm, kind), x, state[:2])
+        layers = self._lstm_copies.get(self.lstm, kind) if kind is not None else None
+        if layers is not None:  # None: copies that would not pay (inference._lstm_layers)
+            return inference.lstm_forward(layers, x, state[:2])
         # oneDNN has no projection LSTM: PyTorch falls back to ATen's, but warns on every run.
         use_aten = stepwise() if self.config.proj_size and x.device.type == "cpu" else nullcontext()
         gru = self.config.cell == "gru"

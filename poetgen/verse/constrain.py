@@ -302,6 +302,11 @@ class _Rhyme:
     left: torch.Tensor  # (K, T) float: rhyme positions of template k at steps >= t
     count: torch.Tensor  # (G,) float: writable characters in each group
 
+    @functools.cached_property
+    def member_float(self) -> torch.Tensor:
+        """`member` as 0.0/1.0, once: every template's conflict check multiplies by it."""
+        return as_float(self.member)
+
 
 def _check_vocabulary_can_write(spec: PoemSpec, vocab: Vocab) -> None:
     if spec.tones not in ("off", "loose", "strict"):
@@ -520,7 +525,7 @@ def _template_conflict(k: int, layout: _Layout, fixed: dict[tuple[int, int], str
                         "does not rhyme with the other fixed rhymes or the rhyme group")
     if rhyme.group_names and not cand.any():
         return "no rhyme group is left to rhyme in"
-    rhymable = as_bool(as_float(rhyme.member) @ as_float(cand))  # (V,): in a candidate group
+    rhymable = as_bool(rhyme.member_float @ as_float(cand))  # (V,): in a candidate group
     ok = layout.static & tones.ok[tones.required[k]]  # (T, V)
     ok[rhyme.at[k]] &= rhymable
     empty = (~any_true(ok, 1)).nonzero()
