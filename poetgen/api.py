@@ -79,11 +79,11 @@ def load(checkpoint: str | Path | None = "default", device: str = "cpu",
 
     None means what the CLI does without --checkpoint: $POETGEN_CHECKPOINT, else the newest
     checkpoint under ./checkpoints, else the bundled model. `precision` is the CLI's --precision:
-    the weights the model multiplies with on a CPU, "fp32", "bf16", "int8" or "auto" (int8
-    for up to 4 rows at a time on x86 CPUs with AVX2 or AVX-512; for more, bf16 where the CPU
-    has native bfloat16, else fp32; see poetgen/lm/inference.py). A seed writes the same poem
-    again at the same precision on the same kind of CPU; fp32 is the one to compare across
-    CPUs.
+    the weights the model multiplies with on a CPU, "fp32", "bf16", "int8", "w8a8" or "auto"
+    (int8 for up to 4 rows at a time on x86 CPUs with AVX2 or AVX-512; for more, bf16 where the
+    CPU has native bfloat16, else w8a8 on x86, else fp32; see poetgen/lm/inference.py). A seed
+    writes the same poem again at the same precision on the same kind of CPU; fp32 is the one
+    to compare across CPUs.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")

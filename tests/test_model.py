@@ -137,6 +137,18 @@ def _outputs(model, tokens, precision):
     return out, h, c, logp
 
 
+def _w8a8_kernel() -> bool:
+    from poetgen.lm import inference
+
+    return inference.w8a8_kernel()
+
+
+# w8a8 runs FBGEMM's dynamic int8 product, which PyTorch has on x86 only.
+NEEDS_W8A8 = pytest.mark.skipif(not _w8a8_kernel(), reason="this PyTorch build has no FBGEMM "
+                                "dynamic int8 product on this CPU (x86 only)")
+W8A8 = pytest.param("w8a8", marks=NEEDS_W8A8)
+
+
 def _small(seed=0, **kw):
     torch.manual_seed(seed)
     # Widths in multiples of 16 where the int8 kernel takes them (gates, projection, head);
@@ -145,7 +157,8 @@ def _small(seed=0, **kw):
     return CharLSTM(ModelConfig(**{**config, **kw})).eval()
 
 
-@pytest.mark.parametrize("kind, tolerance", [("bf16", 0.02), ("int8", 0.05)])
+@pytest.mark.parametrize("kind, tolerance", [("bf16", 0.02), ("int8", 0.05),
+                                             pytest.param("w8a8", 0.05, marks=NEEDS_W8A8)])
 @pytest.mark.parametrize("proj_size, num_layers", [(0, 1), (16, 1), (16, 2)])
 @pytest.mark.parametrize("rows", [1, 7])
 def test_reduced_copies_follow_the_float32_model(kind, tolerance, proj_size, num_layers, rows):
@@ -161,7 +174,7 @@ def test_reduced_copies_follow_the_float32_model(kind, tolerance, proj_size, num
     assert torch.allclose(reduced[3].exp().sum(-1), torch.ones(40, rows), atol=1e-5)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8", W8A8])
 def test_log_prob_of_one_character_is_log_probs_column(precision):
     """The same numbers, whether the character is in the adaptive softmax's shortlist (the head
     alone is computed) or in a cluster (the whole distribution is)."""
@@ -217,7 +230,7 @@ def test_the_clusters_projections_are_stacked_where_a_kernel_reads_them_in_place
     assert all(first[:, a:b].data_ptr() % 64 == 0 for a, b in copies.projected)
 
 
-@pytest.mark.parametrize("kind", ["bf16", "int8"])
+@pytest.mark.parametrize("kind", ["bf16", "int8", W8A8])
 def test_held_copies_are_looked_up_once_in_a_sampling_loop_and_checked_again_after(kind):
     """Inside sampling(model) the copies are checked at their first use only (each check cost
     ~18 µs a step); a change made after it is not seen until the block ends, and then it is."""
@@ -285,6 +298,35 @@ def test_int8_copies_against_their_own_dequantized_weights(shape):
     assert torch.equal(p(wide[:, 3:]), p(wide[:, 3:].clone()))
 
 
+@NEEDS_W8A8
+@pytest.mark.parametrize("shape, rows", [((7, 16), 1), ((64, 48), 5), ((3, 130), 64)])
+def test_w8a8_copies_against_the_arithmetic_written_out(shape, rows):
+    """The oracle: the weights as int8 copies make them (q = round(W / s), s = max|W_row| / 127),
+    the activations quantized as PyTorch's dynamic quantization does, to 7 bits (0..127) with
+    one scale and zero point for the whole matrix, its range widened to take 0; the product is
+    their dequantized values' (float64 here; the kernel sums integers exactly)."""
+    from poetgen.lm.inference import Product
+
+    torch.manual_seed(3)
+    w = torch.randn(*shape) * torch.linspace(0.01, 3, shape[0])[:, None]
+    p = Product(w, "w8a8")
+    assert p.kind == "w8a8" and p.input_dtype == torch.float32
+    x = torch.randn(rows, shape[1]) * 2 + 0.5
+    s_w = (w.abs().amax(1, keepdim=True) / 127).double()
+    q_w = torch.round(w.double() / s_w).clamp(-127, 127)
+    low, high = min(x.min().item(), 0.0), max(x.max().item(), 0.0)
+    s_x = (high - low) / 127
+    zero = round(-low / s_x)
+    q_x = (torch.round(x.double() / s_x) + zero).clamp(0, 127)
+    want = ((q_x - zero) * s_x) @ (q_w * s_w).T
+    got = p(x)
+    assert got.dtype == torch.float32 and got.shape == (rows, shape[0])
+    err = (got.double() - want).abs().max().item()
+    assert err <= 1e-4 * want.abs().max().item(), err
+    # ...which is not float32's product: the activations really were quantized.
+    assert not torch.allclose(got, x @ w.T, rtol=1e-5, atol=1e-5)
+
+
 def test_bfloat16_copies_are_prepacked_and_multiply_as_f_linear_does():
     """oneDNN's prepacked layout (PyTorch's own operators for it, not public API: a build
     without them falls back to F.linear, and this test says so) gives F.linear's product."""
@@ -300,6 +342,19 @@ def test_bfloat16_copies_are_prepacked_and_multiply_as_f_linear_does():
     assert torch.allclose(p(x).float(), want, rtol=2**-7, atol=1e-3)
     row = torch.randn(1, 40).bfloat16()
     assert torch.equal(p(row[:, 8:]), p(row[:, 8:].clone()))  # an unaligned view: as its copy
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_where_w8a8_has_no_kernel_the_next_fastest_copy_serves(native, monkeypatch):
+    from poetgen.lm import inference
+    from poetgen.lm.inference import Product
+
+    monkeypatch.setattr(inference, "native_bf16", lambda: native)
+    monkeypatch.setattr(inference, "w8a8_kernel", lambda: False)
+    w, x = torch.randn(8, 32), torch.randn(3, 32)
+    p = Product(w, "w8a8")
+    assert p.kind == ("bf16" if native else "fp32")
+    assert torch.allclose(p(x.to(p.input_dtype)).float(), x @ w.T, atol=0.1)
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -354,22 +409,27 @@ def test_a_model_copied_inside_a_sampling_block_checks_its_own_copies():
                               atol=0.05)
 
 
-def test_auto_takes_int8_for_few_rows_then_bf16_where_native_else_fp32(monkeypatch):
+def test_auto_takes_int8_for_few_rows_then_bf16_where_native_else_w8a8_else_fp32(monkeypatch):
     """int8 for up to INT8_MAX_ROWS rows wherever the vectorized int8 kernel runs (x86 AVX2 or
-    AVX-512, with or without native bfloat16), above that bf16 only with native bfloat16."""
+    AVX-512, with or without native bfloat16); above that bf16 with native bfloat16, else w8a8
+    on those x86 CPUs where PyTorch has FBGEMM's dynamic product, else float32."""
     from poetgen.lm import inference
 
     rows = (1, inference.INT8_MAX_ROWS, inference.INT8_MAX_ROWS + 1, 64)
-    for fast, native, want in [(True, True, ["int8", "int8", "bf16", "bf16"]),
-                               (True, False, ["int8", "int8", "fp32", "fp32"]),
-                               (False, True, ["bf16"] * 4),
-                               (False, False, ["fp32"] * 4)]:
+    for fast, native, dynamic, want in [(True, True, True, ["int8", "int8", "bf16", "bf16"]),
+                                        (True, False, True, ["int8", "int8", "w8a8", "w8a8"]),
+                                        (True, False, False, ["int8", "int8", "fp32", "fp32"]),
+                                        (False, True, True, ["bf16"] * 4),
+                                        (False, False, True, ["fp32"] * 4)]:
         monkeypatch.setattr(inference, "int8_fast", lambda: fast)
         monkeypatch.setattr(inference, "native_bf16", lambda: native)
-        assert [inference.product_kind("auto", n) for n in rows] == want, (fast, native)
-    assert [inference.product_kind(p, 1) for p in ("fp32", "bf16", "int8")] == ["fp32", "bf16", "int8"]
+        monkeypatch.setattr(inference, "w8a8_kernel", lambda: dynamic)
+        assert [inference.product_kind("auto", n) for n in rows] == want, (fast, native, dynamic)
+    forced = ("fp32", "bf16", "int8", "w8a8")
+    assert [inference.product_kind(p, 1) for p in forced] == list(forced)
     # ...and the model follows: with neither, auto is float32 exactly; with int8 alone, a poem
     # written as one row takes it and a batch of five does not.
+    monkeypatch.setattr(inference, "w8a8_kernel", lambda: False)
     model = _small(proj_size=16)
     for batch, same in [(1, False), (5, True)]:
         tokens = torch.randint(0, 60, (10, batch))
@@ -381,13 +441,40 @@ def test_auto_takes_int8_for_few_rows_then_bf16_where_native_else_fp32(monkeypat
         assert all(torch.equal(a, b) for a, b in zip(auto, exact)) == same
 
 
+@NEEDS_W8A8
+def test_w8a8_quantizes_the_gates_input_alone(monkeypatch):
+    """Under w8a8 only the gates' product quantizes its activations: the projection (whose input
+    lost 0.015 bpc so) and the softmax keep float32 copies, and the float32 softmax gives what
+    fp32 gives from the same LSTM output. On a CPU without native bfloat16, auto takes w8a8 for
+    a batch of five and int8 for one row."""
+    from poetgen.lm import inference
+
+    model = _small(proj_size=16)
+    layers = model._lstm_copies.get(model.lstm, "w8a8")
+    assert layers[0].gates.kind == "w8a8" and layers[0].project.kind == "fp32"
+    copies = model._adaptive_copies.get(model.adaptive, "w8a8")
+    assert all(p.kind == "fp32" for p in (copies.first, *copies.seconds))
+    tokens = torch.randint(0, 60, (10, 5))
+    out, _, _, logp = _outputs(model, tokens, "w8a8")
+    model.inference_precision = "fp32"
+    with torch.no_grad():
+        assert torch.allclose(model.log_probs(out), logp, atol=1e-5)
+    monkeypatch.setattr(inference, "native_bf16", lambda: False)
+    monkeypatch.setattr(inference, "int8_fast", lambda: True)
+    for batch, kind in [(5, "w8a8"), (1, "int8")]:
+        tokens = torch.randint(0, 60, (10, batch))
+        auto, forced = _outputs(model, tokens, "auto"), _outputs(model, tokens, kind)
+        # output, h, c (the softmax reads all 10 steps at once: 10 rows, w8a8's either way)
+        assert all(torch.equal(a, b) for a, b in zip(auto[:3], forced[:3])), (batch, kind)
+
+
 # proj_size 8 leaves the adaptive softmax's last cluster 0 wide (8 // 16): an edge case the
 # copies must take, which PyTorch's initialisation warns about.
 ZERO_WIDE_CLUSTER = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 
 
 @ZERO_WIDE_CLUSTER
-@pytest.mark.parametrize("kind", ["bf16", "int8"])
+@pytest.mark.parametrize("kind", ["bf16", "int8", W8A8])
 def test_reduced_copies_follow_weight_updates(kind):
     model = _small(seed=1, proj_size=8)
     tokens = torch.randint(0, 60, (10, 3))
@@ -439,7 +526,8 @@ def test_reduced_copies_are_for_float32_inference_only():
                     reason="needs ../shared/corpora/tang_val.txt")
 def test_reduced_copies_score_the_bundled_model_as_float32_does():
     """The quality check of the faster paths: 120 poems of tang_val read by the bundled model
-    (on the whole file, bench/precision_bpc.py: float32 5.84447, bf16 5.84449, int8 5.84409)."""
+    (on the whole file, bench/precision_bpc.py: float32 5.84447, bf16 5.84449, int8 5.84409,
+    w8a8 5.84466 with FBGEMM's AVX512-VNNI kernels)."""
     from poetgen.lm.checkpoint import BUNDLED, load_checkpoint
     from poetgen.lm.evaluate import evaluate_ids
 
@@ -447,11 +535,12 @@ def test_reduced_copies_score_the_bundled_model_as_float32_does():
     lines = (SHARED / "corpora" / "tang_val.txt").read_text(encoding="utf-8").splitlines()[:120]
     ids = torch.tensor(ck.vocab.encode("\n".join(lines) + "\n"))
     bpc, drawn = {}, {}
-    for precision in ("fp32", "bf16", "int8"):
+    kinds = ("bf16", "int8", "w8a8") if _w8a8_kernel() else ("bf16", "int8")
+    for precision in ("fp32", *kinds):
         ck.model.inference_precision = precision
         bpc[precision] = evaluate_ids(ck.model, ck.vocab, [ids], kind="lines").bpc
         drawn[precision] = _bits_as_sampling_sees_them(ck.model, ck.vocab, lines[:40])
-    for kind in ("bf16", "int8"):
+    for kind in kinds:
         assert bpc[kind] != bpc["fp32"] and abs(bpc[kind] - bpc["fp32"]) < 0.002, bpc
         assert drawn[kind] != drawn["fp32"] and abs(drawn[kind] - drawn["fp32"]) < 0.002, drawn
 

@@ -288,10 +288,12 @@ def device_options(f):
     f = click.option("--precision", type=click.Choice(INFERENCE_PRECISIONS), default="auto",
                      show_default=True,
                      help="The weights the model multiplies with on a CPU (not a GPU): fp32; "
-                          "bf16 or int8 copies (faster; the bundled model's val bpc moves by "
-                          "less than 0.001); or auto: int8 for up to 4 rows at a time (poems or "
-                          "candidates) on x86 CPUs with AVX2 or AVX-512; bf16 for more where "
-                          "the CPU has native bfloat16 (AMX, AVX512-BF16); else fp32. A seed "
+                          "bf16 or int8 copies, or w8a8 (the LSTM's gates in int8 weights and "
+                          "activations; x86): faster, the bundled model's val bpc moves by "
+                          "less than 0.001; or auto: int8 for up to 4 rows at a time (poems or "
+                          "candidates) on x86 CPUs with AVX2 or AVX-512; for more, bf16 where "
+                          "the CPU has native bfloat16 (AMX, AVX512-BF16), else w8a8 on x86, "
+                          "else fp32. A seed "
                           "writes the same poem again at the "
                           "same precision on the same kind of CPU; fp32 is the one to compare "
                           "across CPUs.")(f)

@@ -160,8 +160,9 @@ def _is_number(value) -> bool:
 
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N (the N-th GPU) or mps"
 # The weights inference multiplies with on a CPU (see inference.py): auto is int8 for a few rows
-# (x86 with AVX2 or AVX-512), and for more bf16 where the CPU has native bfloat16, else fp32.
-INFERENCE_PRECISIONS = ("auto", "fp32", "bf16", "int8")
+# (x86 with AVX2 or AVX-512), and for more bf16 where the CPU has native bfloat16, else w8a8 on
+# x86 (the LSTM's gates in int8 weights and activations), else fp32.
+INFERENCE_PRECISIONS = ("auto", "fp32", "bf16", "int8", "w8a8")
 
 
 def is_device_name(name: str) -> bool:

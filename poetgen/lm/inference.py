@@ -15,14 +15,23 @@ character, a 6144 × 640 product for the LSTM's gates, a 512 × 1536 projection,
   several times faster in bfloat16, from copies laid out once in oneDNN's blocked format (same
   product at 16 rows: 414 µs against 1,677 in float32; see _packed_bf16).
 
-So `auto` takes int8 up to INT8_MAX_ROWS rows, and bf16 above on CPUs with native bfloat16;
-elsewhere bfloat16 is emulated and slower, and `auto` keeps float32 above INT8_MAX_ROWS. The
+So `auto` takes int8 up to INT8_MAX_ROWS rows, and bf16 above on CPUs with native bfloat16. The
 int8 kernel needs no bfloat16 arithmetic (it widens the activations to float32): with PyTorch's
 AVX2 kernels (ATEN_CPU_CAPABILITY=avx2, standing in for a CPU without AVX-512), the gates'
 product took 325 µs against 588 in float32 at 1 row, 697 against 1,175 at 4, and 2,738 against
 1,807 at 16. It is taken on x86 CPUs with AVX2 or AVX-512 (int8_fast), not elsewhere, where it
-was never measured. `bf16` and `int8` ask for one path at every batch size (for measuring; int8
-is slow for big batches).
+was never measured.
+
+Above INT8_MAX_ROWS on an x86 CPU without native bfloat16 (most laptops and desktops: Intel's
+client CPUs, AMD before Zen 4), where bfloat16 is emulated and slower than float32, `auto` takes
+**w8a8** for the gates: int8 weights times activations quantized to 8 bits at each call, in
+FBGEMM's integer kernels (PyTorch's dynamic quantization). Gates at 16 rows, one core, FBGEMM
+and PyTorch capped at AVX2 (FBGEMM_ENABLE_INSTRUCTIONS=AVX2): 978 µs against 2,470 in float32;
+at 64 rows 3,251 against 6,592. One scale for a whole activation matrix loses little on the
+gates' input ([x_t h]: +0.0003 bpc, below) but 0.015 bpc on the projection's (the cell's
+output, where a few large values set the scale for all), so the projection and the softmax stay
+float32 under w8a8. `bf16`, `int8` and `w8a8` ask for one path at every batch size (for
+measuring; int8 is slow for big batches).
 
 What is rounded: the products' operands (bfloat16: 8 bits of mantissa; int8 weights: 1/254 of a
 row's largest weight) and each product's result, once. Everything between the products stays
@@ -30,7 +39,8 @@ float32 (the gate activations, the cell state, the log-softmax), so the rounding
 up along a poem. The bundled model on tang_val, read poem by poem (`bench/precision_bpc.py`):
 5.84447 bpc in float32; 5.84449 with bf16 and 5.84409 with int8 as `eval` scores (the LSTM's
 copies), 5.84458 and 5.84497 from the whole distribution sampling draws from (the softmax's
-copies too).
+copies too); w8a8 5.84477 and 5.84480 (FBGEMM capped at AVX2), 5.84466 and 5.84462 (its
+AVX512-VNNI kernels).
 
 Training never takes these paths: they need no gradients, and training's evaluations are float32
 so that its metrics and its choice of `best` do not depend on the CPU (train.py sets "fp32").
@@ -41,6 +51,7 @@ through `.data` is not seen (see _version).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from functools import cache
@@ -72,13 +83,15 @@ def native_bf16() -> bool:
 
 
 def product_kind(precision: str, rows: int) -> str:
-    """The weights a CPU product of `rows` rows uses under `precision` ("auto", "fp32", "bf16"
-    or "int8"): "fp32", "bf16" or "int8"."""
+    """The weights a CPU product of `rows` rows uses under `precision` ("auto", "fp32", "bf16",
+    "int8" or "w8a8"): one of the last four."""
     if precision != "auto":
         return precision
     if rows <= INT8_MAX_ROWS and int8_fast():
         return "int8"
-    return "bf16" if native_bf16() else "fp32"
+    if native_bf16():
+        return "bf16"
+    return "w8a8" if int8_fast() and w8a8_kernel() else "fp32"
 
 
 @cache
@@ -104,6 +117,30 @@ def int8_fast() -> bool:
         return False
 
 
+def _w8a8_packed(weight: torch.Tensor) -> object:
+    """`weight` (N, K) float32 quantized to int8 with one scale per row (as Product's int8) and
+    packed for torch.ops.quantized.linear_dynamic; raises where PyTorch cannot."""
+    scale = weight.abs().amax(dim=1).clamp(min=1e-30) / 127
+    with warnings.catch_warnings():
+        # PyTorch deprecates quantized tensors (pytorch/pytorch#184982) but has no other way in
+        # to FBGEMM's dynamic product yet; a build without it falls back (w8a8_kernel).
+        warnings.simplefilter("ignore", UserWarning)
+        q = torch.quantize_per_channel(weight, scale.double(), torch.zeros(len(weight), dtype=torch.long),
+                                       0, torch.qint8)
+        return torch.ops.quantized.linear_prepack(q, None)
+
+
+@cache
+def w8a8_kernel() -> bool:
+    """Whether this PyTorch build multiplies int8 weights by dynamically quantized int8
+    activations on this CPU (FBGEMM, x86 only); without it w8a8 copies are float32 ones."""
+    try:
+        packed = _w8a8_packed(torch.ones(1, INT8_BLOCK))
+        return torch.ops.quantized.linear_dynamic(torch.ones(1, INT8_BLOCK), packed, True).numel() == 1
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
 @contextmanager
 def onednn(enabled: bool = True):
     """oneDNN on (or off) for the block or the decorated function, then as it was. On for these
@@ -119,19 +156,23 @@ def onednn(enabled: bool = True):
 
 class Product:
     """y = x Wᵀ with a copy of W (N, K): bfloat16, int8 with one bfloat16 scale per row
-    (symmetric: a row's largest |weight| maps to 127), or float32. Takes (B, K) and returns
-    (B, N) in bfloat16, or in float32 for a float32 copy."""
+    (symmetric: a row's largest |weight| maps to 127), w8a8 (the same int8 rows, activations
+    quantized per call; FBGEMM), or float32. Takes (B, K) and returns (B, N) in `input_dtype`:
+    bfloat16 for bf16 and int8 copies, float32 for the others."""
 
     def __init__(self, weight: torch.Tensor, kind: str):
         weight = weight.detach().float()
-        if kind == "int8" and (weight.size(1) % INT8_BLOCK or weight.size(1) == 0
-                               or not int8_kernel()):
+        if (kind == "int8" and (weight.size(1) % INT8_BLOCK or weight.size(1) == 0
+                                or not int8_kernel())) or (kind == "w8a8" and not w8a8_kernel()):
             # A width the kernel cannot take (a tiny cluster may have 0), or no kernel: the
             # next fastest copy on this CPU.
             kind = "bf16" if native_bf16() else "fp32"
         self.kind, self.scale, self.packed = kind, None, False
+        self.input_dtype = torch.float32 if kind in ("fp32", "w8a8") else torch.bfloat16
         if kind == "fp32":
             self.weight = weight
+        elif kind == "w8a8":
+            self.weight = _w8a8_packed(weight.contiguous())
         elif kind == "int8":
             scale = weight.abs().amax(dim=1).clamp(min=1e-30) / 127  # (N,)
             self.weight = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
@@ -142,6 +183,10 @@ class Product:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "fp32":
             return F.linear(x.float(), self.weight)
+        if self.kind == "w8a8":
+            # reduce_range: activations in 7 bits, so that AVX2's 16-bit pairwise sums
+            # (vpmaddubsw, CPUs without VNNI) cannot saturate.
+            return torch.ops.quantized.linear_dynamic(x.float().contiguous(), self.weight, True)
         # Both kernels read x as a dense matrix whose first element is aligned as a fresh
         # tensor's (64 bytes); a column slice of a one-row product is contiguous but not
         # aligned, and crashed the int8 one, so such a view is copied first.
@@ -188,7 +233,9 @@ class _LstmLayer:
         # which cost more than it saved).
         self.gates = Product(torch.cat([get("weight_ih"), get("weight_hh")], dim=1)[order], kind)
         self.bias = (get("bias_ih") + get("bias_hh"))[order]  # (4H,) float32
-        self.project = Product(get("weight_hr"), kind) if lstm.proj_size else None
+        # w8a8 is for the gates alone: quantizing the projection's input lost 0.015 bpc.
+        project_kind = "fp32" if kind == "w8a8" else kind
+        self.project = Product(get("weight_hr"), project_kind) if lstm.proj_size else None
 
 
 class _AdaptiveCopies:
@@ -203,6 +250,7 @@ class _AdaptiveCopies:
     ALIGN_ROWS = 32  # 64 bytes of bfloat16
 
     def __init__(self, adaptive: nn.AdaptiveLogSoftmaxWithLoss, kind: str):
+        kind = "fp32" if kind == "w8a8" else kind  # w8a8 is for the gates alone (_LstmLayer)
         blocks, self.projected = [], []  # weights; (start, stop) of each cluster's projection
         for tail in adaptive.tail:
             w = tail[0].weight.detach()
@@ -308,14 +356,16 @@ def lstm_forward(layers: list[_LstmLayer], x: torch.Tensor,
     caches, each small operation takes several times its time in a warm cache (the add of the
     bias 8-25 µs right after the gate product, 3 after nothing: bench/step_anatomy.py), so every
     one left out counts. The next product takes h as the projection gave
-    it (bfloat16 from a reduced copy, whose float32 is the same numbers widened)."""
+    it (bfloat16 from a bf16 or int8 copy, whose float32 is the same numbers widened; float32
+    under w8a8, whose gates take float32 and quantize it themselves)."""
     hs, cs = [], []
     for layer, copies in enumerate(layers):
         c = state[1][layer]  # (B, H)
         H = c.size(1)
-        h_product = state[0][layer].to(torch.bfloat16)  # (B, P)
+        dtype = copies.gates.input_dtype  # bfloat16, or float32 for w8a8 gates
+        h_product = state[0][layer].to(dtype)  # (B, P)
         outputs = []
-        for x_t in x.to(torch.bfloat16).unbind(0):
+        for x_t in x.to(dtype).unbind(0):
             # Widened, then the bias added in place: the same sum as bfloat16 + float32, which
             # PyTorch's type promotion made 2x slower at 64 rows (179 µs against 91).
             gates = copies.gates(torch.cat([x_t, h_product], dim=1)).float().add_(copies.bias)
@@ -324,9 +374,9 @@ def lstm_forward(layers: list[_LstmLayer], x: torch.Tensor,
             c = torch.addcmul(ifo[:, H : 2 * H] * c, ifo[:, :H], gates[:, 3 * H :].tanh_())
             h = torch.tanh(c).mul_(ifo[:, 2 * H :])  # o tanh(c): (B, H)
             if copies.project is None:
-                h_product = h.to(torch.bfloat16)
+                h_product = h.to(dtype)
             else:
-                h_product = copies.project(h.to(torch.bfloat16))  # (B, P) bfloat16
+                h_product = copies.project(h.to(copies.project.input_dtype))  # (B, P)
                 h = h_product.float()
             outputs.append(h)
         x = torch.stack(outputs) if len(outputs) > 1 else h[None]
