@@ -32,8 +32,9 @@ def main():
     parser.add_argument("file", nargs="?", default=str(SHARED / "tang_val.txt"))
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--precision", default="auto",
-                        help="auto (as `poetgen eval`: bf16 products where the CPU has them), "
-                             "fp32, bf16 or int8, for the lines; the stream is the float32 "
+                        help="auto (as `poetgen eval`: bf16 products where the CPU has them, "
+                             "else w8a8 on x86), fp32, bf16, int8 or w8a8, for the lines; the "
+                             "stream is the float32 "
                              "baseline (today's reading) whatever this says")
     args = parser.parse_args()
     ck = load_checkpoint(resolve(args.checkpoint))

@@ -211,7 +211,7 @@ def test_a_compiled_spec_is_kept_and_generation_leaves_it_as_it_was(random_model
     assert all(torch.equal(getattr(compiled, k), v) for k, v in before.items())
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "int8", "bf16", "w8a8"])
 def test_the_shortcut_steps_with_an_adaptive_softmax_and_reduced_copies(vocab, precision):
     """The same oracle on a model with an adaptive softmax, whose forced steps are scored from
     the head alone (log_prob_of), under each precision: the shortlist holds the punctuation."""

@@ -122,21 +122,22 @@ def _w8a8_packed(weight: torch.Tensor) -> object:
     packed for torch.ops.quantized.linear_dynamic; raises where PyTorch cannot."""
     scale = weight.abs().amax(dim=1).clamp(min=1e-30) / 127
     with warnings.catch_warnings():
-        # PyTorch deprecates quantized tensors (pytorch/pytorch#184982) but has no other way in
-        # to FBGEMM's dynamic product yet; a build without it falls back (w8a8_kernel).
+        # PyTorch deprecates quantized tensors (pytorch/pytorch#184982), from which the dynamic
+        # product takes its packed weights; a build without them falls back (w8a8_kernel).
         warnings.simplefilter("ignore", UserWarning)
-        q = torch.quantize_per_channel(weight, scale.double(), torch.zeros(len(weight), dtype=torch.long),
-                                       0, torch.qint8)
+        zero_points = torch.zeros(len(weight), dtype=torch.long)
+        q = torch.quantize_per_channel(weight, scale.double(), zero_points, 0, torch.qint8)
         return torch.ops.quantized.linear_prepack(q, None)
 
 
 @cache
 def w8a8_kernel() -> bool:
     """Whether this PyTorch build multiplies int8 weights by dynamically quantized int8
-    activations on this CPU (FBGEMM, x86 only); without it w8a8 copies are float32 ones."""
+    activations on this CPU (FBGEMM on x86; `auto` takes it nowhere else); without it, w8a8
+    copies are the next fastest (Product)."""
     try:
-        packed = _w8a8_packed(torch.ones(1, INT8_BLOCK))
-        return torch.ops.quantized.linear_dynamic(torch.ones(1, INT8_BLOCK), packed, True).numel() == 1
+        probe = torch.ones(1, INT8_BLOCK)
+        return torch.ops.quantized.linear_dynamic(probe, _w8a8_packed(probe), True).numel() == 1
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
 

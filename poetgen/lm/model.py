@@ -107,9 +107,10 @@ class CharLSTM(nn.Module):
             self.gru = nn.GRU(E, H, L, dropout=between)
         else:  # the attribute keeps its name, so checkpoints from before GRUs load unchanged
             self.lstm = nn.LSTM(E, H, L, dropout=between, proj_size=config.proj_size)
-        # Inference on CPU (no gradients): "fp32", "bf16" or "int8" copies of the weights for
-        # the LSTM's and the adaptive softmax's products, or "auto" (the fastest of them for the
-        # batch size on this CPU); see inference.py. Not saved: a setting of the commands.
+        # Inference on CPU (no gradients): "fp32", "bf16", "int8" or "w8a8" copies of the
+        # weights for the LSTM's and the adaptive softmax's products, or "auto" (the fastest of
+        # them for the batch size on this CPU); see inference.py. Not saved: a setting of the
+        # commands.
         self.inference_precision = "fp32"
         self._lstm_copies = inference.lstm_copies() if config.cell == "lstm" else None
         self._adaptive_copies = inference.adaptive_copies()
@@ -202,8 +203,9 @@ class CharLSTM(nn.Module):
         return self.dropout(x) if self.training else x
 
     def _reduced_kind(self, x: torch.Tensor, rows: int) -> str | None:
-        """The reduced copies ("bf16", "int8") a product of `rows` rows of x uses, or None for
-        the module's own float32 (or other dtype) weights: always while training or on a GPU."""
+        """The reduced copies ("bf16", "int8", "w8a8") a product of `rows` rows of x uses, or
+        None for the module's own float32 (or other dtype) weights: always while training or on
+        a GPU."""
         if (self.training or torch.is_grad_enabled() or x.device.type != "cpu"
                 or x.dtype != torch.float32):
             return None
