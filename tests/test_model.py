@@ -527,7 +527,7 @@ def test_reduced_copies_are_for_float32_inference_only():
 def test_reduced_copies_score_the_bundled_model_as_float32_does():
     """The quality check of the faster paths: 120 poems of tang_val read by the bundled model
     (on the whole file, bench/precision_bpc.py: float32 5.84447, bf16 5.84449, int8 5.84409,
-    w8a8 5.84466 with FBGEMM's AVX512-VNNI kernels)."""
+    w8a8 5.84487)."""
     from poetgen.lm.checkpoint import BUNDLED, load_checkpoint
     from poetgen.lm.evaluate import evaluate_ids
 

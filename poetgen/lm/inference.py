@@ -28,9 +28,9 @@ client CPUs, AMD before Zen 4), where bfloat16 is emulated and slower than float
 FBGEMM's integer kernels (PyTorch's dynamic quantization). Gates at 16 rows, one core, FBGEMM
 and PyTorch capped at AVX2 (FBGEMM_ENABLE_INSTRUCTIONS=AVX2): 978 µs against 2,470 in float32;
 at 64 rows 3,251 against 6,592. One scale for a whole activation matrix loses little on the
-gates' input ([x_t h]: +0.0003 bpc, below) but 0.015 bpc on the projection's (the cell's
-output, where a few large values set the scale for all), so the projection and the softmax stay
-float32 under w8a8. `bf16`, `int8` and `w8a8` ask for one path at every batch size (for
+gates' input ([x_t h]: +0.0004 bpc, below) but 0.015 bpc on the projection's (the cell's
+output o·tanh(c), mostly near 0, where 7 bits over its range are coarse), so the projection and
+the softmax stay float32 under w8a8. `bf16`, `int8` and `w8a8` ask for one path at every batch size (for
 measuring; int8 is slow for big batches).
 
 What is rounded: the products' operands (bfloat16: 8 bits of mantissa; int8 weights: 1/254 of a
@@ -39,8 +39,8 @@ float32 (the gate activations, the cell state, the log-softmax), so the rounding
 up along a poem. The bundled model on tang_val, read poem by poem (`bench/precision_bpc.py`):
 5.84447 bpc in float32; 5.84449 with bf16 and 5.84409 with int8 as `eval` scores (the LSTM's
 copies), 5.84458 and 5.84497 from the whole distribution sampling draws from (the softmax's
-copies too); w8a8 5.84477 and 5.84480 (FBGEMM capped at AVX2), 5.84466 and 5.84462 (its
-AVX512-VNNI kernels).
+copies too); w8a8 5.84487 and 5.84478 (FBGEMM's AVX512-VNNI kernels), 5.84482 and 5.84477
+(its AVX2 ones).
 
 Training never takes these paths: they need no gradients, and training's evaluations are float32
 so that its metrics and its choice of `best` do not depend on the CPU (train.py sets "fp32").
