@@ -127,6 +127,62 @@ def test_learning_rate_schedule():
     assert learning_rate(cfg, 99, 1.0) == pytest.approx(0.1)
 
 
+def test_auto_lr_is_high_for_short_runs_low_for_long_ones_and_log_linear_between():
+    from poetgen.lm.train import AUTO_LR_HIGH, AUTO_LR_LOW, AUTO_LR_STEPS, auto_lr
+
+    short, long = AUTO_LR_STEPS
+    assert [auto_lr(n) for n in (1, short / 2, short)] == [AUTO_LR_HIGH] * 3
+    assert [auto_lr(n) for n in (long, 10 * long, math.inf)] == [AUTO_LR_LOW] * 3
+    # Log-linear: the geometric middle of the steps takes the geometric middle of the rates.
+    middle = math.sqrt(short * long)
+    assert auto_lr(middle) == pytest.approx(math.sqrt(AUTO_LR_HIGH * AUTO_LR_LOW))
+    between = [auto_lr(n) for n in range(short, long + 1, 50)]
+    assert all(a > b for a, b in zip(between, between[1:]))
+
+
+def test_the_peak_learning_rate_follows_the_run_s_plan_unless_given_or_fixed():
+    from poetgen.lm.train import auto_lr, peak_lr, planned_steps
+
+    auto = TrainConfig(lr=0.0)
+    assert peak_lr(TrainConfig(lr=0.05), 2000, fixed=0.01) == 0.05  # given (or given anew)
+    assert peak_lr(auto, 2000, fixed=0.013) == 0.013  # fixed at the end of the warm-up
+    assert peak_lr(auto, 2000) == auto_lr(2000)
+    # The plan: the nearest limit; a time budget's from the pace so far (100 steps in 30 s of
+    # 600: 2,000), unknown before the first step.
+    plan = lambda steps=0, epochs=0.0, budget=0.0, step=0, elapsed=0.0: planned_steps(  # noqa: E731
+        TrainConfig(max_steps=steps, epochs=epochs, time_budget=budget), step, elapsed, 700)
+    assert plan(steps=900) == 900 and plan(epochs=2.0) == 1400
+    assert plan(budget=600, step=100, elapsed=30.0) == pytest.approx(2000)
+    assert plan(steps=900, epochs=2.0, budget=600, step=100, elapsed=30.0) == 900
+    assert plan(budget=600) == math.inf
+    with pytest.raises(ConfigError, match="lr must be positive, or 0"):
+        TrainConfig(lr=-0.01).validate()
+
+
+def test_a_run_with_lr_0_fixes_its_peak_after_the_warm_up_and_a_resume_keeps_it(
+        tmp_path, tiny_text, monkeypatch):
+    """With the thresholds scaled down to a tiny run: 6 planned steps take a rate between the
+    two, fixed at the end of the warm-up (5 steps) and saved; resumed to 12 steps (which alone
+    would take the low rate) the run keeps it, and every step's rate is the schedule's."""
+    from poetgen.lm import train as train_mod
+
+    monkeypatch.setattr(train_mod, "AUTO_LR_STEPS", (4, 8))
+    peak = train_mod.auto_lr(6)
+    assert train_mod.AUTO_LR_LOW < peak < train_mod.AUTO_LR_HIGH
+    rates = []
+    spy = Callbacks(on_step=lambda info: rates.append(info.lr))
+    run(tmp_path, tiny_text, lr=0.0, max_steps=6, callbacks=spy)
+    meta = load_checkpoint(tmp_path / "last.safetensors").meta["training"]
+    assert meta["peak_lr"] == pytest.approx(peak)
+    cfg = TrainConfig(**{**TINY_TRAIN, "lr": 0.0, "max_steps": 6})
+    assert rates == pytest.approx([learning_rate(cfg, s, s / 6, peak) for s in range(6)])
+    rates.clear()
+    run(tmp_path, tiny_text, resume=True, lr=0.0, max_steps=12, callbacks=spy)
+    cfg = TrainConfig(**{**TINY_TRAIN, "lr": 0.0, "max_steps": 12})
+    assert rates == pytest.approx([learning_rate(cfg, s, s / 12, peak) for s in range(6, 12)])
+    assert train_mod.auto_lr(12) != pytest.approx(peak)
+
+
 def test_training_lowers_validation_bpc(tiny_run):
     with open(tiny_run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))

@@ -119,7 +119,9 @@ _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
     "--softmax": ("softmax", click.Choice(["adaptive", "full"]), "Output layer."),
     "--bptt": ("bptt", int, "Characters per truncated-BPTT chunk."),
     "--batch-size": ("batch_size", int, "Parallel streams per step."),
-    "--lr": ("lr", float, "Peak learning rate (AdamW, warm-up then cosine decay)."),
+    "--lr": ("lr", float, "Peak learning rate (AdamW, warm-up then cosine decay); 0: from the "
+                          "run's length, 0.02 up to 1,500 steps, 0.01 from 3,000 (a short run "
+                          "gains from a high rate, a long one ends lower with a low one)."),
     "--weight-decay": ("weight_decay", float, "AdamW weight decay."),
     "--clip": ("clip", float, "Max gradient norm."),
     "--epochs": ("epochs", float, "Stop after this many passes over the corpus (0 = no limit)."),

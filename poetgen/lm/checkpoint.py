@@ -343,7 +343,7 @@ def _check_meta(meta: dict, path: Path) -> tuple[ModelConfig, Vocab]:
         raise bad("training is not an object")
     # What training writes (train._Checkpoints._meta), and a resume reads back.
     counts = ("step", "train_chars", "loss_steps", "world_size")
-    amounts = ("elapsed", "epochs", "lr", "chars_per_s", "loss_sum")
+    amounts = ("elapsed", "epochs", "lr", "peak_lr", "chars_per_s", "loss_sum")
     scores = ("best_val_bpc", "val_bpc")  # null before the first evaluation
     if not isinstance(training.get("eval_pending", False), bool):
         raise bad("training.eval_pending is not true or false")

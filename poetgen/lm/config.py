@@ -78,7 +78,7 @@ REGULARIZATION = ("dropout", "weight_drop")
 class TrainConfig:
     batch_size: int = 32  # parallel streams the token sequence is cut into
     bptt: int = 64  # characters per truncated-BPTT chunk
-    lr: float = 2e-2  # peak AdamW learning rate (high, but clipped: best in short runs)
+    lr: float = 0.0  # peak AdamW learning rate; 0 = from the run's length (train.auto_lr)
     weight_decay: float = 0.01  # AdamW decoupled weight decay (not applied to biases/norms)
     warmup_steps: int = 100  # linear warm-up before the cosine decay
     min_lr_ratio: float = 0.05  # the decay ends at lr * min_lr_ratio
@@ -106,7 +106,7 @@ class TrainConfig:
     def validate(self) -> None:
         _check(self.batch_size >= 1, "batch_size must be at least 1")
         _check(self.bptt >= 1, "bptt must be at least 1")
-        _check(self.lr > 0, "lr must be positive")
+        _check(self.lr >= 0, "lr must be positive, or 0 to choose it from the run's length")
         _check(self.clip > 0, "clip must be positive")
         _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]")
         _check(self.epochs > 0 or self.max_steps > 0 or self.time_budget > 0,
