@@ -126,7 +126,8 @@ PLACES = ([("meta", k) for k in ("format", "config", "vocab", "train_config", "t
           + [("meta", "config", f) for f in to_dict(ModelConfig())]
           + [("meta", "training", f) for f in ("step", "elapsed", "best_val_bpc", "val_bpc",
                                                "corpus", "epochs", "eval_pending", "lr",
-                                               "chars_per_s", "loss_sum", "loss_steps")]
+                                               "peak_lr", "chars_per_s", "loss_sum",
+                                               "loss_steps")]
           + [("meta", "train_config", f) for f in ("lr", "batch_size", "unknown_setting")]
           + [("meta", "vocab", 0), ("meta", "vocab", -1), ("meta", "init", "from")]
           + [("table", "model.embedding.weight", f) for f in ("dtype", "shape", "data_offsets")]
@@ -268,8 +269,9 @@ def short_run(tmp_path_factory, tiny_text):
 
 
 RESUME_PLACES = ([("meta", "training", f) for f in ("step", "elapsed", "best_val_bpc", "val_bpc",
-                                                    "eval_pending", "lr", "chars_per_s",
-                                                    "loss_sum", "loss_steps", "corpus")]
+                                                    "eval_pending", "lr", "peak_lr",
+                                                    "chars_per_s", "loss_sum", "loss_steps",
+                                                    "corpus")]
                  + [("meta", "train_config", f) for f in ("batch_size", "lr", "min_evals")]
                  + [("table", name, f) for name in ("extra.rng", "extra.train_h",
                                                     "extra.optim.0.exp_avg", "extra.optim.0.step")

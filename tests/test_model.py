@@ -355,6 +355,15 @@ def test_where_w8a8_has_no_kernel_the_next_fastest_copy_serves(native, monkeypat
     p = Product(w, "w8a8")
     assert p.kind == ("bf16" if native else "fp32")
     assert torch.allclose(p(x.to(p.input_dtype)).float(), x @ w.T, atol=0.1)
+    # The projection and the softmax fall back as the gates do (float32 beside w8a8's gates
+    # only where those are w8a8): no bfloat16 gates fed by a float32 projection.
+    model = _small(seed=6, proj_size=16)
+    layer = model._lstm_copies.get(model.lstm, "w8a8")
+    copies = model._adaptive_copies.get(model.adaptive, "w8a8")
+    if native:
+        assert {layer[0].gates.kind, layer[0].project.kind, copies.first.kind} == {"bf16"}
+    else:  # float32 gates: nn.LSTM's own serves (_lstm_layers)
+        assert layer is None and copies.first.kind == "fp32"
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -416,15 +425,16 @@ def test_auto_takes_int8_for_few_rows_then_bf16_where_native_else_w8a8_else_fp32
     from poetgen.lm import inference
 
     rows = (1, inference.INT8_MAX_ROWS, inference.INT8_MAX_ROWS + 1, 64)
-    for fast, native, dynamic, want in [(True, True, True, ["int8", "int8", "bf16", "bf16"]),
-                                        (True, False, True, ["int8", "int8", "w8a8", "w8a8"]),
-                                        (True, False, False, ["int8", "int8", "fp32", "fp32"]),
-                                        (False, True, True, ["bf16"] * 4),
-                                        (False, False, True, ["fp32"] * 4)]:
-        monkeypatch.setattr(inference, "int8_fast", lambda: fast)
+    for x86, native, dynamic, want in [(True, True, True, ["int8", "int8", "bf16", "bf16"]),
+                                       (True, False, True, ["int8", "int8", "w8a8", "w8a8"]),
+                                       (True, False, False, ["int8", "int8", "fp32", "fp32"]),
+                                       (False, True, True, ["bf16"] * 4),
+                                       (False, False, True, ["fp32"] * 4)]:
+        monkeypatch.setattr(inference, "x86_simd", lambda: x86)
+        monkeypatch.setattr(inference, "int8_kernel", lambda: True)
         monkeypatch.setattr(inference, "native_bf16", lambda: native)
         monkeypatch.setattr(inference, "w8a8_kernel", lambda: dynamic)
-        assert [inference.product_kind("auto", n) for n in rows] == want, (fast, native, dynamic)
+        assert [inference.product_kind("auto", n) for n in rows] == want, (x86, native, dynamic)
     forced = ("fp32", "bf16", "int8", "w8a8")
     assert [inference.product_kind(p, 1) for p in forced] == list(forced)
     # ...and the model follows: with neither, auto is float32 exactly; with int8 alone, a poem
@@ -460,7 +470,7 @@ def test_w8a8_quantizes_the_gates_input_alone(monkeypatch):
     with torch.no_grad():
         assert torch.allclose(model.log_probs(out), logp, atol=1e-5)
     monkeypatch.setattr(inference, "native_bf16", lambda: False)
-    monkeypatch.setattr(inference, "int8_fast", lambda: True)
+    monkeypatch.setattr(inference, "x86_simd", lambda: True)
     for batch, kind in [(5, "w8a8"), (1, "int8")]:
         tokens = torch.randint(0, 60, (10, batch))
         auto, forced = _outputs(model, tokens, "auto"), _outputs(model, tokens, kind)

@@ -120,15 +120,16 @@ def test_precision_is_fp32_or_bf16():
 
 
 def test_learning_rate_schedule():
-    cfg = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
-    assert learning_rate(cfg, 0, 0.0) == pytest.approx(0.1)
-    assert learning_rate(cfg, 9, 0.0) == pytest.approx(1.0)
-    assert learning_rate(cfg, 50, 0.5) == pytest.approx(0.55)
-    assert learning_rate(cfg, 99, 1.0) == pytest.approx(0.1)
+    cfg = TrainConfig(warmup_steps=10, min_lr_ratio=0.1)
+    assert learning_rate(cfg, 0, 0.0, 1.0) == pytest.approx(0.1)
+    assert learning_rate(cfg, 9, 0.0, 1.0) == pytest.approx(1.0)
+    assert learning_rate(cfg, 50, 0.5, 1.0) == pytest.approx(0.55)
+    assert learning_rate(cfg, 99, 1.0, 1.0) == pytest.approx(0.1)
+    assert learning_rate(cfg, 50, 0.5, 0.02) == pytest.approx(0.011)
 
 
 def test_auto_lr_is_high_for_short_runs_low_for_long_ones_and_log_linear_between():
-    from poetgen.lm.train import AUTO_LR_HIGH, AUTO_LR_LOW, AUTO_LR_STEPS, auto_lr
+    from poetgen.lm.config import AUTO_LR_HIGH, AUTO_LR_LOW, AUTO_LR_STEPS, auto_lr
 
     short, long = AUTO_LR_STEPS
     assert [auto_lr(n) for n in (1, short / 2, short)] == [AUTO_LR_HIGH] * 3
@@ -141,22 +142,29 @@ def test_auto_lr_is_high_for_short_runs_low_for_long_ones_and_log_linear_between
 
 
 def test_the_peak_learning_rate_follows_the_run_s_plan_unless_given_or_fixed():
-    from poetgen.lm.train import auto_lr, peak_lr, planned_steps
+    from poetgen.lm.config import auto_lr
+    from poetgen.lm.train import peak_lr, planned_steps
 
     auto = TrainConfig(lr=0.0)
     assert peak_lr(TrainConfig(lr=0.05), 2000, fixed=0.01) == 0.05  # given (or given anew)
     assert peak_lr(auto, 2000, fixed=0.013) == 0.013  # fixed at the end of the warm-up
     assert peak_lr(auto, 2000) == auto_lr(2000)
-    # The plan: the nearest limit; a time budget's from the pace so far (100 steps in 30 s of
-    # 600: 2,000), unknown before the first step.
-    plan = lambda steps=0, epochs=0.0, budget=0.0, step=0, elapsed=0.0: planned_steps(  # noqa: E731
-        TrainConfig(max_steps=steps, epochs=epochs, time_budget=budget), step, elapsed, 700)
+
+    def plan(steps=0, epochs=0.0, budget=0.0, step=0, elapsed=0.0, since=None):
+        cfg = TrainConfig(max_steps=steps, epochs=epochs, time_budget=budget)
+        return planned_steps(cfg, step, elapsed, 700, since)
+
+    # The nearest limit; a time budget's from the pace since the first step ended (there 5 s in,
+    # after starting up: 100 more steps in 20 s, so 100 + 580 / 0.2 = 3,000), unknown before.
     assert plan(steps=900) == 900 and plan(epochs=2.0) == 1400
-    assert plan(budget=600, step=100, elapsed=30.0) == pytest.approx(2000)
-    assert plan(steps=900, epochs=2.0, budget=600, step=100, elapsed=30.0) == 900
-    assert plan(budget=600) == math.inf
+    assert plan(budget=600, step=101, elapsed=25.0, since=(1, 5.0)) == pytest.approx(2976)
+    assert plan(steps=900, epochs=2.0, budget=600, step=101, elapsed=25.0, since=(1, 5.0)) == 900
+    assert plan(budget=600, step=1, elapsed=5.0, since=None) == math.inf
+    assert plan(budget=600, step=1, elapsed=5.0, since=(1, 5.0)) == math.inf
     with pytest.raises(ConfigError, match="lr must be positive, or 0"):
         TrainConfig(lr=-0.01).validate()
+    with pytest.raises(ConfigError, match="warmup_steps must be 0 or more"):
+        TrainConfig(warmup_steps=-1).validate()
 
 
 def test_a_run_with_lr_0_fixes_its_peak_after_the_warm_up_and_a_resume_keeps_it(
@@ -164,11 +172,11 @@ def test_a_run_with_lr_0_fixes_its_peak_after_the_warm_up_and_a_resume_keeps_it(
     """With the thresholds scaled down to a tiny run: 6 planned steps take a rate between the
     two, fixed at the end of the warm-up (5 steps) and saved; resumed to 12 steps (which alone
     would take the low rate) the run keeps it, and every step's rate is the schedule's."""
-    from poetgen.lm import train as train_mod
+    from poetgen.lm import config as config_mod
 
-    monkeypatch.setattr(train_mod, "AUTO_LR_STEPS", (4, 8))
-    peak = train_mod.auto_lr(6)
-    assert train_mod.AUTO_LR_LOW < peak < train_mod.AUTO_LR_HIGH
+    monkeypatch.setattr(config_mod, "AUTO_LR_STEPS", (4, 8))
+    peak = config_mod.auto_lr(6)
+    assert config_mod.AUTO_LR_LOW < peak < config_mod.AUTO_LR_HIGH
     rates = []
     spy = Callbacks(on_step=lambda info: rates.append(info.lr))
     run(tmp_path, tiny_text, lr=0.0, max_steps=6, callbacks=spy)
@@ -180,7 +188,28 @@ def test_a_run_with_lr_0_fixes_its_peak_after_the_warm_up_and_a_resume_keeps_it(
     run(tmp_path, tiny_text, resume=True, lr=0.0, max_steps=12, callbacks=spy)
     cfg = TrainConfig(**{**TINY_TRAIN, "lr": 0.0, "max_steps": 12})
     assert rates == pytest.approx([learning_rate(cfg, s, s / 12, peak) for s in range(6, 12)])
-    assert train_mod.auto_lr(12) != pytest.approx(peak)
+    assert config_mod.auto_lr(12) != pytest.approx(peak)
+
+
+def test_the_peak_follows_the_plan_through_the_warm_up_then_stays(tmp_path, tiny_text,
+                                                                  monkeypatch):
+    """A plan that changes at every step (as a time budget's pace may): each warm-up step ramps
+    to the latest plan's peak; from the warm-up's last step (the 5th) the peak is that step's,
+    whatever the plan says after."""
+    from poetgen.lm import config as config_mod
+    from poetgen.lm import train as train_mod
+
+    monkeypatch.setattr(config_mod, "AUTO_LR_STEPS", (4, 16))
+    monkeypatch.setattr(train_mod, "planned_steps", lambda cfg, step, *rest: 5 + 2 * step)
+    rates = []
+    run(tmp_path, tiny_text, lr=0.0, max_steps=10,
+        callbacks=Callbacks(on_step=lambda info: rates.append(info.lr)))
+    cfg = TrainConfig(**{**TINY_TRAIN, "lr": 0.0, "max_steps": 10})
+    peaks = [config_mod.auto_lr(5 + 2 * min(s, 4)) for s in range(10)]
+    assert len(set(peaks[:5])) == 5  # the plan moved the peak at every warm-up step...
+    assert rates == pytest.approx([learning_rate(cfg, s, s / 10, peaks[s]) for s in range(10)])
+    assert load_checkpoint(tmp_path / "last.safetensors").meta["training"]["peak_lr"] == \
+        pytest.approx(peaks[4])  # ...and stopped at the 5th
 
 
 def test_training_lowers_validation_bpc(tiny_run):

@@ -23,7 +23,8 @@ from rich.console import Console
 from rich.table import Table
 
 from poetgen import __version__
-from poetgen.lm.config import INFERENCE_PRECISIONS, ModelConfig, TrainConfig, to_dict
+from poetgen.lm.config import (AUTO_LR_HIGH, AUTO_LR_LOW, AUTO_LR_STEPS, INFERENCE_PRECISIONS,
+                               ModelConfig, TrainConfig, to_dict)
 from poetgen.lm.launch import ENCODE_SETTINGS
 from poetgen.errors import ConfigError, PoetgenError, file_error
 from poetgen.settings import GenerationSettings
@@ -120,8 +121,9 @@ _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
     "--bptt": ("bptt", int, "Characters per truncated-BPTT chunk."),
     "--batch-size": ("batch_size", int, "Parallel streams per step."),
     "--lr": ("lr", float, "Peak learning rate (AdamW, warm-up then cosine decay); 0: from the "
-                          "run's length, 0.02 up to 1,500 steps, 0.01 from 3,000 (a short run "
-                          "gains from a high rate, a long one ends lower with a low one)."),
+                          f"run's planned steps, {AUTO_LR_HIGH} up to {AUTO_LR_STEPS[0]:,}, "
+                          f"{AUTO_LR_LOW} from {AUTO_LR_STEPS[1]:,} (a short run gains from a "
+                          "high rate, a long one ends lower with a low one)."),
     "--weight-decay": ("weight_decay", float, "AdamW weight decay."),
     "--clip": ("clip", float, "Max gradient norm."),
     "--epochs": ("epochs", float, "Stop after this many passes over the corpus (0 = no limit)."),
@@ -589,9 +591,11 @@ def info(checkpoint, as_json):
     units = {"elapsed": lambda v: f"{v:,.1f} s ({_duration(v)}) of training",
              "epochs": lambda v: f"{v:,.2f}", "val_bpc": lambda v: f"{v:.4f} bits/char",
              "best_val_bpc": lambda v: f"{v:.4f} bits/char",
-             "train_chars": lambda v: f"{v:,} characters"}
-    for k in ("step", "epochs", "elapsed", "val_bpc", "best_val_bpc", "train_chars"):
-        if training.get(k) is not None:
+             "train_chars": lambda v: f"{v:,} characters",
+             "peak_lr": lambda v: f"{v:.4g}" + (" (from the run's length)"
+                                               if not summary["train_config"].get("lr") else "")}
+    for k in ("step", "epochs", "elapsed", "val_bpc", "best_val_bpc", "train_chars", "peak_lr"):
+        if training.get(k) is not None and (k != "peak_lr" or training[k] > 0):  # 0: not fixed
             table.add_row(k, units.get(k, lambda v: f"{v:,}")(training[k]))
     if summary["init"]:
         init = summary["init"]

@@ -91,7 +91,7 @@ def product_kind(precision: str, rows: int) -> str:
         return "int8"
     if native_bf16():
         return "bf16"
-    return "w8a8" if int8_fast() and w8a8_kernel() else "fp32"
+    return "w8a8" if x86_simd() and w8a8_kernel() else "fp32"
 
 
 @cache
@@ -108,19 +108,31 @@ def int8_kernel() -> bool:
 
 
 @cache
+def x86_simd() -> bool:
+    """Whether this is an x86 CPU with AVX2 or AVX-512, as PyTorch's kernels see it: where both
+    integer paths were measured."""
+    try:
+        return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def int8_fast() -> bool:
     """Whether PyTorch runs its vectorized int8 kernel on this CPU (x86 with AVX2 or AVX-512),
     where int8 copies beat float32 for a few rows with or without native bfloat16."""
-    try:
-        return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") and int8_kernel()
-    except (AttributeError, RuntimeError):
-        return False
+    return x86_simd() and int8_kernel()
+
+
+def _row_scales(weight: torch.Tensor) -> torch.Tensor:
+    """One scale per row of `weight` (N, K) for symmetric int8: a row's largest |weight| maps to
+    127. (N,) float32."""
+    return weight.abs().amax(dim=1).clamp(min=1e-30) / 127
 
 
 def _w8a8_packed(weight: torch.Tensor) -> object:
     """`weight` (N, K) float32 quantized to int8 with one scale per row (as Product's int8) and
     packed for torch.ops.quantized.linear_dynamic; raises where PyTorch cannot."""
-    scale = weight.abs().amax(dim=1).clamp(min=1e-30) / 127
+    scale = _row_scales(weight)
     with warnings.catch_warnings():
         # PyTorch deprecates quantized tensors (pytorch/pytorch#184982), from which the dynamic
         # product takes its packed weights; a build without them falls back (w8a8_kernel).
@@ -133,8 +145,10 @@ def _w8a8_packed(weight: torch.Tensor) -> object:
 @cache
 def w8a8_kernel() -> bool:
     """Whether this PyTorch build multiplies int8 weights by dynamically quantized int8
-    activations on this CPU (FBGEMM on x86; `auto` takes it nowhere else); without it, w8a8
-    copies are the next fastest (Product)."""
+    activations on this CPU with FBGEMM (x86; ARM's QNNPACK ignores reduce_range and was never
+    measured); without it, w8a8 copies are the next fastest (Product)."""
+    if torch.backends.quantized.engine not in ("x86", "fbgemm"):
+        return False
     try:
         probe = torch.ones(1, INT8_BLOCK)
         return torch.ops.quantized.linear_dynamic(probe, _w8a8_packed(probe), True).numel() == 1
@@ -175,7 +189,7 @@ class Product:
         elif kind == "w8a8":
             self.weight = _w8a8_packed(weight.contiguous())
         elif kind == "int8":
-            scale = weight.abs().amax(dim=1).clamp(min=1e-30) / 127  # (N,)
+            scale = _row_scales(weight)  # (N,)
             self.weight = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
             self.scale = scale.to(torch.bfloat16)
         else:
@@ -220,6 +234,13 @@ def _packed_bf16(weight: torch.Tensor) -> tuple[torch.Tensor, bool]:
         return weight, False
 
 
+def _beside_gates(kind: str) -> str:
+    """The copies a product other than the LSTM's gates takes under `kind`: w8a8 quantizes the
+    gates' activations alone (quantizing the projection's lost 0.015 bpc), so the others take
+    float32; where w8a8 has no kernel they fall back as the gates do."""
+    return "fp32" if kind == "w8a8" and w8a8_kernel() else kind
+
+
 class _LstmLayer:
     """One LSTM layer's copies. The gate rows are reordered from nn.LSTM's (i, f, g, o) to
     (i, f, o, g), so that one sigmoid covers the first three gates and one tanh the last."""
@@ -234,9 +255,7 @@ class _LstmLayer:
         # which cost more than it saved).
         self.gates = Product(torch.cat([get("weight_ih"), get("weight_hh")], dim=1)[order], kind)
         self.bias = (get("bias_ih") + get("bias_hh"))[order]  # (4H,) float32
-        # w8a8 is for the gates alone: quantizing the projection's input lost 0.015 bpc.
-        project_kind = "fp32" if kind == "w8a8" else kind
-        self.project = Product(get("weight_hr"), project_kind) if lstm.proj_size else None
+        self.project = Product(get("weight_hr"), _beside_gates(kind)) if lstm.proj_size else None
 
 
 class _AdaptiveCopies:
@@ -251,7 +270,9 @@ class _AdaptiveCopies:
     ALIGN_ROWS = 32  # 64 bytes of bfloat16
 
     def __init__(self, adaptive: nn.AdaptiveLogSoftmaxWithLoss, kind: str):
-        kind = "fp32" if kind == "w8a8" else kind  # w8a8 is for the gates alone (_LstmLayer)
+        # Under w8a8 float32 copies, not the module's own products: one stacked product
+        # instead of 1 + clusters.
+        kind = _beside_gates(kind)
         blocks, self.projected = [], []  # weights; (start, stop) of each cluster's projection
         for tail in adaptive.tail:
             w = tail[0].weight.detach()

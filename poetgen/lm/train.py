@@ -43,7 +43,7 @@ from poetgen.errors import (CheckpointError, ConfigError, NonFiniteLossError, Po
 from poetgen.files import atomic_open
 from poetgen.lm import distributed
 from poetgen.lm.checkpoint import check_resumable, load_checkpoint, read_meta, save_checkpoint
-from poetgen.lm.config import REGULARIZATION, ModelConfig, TrainConfig, to_dict
+from poetgen.lm.config import REGULARIZATION, ModelConfig, TrainConfig, auto_lr, to_dict
 from poetgen.lm.corpus import (Ids, Streams, Vocab, as_array, count_id, detect_text_kind,
                                fingerprint, id_pieces, shuffle_lines, tail_after_newline)
 from poetgen.lm.distributed import World
@@ -131,45 +131,28 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def learning_rate(cfg: TrainConfig, step: int, progress: float, peak: float | None = None
-                  ) -> float:
-    """Linear warm-up over `warmup_steps` to `peak` (cfg.lr unless given), then cosine decay to
+def learning_rate(cfg: TrainConfig, step: int, progress: float, peak: float) -> float:
+    """Linear warm-up over `warmup_steps` to `peak` (peak_lr), then cosine decay to
     peak * min_lr_ratio at progress 1."""
-    peak = cfg.lr if peak is None else peak
     warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return peak * warm * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
-# With `lr = 0` (the default) the peak learning rate follows the number of optimizer steps the
-# run will make: a high rate makes fast progress in a short run, a lower one ends lower in a long
-# run. Val bpc side by side, tang_train, the default model, one core each, 0.02 against 0.01
-# (docs/runs/lr/): 800 steps 6.896 / 7.033, 1,500 6.672 / 6.698, 2,200 6.601 / 6.570, 3,000
-# (5 idle minutes) 6.564 / 6.487, 6,400 (10) 6.500 / 6.418 (0.005: 6.422); under 1 epoch on a
-# loaded core (~600 steps in 10 minutes) 7.015 / 7.245.
-AUTO_LR_HIGH, AUTO_LR_LOW = 0.02, 0.01
-AUTO_LR_STEPS = (1500, 3000)  # the high rate up to the first, the low from the second
-
-
-def auto_lr(planned_steps: float) -> float:
-    """The peak learning rate for a run of `planned_steps` optimizer steps: AUTO_LR_HIGH up to
-    AUTO_LR_STEPS[0], AUTO_LR_LOW from AUTO_LR_STEPS[1], log-linear in between."""
-    short, long = AUTO_LR_STEPS
-    share = math.log(max(planned_steps, short) / short) / math.log(long / short)
-    return AUTO_LR_HIGH * (AUTO_LR_LOW / AUTO_LR_HIGH) ** min(1.0, share)
-
-
-def planned_steps(cfg: TrainConfig, step: int, elapsed: float, chunks_per_epoch: int) -> float:
+def planned_steps(cfg: TrainConfig, step: int, elapsed: float, chunks_per_epoch: int,
+                  since: tuple[int, float] | None) -> float:
     """The optimizer steps the run will make: the nearest of its step and epoch limits and, under
-    a time budget, the pace of its first `step` steps in `elapsed` seconds kept up to the end
-    (before the first step that is unknown: infinity)."""
+    a time budget, `step` plus the rest of the budget at the pace since `since` (step, elapsed),
+    the end of this process's first step: the time before (starting Python, reading the corpus,
+    a first step's allocations) is no pace. Unknown before a step has been timed: infinity."""
     limits = [math.inf]
     if cfg.max_steps:
         limits.append(cfg.max_steps)
     if cfg.epochs:
         limits.append(cfg.epochs * chunks_per_epoch)
-    if cfg.time_budget and step > 0 and elapsed > 0:
-        limits.append(step * cfg.time_budget / elapsed)
+    steps, seconds = (0, 0.0) if since is None else (step - since[0], elapsed - since[1])
+    if cfg.time_budget and steps > 0 and seconds > 0:
+        limits.append(step + max(0.0, cfg.time_budget - elapsed) * steps / seconds)
     return min(limits)
 
 
@@ -314,7 +297,7 @@ class _Run:
     loss_sum: float = 0.0  # training losses since the latest evaluation, for its metrics row
     loss_steps: int = 0
     world_size: int = 1  # processes (ranks) that trained it, last
-    peak_lr: float = 0.0  # the peak learning rate, fixed at the end of the warm-up; 0 until then
+    peak_lr: float = 0.0  # lr = 0's peak, fixed at the end of the warm-up; 0 until then
 
 
 @dataclass(frozen=True)
@@ -368,7 +351,7 @@ class _Checkpoints:
         if not all(torch.isfinite(p).all() for p in run.model.parameters()):
             raise NonFiniteLossError(f"the weights hold NaN or infinity after step {run.step}; "
                                      f"nothing was saved at that step: {self.kept()}. "
-                                     f"{_ADVICE}")
+                                     f"{_advice(run)}")
 
     def kept(self) -> str:
         """What the run directory holds, said truthfully for a message about a stopped run."""
@@ -381,7 +364,9 @@ class _Checkpoints:
         return f"{self.last} (step {step}) is left as it was"
 
 
-_ADVICE = "Lower --lr (e.g. halve it) or --clip, then --resume"
+def _advice(run: "_Run") -> str:
+    peak = run.peak_lr or run.lr
+    return f"Lower --lr (this run's peak: {peak:.3g}; halve it, say) or --clip, then --resume"
 
 
 class Throughput:
@@ -456,7 +441,8 @@ def evaluate_and_save(run: _Run, checkpoints: _Checkpoints, val_ids: Ids, burn_i
         what = (f"{val_bpc}" if not math.isfinite(val_bpc) else
                 f"{val_bpc:.4g} bits per character (over {ceiling:.1f}, twice a uniform guess's)")
         raise NonFiniteLossError(f"the validation loss became {what} at step {run.step}; "
-                                 f"nothing was saved at that step: {checkpoints.kept()}. {_ADVICE}")
+                                 f"nothing was saved at that step: {checkpoints.kept()}. "
+                                 f"{_advice(run)}")
     run.eval_pending = False
     log_row(val_bpc)
     if val_bpc < run.best:
@@ -539,11 +525,12 @@ def _start_run(vocab: Vocab, model_config: ModelConfig, config: TrainConfig, las
     best = training["best_val_bpc"]
     mine = slice(streams.start, streams.stop)  # the state is every stream's, in dim 1
     return _Run(ckpt.model, optimizer, tuple(s[:, mine].to(device) for s in state),
-                training["step"], training["elapsed"], math.inf if best is None else best,
-                ckpt.meta.get("init"), training.get("eval_pending") is True,
-                training.get("lr", 0.0),
-                training.get("chars_per_s", 0.0), training.get("loss_sum", 0.0),
-                training.get("loss_steps", 0), saved_world, training.get("peak_lr", 0.0))
+                step=training["step"], elapsed=training["elapsed"],
+                best=math.inf if best is None else best, init=ckpt.meta.get("init"),
+                eval_pending=training.get("eval_pending") is True, lr=training.get("lr", 0.0),
+                chars_per_s=training.get("chars_per_s", 0.0),
+                loss_sum=training.get("loss_sum", 0.0), loss_steps=training.get("loss_steps", 0),
+                world_size=saved_world, peak_lr=training.get("peak_lr", 0.0))
 
 
 def _rank_rng(ckpt, saved_world: int, rank: int, source: Path) -> torch.Tensor:
@@ -702,6 +689,9 @@ class _Loop:
             _prepare_metrics(self.metrics_path, keep_until=run.step if keep_metrics else -1)
         self.origin = (time.perf_counter() if started is None else started) - run.elapsed
         self.eval_seconds = 0.0  # what the latest evaluation took: the last one must fit too
+        # (step, elapsed) after this process's first step, which the pace is measured from
+        # (planned_steps); rank 0's clock, as every rank agrees it, so all choose one peak.
+        self.pace_from: tuple[int, float] | None = None
 
     def until_done(self, stop: _StopFlag) -> float:
         """Train until a limit (steps, epochs, time) or a stop signal; the last val bpc."""
@@ -714,6 +704,8 @@ class _Loop:
             (run.elapsed, finished, run.eval_pending), stopping = distributed.agree(
                 self.world, (run.elapsed, finished, run.eval_pending), stop.signal is not None,
                 self.device)
+            if self.pace_from is None:
+                self.pace_from = (run.step, run.elapsed)
 
             # -- Ctrl-C or SIGTERM (on any rank): save where we are, stop ----------------------
             if stopping:  # --resume evaluates first if this step was due one
@@ -740,11 +732,13 @@ class _Loop:
         run = self.run
         elapsed_before = run.elapsed
         x, y = (t.to(self.device) for t in self.next_chunk())
-        # The peak: followed through the warm-up (whose rates are small), then fixed and kept by
-        # --resume, so that the decay has one height whatever the pace does later.
-        planned = planned_steps(self.config, run.step, run.elapsed, self.chunks)
+        # The peak (lr = 0): followed through the warm-up (whose rates are small), then fixed
+        # once the plan is known and kept by --resume, so that the decay has one height whatever
+        # the pace does later.
+        planned = planned_steps(self.config, run.step, run.elapsed, self.chunks, self.pace_from)
         peak = peak_lr(self.config, planned, run.peak_lr)
-        if run.step + 1 >= self.config.warmup_steps:
+        if (not self.config.lr and run.step + 1 >= self.config.warmup_steps
+                and math.isfinite(planned)):
             run.peak_lr = peak
         run.lr = learning_rate(self.config, run.step, progress, peak)
         loss, run.state = sgd_step(self.net, run.optimizer, x, y, run.state, run.lr,
@@ -752,7 +746,7 @@ class _Loop:
         if not math.isfinite(loss):
             raise NonFiniteLossError(f"the training loss became {loss} at step {run.step + 1}; "
                                      f"nothing was saved after it: {self.checkpoints.kept()}. "
-                                     f"{_ADVICE}")
+                                     f"{_advice(run)}")
         run.step += 1
         run.elapsed = time.perf_counter() - self.origin
         run.loss_sum, run.loss_steps = run.loss_sum + loss, run.loss_steps + 1
