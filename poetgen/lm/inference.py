@@ -1,5 +1,5 @@
 """Faster inference on a CPU: the LSTM's and the adaptive softmax's matrix products done with
-bfloat16 or int8 copies of their weights.
+bfloat16 or int8 copies of their weights (and, for the gates, int8 activations: w8a8).
 
 Sampling and scoring spend most of their time in matrix products: for the bundled model, per
 character, a 6144 × 640 product for the LSTM's gates, a 512 × 1536 projection, and the softmax's
@@ -30,11 +30,12 @@ and PyTorch capped at AVX2 (FBGEMM_ENABLE_INSTRUCTIONS=AVX2): 978 µs against 2,
 at 64 rows 3,251 against 6,592. One scale for a whole activation matrix loses little on the
 gates' input ([x_t h]: +0.0004 bpc, below) but 0.015 bpc on the projection's (the cell's
 output o·tanh(c), mostly near 0, where 7 bits over its range are coarse), so the projection and
-the softmax stay float32 under w8a8. `bf16`, `int8` and `w8a8` ask for one path at every batch size (for
-measuring; int8 is slow for big batches).
+the softmax stay float32 under w8a8. `bf16`, `int8` and `w8a8` ask for one path at every batch
+size (for measuring; int8 is slow for big batches).
 
 What is rounded: the products' operands (bfloat16: 8 bits of mantissa; int8 weights: 1/254 of a
-row's largest weight) and each product's result, once. Everything between the products stays
+row's largest weight; w8a8's activations: 1/127 of the matrix's range) and each product's
+result, once. Everything between the products stays
 float32 (the gate activations, the cell state, the log-softmax), so the rounding does not build
 up along a poem. The bundled model on tang_val, read poem by poem (`bench/precision_bpc.py`):
 5.84447 bpc in float32; 5.84449 with bf16 and 5.84409 with int8 as `eval` scores (the LSTM's
