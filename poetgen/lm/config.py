@@ -79,7 +79,8 @@ REGULARIZATION = ("dropout", "weight_drop")
 # one ends lower in a long run. Val bpc side by side, tang_train, the default model, one core
 # each, 0.02 against 0.01 (docs/runs/lr/): 800 steps 6.876 / 7.033, 1,500 6.672 / 6.698, 2,200
 # 6.601 / 6.570, ~3,000 (5 idle minutes) 6.564 / 6.487, ~6,400 (10) 6.500 / 6.418 (0.005:
-# 6.422); ~600 (10 minutes on a loaded core) 7.015 / 7.245.
+# 6.422); ~600 (10 minutes on a loaded core) 7.015 / 7.245. At 25,000 (~45 minutes) 0.005 did
+# not pay: 6.4147 against 0.01's 6.4072.
 AUTO_LR_HIGH, AUTO_LR_LOW = 0.02, 0.01
 AUTO_LR_STEPS = (1500, 3000)  # the high rate up to the first, the low from the second
 
