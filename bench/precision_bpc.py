@@ -1,9 +1,10 @@
 """What each inference precision costs in quality: val bpc of one checkpoint with its CPU
 products in float32, bfloat16 and int8 weights, and w8a8 (int8 weights and activations for the
 LSTM's gates, where PyTorch has FBGEMM's dynamic product) (poetgen/lm/inference.py), each at
-every batch size; one JSON line. Two readings, poem by poem: as `poetgen eval` scores (`*_bpc`: the LSTM's
-copies, the adaptive softmax's own target-only path), and from the whole distribution that
-sampling draws from (`*_sampling_bpc`: model.log_probs, the softmax's copies too).
+every batch size; one JSON line. Two readings, poem by poem: as `poetgen eval` scores (`*_bpc`:
+the LSTM's copies, the adaptive softmax's own target-only path), and from the whole
+distribution that sampling draws from (`*_sampling_bpc`: model.log_probs, the softmax's copies
+too).
 
     python bench/precision_bpc.py [CHECKPOINT] [FILE]     # default: `default`, tang_val
 

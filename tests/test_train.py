@@ -367,7 +367,8 @@ def test_divergence_at_an_evaluation_step_saves_nothing_and_says_what_was_kept(t
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(NonFiniteLossError,
                        match=r"validation loss became nan at step 9; nothing was saved at that "
-                             r"step: .*last.safetensors \(step 8\) is left as it was"):
+                             r"step: .*last.safetensors \(step 8\) is left as it was. "
+                             r"Lower --lr \(this run's peak: 1e\+30;"):
         run(tmp_path, tiny_text, resume=True, max_steps=9, eval_every=9, lr=1e30)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     run(tmp_path, tiny_text, resume=True, max_steps=12)  # the advised resume works

@@ -351,7 +351,7 @@ class _Checkpoints:
         if not all(torch.isfinite(p).all() for p in run.model.parameters()):
             raise NonFiniteLossError(f"the weights hold NaN or infinity after step {run.step}; "
                                      f"nothing was saved at that step: {self.kept()}. "
-                                     f"{_advice(run)}")
+                                     f"{_advice(run, self.config)}")
 
     def kept(self) -> str:
         """What the run directory holds, said truthfully for a message about a stopped run."""
@@ -364,8 +364,9 @@ class _Checkpoints:
         return f"{self.last} (step {step}) is left as it was"
 
 
-def _advice(run: "_Run") -> str:
-    peak = run.peak_lr or run.lr
+def _advice(run: "_Run", config: TrainConfig) -> str:
+    # The peak: given, or fixed from the run's length; in an auto run's warm-up, the latest rate.
+    peak = config.lr or run.peak_lr or run.lr
     return f"Lower --lr (this run's peak: {peak:.3g}; halve it, say) or --clip, then --resume"
 
 
@@ -442,7 +443,7 @@ def evaluate_and_save(run: _Run, checkpoints: _Checkpoints, val_ids: Ids, burn_i
                 f"{val_bpc:.4g} bits per character (over {ceiling:.1f}, twice a uniform guess's)")
         raise NonFiniteLossError(f"the validation loss became {what} at step {run.step}; "
                                  f"nothing was saved at that step: {checkpoints.kept()}. "
-                                 f"{_advice(run)}")
+                                 f"{_advice(run, checkpoints.config)}")
     run.eval_pending = False
     log_row(val_bpc)
     if val_bpc < run.best:
@@ -746,7 +747,7 @@ class _Loop:
         if not math.isfinite(loss):
             raise NonFiniteLossError(f"the training loss became {loss} at step {run.step + 1}; "
                                      f"nothing was saved after it: {self.checkpoints.kept()}. "
-                                     f"{_advice(run)}")
+                                     f"{_advice(run, self.config)}")
         run.step += 1
         run.elapsed = time.perf_counter() - self.origin
         run.loss_sum, run.loss_steps = run.loss_sum + loss, run.loss_steps + 1
