@@ -518,6 +518,21 @@ def test_reduced_copies_see_new_storage_and_take_inference_mode_weights_as_fixed
     assert torch.allclose(out, exact, atol=0.05) and not torch.equal(out, exact)
 
 
+def test_reduced_copies_are_not_fooled_by_a_new_storage_at_an_old_address():
+    """Two `.data` swaps: the third storage could land where the first was freed, with the same
+    version, and pass for it; the copies keep the first alive, so it cannot (PyTorch's allocator
+    reused the address in about 1 trial in 5 before they did)."""
+    tokens = torch.randint(0, 60, (10, 1))
+    for trial in range(25):
+        model = _small(seed=trial, proj_size=16)
+        _outputs(model, tokens, "int8")  # copies of the first storage
+        weight = model.lstm.weight_hh_l0
+        weight.data = weight.data * -2  # a second storage; the first is no longer the weight's
+        weight.data = weight.data * -2.5  # a third
+        reduced, exact = _outputs(model, tokens, "int8")[0], _outputs(model, tokens, "fp32")[0]
+        assert torch.allclose(reduced, exact, atol=0.02), trial
+
+
 @ZERO_WIDE_CLUSTER
 def test_reduced_copies_are_for_float32_inference_only():
     model = _small(seed=2, proj_size=8).double()  # a float64 model: its products stay float64

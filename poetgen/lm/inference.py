@@ -298,14 +298,21 @@ def _version(weight: torch.Tensor) -> tuple[int, int]:
 
 class Copies:
     """Reduced copies of one module's weights, per kind, made on first use and again whenever a
-    weight changes: the weights themselves (kept, so that a freed tensor's address cannot pass
-    for its successor's) and their versions (_version) are compared at every call, which costs
-    microseconds, or once per kind inside `held()`. `weights(module)` lists the weights copied."""
+    weight changes: the weights themselves and their versions (_version) are compared at every
+    call, which costs microseconds, or once per kind inside `held()`. `weights(module)` lists
+    the weights copied.
+
+    What is kept of each weight is the parameter and a detached view of its values (the same
+    storage and version counter): while the view lives, that storage cannot be freed, so a new
+    storage given to the parameter (`.data = ...`, twice) can never land at the address the
+    copies were made from and pass for it."""
 
     def __init__(self, weights: Callable[[nn.Module], list[torch.Tensor]],
                  build: Callable[[nn.Module, str], object]):
         self._weights, self._build = weights, build
-        self._made: dict[str, tuple[list[torch.Tensor], list[tuple[int, int]], object]] = {}
+        # kind -> (the parameters, views of their values then, their versions then, copies)
+        self._made: dict[str, tuple[list[torch.Tensor], list[torch.Tensor],
+                                    list[tuple[int, int]], object]] = {}
         self._held: dict[str, object] | None = None  # inside held(): kind -> copies
         self._holders = 0  # held() blocks open, however they nest or end
 
@@ -315,12 +322,13 @@ class Copies:
         params = self._weights(module)
         versions = [_version(p) for p in params]
         made = self._made.get(kind)
-        if (made is None or versions != made[1]  # a list of another length differs too
+        if (made is None or versions != made[2]  # a list of another length differs too
                 or not all(a is b for a, b in zip(params, made[0]))):
-            made = self._made[kind] = (params, versions, self._build(module, kind))
+            values = [p.detach() for p in params]
+            made = self._made[kind] = (params, values, versions, self._build(module, kind))
         if self._held is not None:
-            self._held[kind] = made[2]
-        return made[2]
+            self._held[kind] = made[3]
+        return made[3]
 
     @contextmanager
     def held(self):
