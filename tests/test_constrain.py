@@ -249,3 +249,17 @@ def test_rhyme_groups_still_live_give_what_every_group_gives(vocab):
         groups = (h.cand[:, None, :] & (free[:, None, :] >= left[None, :, None])).float()
         want = ((groups @ member.T) > 0) & ~h.rhymed[:, None, :]
         assert torch.equal(_may_rhyme(compiled, h, left), want)
+
+
+@pytest.mark.parametrize("form", [None, "五绝"])
+def test_the_choices_offered_at_a_vanishing_temperature_are_the_likeliest_at_certainty(
+        random_model, vocab, form):
+    """The REPL's :pick at temperature 1e-40: one choice at probability 1, none NaN (logp /
+    1e-40 overflowed to -inf everywhere, and the softmax was NaN)."""
+    from poetgen.verse.constrain import Stepper
+
+    compiled = compile_spec(PoemSpec.make(form), vocab) if form else None
+    stepper = Stepper(random_model, vocab, compiled)
+    likeliest = stepper.choices(3, temperature=1.0)[0][0]
+    choices = stepper.choices(3, temperature=1e-40)
+    assert choices[0] == (likeliest, 1.0) and all(p == 0.0 for _, p in choices[1:])

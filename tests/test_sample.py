@@ -152,3 +152,25 @@ def test_a_forbidden_character_stays_forbidden_at_any_temperature():
     for temperature in (1e-31, 1e-20, 1.0, 1e6):
         draws = {int(sample_next(logp, temperature, g, allowed=allowed)) for _ in range(30)}
         assert 0 not in draws
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-45, 1e-30, 1e-12])
+def test_a_vanishing_temperature_is_greedy_over_what_is_allowed(temperature):
+    """logp / 1e-40 overflowed float32 to -inf in every column: a NaN softmax, and the draw took
+    the last character, the unknown token. Any temperature above 0 is valid, and near 0 the
+    draw is the likeliest allowed character (the oracle: argmax)."""
+    g = torch.Generator().manual_seed(3)
+    logp = torch.log_softmax(torch.randn(8, 50, generator=g) * 3, -1)
+    logp[:, -1] = float("-inf")  # as the sampler forbids the unknown token
+    allowed = torch.rand(8, 50, generator=g) < 0.5
+    allowed[:, 0] = True
+    for draws, oracle in ((sample_next(logp, temperature, g), logp.argmax(1)),
+                          (sample_next(logp, temperature, g, allowed=allowed),
+                           logp.masked_fill(~allowed, float("-inf")).argmax(1))):
+        assert torch.equal(draws, oracle)
+
+
+def test_a_vanishing_temperature_never_writes_the_unknown_token(ck):
+    greedy = generate(ck.model, ck.vocab, n=2, max_chars=12, top_k=1, seed=1)
+    tiny = generate(ck.model, ck.vocab, n=2, max_chars=12, temperature=1e-40, seed=1)
+    assert [s.text for s in tiny] == [s.text for s in greedy]

@@ -118,6 +118,18 @@ def forbid(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     return logits.add_(as_float(allowed).sub_(1).mul_(-IMPOSSIBLE))
 
 
+# The lowest temperature a division takes. Below it, logp / temperature can overflow float32
+# (at 1e-40 every logit came out -inf: a NaN softmax, and the draw wrote the last character, the
+# unknown-character token). At it, log-probabilities a float32 step apart (2e-7 at -3) are 1e23
+# apart in logits, exp(-1e23) = 0: the draw is already greedy, as any lower temperature means.
+GREEDY_TEMPERATURE = 1e-30
+
+
+def with_temperature(logp: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The logits a draw at `temperature` samples from: logp / temperature (a new tensor)."""
+    return logp / max(temperature, GREEDY_TEMPERATURE)
+
+
 def sample_next(logp: torch.Tensor, temperature: float, generator: torch.Generator,
                 top_k: int = 0, top_p: float = 1.0,
                 allowed: torch.Tensor | None = None) -> torch.Tensor:
@@ -126,7 +138,7 @@ def sample_next(logp: torch.Tensor, temperature: float, generator: torch.Generat
     Characters outside `allowed` (N, V) are impossible; then temperature, top-k and top-p shape
     what is left, and one character is drawn per row. Returns (N,) ids.
     """
-    logits = logp / temperature
+    logits = with_temperature(logp, temperature)
     if allowed is not None:
         logits = forbid(logits, allowed)
     return draw(filter_logits(logits, top_k, top_p), generator)

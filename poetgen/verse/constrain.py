@@ -42,7 +42,7 @@ from poetgen.verse.prosody import (COMMA, PERIOD, PING, READINGS, ZE, Form, Temp
                                    get_form, han_only, is_han, line_end_mark, line_rhymes, scheme,
                                    split_verse, templates)
 from poetgen.lm.sample import (Sample, any_true, as_float, check_sampling_args, new_seed,
-                               as_bool, prime_model, sample_next, uniforms)
+                               as_bool, prime_model, sample_next, uniforms, with_temperature)
 
 ANY, NONE = 2, 3  # tone requirement codes besides 0 = 平 and 1 = 仄
 FREE_MARKS = "?？_＿*"  # a free position in --pattern
@@ -957,7 +957,8 @@ class Stepper:
         if self.done:
             return []
         allowed, _ = self._allowed()
-        logits = (self.model.log_probs(self.out)[0] / temperature).masked_fill(~allowed, float("-inf"))
+        logits = with_temperature(self.model.log_probs(self.out)[0], temperature)
+        logits = logits.masked_fill(~allowed, float("-inf"))
         probs = torch.softmax(logits, -1)
         top = torch.topk(probs, min(k, int(allowed.sum())))
         return [(self.vocab.chars[i], float(p)) for p, i in zip(top.values, top.indices)]
