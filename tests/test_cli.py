@@ -280,12 +280,24 @@ def test_checkpoints_lists_what_poetgen_sees_and_the_default(runner, trained, en
 @pytest.mark.parametrize("poem, message", [
     ("", "POEM is empty"),
     ("   ", "POEM is empty"),
-    ("Shall I compare thee to a summer's day?", "has no Chinese characters"),
+    ("Shall I compare thee to a summer's day?", "no file here and no Chinese text"),
+    ("poems/missing.txt", "'poems/missing.txt' is no file here and no Chinese text; check the path"),
 ])
 def test_check_refuses_what_is_not_chinese_verse(runner, poem, message):
     r = runner.invoke(cli, ["check", poem])
     assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_check_refuses_an_empty_file_and_a_file_line_without_chinese(runner, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    r = runner.invoke(cli, ["check", str(empty)])
+    assert r.exit_code == 1 and f"{empty} holds no poem" in r.output
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_text("白日依山尽，黄河入海流。欲穷千里目，更上一层楼。\nhello world\n", encoding="utf-8")
+    r = runner.invoke(cli, ["check", str(mixed)])
+    assert r.exit_code == 1 and f"{mixed} line 2: 'hello world' has no Chinese characters" in r.output
 
 
 def test_check_reads_poems_from_stdin(runner):

@@ -582,3 +582,52 @@ def _bits_as_sampling_sees_them(model, vocab, lines):
         inputs = torch.cat([model.start_output(len(rows))[None], outputs[:-1]])
         logp = model.log_probs(inputs).gather(-1, x[..., None]).squeeze(-1)
     return -float(logp[scored].sum()) / int(scored.sum()) / math.log(2)
+
+
+def test_overlapping_evaluation_and_sampling_blocks_restore_what_was_there_before_the_first():
+    """Blocks from two threads overlap without nesting: A opens, B opens, A closes, B closes.
+    Each saving and restoring for itself, A's close put the model back in training mode (and
+    oneDNN back on) under B, and B's left it in evaluation mode (oneDNN off) for good."""
+    from poetgen.lm.model import evaluating, stepwise
+
+    model = _small(seed=0).train()
+    onednn_before = torch.backends.mkldnn.enabled
+    a, b = evaluating(model), stepwise()
+    first, second = evaluating(model), stepwise()
+    for block in (a, b, first, second):
+        block.__enter__()
+    for block in (a, b):
+        block.__exit__(None, None, None)
+    assert not model.training and torch.backends.mkldnn.enabled is False  # still held
+    for block in (first, second):
+        block.__exit__(None, None, None)
+    assert model.training and torch.backends.mkldnn.enabled == onednn_before
+
+
+def test_two_threads_sample_one_training_model_as_each_would_alone():
+    import sys
+    import threading
+
+    from poetgen.lm.corpus import Vocab
+    from poetgen.lm.sample import generate
+
+    vocab = Vocab.build("春眠不觉晓，处处闻啼鸟。\n夜来风雨声，花落知多少。\n")
+    torch.manual_seed(0)
+    model = CharLSTM(ModelConfig(vocab_size=len(vocab), embed_size=16, hidden_size=32,
+                                 cutoffs=(), dropout=0.5, newline_id=vocab.newline_id)).train()
+    texts = lambda n: [s.text for s in generate(model, vocab, n=n, max_chars=60, seed=7)]  # noqa: E731
+    alone = {n: texts(n) for n in (1, 3)}
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch every few operations: the blocks interleave
+    try:
+        for _ in range(10):
+            together = {}
+            threads = [threading.Thread(target=lambda n=n: together.update({n: texts(n)}))
+                       for n in (1, 3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert together == alone and model.training
+    finally:
+        sys.setswitchinterval(interval)

@@ -736,9 +736,15 @@ def _poems_to_check(poem: str) -> list[tuple[str, str]]:
     elif len(poem) < 256 and path.is_file():  # read here, not with lm.corpus: that imports torch
         lines = _utf8_lines(path.read_bytes(), str(path), "re-save the file as UTF-8")
         poems = [(f"{path} line {i}", p) for i, p in enumerate(lines, 1) if p.strip()]
+        if not poems:
+            raise ConfigError(f"{path} holds no poem; write poems into it one per line")
     elif not poem.strip():
         raise ConfigError("POEM is empty; give the text of a poem, a file with one poem per "
                           "line, or - to read poems from stdin")
+    elif not any(is_han(c) for c in poem):  # a mistyped path, most likely
+        shown = poem if len(poem) <= 40 else poem[:40] + "…"
+        raise ConfigError(f"POEM {shown!r} is no file here and no Chinese text; check the "
+                          "path, or give the poem's text itself")
     else:
         poems = [("POEM", poem)]
     for where, text in poems:

@@ -61,6 +61,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from poetgen.lm.held import Hold
+
 # Up to this many rows sharing the weights, `auto` reads int8 weights (bound by reading them);
 # above, bfloat16 ones (bound by arithmetic). Free sampling with the bundled model, one core,
 # chars/s with int8 against bfloat16: 2,016 / 1,501 at 2 rows, 3,384 / 2,884 at 4, 3,168 /
@@ -157,13 +159,21 @@ def w8a8_kernel() -> bool:
         return False
 
 
+# PyTorch's process-wide oneDNN switch, held off while any thread samples (model.stepwise).
+# The copies' products do not read it: prepacked bfloat16 calls oneDNN directly, int8 and w8a8
+# are ATen's and FBGEMM's kernels.
+ONEDNN_SWITCH = Hold(lambda: torch.backends.mkldnn.enabled,
+                     lambda on: setattr(torch.backends.mkldnn, "enabled", on))
+
+
 @contextmanager
-def onednn(enabled: bool = True):
-    """oneDNN on (or off) for the block or the decorated function, then as it was. On for these
-    copies: sampling turns it off for nn.LSTM's sake (model.stepwise), and bfloat16 products
-    without it take a generic kernel several times slower than float32."""
+def onednn():
+    """oneDNN on for the block, then as it was: for F.linear on bfloat16 weights, which without
+    it takes a generic kernel 10x slower (7.7 ms against 0.72 for the gates at 16 rows). Only a
+    PyTorch build without the prepacking operators (_packed_bf16) goes there; not held across
+    threads as ONEDNN_SWITCH is."""
     previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = enabled
+    torch.backends.mkldnn.enabled = True
     try:
         yield
     finally:
@@ -213,10 +223,10 @@ class Product:
             return torch._weight_int8pack_mm(x, self.weight, self.scale)
         if self.packed:
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
-        return F.linear(x, self.weight)
+        with onednn():
+            return F.linear(x, self.weight)
 
 
-@onednn()
 def _packed_bf16(weight: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """`weight` (bfloat16) laid out once in oneDNN's blocked format, and whether that worked.
 
@@ -375,7 +385,6 @@ def adaptive_copies() -> Copies:
     return Copies(_adaptive_weights, _AdaptiveCopies)
 
 
-@onednn()
 def lstm_forward(layers: list[_LstmLayer], x: torch.Tensor,
                  state: tuple[torch.Tensor, torch.Tensor]
                  ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -418,7 +427,6 @@ def lstm_forward(layers: list[_LstmLayer], x: torch.Tensor,
     return x, (torch.stack(hs), torch.stack(cs))
 
 
-@onednn()
 def adaptive_log_prob(copies: _AdaptiveCopies, x: torch.Tensor) -> torch.Tensor:
     """nn.AdaptiveLogSoftmaxWithLoss.log_prob of x (B, P) float32: (B, V) float32."""
     head_logp, first = _head_log_prob(copies, x)
@@ -431,7 +439,6 @@ def adaptive_log_prob(copies: _AdaptiveCopies, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@onednn()
 def adaptive_head_log_prob(copies: _AdaptiveCopies, x: torch.Tensor
                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """The head's log-probabilities (B, shortlist + clusters) of x (B, P), which are the

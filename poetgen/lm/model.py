@@ -26,6 +26,7 @@ from torch.overrides import TorchFunctionMode
 
 from poetgen.lm import inference
 from poetgen.lm.config import ModelConfig
+from poetgen.lm.held import eval_mode
 
 # (h, c): (L, B, P) and (L, B, H); a GRU's c is (L, B, 0). With attention two more entries follow:
 # the last outputs (W, B, P) and how many of them belong to the current poem (1, B). Every entry
@@ -334,13 +335,10 @@ class _NoRandomFill(TorchFunctionMode):
 def evaluating(model: nn.Module) -> Iterator[nn.Module]:
     """Put `model` in evaluation mode (no dropout, no weight drop) for the block, then back in the
     mode it was in, even if the block raises: scoring in the middle of training must not leave the
-    model training without dropout."""
-    was_training = model.training
-    model.eval()
-    try:
+    model training without dropout. Blocks may overlap from several threads: the mode is put
+    back when the last ends (held.Hold)."""
+    with eval_mode(model).at(False):
         yield model
-    finally:
-        model.train(was_training)
 
 
 @contextmanager
@@ -359,8 +357,8 @@ def stepwise():
     Loops that feed one character at a time (sampling): oneDNN's LSTM has a fixed cost per call
     of ~3x the arithmetic of a 256-wide step at batch 1, so plain ATen is faster there. And
     projection LSTMs, which oneDNN lacks (see CharLSTM._lstm). Otherwise training keeps oneDNN,
-    which is faster on whole chunks."""
-    return inference.onednn(False)
+    which is faster on whole chunks. Held off while any thread samples (held.Hold)."""
+    return inference.ONEDNN_SWITCH.at(False)
 
 
 @torch.no_grad()
