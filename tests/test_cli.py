@@ -289,6 +289,13 @@ def test_check_refuses_what_is_not_chinese_verse(runner, poem, message):
     assert len(r.output.strip().splitlines()) == 1
 
 
+def test_check_places_a_bad_byte_by_line_and_column(runner, tmp_path):
+    poems = tmp_path / "poems.txt"
+    poems.write_bytes("白日依山尽\n黄河".encode() + "入海流".encode("gb18030"))
+    r = runner.invoke(cli, ["check", str(poems)])
+    assert r.exit_code == 1 and "not valid UTF-8 at byte 22 (line 2, column 7)" in r.output
+
+
 def test_check_refuses_an_empty_file_and_a_file_line_without_chinese(runner, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"")

@@ -179,7 +179,7 @@ def test_file_ending_inside_a_character_is_one_clear_error(tmp_path):
     """Used to be an IndexError: the error lay in bytes held back from the previous chunk."""
     p = tmp_path / "cut.txt"
     p.write_bytes("好诗\n春".encode()[:-1])
-    with pytest.raises(CorpusError, match="at byte 7 \\(line 2\\): the file ends inside a character "
+    with pytest.raises(CorpusError, match="at byte 7 \\(line 2, column 1\\): the file ends inside a character "
                                           "\\(byte 0xe6\\)"):
         read_text(p)
 
@@ -193,6 +193,23 @@ def test_bad_byte_after_a_character_split_across_chunks_is_placed_exactly(tmp_pa
     p.write_bytes(data)
     bad = data.index(b"\xff")
     with pytest.raises(CorpusError, match=f"at byte {bad} .*\\(byte 0xff\\)"):
+        list(iter_text(p, chunk_bytes=chunk))
+
+
+@pytest.mark.parametrize("chunk", [3, 4, 5, 1 << 20])
+@pytest.mark.parametrize("data, line, column", [
+    (b"ab\ncdefgh\xff", 2, 7),  # the line begins in one chunk, the bad byte lies in a later one
+    (b"\xff", 1, 1),
+    (b"abcdefg\xff\n", 1, 8),  # line 1: no newline before it in any chunk
+    (b"a\nb\n\nxy\xff", 4, 3),
+])
+def test_a_bad_byte_is_placed_by_line_and_byte_column(tmp_path, chunk, data, line, column):
+    p = tmp_path / "bad.txt"
+    p.write_bytes(data)
+    oracle = data.index(b"\xff")  # byte offset; the line and column counted independently:
+    assert data[:oracle].count(b"\n") + 1 == line
+    assert oracle - (data[:oracle].rfind(b"\n") + 1) + 1 == column
+    with pytest.raises(CorpusError, match=f"at byte {oracle} \\(line {line}, column {column}\\)"):
         list(iter_text(p, chunk_bytes=chunk))
 
 

@@ -759,7 +759,10 @@ def _utf8_lines(data: bytes, where: str, fix: str) -> list[str]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{where}: not valid UTF-8 at byte {e.start}; {fix}") from None
+        before = data[: e.start]
+        line, column = before.count(b"\n") + 1, e.start - before.rfind(b"\n")  # column in bytes
+        raise ConfigError(f"{where}: not valid UTF-8 at byte {e.start} (line {line}, column "
+                          f"{column}); {fix}") from None
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 

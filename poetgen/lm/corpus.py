@@ -81,6 +81,7 @@ def _decode_chunks(p: Path, chunk_bytes: int) -> Iterator[str]:
     decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
     offset = 0  # bytes read before the current chunk
     line = 1  # line number at the start of the current chunk
+    line_start = 0  # byte offset where the line the current chunk starts in begins
     pending_cr = False
     first = True
     with p.open("rb") as f:
@@ -92,16 +93,20 @@ def _decode_chunks(p: Path, chunk_bytes: int) -> Iterator[str]:
                 # e.object is what the decoder saw: the bytes it held back from the previous chunk
                 # (an unfinished character) followed by this chunk, so offsets count from there.
                 seen = e.object
-                start = offset - (len(seen) - len(raw)) + e.start
+                base = offset - (len(seen) - len(raw))  # byte offset of seen[0]
+                start = base + e.start
                 before = seen[: e.start]
                 at_line = line + before.count(b"\n")
-                col = e.start - (before.rfind(b"\n") + 1) if b"\n" in before else None
-                where = f"line {at_line}" + (f", column {col + 1}" if col is not None else "")
+                newline = before.rfind(b"\n")
+                column = start - (base + newline + 1 if newline >= 0 else line_start) + 1
+                where = f"line {at_line}, column {column}"  # a byte column, as the offset
                 reason = "the file ends inside a character" if not raw else e.reason
                 raise CorpusError(
                     f"{p}: not valid UTF-8 at byte {start} ({where}): {reason} "
                     f"(byte 0x{seen[e.start]:02x}); re-save the file as UTF-8, e.g. "
                     f"`iconv -f GB18030 -t UTF-8 {p.name} > fixed.txt`") from None
+            if (newline := raw.rfind(b"\n")) >= 0:
+                line_start = offset + newline + 1
             offset += len(raw)
             line += raw.count(b"\n")
             if first and text.startswith("\ufeff"):
