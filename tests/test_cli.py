@@ -142,7 +142,7 @@ def test_train_resume_and_sample_with_other_model_options(runner, corpus_file, f
 
 def test_resume_rejects_model_flags_and_missing_run(runner, corpus_file):
     r = runner.invoke(cli, ["train", str(corpus_file), "--resume", "--out", "nothing-here"])
-    assert r.exit_code == 1 and "no such checkpoint" in r.output
+    assert r.exit_code == 1 and "nothing-here holds no run to resume (no last.safetensors); leave out --resume" in r.output
     runner.invoke(cli, ["train", str(corpus_file), *SMALL, "--max-steps", "2"])
     r = runner.invoke(cli, ["train", str(corpus_file), "--resume", "--hidden-size", "64"])
     assert r.exit_code == 1 and "keeps the model as it was" in r.output

@@ -51,6 +51,8 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, tiny_text):
 
 
 def test_new_run_refuses_to_overwrite_and_resume_checks_corpus(tmp_path, tiny_text):
+    with pytest.raises(CheckpointError, match="holds no run to resume .*leave out --resume"):
+        run(tmp_path, tiny_text, resume=True, max_steps=4)
     run(tmp_path, tiny_text, max_steps=4)
     with pytest.raises(CheckpointError, match="--resume"):
         run(tmp_path, tiny_text, max_steps=4)

@@ -461,6 +461,15 @@ def _shape_mismatch(expected: dict[str, tuple], found: dict[str, tuple]) -> str 
     return None
 
 
+def last_of_run(run_dir: Path) -> Path:
+    """The checkpoint --resume continues: RUN/last.safetensors, which must be there."""
+    last = run_dir / "last.safetensors"
+    if not last.exists():
+        raise CheckpointError(f"{run_dir} holds no run to resume (no {last.name}); leave out "
+                              "--resume to start one there")
+    return last
+
+
 def _existing(path: str | Path) -> Path:
     p = Path(path)
     if p.is_dir():  # a run directory: prefer its best checkpoint

@@ -58,7 +58,7 @@ def plan_training(corpus: Path, flags: dict, *, config_file: Path | None = None,
         raise ConfigError("--resume continues a run that already has its weights; drop --init")
     out_dir = out_dir or Path("checkpoints") / corpus.stem
     init_path = ckpt_mod.resolve(init) if init else None
-    source = out_dir / "last.safetensors" if resume else init_path
+    source = ckpt_mod.last_of_run(out_dir) if resume else init_path
     header = ckpt_mod.read_header(source) if source else None
     for note in header.notes if header else ():
         notify(note)

@@ -42,7 +42,8 @@ from poetgen.errors import (CheckpointError, ConfigError, NonFiniteLossError, Po
                             file_error)
 from poetgen.files import atomic_open
 from poetgen.lm import distributed
-from poetgen.lm.checkpoint import check_resumable, load_checkpoint, read_meta, save_checkpoint
+from poetgen.lm.checkpoint import (check_resumable, last_of_run, load_checkpoint, read_meta,
+                                   save_checkpoint)
 from poetgen.lm.config import REGULARIZATION, ModelConfig, TrainConfig, auto_lr, to_dict
 from poetgen.lm.corpus import (Ids, Streams, Vocab, as_array, count_id, detect_text_kind,
                                fingerprint, id_pieces, shuffle_lines, tail_after_newline)
@@ -509,7 +510,7 @@ def _start_run(vocab: Vocab, model_config: ModelConfig, config: TrainConfig, las
             torch.manual_seed(config.seed + 1 + world.rank)
         return _Run(model, make_optimizer(model, config), model.zero_state(len(streams)),
                     init=init_meta, world_size=world.size)
-    ckpt = load_checkpoint(last_path, device=device, with_extra=True)
+    ckpt = load_checkpoint(last_of_run(last_path.parent), device=device, with_extra=True)
     check_resumable(ckpt.meta, last_path)
     training = ckpt.meta["training"]
     if training["corpus"] != fingerprint:
