@@ -140,6 +140,25 @@ def test_train_resume_and_sample_with_other_model_options(runner, corpus_file, f
     assert r.exit_code == 0 and r.stdout.strip(), r.output
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "-1"], "Error: --lr must be positive"),
+    (["--time-budget", "0s"], "set at least one of --epochs, --max-steps or --time-budget"),
+    (["--dropout", "1.5"], "Error: --dropout must be in [0, 1)"),
+])
+def test_train_names_settings_as_its_flags(runner, corpus_file, flags, message):
+    r = runner.invoke(cli, ["train", str(corpus_file), "--out", "runs/lr_seed", *flags])
+    assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output
+
+
+def test_settings_messages_name_flags_but_not_inside_paths_or_flags():
+    from poetgen.app.cli import _as_flags
+
+    assert _as_flags("lr must be positive; epochs, max_steps or time_budget") == (
+        "--lr must be positive; --epochs, --max-steps or --time-budget")
+    kept = "runs/lr/seed.txt was encoded with min_count-like --min-count; drop --lr"
+    assert _as_flags(kept) == kept
+
+
 def test_resume_rejects_model_flags_and_missing_run(runner, corpus_file):
     r = runner.invoke(cli, ["train", str(corpus_file), "--resume", "--out", "nothing-here"])
     assert r.exit_code == 1 and "nothing-here holds no run to resume (no last.safetensors); leave out --resume" in r.output
@@ -153,7 +172,7 @@ def test_init_runs_a_second_stage_and_rejects_shape_flags(runner, corpus_file):
                         "--out", "one"])
     r = runner.invoke(cli, ["train", str(corpus_file), "--init", "one", "--hidden-size", "64",
                             "--out", "two"])
-    assert r.exit_code == 1 and "--init keeps the model's shape; drop hidden_size" in r.output
+    assert r.exit_code == 1 and "--init keeps the model's shape; drop --hidden-size" in r.output
     r = runner.invoke(cli, ["train", str(corpus_file), "--init", "one", "--resume", "--out", "one"])
     assert r.exit_code == 1 and "drop --init" in r.output
     r = runner.invoke(cli, ["train", str(corpus_file), "--init", "one", "--dropout", "0.3",

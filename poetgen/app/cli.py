@@ -146,6 +146,22 @@ _TRAIN_FLAGS = {  # flag name -> (config field, type, help)
 }
 
 
+# The settings `train` takes as options of its own rather than through _TRAIN_FLAGS.
+_OWN_TRAIN_FLAGS = {"time_budget": "--time-budget", "device": "--device",
+                    "tie_weights": "--tie-weights"}
+
+
+def _as_flags(message: str) -> str:
+    """A settings message as the command line spells the settings: `lr` becomes `--lr`,
+    `time_budget` `--time-budget` (the configs, a --config file and `poetgen info` use the field
+    names). A name inside a path or a flag already is left alone."""
+    import re
+
+    flags = {name: flag for flag, (name, _, _) in _TRAIN_FLAGS.items()} | _OWN_TRAIN_FLAGS
+    names = "|".join(sorted(map(re.escape, flags), key=len, reverse=True))
+    return re.sub(rf"(?<![-\w/.])({names})(?![-\w/.])", lambda m: flags[m.group(1)], message)
+
+
 def _train_options(f=None, only: tuple[str, ...] | None = None):
     """The options of _TRAIN_FLAGS (or of the fields `only`), each defaulting to None (not given)."""
     def decorate(f):
@@ -224,9 +240,15 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, thre
     use_threads(threads)
     if tie_weights is not None:
         flags["tie_weights"] = tie_weights
-    plan = plan_training(corpus, {**flags, "device": device}, config_file=config_file,
-                         time_budget=time_budget, out_dir=out_dir, resume=resume, init=init_from,
-                         notify=lambda note: err.print(f"[yellow]note:[/] {note}"))
+    try:
+        plan = plan_training(corpus, {**flags, "device": device}, config_file=config_file,
+                             time_budget=time_budget, out_dir=out_dir, resume=resume,
+                             init=init_from,
+                             notify=lambda note: err.print(f"[yellow]note:[/] {note}"))
+    except ConfigError as e:  # a message about the --config file keeps the file's spelling
+        if config_file is None or str(config_file) not in str(e):
+            raise ConfigError(_as_flags(str(e))) from None
+        raise
     model_config, config, out_dir = plan.model_config, plan.config, plan.out_dir
     meta = plan.base_meta
 
