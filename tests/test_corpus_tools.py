@@ -306,3 +306,14 @@ def test_a_build_with_the_held_out_list_keeps_no_held_out_poem(tmp_path):
            and verse_segments(p["text_simplified"])]
     assert len(val) > 400 and report.dropped[EXCLUDED] >= len(val)
     assert not set(val) & set(kept)
+
+
+def test_fetch_without_opencc_says_so_before_downloading(server, tmp_path, monkeypatch):
+    import sys
+
+    url, sha, state = server
+    monkeypatch.setitem(sys.modules, "opencc", None)  # `import opencc` raises ImportError
+    m = write_manifest(tmp_path, url, sha)  # its build asks for simplified text
+    r = CliRunner().invoke(cli, ["corpus", "fetch", "tiny", "--manifest", str(m), "--dest", str(tmp_path / "c")])
+    assert r.exit_code == 1 and "--simplified needs OpenCC" in r.output
+    assert state["requests"] == [] and not (tmp_path / "c").exists()

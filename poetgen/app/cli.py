@@ -1066,8 +1066,9 @@ def corpus_fetch(name, url, sha256, dest, manifest_path, exclude):
 
     Resumes an interrupted download (run it again), verifies the sha256, then builds the text.
     """
-    from poetgen.verse.corpus_tools import (EXCLUDED, BuildOptions, build_corpus, download,
-                                            extract_members, manifest)
+    from poetgen.verse.corpus_tools import (EXCLUDED, BuildOptions, build_corpus,
+                                            check_build_tools, download, extract_members,
+                                            manifest)
     from poetgen.app.progress import progress_bar
 
     entry = dict(manifest(manifest_path).get(name) or {}) if not url else {}
@@ -1083,14 +1084,15 @@ def corpus_fetch(name, url, sha256, dest, manifest_path, exclude):
         return progress_bar(total=total, initial=initial, unit="B", unit_scale=True,
                             desc=archive.name)
 
-    if not archive.exists():
-        download(entry["url"], archive, entry.get("sha256"), bar)
-    raw = extract_members(archive, entry["members"], dest / "raw" / name)
     b = entry.get("build", {})
     forms = frozenset(f.strip() for f in b["forms"].split(",")) if b.get("forms") else None
     options = BuildOptions(forms=forms, simplified=b.get("simplified", False),
                            dedupe=b.get("dedupe", False), strip_notes=b.get("strip_notes", False),
                            exclude=exclude)
+    check_build_tools(options)  # before megabytes are downloaded for nothing
+    if not archive.exists():
+        download(entry["url"], archive, entry.get("sha256"), bar)
+    raw = extract_members(archive, entry["members"], dest / "raw" / name)
     report = build_corpus(raw, dest / f"{name}.txt", options)
     held = f", {report.dropped[EXCLUDED]:,} held out by --exclude" if exclude else ""
     click.echo(f"wrote {dest / f'{name}.txt'} ({report.kept:,} of {report.read:,} poems{held})")

@@ -335,6 +335,13 @@ class _VerseGroups:
                 self.parent[other] = root
 
 
+def check_build_tools(options: BuildOptions) -> None:
+    """Raise now, not after a download, if building with `options` needs a missing library:
+    OpenCC, for --simplified and for --exclude (its list is of simplified text)."""
+    if options.simplified or options.exclude:
+        _opencc()
+
+
 def _opencc():
     try:
         import opencc
