@@ -154,6 +154,23 @@ def test_impossible_constraints_fail_before_generating(vocab, spec, message):
         compile_spec(PoemSpec.make(form, **spec), vocab)
 
 
+@pytest.mark.parametrize("spec, fix", [
+    (dict(pattern="????江/????月"), "— use another character or --tones off"),
+    (dict(pattern="????江/????月", tones="strict"), "— use another character or --tones loose or off"),
+    (dict(pattern="????春/????秋"), "give fixed characters that rhyme with each other"),
+    (dict(rhyme_group="下平三肴"), "— choose another rhyme group or use --tones off"),
+    (dict(rhyme_group="下平三肴", banned="春"), "choose another rhyme group, use --tones off or ban "
+                                               "fewer characters"),
+    (dict(rhyme_group="下平三肴", tones="off"), "— choose another rhyme group"),
+])
+def test_an_impossible_poem_is_told_what_would_make_it_possible(vocab, spec, fix):
+    """The fix offered follows the settings: a looser --tones than the one given, --ban only
+    where characters are banned."""
+    with pytest.raises(ConstraintError) as e:
+        compile_spec(PoemSpec.make("五绝", **spec), vocab)
+    assert fix in str(e.value) and str(e.value).count(" — ") == 1
+
+
 def test_vocabulary_without_verse_punctuation_is_refused():
     with pytest.raises(ConstraintError, match="no '，'"):
         compile_spec(PoemSpec.make("五绝"), Vocab.build("hello world\n"))

@@ -112,7 +112,8 @@ def test_constraints_no_poem_can_meet_are_refused_when_set(checkpoint):
     r = repl(checkpoint, ":acrostic 春江花月\n:ban 春\n:acrostic 鑫\n:no-repeat on\n"
                          ":acrostic 春春\n秋风\n:acrostic\n")
     assert r.stderr.splitlines() == [
-        "error: 春 is both required and banned",
+        "error: 春 is both required and banned; take it out of :ban, or out of what fixes it "
+        "(:acrostic, :pattern, :keywords)",
         "error: '鑫' (line 1, character 1) is not in the model's vocabulary, so it cannot be "
         "written; choose another character",
         "error: :no-repeat, but the fixed characters repeat 春",

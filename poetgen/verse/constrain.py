@@ -331,7 +331,8 @@ def _check_fixed_chars(spec: PoemSpec, vocab: Vocab, fixed: dict[tuple[int, int]
                                   "vocabulary, so it cannot be written; choose another character")
     clash = sorted({ch for ch in fixed.values() if ch in _banned(spec)})
     if clash:
-        raise ConstraintError(f"{' '.join(clash)} is both required and banned")
+        raise ConstraintError(f"{' '.join(clash)} is both required and banned; take it out of "
+                              "--ban, or out of what fixes it (--acrostic, --pattern, --keywords)")
     if spec.no_repeat:
         values = list(fixed.values())
         twice = sorted({c for c in values if values.count(c) > 1})
@@ -484,15 +485,18 @@ def _fit(spec: PoemSpec, vocab: Vocab, fixed: dict[tuple[int, int], str], layout
          tones: _Tones, rhyme: _Rhyme) -> tuple[torch.Tensor, torch.Tensor]:
     """(alive0, cand0): the templates the fixed characters allow, and the rhyme groups left."""
     alive0 = torch.ones(len(tones.templates), dtype=torch.bool)
-    reasons: list[str] = []
+    conflicts: list[tuple[str, str]] = []  # (why, what to change) of each template that fails
     for k in range(len(tones.templates)):
-        reason = _template_conflict(k, layout, fixed, vocab, tones, rhyme)
-        if reason:
+        conflict = _template_conflict(k, layout, fixed, vocab, tones, rhyme)
+        if conflict:
             alive0[k] = False
-            reasons.append(reason)
+            conflicts.append(conflict)
     if not alive0.any():
-        raise ConstraintError(reasons[0] if len(set(reasons)) == 1 else
-                              "no tonal template fits the constraints: " + "; ".join(sorted(set(reasons))))
+        whys = sorted({why for why, _ in conflicts})
+        fixes = list(dict.fromkeys(_FIXES[kind](spec) for _, kind in conflicts))
+        what = whys[0] if len(whys) == 1 else ("no tonal template fits the constraints: "
+                                               + "; ".join(whys))
+        raise ConstraintError(f"{what} — {'; or '.join(fixes)}")
     # Rhymes every surviving template shares narrow the candidates up front.
     cand0 = rhyme.cand0.clone()
     for t, pos in enumerate(layout.positions):
@@ -507,9 +511,32 @@ def _one_hot(V: int, index: int) -> torch.Tensor:
     return row
 
 
+def _looser_tones(spec: PoemSpec) -> str:
+    return {"strict": "--tones loose or off", "loose": "--tones off"}.get(spec.tones, "")
+
+
+def _or(*options: str) -> str:
+    """'a, b or c' of the options given (empty ones left out)."""
+    options = tuple(o for o in options if o)
+    return ", ".join(options[:-1]) + " or " + options[-1] if len(options) > 1 else options[0]
+
+
+# What to change, for each kind of template conflict (_template_conflict), given the spec.
+_FIXES: dict[str, Callable[[PoemSpec], str]] = {
+    "tone": lambda spec: "use " + _or("another character", _looser_tones(spec)),
+    "rhyme": lambda spec: ("give fixed characters that rhyme with each other and with the rhyme "
+                           "group (`poetgen check` shows a character's groups)"),
+    "empty": lambda spec: _or("choose another rhyme group",
+                              "use " + _looser_tones(spec) if _looser_tones(spec) else "",
+                              "ban fewer characters" if _banned(spec) else ""),
+    "small": lambda spec: "choose another rhyme group",
+}
+
+
 def _template_conflict(k: int, layout: _Layout, fixed: dict[tuple[int, int], str], vocab: Vocab,
-                       tones: _Tones, rhyme: _Rhyme) -> str | None:
-    """Why template k cannot hold these constraints, or None if it can."""
+                       tones: _Tones, rhyme: _Rhyme) -> tuple[str, str] | None:
+    """Why template k cannot hold these constraints and the kind of conflict (a key of _FIXES),
+    or None if it can."""
     cand = rhyme.cand0.clone()
     where = {pos: t for t, pos in enumerate(layout.positions)}
     for (i, j), ch in sorted(fixed.items()):
@@ -517,14 +544,14 @@ def _template_conflict(k: int, layout: _Layout, fixed: dict[tuple[int, int], str
         if not tones.ok[tones.required[k, t], v]:
             need = PING if tones.required[k, t] == 0 else ZE
             return (f"{ch!r} at line {i + 1}, character {j + 1} cannot be {need} as the tonal "
-                    f"template needs; use another character, --tones loose, or --tones off")
+                    "template needs"), "tone"
         if rhyme.at[k, t]:
             cand = cand & rhyme.member[v]
             if not cand.any():
                 return (f"{ch!r} at line {i + 1}, character {j + 1} is at a rhyme position but "
-                        "does not rhyme with the other fixed rhymes or the rhyme group")
+                        "does not rhyme with the other fixed rhymes or the rhyme group"), "rhyme"
     if rhyme.group_names and not cand.any():
-        return "no rhyme group is left to rhyme in"
+        return "no rhyme group is left to rhyme in", "rhyme"
     rhymable = as_bool(rhyme.member_float @ as_float(cand))  # (V,): in a candidate group
     ok = layout.static & tones.ok[tones.required[k]]  # (T, V)
     ok[rhyme.at[k]] &= rhymable
@@ -533,12 +560,12 @@ def _template_conflict(k: int, layout: _Layout, fixed: dict[tuple[int, int], str
         t = int(empty[0])
         i, j = layout.positions[t]
         what = "rhyming " if rhyme.at[k, t] else ""
-        return (f"the model's vocabulary has no {what}character that fits line {i + 1}, "
-                f"character {j + 1}; choose another rhyme group or loosen --tones")
+        return (f"no {what}character of the model's vocabulary fits line {i + 1}, character "
+                f"{j + 1}"), "empty"
     rhymes = int(rhyme.at[k].sum())
     if rhyme.group_names and not (cand & (rhyme.count >= rhymes)).any():
         return (f"no rhyme group left has {rhymes} different characters in the model's vocabulary "
-                "(a poem never rhymes on one character twice); choose another rhyme group")
+                "(a poem never rhymes on one character twice)"), "small"
     return None
 
 

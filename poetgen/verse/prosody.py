@@ -292,7 +292,7 @@ class RhymeScheme:
         if len(spec) == 1 and self.groups(spec):
             return set(self.groups(spec))
         raise ConstraintError(f"unknown rhyme group {spec!r} for {self.name}; give a group name "
-                              f"(e.g. {self.group_names[len(self.group_names) // 2]}) or one "
+                              f"(e.g. {self.group_names[0]}) or one "
                               "character that rhymes as you want")
 
 
