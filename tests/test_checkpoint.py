@@ -115,8 +115,9 @@ def test_other_format_is_refused(saved):
 
 
 @pytest.mark.parametrize("code, fix", [(errno.ENOSPC, "the disk is full"),
-                                       (errno.EROFS, "read-only"),
-                                       (errno.EACCES, "permission denied")])
+                                       (errno.EROFS, "(Read-only file system); choose a location "
+                                                     "on a writable disk"),
+                                       (errno.EACCES, "(Permission denied); fix the permissions")])
 def test_failed_write_is_one_line_and_leaves_previous_file_intact(saved, monkeypatch, code, fix):
     path, m, vocab = saved
     before = path.read_bytes()
@@ -393,7 +394,7 @@ def test_paths_that_are_not_files_get_one_line(tmp_path):
     for path, message in [("/dev/zero", "not a regular file"),
                           (loop, "symbolic link loop"),
                           (dangling, "which does not exist; fix the link"),
-                          (tmp_path, "holds no best.safetensors")]:
+                          (tmp_path, "holds no best.safetensors or last.safetensors; give a run directory")]:
         with pytest.raises(PoetgenError, match=message):
             load_checkpoint(path)
 

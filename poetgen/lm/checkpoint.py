@@ -476,7 +476,9 @@ def _existing(path: str | Path) -> Path:
         for name in ("best.safetensors", "last.safetensors"):
             if (p / name).exists():
                 return p / name
-        raise CheckpointError(f"{p}: directory holds no best.safetensors or last.safetensors")
+        raise CheckpointError(f"{p}: directory holds no best.safetensors or last.safetensors; "
+                              "give a run directory or a .safetensors file (`poetgen "
+                              "checkpoints` lists those it finds)")
     return input_file(p, "no such checkpoint; train one with `poetgen train CORPUS` or pass "
                          "--checkpoint PATH", CheckpointError)
 
