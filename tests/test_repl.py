@@ -600,6 +600,9 @@ def test_eval_generate_metrics_next_to_real_poems(checkpoint, tmp_path):
     assert model["tones_loose"] == 1.0 and 0 < model["distinct_2"] <= 1
     assert rows[1]["copy_lines"] == 1.0  # real poems measured against themselves: all copied
     assert rows[1]["longest_copy"] == 5 and model["mean_logprob"] < 0
+    r = CliRunner().invoke(cli, ["eval", str(checkpoint), "--generate", "4", "--real", str(real),
+                                 "--corpus", str(real)])  # the table, to a pipe: whole cells
+    assert r.exit_code == 0 and "100.0%" in r.stdout and "…" not in r.stdout
     r = CliRunner().invoke(cli, ["eval", str(checkpoint)])
     assert r.exit_code == 1 and "give a FILE" in r.output
 

@@ -29,7 +29,11 @@ from poetgen.lm.launch import ENCODE_SETTINGS
 from poetgen.errors import ConfigError, PoetgenError, file_error
 from poetgen.settings import GenerationSettings
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped or redirected, stdout has no width of its own; rich would take 80 columns and cut the
+# cells of wide tables (eval --generate's) to "100.…". A file or a pipe gets whole rows.
+PIPED_WIDTH = 200
+out = Console(highlight=False, soft_wrap=True,
+              width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else PIPED_WIDTH)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
