@@ -310,7 +310,8 @@ def test_init_reports_and_limits_the_share_of_characters_outside_the_vocabulary(
 def test_time_budget_counts_evaluations_and_the_last_one_fits(tmp_path, tiny_text, monkeypatch):
     """A fake clock: a step takes 1 s, an evaluation 100 s. With a 350 s budget and an evaluation
     every 100 steps the run evaluates at step 100 (t = 200 s), then stops at step 150 (t = 250 s)
-    so that its last evaluation ends at 350 s; counting training time only, it would run 350 steps."""
+    so that its last evaluation ends at 350 s; counting training time only, it would run 350
+    steps."""
     from poetgen.lm import train as train_mod
 
     now = [0.0]
@@ -329,6 +330,10 @@ def test_time_budget_counts_evaluations_and_the_last_one_fits(tmp_path, tiny_tex
     monkeypatch.setattr(train_mod, "evaluate_and_save", evaluate)
     result = run(tmp_path, tiny_text, max_steps=0, time_budget=350, eval_every=100)
     assert result.steps == 150 and result.elapsed == 350.0
+    # 250 s: the evaluation at step 100 ends at 200 s, where one more step and evaluation would
+    # end at 301. That evaluation is the last (the run went on to step 101 and ended at 301).
+    result = run(tmp_path / "b", tiny_text, max_steps=0, time_budget=250, eval_every=100)
+    assert result.steps == 100 and result.elapsed == 200.0
 
 
 def test_lines_are_reshuffled_every_epoch(tmp_path, tiny_text, monkeypatch):

@@ -660,7 +660,9 @@ class _Loop:
 
     Time: `run.elapsed` is the run's wall-clock time as a user's clock counts it, evaluations and
     saving included, and rank 0's clock is everyone's. A run stops early enough for its last
-    evaluation to fit in the budget too, judged by what the previous evaluation took.
+    evaluation to fit in the budget too, judged by what the previous step and evaluation took:
+    after a step, when another step and an evaluation would end past the budget (this step's
+    evaluation is then the last); after an evaluation, when another step and one more would.
     """
 
     def __init__(self, run: _Run, checkpoints: _Checkpoints, train_ids: Ids, val_ids: Ids,
@@ -690,7 +692,8 @@ class _Loop:
         if world.is_main:
             _prepare_metrics(self.metrics_path, keep_until=run.step if keep_metrics else -1)
         self.origin = (time.perf_counter() if started is None else started) - run.elapsed
-        self.eval_seconds = 0.0  # what the latest evaluation took: the last one must fit too
+        # What the latest evaluation and step took, by rank 0's clock: the last must fit too.
+        self.eval_seconds = self.step_seconds = 0.0
         # (step, elapsed) after this process's first step, which the pace is measured from
         # (planned_steps); rank 0's clock, as every rank agrees it, so all choose one peak.
         self.pace_from: tuple[int, float] | None = None
@@ -701,11 +704,13 @@ class _Loop:
         if run.eval_pending:  # an evaluation an interruption skipped (at the last step, say)
             last_val = self.evaluate()
         while (progress := self.progress(run.elapsed)) < 1.0:
+            before = run.elapsed
             finished = self.train_step(progress)
             # Rank 0's clock and decisions, and a stop requested on any rank, for all.
             (run.elapsed, finished, run.eval_pending), stopping = distributed.agree(
                 self.world, (run.elapsed, finished, run.eval_pending), stop.signal is not None,
                 self.device)
+            self.step_seconds = run.elapsed - before
             if self.pace_from is None:
                 self.pace_from = (run.step, run.elapsed)
 
@@ -716,15 +721,19 @@ class _Loop:
 
             # -- when due and at the end: validate, log, checkpoint, preview -------------------
             if run.eval_pending:
-                t_eval = time.perf_counter()
+                before = run.elapsed
                 last_val = self.evaluate()
-                self.eval_seconds = time.perf_counter() - t_eval
-                if finished:
-                    break
+                self.eval_seconds = run.elapsed - before
+                if finished or self.out_of_time(self.step_seconds + self.eval_seconds):
+                    break  # this evaluation was the last: another step and one more would not fit
         return last_val
 
     def progress(self, elapsed: float) -> float:
         return run_progress(self.config, self.run.step, elapsed, self.chunks)
+
+    def out_of_time(self, more: float) -> bool:
+        """Whether `more` seconds from now would end past the time budget (if there is one)."""
+        return bool(self.config.time_budget) and self.run.elapsed + more > self.config.time_budget
 
     def train_step(self, progress: float) -> bool:
         """One SGD step on the next chunk of every stream (of this rank's), its bookkeeping, and
@@ -756,7 +765,8 @@ class _Loop:
         run.chars_per_s = self.meter.chars_per_s
         self.callbacks.on_step(StepInfo(run.step, self.steps, loss, run.lr,
                                         self.meter.chars_per_s, run.elapsed))
-        finished = self.progress(run.elapsed + self.eval_seconds) >= 1.0
+        finished = (self.progress(run.elapsed) >= 1.0
+                    or self.out_of_time(run.elapsed - elapsed_before + self.eval_seconds))
         run.eval_pending = finished or evaluation_due(self.config, run.step, elapsed_before,
                                                       run.elapsed, self.steps)
         return finished
