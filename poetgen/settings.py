@@ -383,6 +383,11 @@ class GenerationSettings:
     def writes_poem(self) -> bool:
         return bool(self.form) and self.mode == "poem"
 
+    # The settings poem_spec turns into the decoder's constraints: what makes a poem the poem
+    # it is (the REPL's :line rewrites a line under its poem's own, not today's).
+    POEM_CONSTRAINTS = ("form", "rhyme", "rhyme_group", "tones", "readings", "acrostic",
+                        "pattern", "prime", "no_repeat", "ban")
+
     def poem_spec(self, prime: str | None = None):
         """The constraints of a poem as the decoder takes them (None for free text)."""
         if not self.writes_poem:

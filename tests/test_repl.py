@@ -606,3 +606,20 @@ def test_eval_generate_metrics_next_to_real_poems(checkpoint, tmp_path):
     r = CliRunner().invoke(cli, ["eval", str(checkpoint)])
     assert r.exit_code == 1 and "give a FILE" in r.output
 
+
+
+def test_line_rewrites_under_every_constraint_of_its_poem(checkpoint):
+    """:line takes all of the poem's own constraints (PoemSpec's: readings too, which it used
+    to take from today's settings), and today's sampling knobs."""
+    from poetgen.lm.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(checkpoint)
+    session = Session(ck.model, ck.vocab, Recorder())
+    for line in (":form 五绝", ":readings all", ":tones strict", ":no-repeat on", ":seed 3", "春",
+                 ":readings common", ":tones loose", ":no-repeat off", ":temp 0.5", ":line 2"):
+        session.handle(line)
+    written, rewritten = (p.settings for p in session.poems)
+    for name in GenerationSettings.POEM_CONSTRAINTS:
+        if name not in ("pattern", "acrostic", "prime"):
+            assert getattr(rewritten, name) == getattr(written, name), name
+    assert (written.readings, written.tones, rewritten.temperature) == ("all", "strict", 0.5)

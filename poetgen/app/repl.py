@@ -261,10 +261,9 @@ class Session:
         pattern = "/".join(head + "?" * (len(x) - 1) if i == k - 1 else x
                            for i, x in enumerate(lines))
         # The poem's own constraints (not today's settings); sampling knobs are today's.
-        constraints = {name: getattr(own, name) for name in
-                       ("form", "rhyme", "rhyme_group", "tones", "no_repeat", "ban")}
-        settings = self._next_settings(**constraints, mode="poem", pattern=pattern, acrostic="",
-                                       n=1, beam=0)
+        constraints = {name: getattr(own, name) for name in own.POEM_CONSTRAINTS}
+        settings = self._next_settings(**{**constraints, "pattern": pattern, "acrostic": "",
+                                          "prime": ""}, mode="poem", n=1, beam=0)
         with self.ui.busy():
             written = write(self.model, self.vocab, settings, prime="", side="repl",
                             lexicon=self.lexicon)[0]
@@ -334,7 +333,8 @@ class Session:
             _, poem = self._poem(f"#{arg.lstrip('#')}" if arg else "")
             text, own = poem.text, poem.settings
         rhyme = own.rhyme if own.rhyme != "off" else "pingshui"
-        self.ui.show(render_report(check_poem(text, rhyme=rhyme, tones=own.tones)))
+        self.ui.show(render_report(check_poem(text, rhyme=rhyme, tones=own.tones,
+                                              readings=own.readings)))
 
     @command("save", "FILE [#N]", "Append the poem (or poem #N) to FILE.", values="path")
     def save(self, arg: str) -> None:
