@@ -6,7 +6,7 @@ a valid value is. The CLI's options, the REPL's commands and their help, and eve
 message are generated from this table, so a setting cannot drift between front ends:
 
     field         CLI           REPL          parse + check (one function each)
-    temperature   --temp 0.7    :temp 0.7     positive_number("temperature")
+    temperature   --temp 0.7    :temp 0.7     _positive: a number > 0
     n             --n 500       :n 3          whole number 1..10,000 (CLI), 1..100 (REPL)
     novel         --novel FILE  -             CLI only
     mode          -             :mode free    REPL only
@@ -53,10 +53,6 @@ class Option:
 
     def public(self, side: Side) -> str:
         return {"cli": f"--{self.name}", "repl": f":{self.name}"}.get(side, self.name)
-
-
-def _number(text: str) -> float:
-    return float(text)
 
 
 def _positive(text: str) -> float:

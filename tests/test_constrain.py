@@ -280,3 +280,18 @@ def test_the_choices_offered_at_a_vanishing_temperature_are_the_likeliest_at_cer
     likeliest = stepper.choices(3, temperature=1.0)[0][0]
     choices = stepper.choices(3, temperature=1e-40)
     assert choices[0] == (likeliest, 1.0) and all(p == 0.0 for _, p in choices[1:])
+
+
+def test_the_stepper_leaves_a_training_model_in_training_mode(vocab):
+    """It used to switch the model to evaluation mode for good (model.eval() on creation)."""
+    from poetgen.verse.constrain import Stepper
+
+    torch.manual_seed(1)
+    model = CharLSTM(ModelConfig(vocab_size=len(vocab), embed_size=16, hidden_size=32,
+                                 cutoffs=(), dropout=0.5)).train()
+    stepper = Stepper(model, vocab, compile_spec(PoemSpec.make("五绝"), vocab))
+    first = stepper.choices(3)
+    assert model.training and stepper.choices(3) == first  # no dropout in the choices
+    stepper.push(first[0][0])
+    stepper.finish(seed=0)
+    assert model.training and check_poem(stepper.text, tones="loose").form == "五绝"

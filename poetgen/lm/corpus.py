@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import json
 import os
 import stat
 import zlib
@@ -235,9 +234,6 @@ class Vocab:
     def unknown(self, text: str) -> list[str]:
         """Distinct characters of `text` the vocabulary lacks, in order of first appearance."""
         return list(dict.fromkeys(c for c in text if c not in self))
-
-    def to_json(self) -> str:
-        return json.dumps(list(self.chars), ensure_ascii=False)
 
     @classmethod
     def from_list(cls, chars: list[str]) -> "Vocab":

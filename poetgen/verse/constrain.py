@@ -37,7 +37,7 @@ import torch
 
 from poetgen.lm.corpus import NEWLINE, Vocab
 from poetgen.errors import ConstraintError
-from poetgen.lm.model import CharLSTM, evaluating, sampling, stepwise
+from poetgen.lm.model import CharLSTM, evaluating, sampling
 from poetgen.verse.prosody import (COMMA, PERIOD, PING, READINGS, ZE, Form, Template, free_positions,
                                    get_form, han_only, is_han, line_end_mark, line_rhymes, scheme,
                                    split_verse, templates)
@@ -947,14 +947,15 @@ class Stepper:
     """
 
     def __init__(self, model: CharLSTM, vocab: Vocab, compiled: Compiled | None = None,
-                 prime: str = "", max_chars: int = 200):
-        self.model, self.vocab, self.c, self.max_chars = model.eval(), vocab, compiled, max_chars
+                 max_chars: int = 200):
+        self.model, self.vocab, self.c, self.max_chars = model, vocab, compiled, max_chars
         device = model.start_h.device
         self.h = _Hyps(compiled, 1, device) if compiled else None
-        prime_ids = [] if compiled else vocab.encode(prime)
-        with torch.no_grad():  # as every later step (_step)
-            self.out, self.state = prime_model(model, prime_ids, 1)
-        self.tokens: list[int] = list(prime_ids)
+        # Each use of the model is a sampling block of its own (evaluation mode, the reduced
+        # copies), not one for the Stepper's life: the user may take minutes between steps.
+        with torch.no_grad(), sampling(model):  # as every later step (_step)
+            self.out, self.state = prime_model(model, [], 1)
+        self.tokens: list[int] = []
         self._undo: list[tuple] = []
         self._skip_forced()
 
@@ -984,7 +985,9 @@ class Stepper:
         if self.done:
             return []
         allowed, _ = self._allowed()
-        logits = with_temperature(self.model.log_probs(self.out)[0], temperature)
+        with sampling(self.model):
+            logp = self.model.log_probs(self.out)[0]
+        logits = with_temperature(logp, temperature)
         logits = logits.masked_fill(~allowed, float("-inf"))
         probs = torch.softmax(logits, -1)
         top = torch.topk(probs, min(k, int(allowed.sum())))
@@ -1024,8 +1027,9 @@ class Stepper:
                 raise ConstraintError("no character is allowed here (the choices so far leave "
                                       "none; --no-repeat may have used them up): :undo and choose "
                                       "again")
-            v = int(sample_next(self.model.log_probs(self.out), temperature, gen,
-                                allowed=allowed[None]))
+            with sampling(self.model):
+                logp = self.model.log_probs(self.out)
+            v = int(sample_next(logp, temperature, gen, allowed=allowed[None]))
             self._step(v, per)
         return self.text
 
@@ -1035,7 +1039,7 @@ class Stepper:
         if self.c is not None:
             _advance(self.c, self.h, len(self.tokens), token, per)
         self.tokens.append(v)
-        with stepwise():
+        with sampling(self.model):
             outputs, self.state = self.model(token.view(1, 1), self.state)
         self.out = outputs[0]
 
