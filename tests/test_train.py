@@ -12,7 +12,7 @@ from poetgen.lm.corpus import Vocab, prepare_text
 from poetgen.errors import CheckpointError, ConfigError, NonFiniteLossError
 from poetgen.lm.model import CharLSTM
 from poetgen.lm.train import (Callbacks, TrainingInterrupted, learning_rate, make_optimizer,
-                               sgd_step, train)
+                               optimizer_step, train)
 
 from conftest import TINY_MODEL, TINY_TRAIN, make_poems
 
@@ -250,8 +250,8 @@ def test_sgd_step_clips_the_gradient_norm():
         torch.manual_seed(0)
         model = CharLSTM(ModelConfig(vocab_size=40, hidden_size=24, embed_size=8, cutoffs=()))
         x, y = torch.randint(0, 40, (10, 4)), torch.randint(0, 40, (10, 4))
-        sgd_step(model, make_optimizer(model, TrainConfig()), x, y, model.zero_state(4), lr=1e-3,
-                 clip=clip)
+        optimizer_step(model, make_optimizer(model, TrainConfig()), x, y, model.zero_state(4),
+                       lr=1e-3, clip=clip)
         return [p.grad.clone() for p in model.parameters()]
 
     def norm(grads):
@@ -316,7 +316,7 @@ def test_time_budget_counts_evaluations_and_the_last_one_fits(tmp_path, tiny_tex
 
     now = [0.0]
     monkeypatch.setattr(train_mod.time, "perf_counter", lambda: now[0])
-    real_step, real_eval = train_mod.sgd_step, train_mod.evaluate_and_save
+    real_step, real_eval = train_mod.optimizer_step, train_mod.evaluate_and_save
 
     def step(*args):
         now[0] += 1.0
@@ -326,7 +326,7 @@ def test_time_budget_counts_evaluations_and_the_last_one_fits(tmp_path, tiny_tex
         now[0] += 100.0
         return real_eval(*args)
 
-    monkeypatch.setattr(train_mod, "sgd_step", step)
+    monkeypatch.setattr(train_mod, "optimizer_step", step)
     monkeypatch.setattr(train_mod, "evaluate_and_save", evaluate)
     result = run(tmp_path, tiny_text, max_steps=0, time_budget=350, eval_every=100)
     assert result.steps == 150 and result.elapsed == 350.0
@@ -586,3 +586,15 @@ def test_resume_refuses_malformed_training_state(tmp_path, tiny_text, change, me
     rewrite_header(tmp_path / "last.safetensors", change_header=change)
     with pytest.raises(CheckpointError, match=message):
         run(tmp_path, tiny_text, resume=True, max_steps=8)
+
+
+def test_a_fraction_of_an_epoch_stops_where_the_progress_bar_says(tmp_path, tiny_text):
+    """epochs = 1.3: the run stops at the first step that reaches 1.3 epochs, and total_steps
+    (the progress bar's end) is that step; it said the whole part of 1.3 epochs, one fewer."""
+    started, steps = {}, []
+    result = run(tmp_path, tiny_text, max_steps=0, epochs=1.3,
+                 callbacks=Callbacks(on_start=started.update,
+                                     on_step=lambda info: steps.append(info.step)))
+    chunks = started["chunks_per_epoch"]
+    assert 1.3 * chunks != int(1.3 * chunks)  # a fraction of a step: the case in question
+    assert steps[-1] == result.steps == started["total_steps"] == math.ceil(1.3 * chunks)

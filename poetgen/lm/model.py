@@ -356,7 +356,7 @@ def stepwise():
 
     Loops that feed one character at a time (sampling): oneDNN's LSTM has a fixed cost per call
     of ~3x the arithmetic of a 256-wide step at batch 1, so plain ATen is faster there. And
-    projection LSTMs, which oneDNN lacks (see CharLSTM._lstm). Otherwise training keeps oneDNN,
+    projection LSTMs, which oneDNN lacks (see CharLSTM._rnn). Otherwise training keeps oneDNN,
     which is faster on whole chunks. Held off while any thread samples (held.Hold)."""
     return inference.ONEDNN_SWITCH.at(False)
 

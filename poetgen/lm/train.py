@@ -8,8 +8,10 @@ The loop is the classic one from pytorch/examples' word_language_model:
         loss(outputs, y).backward(); clip the gradient norm; optimizer step
 
 Everything a resumed run needs is in `last.safetensors`: weights, optimizer moments, the carried
-LSTM state and the RNG state. The data position and learning rate follow from the step count and
-the elapsed time, so a run interrupted and resumed ends with the same weights as one that was not.
+LSTM state, the RNG state and the peak learning rate (fixed from the run's length when --lr is
+0). The data position and the rate's schedule follow from the step count and the elapsed time,
+so a run interrupted and resumed ends with the same weights as one that was not (under a step or
+epoch limit; a time budget's schedule depends on the clock).
 An evaluation an interruption skipped (at the last step, or at an evaluation step) is done first
 on `--resume`, so the metrics and `best` are those of an uninterrupted run.
 
@@ -146,11 +148,7 @@ def planned_steps(cfg: TrainConfig, step: int, elapsed: float, chunks_per_epoch:
     a time budget, `step` plus the rest of the budget at the pace since `since` (step, elapsed),
     the end of this process's first step: the time before (starting Python, reading the corpus,
     a first step's allocations) is no pace. Unknown before a step has been timed: infinity."""
-    limits = [math.inf]
-    if cfg.max_steps:
-        limits.append(cfg.max_steps)
-    if cfg.epochs:
-        limits.append(cfg.epochs * chunks_per_epoch)
+    limits = [step_limit(cfg, chunks_per_epoch)]
     steps, seconds = (0, 0.0) if since is None else (step - since[0], elapsed - since[1])
     if cfg.time_budget and steps > 0 and seconds > 0:
         limits.append(step + max(0.0, cfg.time_budget - elapsed) * steps / seconds)
@@ -165,16 +163,16 @@ def peak_lr(cfg: TrainConfig, planned: float, fixed: float = 0.0) -> float:
     return fixed if fixed > 0 else auto_lr(planned)
 
 
+def step_limit(cfg: TrainConfig, chunks_per_epoch: int) -> float:
+    """The nearer of the step and epoch limits, in optimizer steps (not whole for a fraction of
+    an epoch); infinity when neither is set."""
+    return min(cfg.max_steps or math.inf, cfg.epochs * chunks_per_epoch or math.inf)
+
+
 def run_progress(cfg: TrainConfig, step: int, elapsed: float, chunks_per_epoch: int) -> float:
     """How far through the run we are (0..1): the nearest of the step, epoch and time limits."""
-    fractions = [0.0]
-    if cfg.max_steps:
-        fractions.append(step / cfg.max_steps)
-    if cfg.epochs:
-        fractions.append(step / (cfg.epochs * chunks_per_epoch))
-    if cfg.time_budget:
-        fractions.append(elapsed / cfg.time_budget)
-    return max(fractions)
+    return max(step / step_limit(cfg, chunks_per_epoch),
+               elapsed / cfg.time_budget if cfg.time_budget else 0.0)
 
 
 def evaluation_due(cfg: TrainConfig, step: int, elapsed_before: float, elapsed: float,
@@ -397,8 +395,9 @@ class Throughput:
             self._start += time.perf_counter() - t0
 
 
-def sgd_step(model: CharLSTM, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-             state: State, lr: float, clip: float, bf16: bool = False) -> tuple[float, State]:
+def optimizer_step(model: CharLSTM, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                   y: torch.Tensor, state: State, lr: float, clip: float,
+                   bf16: bool = False) -> tuple[float, State]:
     """One step of truncated BPTT on the chunk `x` -> `y`, starting from the carried `state`.
 
     Forward, loss, backward, clip the global gradient norm to `clip`, AdamW update at `lr`.
@@ -482,10 +481,10 @@ def preview(model: CharLSTM, vocab: Vocab, config: TrainConfig, step: int) -> st
 
 
 def total_steps(config: TrainConfig, chunks_per_epoch: int) -> int | None:
-    """The step count the run stops at, or None when only a time budget bounds it."""
-    if not (config.max_steps or config.epochs):
-        return None
-    return int(min(config.max_steps or math.inf, (config.epochs * chunks_per_epoch) or math.inf))
+    """The step count the run stops at (the first that reaches step_limit), or None when only a
+    time budget bounds it."""
+    limit = step_limit(config, chunks_per_epoch)
+    return math.ceil(limit) if math.isfinite(limit) else None
 
 
 def _start_run(vocab: Vocab, model_config: ModelConfig, config: TrainConfig, last_path: Path,
@@ -752,7 +751,7 @@ class _Loop:
                 and math.isfinite(planned)):
             run.peak_lr = peak
         run.lr = learning_rate(self.config, run.step, progress, peak)
-        loss, run.state = sgd_step(self.net, run.optimizer, x, y, run.state, run.lr,
+        loss, run.state = optimizer_step(self.net, run.optimizer, x, y, run.state, run.lr,
                                    self.config.clip, self.bf16)
         if not math.isfinite(loss):
             raise NonFiniteLossError(f"the training loss became {loss} at step {run.step + 1}; "
