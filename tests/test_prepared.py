@@ -157,7 +157,7 @@ def test_cli_encode_then_train(tmp_path, poems):
     args = ["train", str(tmp_path / "p"), "--out", str(tmp_path / "run"), "--max-steps", "2",
             "--eval-every", "2", "--hidden-size", "16", "--batch-size", "4", "--device", "cpu"]
     done = runner.invoke(cli, args + ["--min-count", "1"])
-    assert done.exit_code == 1 and "encoded with min_count = 2" in done.output
+    assert done.exit_code == 1 and "encoded with --min-count 2; drop --min-count" in done.output
     done = runner.invoke(cli, args)
     assert done.exit_code == 0, done.output
     saved = load_checkpoint(tmp_path / "run" / "last.safetensors").meta

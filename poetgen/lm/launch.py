@@ -80,6 +80,7 @@ def prepared_settings(corpus: Path, values: dict) -> dict:
     fixed = {name: encoded[name] for name in ENCODE_SETTINGS if encoded[name] is not None}
     for name, value in fixed.items():
         if name in values and values[name] != value:
-            raise ConfigError(f"{corpus} was encoded with {name} = {value}; drop "
-                              f"--{name.replace('_', '-')}, or encode it again with it")
+            flag = f"--{name.replace('_', '-')}"
+            raise ConfigError(f"{corpus} was encoded with {flag} {value}; drop {flag}, or "
+                              "encode it again with it")
     return fixed
