@@ -157,6 +157,35 @@ def test_settings_messages_name_flags_but_not_inside_paths_or_flags():
         "--lr must be positive; --epochs, --max-steps or --time-budget")
     kept = "runs/lr/seed.txt was encoded with min_count-like --min-count; drop --lr"
     assert _as_flags(kept) == kept
+    # A field that is no flag (a --config file's alone) keeps its name: there is no --warmup-steps.
+    assert _as_flags("warmup_steps must be 0 or more") == "warmup_steps must be 0 or more"
+
+
+def test_train_flags_are_the_config_fields_declared_as_options(runner):
+    """Each flag's help, choices and default come from the field's one declaration."""
+    import dataclasses
+
+    from poetgen.lm.config import ModelConfig, TrainConfig, flag_of, train_flags
+
+    from poetgen.errors import ConfigError
+
+    help_text = "".join(runner.invoke(cli, ["train", "--help"]).output.split())  # unwrapped
+    flags = train_flags()
+    assert {"lr", "cell", "time_budget", "tie_weights", "seed"} <= set(flags)
+    assert not {"warmup_steps", "cutoffs", "vocab_size"} & set(flags)
+    for name, field in flags.items():
+        assert flag_of(name) in help_text, name
+        assert "".join(field.metadata["help"].split()) in help_text, name
+        for choice in field.metadata["choices"]:
+            assert choice in help_text
+    # The choices a flag offers are what validate() accepts, and nothing else.
+    for cls in (ModelConfig, TrainConfig):
+        for field in dataclasses.fields(cls):
+            for choice in field.metadata.get("choices", ()):
+                cls(**{field.name: choice}).validate()
+            if field.metadata.get("choices"):
+                with pytest.raises(ConfigError):
+                    cls(**{field.name: "nonsense"}).validate()
 
 
 def test_resume_rejects_model_flags_and_missing_run(runner, corpus_file):

@@ -23,8 +23,8 @@ from rich.console import Console
 from rich.table import Table
 
 from poetgen import __version__
-from poetgen.lm.config import (AUTO_LR_HIGH, AUTO_LR_LOW, AUTO_LR_STEPS, INFERENCE_PRECISIONS,
-                               ModelConfig, TrainConfig, to_dict)
+from poetgen.lm.config import (INFERENCE_PRECISIONS, TrainConfig, flag_of,
+                               to_dict, train_flags)
 from poetgen.lm.launch import ENCODE_SETTINGS
 from poetgen.errors import ConfigError, PoetgenError, file_error
 from poetgen.settings import GenerationSettings
@@ -109,73 +109,36 @@ def cli(ctx, debug):
 # ----------------------------------------------------------------------------------------------
 # train
 
-_TRAIN_FLAGS = {  # flag name -> (config field, type, help)
-    "--cell": ("cell", click.Choice(["lstm", "gru"]), "Recurrent cell: LSTM, or GRU (no cell state)."),
-    "--hidden-size": ("hidden_size", int, "LSTM cell size (GRU state size)."),
-    "--num-layers": ("num_layers", int, "Stacked LSTM layers."),
-    "--embed-size": ("embed_size", int, "Character embedding width."),
-    "--proj-size": ("proj_size", int, "LSTM output projection size (0 = none)."),
-    "--dropout": ("dropout", float, "Dropout on embeddings, between layers and before the softmax."),
-    "--weight-drop": ("weight_drop", float, "DropConnect on the recurrent weights (AWD-LSTM)."),
-    "--text-kind": ("text_kind", click.Choice(["auto", "lines", "running"]),
-                    "What the corpus is: one document per line (poems), or running text (prose); "
-                    "decides how the model is evaluated. auto: running if it has blank lines."),
-    "--attention": ("attention", int, "Attention over the poem so far: key width, e.g. 64 (0 = off)."),
-    "--softmax": ("softmax", click.Choice(["adaptive", "full"]), "Output layer."),
-    "--bptt": ("bptt", int, "Characters per truncated-BPTT chunk."),
-    "--batch-size": ("batch_size", int, "Parallel streams per step."),
-    "--lr": ("lr", float, "Peak learning rate (AdamW, warm-up then cosine decay); 0: from the "
-                          f"run's planned steps, {AUTO_LR_HIGH} up to {AUTO_LR_STEPS[0]:,}, "
-                          f"{AUTO_LR_LOW} from {AUTO_LR_STEPS[1]:,} (a short run gains from a "
-                          "high rate, a long one ends lower with a low one)."),
-    "--weight-decay": ("weight_decay", float, "AdamW weight decay."),
-    "--clip": ("clip", float, "Max gradient norm."),
-    "--epochs": ("epochs", float, "Stop after this many passes over the corpus (0 = no limit)."),
-    "--max-steps": ("max_steps", int, "Stop after this many optimizer steps (0 = no limit)."),
-    "--shuffle": ("shuffle", bool, "Reorder the poems (lines) at every epoch; running text is "
-                                   "never reordered."),
-    "--eval-every": ("eval_every", int, "Steps between validation + checkpoint."),
-    "--min-evals": ("min_evals", int, "Validate at least this many times in a run (every "
-                    "1/N of its step or time limit too)."),
-    "--min-count": ("min_count", int, "Rarer characters map to the unknown token."),
-    "--max-vocab": ("max_vocab", int, "Keep at most this many characters (0 = all)."),
-    "--init-max-unknown": ("init_max_unknown", float,
-                           "With --init: refuse a corpus with a larger share of characters outside "
-                           "the checkpoint's vocabulary (1 = never refuse)."),
-    "--val-fraction": ("val_fraction", float, "Share held out when --val is not given: lines "
-                       "chosen by hash, or the end of running text."),
-    "--seed": ("seed", int, "Random seed (weights, dropout)."),
-    "--precision": ("precision", click.Choice(["fp32", "bf16"]),
-                    "bf16: mixed precision, on CUDA only (fp32 elsewhere)."),
-}
-
-
-# The settings `train` takes as options of its own rather than through _TRAIN_FLAGS.
-_OWN_TRAIN_FLAGS = {"time_budget": "--time-budget", "device": "--device",
-                    "tie_weights": "--tie-weights"}
+def _own_help(name: str) -> str:
+    """The help of a train flag the CLI declares itself (config.option(..., own=True))."""
+    return train_flags()[name].metadata["help"]
 
 
 def _as_flags(message: str) -> str:
     """A settings message as the command line spells the settings: `lr` becomes `--lr`,
     `time_budget` `--time-budget` (the configs, a --config file and `poetgen info` use the field
-    names). A name inside a path or a flag already is left alone."""
+    names). Only settings that are flags; a name inside a path or a flag already is left alone."""
     import re
 
-    flags = {name: flag for flag, (name, _, _) in _TRAIN_FLAGS.items()} | _OWN_TRAIN_FLAGS
-    names = "|".join(sorted(map(re.escape, flags), key=len, reverse=True))
-    return re.sub(rf"(?<![-\w/.])({names})(?![-\w/.])", lambda m: flags[m.group(1)], message)
+    names = "|".join(sorted(map(re.escape, train_flags()), key=len, reverse=True))
+    return re.sub(rf"(?<![-\w/.])({names})(?![-\w/.])", lambda m: flag_of(m.group(1)), message)
+
+
+_FLAG_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
 def _train_options(f=None, only: tuple[str, ...] | None = None):
-    """The options of _TRAIN_FLAGS (or of the fields `only`), each defaulting to None (not given)."""
+    """The train flags of config.train_flags() (or of the fields `only`) the CLI does not declare
+    itself, each defaulting to None (not given): a field's type, choices and help, from the
+    config's one declaration."""
     def decorate(f):
-        for flag, (name, typ, help_text) in reversed(_TRAIN_FLAGS.items()):
-            if only is not None and name not in only:
+        for name, field in reversed(train_flags().items()):
+            if field.metadata["own"] or (only is not None and name not in only):
                 continue
-            default = getattr(ModelConfig(), name, None)
-            default = getattr(TrainConfig(), name, default)
-            f = click.option(flag, name, type=typ, default=None,
-                             help=f"{help_text} [default: {default}]")(f)
+            choices = field.metadata["choices"]
+            kind = click.Choice(choices) if choices else _FLAG_TYPES[field.type]
+            f = click.option(flag_of(name), name, type=kind, default=None,
+                             help=f"{field.metadata['help']} [default: {field.default}]")(f)
         return f
     return decorate(f) if f is not None else decorate
 
@@ -190,15 +153,13 @@ def _train_options(f=None, only: tuple[str, ...] | None = None):
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
               help="TOML file of settings (field names as in `poetgen info`); flags override it.")
 @click.option("--time-budget", default=None,
-              help="Stop after this much wall time, evaluations included, e.g. 90s, 10m, 1h. "
-                   "[default: 10m if no --epochs/--max-steps is given]")
+              help=_own_help("time_budget") + " [default: 10m if no --epochs/--max-steps is "
+                                              "given]")
 @click.option("--device", default=None, metavar="DEVICE", shell_complete=lambda *a: _DEVICES,
-              help="Where to train: auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps. "
-                   "[default: auto]")
+              help=_own_help("device") + " [default: auto]")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads torch may use. [default: one per core]")
-@click.option("--tie-weights/--no-tie-weights", default=None,
-              help="Share input and output embeddings (needs --softmax full).")
+@click.option("--tie-weights/--no-tie-weights", default=None, help=_own_help("tie_weights"))
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--init", "init_from", default=None, metavar="CHECKPOINT",
               help="Start from a trained model's weights and vocabulary instead of random ones "

@@ -3,6 +3,11 @@
 The defaults are the configuration that reached the lowest validation bits-per-character in a
 10-minute run on a 2-core CPU (tang_train.txt -> tang_val.txt); see README "Choosing the defaults".
 A TOML file (`poetgen train --config FILE.toml`) may set any field by name; flags override it.
+
+Each field is declared once, with its default and what it means. A field made with `option(...)`
+is also a `poetgen train` flag, --NAME (underscores as dashes), whose help is that text and whose
+choices, where it has them, are what validate() accepts; the CLI builds its options from here
+(train_options) and names these flags in its messages.
 """
 
 from __future__ import annotations
@@ -23,29 +28,56 @@ MAX_SIZE = 1 << 24
 MAX_LAYERS = 256
 
 TEXT_KINDS = ("auto", "lines", "running")
+CELLS = ("lstm", "gru")
+SOFTMAXES = ("adaptive", "full")
+TRAIN_PRECISIONS = ("fp32", "bf16")
+
+
+def option(default, help: str, choices: tuple[str, ...] = (), own: bool = False):  # noqa: A002
+    """A field that is also a `poetgen train` flag: its default, its help (what the field
+    means), its choices. `own`: the CLI declares the flag itself (a duration, a device with
+    completion, an on/off pair), from this help all the same."""
+    return dataclasses.field(default=default,
+                             metadata={"help": help, "choices": choices, "own": own})
+
+
+def flag_of(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def train_flags() -> dict[str, dataclasses.Field]:
+    """Every field of ModelConfig and TrainConfig that `poetgen train` takes as a flag, by name."""
+    return {f.name: f for cls in (ModelConfig, TrainConfig) for f in dataclasses.fields(cls)
+            if "help" in f.metadata}
 
 
 @dataclass
 class ModelConfig:
     vocab_size: int = 0  # set from the corpus vocabulary, never by hand
-    embed_size: int = 128  # character embedding width
-    cell: str = "lstm"  # recurrent cell: "lstm" or "gru" (one update gate, no cell state)
-    hidden_size: int = 256  # LSTM cell size (GRU state size)
-    num_layers: int = 1  # stacked LSTM layers
-    proj_size: int = 0  # LSTM output projection (LSTMP); 0 = none
-    dropout: float = 0.1  # on embeddings, between layers and before the softmax (see README)
-    weight_drop: float = 0.0  # DropConnect on the recurrent weights (AWD-LSTM); 0 = off
-    softmax: str = "adaptive"  # "adaptive" (fast for thousands of characters) or "full"
+    embed_size: int = option(128, "Character embedding width.")
+    cell: str = option("lstm", "Recurrent cell: LSTM, or GRU (one update gate instead of input "
+                               "and forget gates, no cell state).", CELLS)
+    hidden_size: int = option(256, "LSTM cell size (GRU state size).")
+    num_layers: int = option(1, "Stacked LSTM layers.")
+    proj_size: int = option(0, "LSTM output projection size (LSTMP; 0 = none).")
+    dropout: float = option(0.1, "Dropout on embeddings, between layers and before the softmax.")
+    weight_drop: float = option(0.0, "DropConnect on the recurrent weights (AWD-LSTM; 0 = off).")
+    softmax: str = option("adaptive", "Output layer: adaptive (fast for thousands of characters) "
+                                      "or full.", SOFTMAXES)
     cutoffs: tuple[int, ...] = (1000, 3000)  # adaptive softmax cluster boundaries (by frequency rank)
-    tie_weights: bool = False  # share input embedding and output matrix (full softmax only)
-    attention: int = 0  # key width of one attention head over the poem so far (model.py); 0 = off
+    tie_weights: bool = option(False, "Share the input embedding and the output matrix (needs "
+                                      "--softmax full).", own=True)
+    attention: int = option(0, "Attention over the poem so far: key width of one head, e.g. 64 "
+                               "(0 = off; model.py).")
     newline_id: int = -1  # the newline's id, where a poem ends for the attention (from the vocabulary)
     # What kind of text the model learned, which decides how it is evaluated (and sampled):
     # "lines" = one document per line (poems: each line is scored alone from the poem-start
     # state), "running" = running text (prose, plays: one stream, state carried across lines).
     # "auto" is decided from the training corpus when training starts (corpus.detect_text_kind)
     # and the checkpoint stores the result; checkpoints from before this field read as "lines".
-    text_kind: str = "auto"
+    text_kind: str = option("auto", "What the corpus is: one document per line (poems), or "
+                                    "running text (prose); decides how the model is evaluated. "
+                                    "auto: running if it has blank lines.", TEXT_KINDS)
 
     def validate(self) -> None:
         _check(0 < self.vocab_size <= MAX_SIZE or self.vocab_size == 0,
@@ -55,12 +87,12 @@ class ModelConfig:
         _check(1 <= self.num_layers <= MAX_LAYERS, f"num_layers must be between 1 and {MAX_LAYERS}")
         _check(0 <= self.proj_size < self.hidden_size or self.proj_size == 0,
                "proj_size must be 0 or smaller than hidden_size")
-        _check(self.cell in ("lstm", "gru"), "cell must be 'lstm' or 'gru'")
+        _check(self.cell in CELLS, "cell must be 'lstm' or 'gru'")
         _check(not (self.cell == "gru" and self.proj_size), "proj_size needs cell = 'lstm'")
         _check(self.attention >= 0, "attention must be 0 (off) or a positive key width, e.g. 64")
         _check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
         _check(0.0 <= self.weight_drop < 1.0, "weight_drop must be in [0, 1)")
-        _check(self.softmax in ("adaptive", "full"), "softmax must be 'adaptive' or 'full'")
+        _check(self.softmax in SOFTMAXES, "softmax must be 'adaptive' or 'full'")
         _check(not (self.tie_weights and self.softmax == "adaptive"),
                "tie_weights needs softmax = 'full'")
         _check(self.text_kind in TEXT_KINDS, f"text_kind must be one of {', '.join(TEXT_KINDS)}")
@@ -95,32 +127,45 @@ def auto_lr(planned_steps: float) -> float:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 32  # parallel streams the token sequence is cut into
-    bptt: int = 64  # characters per truncated-BPTT chunk
-    lr: float = 0.0  # peak AdamW learning rate; 0 = from the run's length (auto_lr above)
-    weight_decay: float = 0.01  # AdamW decoupled weight decay (not applied to biases/norms)
+    batch_size: int = option(32, "Parallel streams the corpus is cut into, one chunk of each "
+                                 "per step.")
+    bptt: int = option(64, "Characters per truncated-BPTT chunk.")
+    lr: float = option(0.0, "Peak learning rate (AdamW, warm-up then cosine decay); 0: from "
+                            f"the run's planned steps, {AUTO_LR_HIGH} up to {AUTO_LR_STEPS[0]:,}, "
+                            f"{AUTO_LR_LOW} from {AUTO_LR_STEPS[1]:,} (a short run gains from a "
+                            "high rate, a long one ends lower with a low one).")
+    weight_decay: float = option(0.01, "AdamW decoupled weight decay (not on biases and norms).")
     warmup_steps: int = 100  # linear warm-up before the cosine decay
     min_lr_ratio: float = 0.05  # the decay ends at lr * min_lr_ratio
-    clip: float = 1.0  # max global gradient norm
-    epochs: float = 0.0  # stop after this many passes over the data; 0 = no limit
-    max_steps: int = 0  # stop after this many optimizer steps; 0 = no limit
-    time_budget: float = 600.0  # stop after this many seconds of wall time (evaluations included); 0 = no limit
-    shuffle: bool = True  # reorder the lines at every epoch (a one-document-per-line corpus only)
-    eval_every: int = 250  # steps between validations (and best/last checkpoints)
-    # A run validates at least this often: every 1/min_evals of its step or time limit too, so
-    # that a short run draws a curve (a 2-minute run at 250 steps was evaluated once, at its end).
-    min_evals: int = 10
+    clip: float = option(1.0, "Max global gradient norm.")
+    epochs: float = option(0.0, "Stop after this many passes over the corpus (0 = no limit).")
+    max_steps: int = option(0, "Stop after this many optimizer steps (0 = no limit).")
+    time_budget: float = option(600.0, "Stop after this much wall time, evaluations included, "
+                                       "e.g. 90s, 10m, 1h (0 = no limit).", own=True)
+    shuffle: bool = option(True, "Reorder the poems (lines) at every epoch; running text is "
+                                 "never reordered.")
+    eval_every: int = option(250, "Steps between validation + checkpoint.")
+    # At least this often: a short run draws a curve (a 2-minute run at 250 steps was evaluated
+    # once, at its end).
+    min_evals: int = option(10, "Validate at least this many times in a run (every 1/N of its "
+                                "step or time limit too).")
     sample_chars: int = 80  # length of the sample shown at each evaluation
-    min_count: int = 1  # characters seen fewer times than this map to the unknown token
-    max_vocab: int = 0  # keep at most this many characters (most frequent); 0 = all
-    init_max_unknown: float = 0.01  # --init refuses a corpus with a larger share outside its vocabulary
-    # Share held out for validation when no --val file is given: lines chosen by a hash for a
-    # one-document-per-line corpus, the last part of the text for running text (as char-rnn
-    # and nanoGPT split tinyshakespeare), so that neighbouring lines do not leak into val.
-    val_fraction: float = 0.05
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    precision: str = "fp32"  # "bf16": CUDA autocast (faster wide matmuls, coarser recurrence)
-    seed: int = 1234  # seeds weights, dropout and sampling shown during training
+    min_count: int = option(1, "Characters seen fewer times map to the unknown token.")
+    max_vocab: int = option(0, "Keep at most this many characters, the most frequent (0 = all).")
+    init_max_unknown: float = option(0.01, "With --init: refuse a corpus with a larger share of "
+                                           "characters outside the checkpoint's vocabulary (1 = "
+                                           "never refuse).")
+    # Lines chosen by a hash for a one-document-per-line corpus, the last part of the text for
+    # running text (as char-rnn and nanoGPT split tinyshakespeare), so that neighbouring lines
+    # do not leak into val.
+    val_fraction: float = option(0.05, "Share held out when --val is not given: lines chosen by "
+                                       "hash, or the end of running text.")
+    device: str = option("auto", "Where to train: auto (cuda, else mps, else cpu), cpu, cuda, "
+                                 "cuda:N or mps.", own=True)
+    # bf16: faster wide matmuls, a coarser recurrence.
+    precision: str = option("fp32", "bf16: mixed precision (autocast), on CUDA only (fp32 "
+                                    "elsewhere).", TRAIN_PRECISIONS)
+    seed: int = option(1234, "Random seed (weights, dropout, the samples shown).")
 
     def validate(self) -> None:
         _check(self.batch_size >= 1, "batch_size must be at least 1")
@@ -136,7 +181,7 @@ class TrainConfig:
         _check(0 < self.val_fraction < 1, "val_fraction must be between 0 and 1")
         _check(0 <= self.init_max_unknown <= 1, "init_max_unknown must be between 0 and 1")
         _check(is_device_name(self.device), f"device must be {DEVICE_NAMES}, not {self.device!r}")
-        _check(self.precision in ("fp32", "bf16"), "precision must be fp32 or bf16")
+        _check(self.precision in TRAIN_PRECISIONS, "precision must be fp32 or bf16")
 
 
 def check_types(cls, values: dict, where: str) -> dict:
