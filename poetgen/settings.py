@@ -15,7 +15,8 @@ A message names the setting as its front end spells it: `--temp needs a number >
 on the command line, `:temp needs a number > 0, not 'abc'` in the REPL, and
 `temperature needs ...` from Python.
 
-This module imports neither torch nor the model, so the CLI can build its options cheaply.
+This module imports neither torch nor the model (prosody, for the values the poem settings take,
+reads no data at import), so the CLI can build its options cheaply.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from poetgen.errors import ConfigError, PoetgenError
+from poetgen.verse.prosody import READINGS, RHYME_SCHEMES, TONE_MODES, one_of
 
 Side = Literal["cli", "repl", "api"]
 OFF_WORDS = ("off", "none")
@@ -200,8 +202,8 @@ class GenerationSettings:
         choices=("五绝", "五律", "七绝", "七律"), metavar="FORM"))  # 五绝|… misaligns click's help
     rhyme: str = setting("pingshui", Option(
         "rhyme", "Rhyme scheme: 平水韵 (pingshui), 中华新韵 (modern), or none (off).",
-        _choice("pingshui", "modern", "off"), "pingshui, modern or off",
-        choices=("pingshui", "modern", "off"), poem_only=True))
+        _choice(*RHYME_SCHEMES, "off"), one_of((*RHYME_SCHEMES, "off")),
+        choices=(*RHYME_SCHEMES, "off"), poem_only=True))
     rhyme_group: str | None = setting(None, Option(
         "rhyme-group", "Rhyme in this group (e.g. 下平十一尤, 十唐) or in the group of this "
         "character. [default: chosen by the first rhyme]", _group,
@@ -209,12 +211,12 @@ class GenerationSettings:
         aliases=("group",)))
     tones: str = setting("loose", Option(
         "tones", "平仄: loose frees positions 1, 3 (, 5) but avoids 孤平 and 三平尾; strict follows "
-        "the template everywhere; off.", _choice("loose", "strict", "off"),
-        "loose, strict or off", choices=("loose", "strict", "off"), poem_only=True))
+        "the template everywhere; off.", _choice(*TONE_MODES), one_of(TONE_MODES),
+        choices=TONE_MODES, poem_only=True))
     readings: str = setting("common", Option(
         "readings", "Which readings of a character (平/仄, rhyme group) a poem may use: common = "
         "those Tang poets used (poetgen/data/readings.json); all = every reading in the tables.",
-        _choice("common", "all"), "common or all", choices=("common", "all"), poem_only=True))
+        _choice(*READINGS), one_of(READINGS), choices=READINGS, poem_only=True))
     acrostic: str = setting("", Option(
         "acrostic", "藏头: the first characters of the lines, e.g. 春江花月.", _han_heads,
         "Chinese characters, one per line, or off", metavar="HEADS", poem_only=True))

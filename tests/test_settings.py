@@ -156,3 +156,23 @@ def test_decoder_messages_name_settings_as_each_side_does():
         "the start puts '秋' where :acrostic puts '春'; :no-repeat; :top-k; --unknown"
     assert GenerationSettings.named_for(message, "api") == \
         "prime puts '秋' where acrostic puts '春'; no_repeat; top_k; --unknown"
+
+
+def test_the_poem_settings_offer_what_the_checker_and_decoder_accept():
+    """One tuple each (prosody): the settings' choices, `check`'s, and what the core refuses."""
+    import dataclasses
+
+    from poetgen.errors import ConstraintError
+    from poetgen.verse.check import check_poem
+    from poetgen.verse.prosody import READINGS, RHYME_SCHEMES, TONE_MODES, scheme
+
+    options = {f.name: f.metadata["option"] for f in dataclasses.fields(GenerationSettings)}
+    assert options["tones"].choices == TONE_MODES and options["readings"].choices == READINGS
+    assert options["rhyme"].choices == (*RHYME_SCHEMES, "off")
+    poem = "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。"
+    for tones in TONE_MODES:  # each is judged (strict finds 欲穷千里目's 拗)
+        assert check_poem(poem, tones=tones).tones == tones
+    for bad in (dict(tones="lose"), dict(readings="some"), dict(rhyme="new")):
+        with pytest.raises(ConstraintError, match="must be"):
+            check_poem(poem, **bad)
+    assert {type(scheme(name)).__name__ for name in RHYME_SCHEMES} == {"Pingshui", "Modern"}

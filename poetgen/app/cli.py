@@ -28,6 +28,7 @@ from poetgen.lm.config import (INFERENCE_PRECISIONS, TrainConfig, flag_of,
 from poetgen.lm.launch import ENCODE_SETTINGS
 from poetgen.errors import ConfigError, PoetgenError, file_error
 from poetgen.settings import GenerationSettings
+from poetgen.verse.prosody import READINGS, RHYME_SCHEMES, TONE_MODES
 
 # Piped or redirected, stdout has no width of its own; rich would take 80 columns and cut the
 # cells of wide tables (eval --generate's) to "100.…". A file or a pipe gets whole rows.
@@ -665,11 +666,11 @@ def checkpoints_cmd(as_json):
 
 @cli.command()
 @click.argument("poem")
-@click.option("--rhyme", type=click.Choice(["pingshui", "modern"]), default="pingshui",
+@click.option("--rhyme", type=click.Choice(RHYME_SCHEMES), default="pingshui",
               show_default=True, help="Rhyme scheme to judge by.")
-@click.option("--tones", type=click.Choice(["loose", "strict", "off"]), default="loose",
+@click.option("--tones", type=click.Choice(TONE_MODES), default="loose",
               show_default=True, help="How strictly to judge 平仄 (see `sample --help`).")
-@click.option("--readings", type=click.Choice(["all", "common"]), default="all", show_default=True,
+@click.option("--readings", type=click.Choice(READINGS), default="all", show_default=True,
               help="Which readings of a 多音字 count: all (a rare one is allowed with a warning naming "
                    "it) or common (only readings Tang poets really used; a rare one fails).")
 @click.option("--warnings-fail", is_flag=True,

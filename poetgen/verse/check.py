@@ -24,10 +24,9 @@ from functools import lru_cache
 
 from poetgen.verse.lexicon import bundled
 from poetgen.verse.scores import couplet_scores
-from poetgen.errors import ConstraintError
-from poetgen.verse.prosody import (NEIGHBOURS, PING, READINGS, ZE, Form, LineShape, Reading, Template,
-                                   detect_form, is_han, line_rhymes, line_shapes, scheme, split_verse,
-                                   templates)
+from poetgen.verse.prosody import (NEIGHBOURS, PING, READINGS, TONE_MODES, ZE, Form, LineShape,
+                                   Reading, Template, check_choice, detect_form, is_han,
+                                   line_rhymes, line_shapes, scheme, split_verse, templates)
 
 __all__ = ["CharInfo", "Report", "check_poem", "detect_form", "distinct_n"]
 
@@ -101,8 +100,8 @@ def check_poem(text: str, rhyme: str = "pingshui", tones: str = "loose", reading
     readings: "all" (rare readings allowed, each with a warning) or "common" (only well-attested
     readings). sanzewei: warn about lines ending in three 仄 (三仄尾).
     """
-    if readings not in READINGS:
-        raise ConstraintError(f"readings must be one of {', '.join(READINGS)}, not {readings!r}")
+    check_choice("readings", readings, READINGS)
+    check_choice("tones", tones, TONE_MODES)
     rs = scheme(rhyme, "all")
     lines = split_verse(text)
     report = Report(text=text.strip(), scheme=rhyme, tones=tones, readings=readings)

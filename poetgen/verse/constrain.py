@@ -38,9 +38,9 @@ import torch
 from poetgen.lm.corpus import NEWLINE, Vocab
 from poetgen.errors import ConstraintError
 from poetgen.lm.model import CharLSTM, evaluating, sampling
-from poetgen.verse.prosody import (COMMA, PERIOD, PING, READINGS, ZE, Form, Template, free_positions,
-                                   get_form, han_only, is_han, line_end_mark, line_rhymes, scheme,
-                                   split_verse, templates)
+from poetgen.verse.prosody import (COMMA, PERIOD, PING, TONE_MODES, ZE, Form, Template,
+                                   check_choice, free_positions, get_form, han_only, is_han,
+                                   line_end_mark, line_rhymes, scheme, split_verse, templates)
 from poetgen.lm.sample import (Sample, any_true, as_float, check_sampling_args, new_seed,
                                as_bool, prime_model, sample_next, uniforms, with_temperature)
 
@@ -239,7 +239,7 @@ def compile_spec(spec: PoemSpec, vocab: Vocab, device: torch.device | str = "cpu
 
 @functools.lru_cache(maxsize=16)
 def _compile(spec: PoemSpec, vocab: Vocab, device: str) -> Compiled:
-    _check_vocabulary_can_write(spec, vocab)
+    _check_spec(spec, vocab)
     fixed = _fixed_chars(spec)
     _check_fixed_chars(spec, vocab, fixed)
     writable = _writable(spec, vocab)
@@ -308,11 +308,10 @@ class _Rhyme:
         return as_float(self.member)
 
 
-def _check_vocabulary_can_write(spec: PoemSpec, vocab: Vocab) -> None:
-    if spec.tones not in ("off", "loose", "strict"):
-        raise ConstraintError(f"tones must be off, loose or strict, not {spec.tones!r}")
-    if spec.readings not in READINGS:
-        raise ConstraintError(f"readings must be one of {', '.join(READINGS)}, not {spec.readings!r}")
+def _check_spec(spec: PoemSpec, vocab: Vocab) -> None:
+    """The spec's settings are known values (scheme() checks the readings and the rhyme scheme)
+    and the vocabulary has what every poem needs."""
+    check_choice("tones", spec.tones, TONE_MODES)
     for ch, name in ((COMMA, "'，'"), (PERIOD, "'。'"), (NEWLINE, "the newline (end of poem)")):
         if ch not in vocab:
             raise ConstraintError(f"the model's vocabulary has no {name}; it was not trained on "

@@ -23,9 +23,27 @@ from poetgen.errors import ConstraintError
 PING, ZE = "平", "仄"
 COMMA, PERIOD = "，", "。"
 
+# The values of the poem settings every front end offers and the checker and decoder accept
+# (settings.py, `check`'s options), declared here once.
+RHYME_SCHEMES = ("pingshui", "modern")  # 平水韵, 中华新韵
+# 平仄: loose frees positions 1, 3 (, 5) but avoids 孤平 and 三平尾; strict follows the
+# template everywhere; off ignores tones.
+TONE_MODES = ("loose", "strict", "off")
 # Which readings of a character count: "common" = only those well attested in Tang regular verse
 # (the derived table's common readings), "all" = every reading the rhyme table or pypinyin gives.
 READINGS = ("common", "all")
+
+
+def one_of(values: tuple[str, ...]) -> str:
+    """'a, b or c'."""
+    return ", ".join(values[:-1]) + " or " + values[-1] if len(values) > 1 else values[0]
+
+
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    """ConstraintError unless `value` is one of `allowed` (a Python caller's typo; the front
+    ends offer only these)."""
+    if value not in allowed:
+        raise ConstraintError(f"{name} must be {one_of(allowed)}, not {value!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,13 +444,9 @@ def _modern_group(syllable: str) -> str | None:
 @cache
 def scheme(name: str, readings: str = "all") -> RhymeScheme:
     """The rhyme scheme `name` (pingshui | modern), seeing `readings` (common | all)."""
-    if readings not in READINGS:
-        raise ConstraintError(f"readings must be one of {', '.join(READINGS)}, not {readings!r}")
-    if name == "pingshui":
-        return Pingshui(readings)
-    if name == "modern":
-        return Modern(readings)
-    raise ConstraintError(f"unknown rhyme scheme {name!r}; use pingshui or modern")
+    check_choice("readings", readings, READINGS)
+    check_choice("the rhyme scheme", name, RHYME_SCHEMES)
+    return Pingshui(readings) if name == "pingshui" else Modern(readings)
 
 
 # --------------------------------------------------------------------------------------------
