@@ -78,12 +78,8 @@ def load(checkpoint: str | Path | None = "default", device: str = "cpu",
     """A model from a checkpoint file, a run directory, or "default" (the bundled Tang model).
 
     None means what the CLI does without --checkpoint: $POETGEN_CHECKPOINT, else the newest
-    checkpoint under ./checkpoints, else the bundled model. `precision` is the CLI's --precision:
-    the weights the model multiplies with on a CPU, "fp32", "bf16", "int8", "w8a8" or "auto"
-    (int8 for up to 4 rows at a time on x86 CPUs with AVX2 or AVX-512; for more, bf16 where the
-    CPU has native bfloat16, else w8a8 on x86, else fp32; see poetgen/lm/inference.py). A seed
-    writes the same poem again at the same precision on the same kind of CPU; fp32 is the one
-    to compare across CPUs.
+    checkpoint under ./checkpoints, else the bundled model. `precision` is the CLI's --precision
+    (config.INFERENCE_PRECISION_HELP: "auto", "fp32", "bf16", "int8" or "w8a8").
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")

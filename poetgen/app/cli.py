@@ -23,8 +23,8 @@ from rich.console import Console
 from rich.table import Table
 
 from poetgen import __version__
-from poetgen.lm.config import (INFERENCE_PRECISIONS, TrainConfig, flag_of,
-                               to_dict, train_flags)
+from poetgen.lm.config import (INFERENCE_PRECISION_HELP, INFERENCE_PRECISIONS, TrainConfig,
+                               flag_of, to_dict, train_flags)
 from poetgen.lm.launch import ENCODE_SETTINGS
 from poetgen.errors import ConfigError, PoetgenError, file_error
 from poetgen.settings import GenerationSettings
@@ -278,17 +278,7 @@ def device_options(f):
     """--device, --threads and --precision: where and how a command runs its model (a matter of
     the machine, not a generation setting)."""
     f = click.option("--precision", type=click.Choice(INFERENCE_PRECISIONS), default="auto",
-                     show_default=True,
-                     help="The weights the model multiplies with on a CPU (not a GPU): fp32; "
-                          "bf16 or int8 copies, or w8a8 (the LSTM's gates in int8 weights and "
-                          "activations; x86): faster, the bundled model's val bpc moves by "
-                          "less than 0.001; or auto: int8 for up to 4 rows at a time (poems or "
-                          "candidates) on x86 CPUs with AVX2 or AVX-512; for more, bf16 where "
-                          "the CPU has native bfloat16 (AMX, AVX512-BF16), else w8a8 on x86, "
-                          "else fp32. A seed "
-                          "writes the same poem again at the "
-                          "same precision on the same kind of CPU; fp32 is the one to compare "
-                          "across CPUs.")(f)
+                     show_default=True, help=INFERENCE_PRECISION_HELP)(f)
     f = click.option("--threads", type=click.IntRange(1), default=None,
                      help=f"CPU threads torch may use. [default: {MODEL_STEP_THREADS}: the "
                           "model runs a small step at a time, where more threads mostly "

@@ -224,10 +224,17 @@ def _is_number(value) -> bool:
 
 
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N (the N-th GPU) or mps"
-# The weights inference multiplies with on a CPU (see inference.py): auto is int8 for a few rows
-# (x86 with AVX2 or AVX-512), and for more bf16 where the CPU has native bfloat16, else w8a8 on
-# x86 (the LSTM's gates in int8 weights and activations), else fp32.
+# The weights inference multiplies with on a CPU (inference.py; `auto` is inference.product_kind),
+# and what a user is told of them (`--precision`, poetgen.load), in one place.
 INFERENCE_PRECISIONS = ("auto", "fp32", "bf16", "int8", "w8a8")
+INFERENCE_PRECISION_HELP = (
+    "The weights the model multiplies with on a CPU (not a GPU): fp32; bf16 or int8 copies, or "
+    "w8a8 (the LSTM's gates in int8 weights and activations; x86): faster, the bundled model's "
+    "val bpc moves by less than 0.001; or auto: int8 for up to 4 rows at a time (poems or "
+    "candidates) on x86 CPUs with AVX2 or AVX-512; for more, bf16 where the CPU has native "
+    "bfloat16 (AMX, AVX512-BF16), else w8a8 on x86, else fp32. A seed writes the same poem "
+    "again at the same precision on the same kind of CPU; fp32 is the one to compare across "
+    "CPUs.")
 
 
 def is_device_name(name: str) -> bool:

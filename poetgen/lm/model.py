@@ -108,10 +108,9 @@ class CharLSTM(nn.Module):
             self.gru = nn.GRU(E, H, L, dropout=between)
         else:  # the attribute keeps its name, so checkpoints from before GRUs load unchanged
             self.lstm = nn.LSTM(E, H, L, dropout=between, proj_size=config.proj_size)
-        # Inference on CPU (no gradients): "fp32", "bf16", "int8" or "w8a8" copies of the
-        # weights for the LSTM's and the adaptive softmax's products, or "auto" (the fastest of
-        # them for the batch size on this CPU); see inference.py. Not saved: a setting of the
-        # commands.
+        # Inference on CPU (no gradients): the copies of the LSTM's and the adaptive softmax's
+        # weights its products use, one of config.INFERENCE_PRECISIONS ("auto":
+        # inference.product_kind). Not saved: a setting of the commands.
         self.inference_precision = "fp32"
         self._lstm_copies = inference.lstm_copies() if config.cell == "lstm" else None
         self._adaptive_copies = inference.adaptive_copies()
