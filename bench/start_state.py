@@ -4,9 +4,12 @@ learned start state, and of the whole file as one stream (state carried from poe
     python bench/start_state.py CHECKPOINT [VAL_FILE]
 """
 
+import copy
 import json
 import sys
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from poetgen.lm.checkpoint import load_checkpoint, resolve  # noqa: E402
@@ -17,8 +20,20 @@ from poetgen.verse.metrics import mean_logprobs  # noqa: E402
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 
 
+def from_zeros(model):
+    """A copy of `model` whose poem-start state (and the output it gives) is zeros."""
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.start_h.zero_()
+        twin.start_c.zero_()
+        if twin.attention is not None:
+            twin.start_out.zero_()
+    return twin
+
+
 def per_poem_bpc(ck, poems, from_zero):
-    means = mean_logprobs(ck.model, ck.vocab, poems, from_zero=from_zero)
+    model = from_zeros(ck.model) if from_zero else ck.model
+    means = mean_logprobs(model, ck.vocab, poems)
     lengths = [len(p) + 1 for p in poems]
     return -sum(m * n for m, n in zip(means, lengths)) / sum(lengths) / LN2
 

@@ -169,6 +169,18 @@ def test_the_peak_learning_rate_follows_the_run_s_plan_unless_given_or_fixed():
         TrainConfig(warmup_steps=-1).validate()
 
 
+def test_a_gru_takes_half_the_lstms_rate_at_every_length(tmp_path, tiny_text):
+    from poetgen.lm.config import auto_lr
+
+    for steps in (1, 800, 1500, 2200, 3000, 10_000, math.inf):
+        assert auto_lr(steps, "gru") == pytest.approx(auto_lr(steps) / 2)
+    ids, val, vocab = setup(tiny_text)  # and a GRU run with lr 0 fixes a GRU's peak
+    cfg = TrainConfig(**{**TINY_TRAIN, "lr": 0.0, "max_steps": 8, "eval_every": 4, "min_evals": 1})
+    train(ids, val, vocab, ModelConfig(**TINY_MODEL, cell="gru"), cfg, tmp_path)
+    meta = load_checkpoint(tmp_path / "last.safetensors").meta["training"]
+    assert meta["peak_lr"] == pytest.approx(auto_lr(8, "gru")) == pytest.approx(0.01)
+
+
 def test_a_run_with_lr_0_fixes_its_peak_after_the_warm_up_and_a_resume_keeps_it(
         tmp_path, tiny_text, monkeypatch):
     """With the thresholds scaled down to a tiny run: 6 planned steps take a rate between the

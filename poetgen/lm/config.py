@@ -115,14 +115,20 @@ REGULARIZATION = ("dropout", "weight_drop")
 # not pay: 6.4147 against 0.01's 6.4072.
 AUTO_LR_HIGH, AUTO_LR_LOW = 0.02, 0.01
 AUTO_LR_STEPS = (1500, 3000)  # the high rate up to the first, the low from the second
+# The GRU's best rates are half the LSTM's at every length measured (docs/runs/cells-s10, step
+# limits, one core each): 800 steps 0.01 6.809 / 0.02 6.933 / 0.005 7.017 (the LSTM's best there
+# is 0.02's 6.876); 1,500 0.01 6.593 / 0.005 6.705; 10 idle minutes (~6,000 steps) 0.005 6.319 /
+# 0.01 6.411 (session 8).
+AUTO_LR_SCALE = {"lstm": 1.0, "gru": 0.5}
 
 
-def auto_lr(planned_steps: float) -> float:
-    """The peak learning rate for a run of `planned_steps` optimizer steps: AUTO_LR_HIGH up to
-    AUTO_LR_STEPS[0], AUTO_LR_LOW from AUTO_LR_STEPS[1], log-linear in between."""
+def auto_lr(planned_steps: float, cell: str = "lstm") -> float:
+    """The peak learning rate for a run of `planned_steps` optimizer steps of a `cell` model:
+    AUTO_LR_HIGH up to AUTO_LR_STEPS[0], AUTO_LR_LOW from AUTO_LR_STEPS[1], log-linear in
+    between, times AUTO_LR_SCALE[cell]."""
     short, long = AUTO_LR_STEPS
     share = math.log(max(planned_steps, short) / short) / math.log(long / short)
-    return AUTO_LR_HIGH * (AUTO_LR_LOW / AUTO_LR_HIGH) ** min(1.0, share)
+    return AUTO_LR_SCALE[cell] * AUTO_LR_HIGH * (AUTO_LR_LOW / AUTO_LR_HIGH) ** min(1.0, share)
 
 
 @dataclass
@@ -133,7 +139,8 @@ class TrainConfig:
     lr: float = option(0.0, "Peak learning rate (AdamW, warm-up then cosine decay); 0: from "
                             f"the run's planned steps, {AUTO_LR_HIGH} up to {AUTO_LR_STEPS[0]:,}, "
                             f"{AUTO_LR_LOW} from {AUTO_LR_STEPS[1]:,} (a short run gains from a "
-                            "high rate, a long one ends lower with a low one).")
+                            "high rate, a long one ends lower with a low one); half those for "
+                            "--cell gru.")
     weight_decay: float = option(0.01, "AdamW decoupled weight decay (not on biases and norms).")
     warmup_steps: int = 100  # linear warm-up before the cosine decay
     min_lr_ratio: float = 0.05  # the decay ends at lr * min_lr_ratio

@@ -135,6 +135,14 @@ def _pool_nll(model: CharLSTM, pool: list[torch.Tensor]) -> Iterator[torch.Tenso
     yield from scored
 
 
+@torch.no_grad()
+def line_nats(model: CharLSTM, lines: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Nats of every token of each line (1-D ids), each read alone from the start state as the
+    "lines" reading reads a line, in the order given: one (len,) tensor per line."""
+    with evaluating(model):
+        return list(_pool_nll(model, lines))
+
+
 def _lines_nll(model: CharLSTM, pieces: Iterable[torch.Tensor],
                newline: int | None) -> Iterator[torch.Tensor]:
     """Nats of every token, each line scored alone from the start state, in text order."""

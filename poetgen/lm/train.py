@@ -155,12 +155,12 @@ def planned_steps(cfg: TrainConfig, step: int, elapsed: float, chunks_per_epoch:
     return min(limits)
 
 
-def peak_lr(cfg: TrainConfig, planned: float, fixed: float = 0.0) -> float:
+def peak_lr(cfg: TrainConfig, planned: float, fixed: float = 0.0, cell: str = "lstm") -> float:
     """cfg.lr (a resume may set a new one); for lr = 0, the peak `fixed` earlier in the run, else
     the auto_lr of the `planned` steps."""
     if cfg.lr > 0:
         return cfg.lr
-    return fixed if fixed > 0 else auto_lr(planned)
+    return fixed if fixed > 0 else auto_lr(planned, cell)
 
 
 def step_limit(cfg: TrainConfig, chunks_per_epoch: int) -> float:
@@ -746,7 +746,7 @@ class _Loop:
         # once the plan is known and kept by --resume, so that the decay has one height whatever
         # the pace does later.
         planned = planned_steps(self.config, run.step, run.elapsed, self.chunks, self.pace_from)
-        peak = peak_lr(self.config, planned, run.peak_lr)
+        peak = peak_lr(self.config, planned, run.peak_lr, run.model.config.cell)
         if (not self.config.lr and run.step + 1 >= self.config.warmup_steps
                 and math.isfinite(planned)):
             run.peak_lr = peak

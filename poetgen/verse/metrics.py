@@ -10,7 +10,8 @@ import torch
 
 from poetgen.verse.check import check_poem, distinct_n
 from poetgen.lm.corpus import NEWLINE, Vocab, iter_text
-from poetgen.lm.model import CharLSTM, evaluating
+from poetgen.lm.evaluate import line_nats
+from poetgen.lm.model import CharLSTM
 from poetgen.verse.lexicon import Lexicon
 from poetgen.verse.prosody import split_verse
 from poetgen.verse.repeats import repeated_chars
@@ -52,32 +53,11 @@ class CopyIndex:
         return best
 
 
-@torch.no_grad()
-def mean_logprobs(model: CharLSTM, vocab: Vocab, poems: list[str], batch: int = 64,
-                  from_zero: bool = False) -> list[float]:
-    """Per-character log-probability of each poem and its end (newline), each poem read alone.
-
-    Poems start from the learned poem-start state, or from zeros with `from_zero` (to measure
-    what the start state is worth).
-    """
-    out: list[float] = []
-    with evaluating(model):
-        for s in range(0, len(poems), batch):
-            texts = [p + NEWLINE for p in poems[s:s + batch]]
-            T = max(len(t) for t in texts)
-            ids = torch.full((T, len(texts)), vocab.newline_id or 0, dtype=torch.long)
-            mask = torch.zeros(T, len(texts), dtype=torch.bool)
-            for j, t in enumerate(texts):
-                ids[: len(t), j] = torch.tensor(vocab.encode(t))
-                mask[: len(t), j] = True
-            state = model.zero_state(len(texts)) if from_zero else model.start_state(len(texts))
-            outputs, _ = model(ids, state)
-            first = state[0][-1] if from_zero else model.start_output(len(texts))  # (B, P)
-            predictors = torch.cat([first[None], outputs[:-1]])  # (T, B, P)
-            logp = model.log_probs(predictors).gather(-1, ids[..., None]).squeeze(-1)
-            total = (logp * mask).sum(0) / mask.sum(0)
-            out.extend(total.tolist())
-    return out
+def mean_logprobs(model: CharLSTM, vocab: Vocab, poems: list[str]) -> list[float]:
+    """Per-character log-probability of each poem and its end (newline), each poem read alone
+    from the poem-start state (evaluate's "lines" reading, in length-sorted batches)."""
+    nats = line_nats(model, [torch.tensor(vocab.encode(p + NEWLINE)) for p in poems])
+    return [-float(n.mean()) for n in nats]
 
 
 @dataclass
