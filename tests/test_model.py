@@ -157,6 +157,39 @@ def _small(seed=0, **kw):
     return CharLSTM(ModelConfig(**{**config, **kw})).eval()
 
 
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_the_gru_step_from_stacked_copies_is_torchs_gru(num_layers, rows):
+    """The oracle: nn.GRU. One stacked product of [x h] a step, in float32, gives its outputs
+    and state to float32's rounding, over 30 steps from a random state."""
+    from poetgen.lm import inference
+
+    torch.manual_seed(3)
+    gru = torch.nn.GRU(16, 32, num_layers).eval()
+    x, h0 = torch.randn(30, rows, 16), torch.randn(num_layers, rows, 32)
+    layers = [inference._GruLayer(gru, i, "fp32") for i in range(num_layers)]
+    with torch.no_grad():
+        expected, h_expected = gru(x, h0)
+        out, h = inference.gru_forward(layers, x, h0)
+    assert torch.allclose(out, expected, atol=1e-5) and torch.allclose(h, h_expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind, tolerance", [("bf16", 0.02), ("int8", 0.05),
+                                             pytest.param("w8a8", 0.05, marks=NEEDS_W8A8)])
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("rows", [1, 7])
+def test_a_grus_reduced_copies_follow_its_float32_model(kind, tolerance, num_layers, rows):
+    """As the LSTM's below: a GRU model's outputs, state and log-probabilities through its
+    reduced copies stay within their rounding of float32's."""
+    model = _small(cell="gru", num_layers=num_layers)
+    tokens = torch.randint(0, 60, (40, rows))
+    (out, h, _, logp), (out_r, h_r, _, logp_r) = (_outputs(model, tokens, "fp32"),
+                                                  _outputs(model, tokens, kind))
+    for a, b in ((out, out_r), (h, h_r), (logp, logp_r)):
+        assert a.shape == b.shape and b.dtype == torch.float32 and not torch.equal(a, b)
+        assert torch.allclose(a, b, atol=tolerance), (a - b).abs().max()
+
+
 @pytest.mark.parametrize("kind, tolerance", [("bf16", 0.02), ("int8", 0.05),
                                              pytest.param("w8a8", 0.05, marks=NEEDS_W8A8)])
 @pytest.mark.parametrize("proj_size, num_layers", [(0, 1), (16, 1), (16, 2)])

@@ -1,5 +1,5 @@
-"""Faster inference on a CPU: the LSTM's and the adaptive softmax's matrix products done with
-bfloat16 or int8 copies of their weights (and, for the gates, int8 activations: w8a8).
+"""Faster inference on a CPU: the LSTM's (or GRU's) and the adaptive softmax's matrix products
+done with bfloat16 or int8 copies of their weights (and, for the gates, int8 activations: w8a8).
 
 Sampling and scoring spend most of their time in matrix products: for the bundled model, per
 character, a 6144 × 640 product for the LSTM's gates, a 512 × 1536 projection, and the softmax's
@@ -269,6 +269,24 @@ class _LstmLayer:
         self.project = Product(get("weight_hr"), _beside_gates(kind)) if lstm.proj_size else None
 
 
+class _GruLayer:
+    """One GRU layer's copies, one product a step as the LSTM's: [x_t h] times a stacked matrix
+    gives the sums of the reset and update gates, and the input's and the state's shares of the
+    candidate apart (n = tanh(x W_in + b_in + r ⊙ (h W_hn + b_hn)) scales only the latter),
+    so its rows are [W_ir W_hr; W_iz W_hz; W_in 0; 0 W_hn]: (4H, E + H)."""
+
+    def __init__(self, gru: nn.GRU, layer: int, kind: str):
+        get = lambda name: getattr(gru, f"{name}_l{layer}").detach()  # noqa: E731
+        H = gru.hidden_size
+        w_ih, w_hh = get("weight_ih"), get("weight_hh")  # (3H, E), (3H, H): rows r, z, n
+        stacked = torch.cat([torch.cat([w_ih[: 2 * H], w_hh[: 2 * H]], dim=1),
+                             torch.cat([w_ih[2 * H :], w_hh.new_zeros(H, H)], dim=1),
+                             torch.cat([w_ih.new_zeros(H, w_ih.size(1)), w_hh[2 * H :]], dim=1)])
+        self.gates = Product(stacked, kind)
+        b_ih, b_hh = get("bias_ih"), get("bias_hh")
+        self.bias = torch.cat([b_ih[: 2 * H] + b_hh[: 2 * H], b_ih[2 * H :], b_hh[2 * H :]])
+
+
 class _AdaptiveCopies:
     """nn.AdaptiveLogSoftmaxWithLoss's copies: the first product of every cluster and the head
     stacked into one matrix (one product per step instead of 1 + clusters), then each cluster's
@@ -374,6 +392,16 @@ def lstm_copies() -> Copies:
     return Copies(lambda lstm: [w for layer in lstm.all_weights for w in layer], _lstm_layers)
 
 
+def _gru_layers(gru: nn.GRU, kind: str) -> list[_GruLayer] | None:
+    """Every layer's copies, or None where they came out float32 (as _lstm_layers)."""
+    layers = [_GruLayer(gru, i, kind) for i in range(gru.num_layers)]
+    return None if any(layer.gates.kind == "fp32" for layer in layers) else layers
+
+
+def gru_copies() -> Copies:
+    return Copies(lambda gru: [w for layer in gru.all_weights for w in layer], _gru_layers)
+
+
 def _adaptive_weights(adaptive: nn.AdaptiveLogSoftmaxWithLoss) -> list[torch.Tensor]:
     # Named rather than found by module.parameters(), whose walk over the submodules cost more
     # than the rest of the check (~7 µs a step).
@@ -425,6 +453,27 @@ def lstm_forward(layers: list[_LstmLayer], x: torch.Tensor,
     if len(layers) == 1:  # sampling's usual case: views, not copies
         return x, (hs[0][None], cs[0][None])
     return x, (torch.stack(hs), torch.stack(cs))
+
+
+def gru_forward(layers: list[_GruLayer], x: torch.Tensor, h0: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """nn.GRU's output for x (T, B, E) float32 from h0 (L, B, H), in eval mode: outputs
+    (T, B, H) and the state after the last step (L, B, H), float32 (see lstm_forward)."""
+    hs = []
+    for layer, copies in enumerate(layers):
+        h = h0[layer]  # (B, H)
+        H = h.size(1)
+        dtype = copies.gates.input_dtype
+        outputs = []
+        for x_t in x.to(dtype).unbind(0):
+            g = copies.gates(torch.cat([x_t, h.to(dtype)], dim=1)).float().add_(copies.bias)
+            rz = g[:, : 2 * H].sigmoid_()  # reset, update
+            n = torch.addcmul(g[:, 2 * H : 3 * H], rz[:, :H], g[:, 3 * H :]).tanh_()
+            h = torch.addcmul(n, rz[:, H:], h - n)  # (1 - z) n + z h
+            outputs.append(h)
+        x = torch.stack(outputs) if len(outputs) > 1 else h[None]
+        hs.append(h)
+    return x, (hs[0][None] if len(layers) == 1 else torch.stack(hs))
 
 
 def adaptive_log_prob(copies: _AdaptiveCopies, x: torch.Tensor) -> torch.Tensor:

@@ -112,7 +112,9 @@ class CharLSTM(nn.Module):
         # weights its products use, one of config.INFERENCE_PRECISIONS ("auto":
         # inference.product_kind). Not saved: a setting of the commands.
         self.inference_precision = "fp32"
+        # The recurrence's reduced copies: of the LSTM's weights, or of the GRU's.
         self._lstm_copies = inference.lstm_copies() if config.cell == "lstm" else None
+        self._gru_copies = inference.gru_copies() if config.cell == "gru" else None
         self._adaptive_copies = inference.adaptive_copies()
         self.attention = PoemAttention(self.output_size, config.attention) if config.attention else None
         self.cutoffs = [c for c in config.cutoffs if c < V - 1]
@@ -213,13 +215,19 @@ class CharLSTM(nn.Module):
         return None if kind == "fp32" else kind
 
     def _rnn(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        kind = self._reduced_kind(x, x.size(1)) if self._lstm_copies is not None else None
-        layers = self._lstm_copies.get(self.lstm, kind) if kind is not None else None
-        if layers is not None:  # None: copies that would not pay (inference._lstm_layers)
-            return inference.lstm_forward(layers, x, state[:2])
+        gru = self.config.cell == "gru"
+        kind = self._reduced_kind(x, x.size(1))
+        if kind is not None and gru:
+            layers = self._gru_copies.get(self.gru, kind)
+            if layers is not None:  # None: copies that would not pay (inference._gru_layers)
+                out, h = inference.gru_forward(layers, x, state[0])
+                return out, (h, state[1])
+        elif kind is not None:
+            layers = self._lstm_copies.get(self.lstm, kind)
+            if layers is not None:  # None: copies that would not pay (inference._lstm_layers)
+                return inference.lstm_forward(layers, x, state[:2])
         # oneDNN has no projection LSTM: PyTorch falls back to ATen's, but warns on every run.
         use_aten = stepwise() if self.config.proj_size and x.device.type == "cpu" else nullcontext()
-        gru = self.config.cell == "gru"
         rnn_state = state[0] if gru else state
         with use_aten:
             if not (self.training and self.config.weight_drop > 0):
@@ -345,8 +353,8 @@ def sampling(model: CharLSTM) -> Iterator[CharLSTM]:
     """For a loop that feeds `model` one character at a time (sampling, beam search): evaluation
     mode, ATen's LSTM kernel (stepwise), and the reduced copies looked up once, the weights
     being assumed not to change in the middle of the loop (inference.Copies.held)."""
-    lstm = model._lstm_copies.held() if model._lstm_copies is not None else nullcontext()
-    with evaluating(model), stepwise(), lstm, model._adaptive_copies.held():
+    recurrent = model._lstm_copies or model._gru_copies
+    with evaluating(model), stepwise(), recurrent.held(), model._adaptive_copies.held():
         yield model
 
 
