@@ -496,12 +496,21 @@ def _fit(spec: PoemSpec, vocab: Vocab, fixed: dict[tuple[int, int], str], layout
         what = whys[0] if len(whys) == 1 else ("no tonal template fits the constraints: "
                                                + "; ".join(whys))
         raise ConstraintError(f"{what} — {'; or '.join(fixes)}")
-    # Rhymes every surviving template shares narrow the candidates up front.
-    cand0 = rhyme.cand0.clone()
-    for t, pos in enumerate(layout.positions):
-        if pos in fixed and rhyme.group_names and bool(rhyme.at[alive0, t].all()):
-            cand0 &= rhyme.member[vocab.id(fixed[pos])]
-    return alive0, cand0
+    fixed_ids = {t: vocab.id(fixed[pos]) for t, pos in enumerate(layout.positions) if pos in fixed}
+    return alive0, _shared_rhymes(rhyme.cand0, alive0, fixed_ids, rhyme.at, rhyme.member,
+                                  bool(rhyme.group_names))
+
+
+def _shared_rhymes(cand: torch.Tensor, alive: torch.Tensor, fixed_ids: dict[int, int],
+                   rhymes_at: torch.Tensor, member: torch.Tensor, rhymed: bool) -> torch.Tensor:
+    """The rhyme groups `cand` (G,) narrowed up front by each fixed character (step -> id) at a
+    step where every surviving template (`alive` (K,)) rhymes: any poem finished rhymes there."""
+    cand = cand.clone()
+    if rhymed and alive.any():
+        for t, v in fixed_ids.items():
+            if bool(rhymes_at[alive, t].all()):
+                cand &= member[v]
+    return cand
 
 
 def _one_hot(V: int, index: int) -> torch.Tensor:
@@ -600,11 +609,8 @@ def _fit_extra(c: Compiled, extra: dict[tuple[int, int], str]) -> tuple[torch.Te
                 cand = cand & c.member[v]
         if alive[k] and c.group_names:
             alive[k] = bool((cand & (c.rhyme_count >= c.rhymes_left[k, 0])).any())
-    cand = c.cand0[0].clone()
-    for t, v in ids.items():  # rhymes every surviving template shares narrow the groups up front
-        if c.group_names and alive.any() and bool(c.rhymes_at[alive, t].all()):
-            cand &= c.member[v]
-    return alive, cand
+    return alive, _shared_rhymes(c.cand0[0], alive, ids, c.rhymes_at, c.member,
+                                 bool(c.group_names))
 
 
 # --------------------------------------------------------------------------------------------
