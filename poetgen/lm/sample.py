@@ -159,7 +159,9 @@ def prime_model(model: CharLSTM, ids: list[int], batch: int) -> tuple[torch.Tens
 def generate(model: CharLSTM, vocab: Vocab, n: int = 1, max_chars: int = 200,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, prime: str = "",
              seed: int | None = None, stop_at_newline: bool = True) -> list[Sample]:
-    """Sample `n` texts in one batch; each ends at a newline (end of poem) or after `max_chars`."""
+    """Sample `n` texts in one batch; each ends at a newline (end of poem) or after `max_chars`.
+    The defaults are plain sampling's (temperature 1); the product's (GenerationSettings) come
+    through poetgen.write."""
     check_sampling_args(temperature, top_k, top_p)
     if max_chars < 1:
         raise ConfigError(f"max-chars must be at least 1, got {max_chars}")

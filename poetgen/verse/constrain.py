@@ -763,6 +763,10 @@ def generate_poems(model: CharLSTM, compiled: Compiled, n: int = 1, temperature:
                    rank: Rank | None = None, line_keep: int = 0, max_rounds: int = 8) -> list[Poem]:
     """`n` poems that satisfy `compiled`'s constraints.
 
+    The defaults are the plain decoder's (temperature 1, one candidate, no penalty, no pruning);
+    the product's (GenerationSettings: 0.8, best-of 16, ...) come through poetgen.write, which
+    `sample`, the REPL and the API call.
+
     best_of: sample that many candidates per poem and keep the best by `rank` (default: the
     model's log-probability per character less the repetition penalties taken). beam: beam search of that width instead of sampling;
     returns its n best. novel_lines: verse lines that must not be copied (poems that copy one are
