@@ -159,6 +159,17 @@ def test_settings_messages_name_flags_but_not_inside_paths_or_flags():
     assert _as_flags(kept) == kept
     # A field that is no flag (a --config file's alone) keeps its name: there is no --warmup-steps.
     assert _as_flags("warmup_steps must be 0 or more") == "warmup_steps must be 0 or more"
+    # Nor does a setting a --config file set.
+    assert _as_flags("lr must be positive; seed", {"lr"}) == "lr must be positive; --seed"
+
+
+def test_a_config_files_setting_is_named_as_the_file_names_it(runner, corpus_file, tmp_path):
+    toml = tmp_path / "bad.toml"
+    toml.write_text("lr = -1\n", encoding="utf-8")
+    r = runner.invoke(cli, ["train", str(corpus_file), "--config", str(toml), "--out", "x"])
+    assert r.exit_code == 1 and "Error: lr must be positive" in r.output and "--lr" not in r.output
+    r = runner.invoke(cli, ["train", str(corpus_file), "--lr", "-1", "--out", "x"])
+    assert r.exit_code == 1 and "Error: --lr must be positive" in r.output
 
 
 def test_train_flags_are_the_config_fields_declared_as_options(runner):

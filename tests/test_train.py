@@ -167,6 +167,9 @@ def test_the_peak_learning_rate_follows_the_run_s_plan_unless_given_or_fixed():
         TrainConfig(lr=-0.01).validate()
     with pytest.raises(ConfigError, match="warmup_steps must be 0 or more"):
         TrainConfig(warmup_steps=-1).validate()
+    for limit in ("epochs", "max_steps", "time_budget"):  # a negative one ran without end
+        with pytest.raises(ConfigError, match="epochs, max_steps and time_budget must be 0"):
+            TrainConfig(**{"max_steps": 10, limit: -2}).validate()
 
 
 def test_a_gru_takes_half_the_lstms_rate_at_every_length(tmp_path, tiny_text):
@@ -346,6 +349,15 @@ def test_time_budget_counts_evaluations_and_the_last_one_fits(tmp_path, tiny_tex
     # end at 301. That evaluation is the last (the run went on to step 101 and ended at 301).
     result = run(tmp_path / "b", tiny_text, max_steps=0, time_budget=250, eval_every=100)
     assert result.steps == 100 and result.elapsed == 200.0
+    # 100 s of starting (reading, building) before the first step is no step's time: with 150 s
+    # left for 1 s steps the run trains to 150 s (it stopped after one step, taking the first
+    # step for 101 s). Its one evaluation's length is unknown until it has run.
+    ids, val, vocab = setup(tiny_text)
+    cfg = TrainConfig(**{**TINY_TRAIN, "max_steps": 0, "time_budget": 150, "eval_every": 1000,
+                         "min_evals": 1})
+    result = train(ids, val, vocab, ModelConfig(**TINY_MODEL), cfg, tmp_path / "c",
+                   started=now[0] - 100.0)
+    assert result.steps == 50 and result.elapsed == 250.0
 
 
 def test_lines_are_reshuffled_every_epoch(tmp_path, tiny_text, monkeypatch):

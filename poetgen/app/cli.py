@@ -24,7 +24,7 @@ from rich.table import Table
 
 from poetgen import __version__
 from poetgen.lm.config import (INFERENCE_PRECISION_HELP, INFERENCE_PRECISIONS, TrainConfig,
-                               flag_of, to_dict, train_flags)
+                               flag_of, load_toml, to_dict, train_flags)
 from poetgen.lm.launch import ENCODE_SETTINGS
 from poetgen.errors import ConfigError, PoetgenError, file_error
 from poetgen.settings import GenerationSettings
@@ -115,14 +115,18 @@ def _own_help(name: str) -> str:
     return train_flags()[name].metadata["help"]
 
 
-def _as_flags(message: str) -> str:
-    """A settings message as the command line spells the settings: `lr` becomes `--lr`,
-    `time_budget` `--time-budget` (the configs, a --config file and `poetgen info` use the field
-    names). Only settings that are flags; a name inside a path or a flag already is left alone."""
+def _as_flags(message: str, from_file: set[str] = frozenset()) -> str:
+    """A settings message as the user spells the settings: as flags (`lr` -> `--lr`,
+    `time_budget` -> `--time-budget`), but for those a --config file set (`from_file`, not
+    given again as flags), which keep the file's field names. A name inside a path or a flag
+    is left alone."""
     import re
 
-    names = "|".join(sorted(map(re.escape, train_flags()), key=len, reverse=True))
-    return re.sub(rf"(?<![-\w/.])({names})(?![-\w/.])", lambda m: flag_of(m.group(1)), message)
+    names = [name for name in train_flags() if name not in from_file]
+    if not names:
+        return message
+    pattern = "|".join(sorted(map(re.escape, names), key=len, reverse=True))
+    return re.sub(rf"(?<![-\w/.])({pattern})(?![-\w/.])", lambda m: flag_of(m.group(1)), message)
 
 
 _FLAG_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
@@ -211,10 +215,14 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, thre
                              time_budget=time_budget, out_dir=out_dir, resume=resume,
                              init=init_from,
                              notify=lambda note: err.print(f"[yellow]note:[/] {note}"))
-    except ConfigError as e:  # a message about the --config file keeps the file's spelling
-        if config_file is None or str(config_file) not in str(e):
-            raise ConfigError(_as_flags(str(e))) from None
-        raise
+    except ConfigError as e:  # in the words the user typed: flags as flags, a file's fields
+        if config_file is not None and str(config_file) in str(e):
+            raise  # about the file itself
+        given = {name for name, value in flags.items() if value is not None}
+        given |= {name for name, value in (("time_budget", time_budget), ("device", device),
+                                           ("tie_weights", tie_weights)) if value is not None}
+        from_file = set(load_toml(config_file)) - given if config_file is not None else set()
+        raise ConfigError(_as_flags(str(e), from_file)) from None
     model_config, config, out_dir = plan.model_config, plan.config, plan.out_dir
     meta = plan.base_meta
 

@@ -181,6 +181,8 @@ class TrainConfig:
         _check(self.clip > 0, "clip must be positive")
         _check(self.warmup_steps >= 0, "warmup_steps must be 0 or more")
         _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]")
+        _check(min(self.epochs, self.max_steps, self.time_budget) >= 0,
+               "epochs, max_steps and time_budget must be 0 (no limit) or more")
         _check(self.epochs > 0 or self.max_steps > 0 or self.time_budget > 0,
                "set at least one of epochs, max_steps or time_budget, or training never ends")
         _check(self.eval_every >= 1, "eval_every must be at least 1")

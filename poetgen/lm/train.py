@@ -709,7 +709,9 @@ class _Loop:
             (run.elapsed, finished, run.eval_pending), stopping = distributed.agree(
                 self.world, (run.elapsed, finished, run.eval_pending), stop.signal is not None,
                 self.device)
-            self.step_seconds = run.elapsed - before
+            # The first step of this process also carries its start (reading, building, a first
+            # step's allocations, a resume's loading): no step's time.
+            self.step_seconds = run.elapsed - before if self.pace_from is not None else 0.0
             if self.pace_from is None:
                 self.pace_from = (run.step, run.elapsed)
 
@@ -764,8 +766,9 @@ class _Loop:
         run.chars_per_s = self.meter.chars_per_s
         self.callbacks.on_step(StepInfo(run.step, self.steps, loss, run.lr,
                                         self.meter.chars_per_s, run.elapsed))
+        # Another step (as long as the last one) and the last evaluation must fit.
         finished = (self.progress(run.elapsed) >= 1.0
-                    or self.out_of_time(run.elapsed - elapsed_before + self.eval_seconds))
+                    or self.out_of_time(self.step_seconds + self.eval_seconds))
         run.eval_pending = finished or evaluation_due(self.config, run.step, elapsed_before,
                                                       run.elapsed, self.steps)
         return finished
