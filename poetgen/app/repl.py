@@ -327,14 +327,14 @@ class Session:
         from poetgen.app.render import render_report
         from poetgen.verse.check import check_poem
 
-        if arg and not re.fullmatch(r"#?\d+", arg):
-            text, own = arg, self.settings
-        else:
+        if arg and not re.fullmatch(r"#?\d+", arg):  # a pasted poem: judged as `check` does
+            text, own, readings = arg, self.settings, "all"
+        else:  # a poem of the session: by the readings it was written under
             _, poem = self._poem(f"#{arg.lstrip('#')}" if arg else "")
-            text, own = poem.text, poem.settings
+            text, own, readings = poem.text, poem.settings, poem.settings.readings
         rhyme = own.rhyme if own.rhyme != "off" else "pingshui"
         self.ui.show(render_report(check_poem(text, rhyme=rhyme, tones=own.tones,
-                                              readings=own.readings)))
+                                              readings=readings)))
 
     @command("save", "FILE [#N]", "Append the poem (or poem #N) to FILE.", values="path")
     def save(self, arg: str) -> None:
