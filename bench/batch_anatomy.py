@@ -65,7 +65,7 @@ def main():
     figures = {"checkpoint": str(ck.path), "threads": torch.get_num_threads(), "rows": args.rows,
                "kind": kind, "chars_per_s": {"real": chars_per_s(model, vocab, args.rows,
                                                                  args.chars)}}
-    layers = model._lstm_copies.get(model.lstm, kind)
+    layers = model._rnn_copies.get(model.lstm, kind)
     adaptive = model._adaptive_copies.get(model.adaptive, kind)
     if layers is None:
         raise SystemExit(f"{kind} products fall back to nn.LSTM on this CPU: nothing to fake")

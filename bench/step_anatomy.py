@@ -42,7 +42,7 @@ class Replay:
 
 def stream_us(model, vocab, replace: str, big: torch.Tensor) -> float:
     """µs per character of one free stream of 200, median of 5, with `replace` products faked."""
-    lstm = model._lstm_copies.get(model.lstm, "int8")[0]
+    lstm = model._rnn_copies.get(model.lstm, "int8")[0]
     adaptive = model._adaptive_copies.get(model.adaptive, "int8")
     saved = (lstm.gates, lstm.project, adaptive.first, adaptive.seconds)
     if replace != "none":
@@ -99,7 +99,7 @@ def main():
     for _ in range(500):
         big.sum()
     read_us = (time.perf_counter() - start) / 500 * 1e6
-    gates = model._lstm_copies.get(model.lstm, "int8")[0].gates
+    gates = model._rnn_copies.get(model.lstm, "int8")[0].gates
     print(json.dumps({
         "checkpoint": str(ck.path), "threads": torch.get_num_threads(),
         "stream_us_per_char": {label: stream_us(model, vocab, replace, big) for label, replace in

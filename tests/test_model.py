@@ -391,11 +391,11 @@ def test_where_w8a8_has_no_kernel_the_next_fastest_copy_serves(native, monkeypat
     # The projection and the softmax fall back as the gates do (float32 beside w8a8's gates
     # only where those are w8a8): no bfloat16 gates fed by a float32 projection.
     model = _small(seed=6, proj_size=16)
-    layer = model._lstm_copies.get(model.lstm, "w8a8")
+    layer = model._rnn_copies.get(model.lstm, "w8a8")
     copies = model._adaptive_copies.get(model.adaptive, "w8a8")
     if native:
         assert {layer[0].gates.kind, layer[0].project.kind, copies.first.kind} == {"bf16"}
-    else:  # float32 gates: nn.LSTM's own serves (_lstm_layers)
+    else:  # float32 gates: nn.LSTM's own serves (rnn_copies)
         assert layer is None and copies.first.kind == "fp32"
 
 
@@ -493,7 +493,7 @@ def test_w8a8_quantizes_the_gates_input_alone(monkeypatch):
     from poetgen.lm import inference
 
     model = _small(proj_size=16)
-    layers = model._lstm_copies.get(model.lstm, "w8a8")
+    layers = model._rnn_copies.get(model.lstm, "w8a8")
     assert layers[0].gates.kind == "w8a8" and layers[0].project.kind == "fp32"
     copies = model._adaptive_copies.get(model.adaptive, "w8a8")
     assert all(p.kind == "fp32" for p in (copies.first, *copies.seconds))

@@ -218,9 +218,8 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, thre
     except ConfigError as e:  # in the words the user typed: flags as flags, a file's fields
         if config_file is not None and str(config_file) in str(e):
             raise  # about the file itself
-        given = {name for name, value in flags.items() if value is not None}
-        given |= {name for name, value in (("time_budget", time_budget), ("device", device),
-                                           ("tie_weights", tie_weights)) if value is not None}
+        given = {name for name, value in {**flags, "time_budget": time_budget,
+                                            "device": device}.items() if value is not None}
         from_file = set(load_toml(config_file)) - given if config_file is not None else set()
         raise ConfigError(_as_flags(str(e), from_file)) from None
     model_config, config, out_dir = plan.model_config, plan.config, plan.out_dir

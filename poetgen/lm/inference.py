@@ -380,26 +380,18 @@ class Copies:
         return Copies(self._weights, self._build)
 
 
-def _lstm_layers(lstm: nn.LSTM, kind: str) -> list[_LstmLayer] | None:
-    """Every layer's copies, or None where a gate product's copy came out float32 (int8 asked
-    for, a width the kernel cannot take, no native bfloat16): float32 weights behind
-    bfloat16-rounded inputs are slower and less exact than nn.LSTM's own, which then runs."""
-    layers = [_LstmLayer(lstm, i, kind) for i in range(lstm.num_layers)]
-    return None if any(layer.gates.kind == "fp32" for layer in layers) else layers
+def rnn_copies(cell: str) -> Copies:
+    """The copies of an nn.LSTM's ("lstm") or nn.GRU's ("gru") weights, layer by layer. A kind
+    whose gate products come out float32 (int8 asked for, a width the kernel cannot take, no
+    native bfloat16) gives None: float32 weights behind bfloat16-rounded inputs are slower and
+    less exact than the module's own, which then runs."""
+    layer_copies = _GruLayer if cell == "gru" else _LstmLayer
 
+    def build(rnn: nn.LSTM | nn.GRU, kind: str) -> list | None:
+        layers = [layer_copies(rnn, i, kind) for i in range(rnn.num_layers)]
+        return None if any(layer.gates.kind == "fp32" for layer in layers) else layers
 
-def lstm_copies() -> Copies:
-    return Copies(lambda lstm: [w for layer in lstm.all_weights for w in layer], _lstm_layers)
-
-
-def _gru_layers(gru: nn.GRU, kind: str) -> list[_GruLayer] | None:
-    """Every layer's copies, or None where they came out float32 (as _lstm_layers)."""
-    layers = [_GruLayer(gru, i, kind) for i in range(gru.num_layers)]
-    return None if any(layer.gates.kind == "fp32" for layer in layers) else layers
-
-
-def gru_copies() -> Copies:
-    return Copies(lambda gru: [w for layer in gru.all_weights for w in layer], _gru_layers)
+    return Copies(lambda rnn: [w for layer in rnn.all_weights for w in layer], build)
 
 
 def _adaptive_weights(adaptive: nn.AdaptiveLogSoftmaxWithLoss) -> list[torch.Tensor]:

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from poetgen.errors import ConfigError
-from poetgen.lm.config import ModelConfig, TrainConfig, load_toml, parse_duration, run_configs
+from poetgen.lm.config import (ModelConfig, TrainConfig, flag_of, load_toml, parse_duration,
+                               run_configs)
 
 # Settings a prepared corpus fixes when it is encoded (its vocabulary and validation share).
 ENCODE_SETTINGS = ("min_count", "max_vocab", "val_fraction")
@@ -80,7 +81,7 @@ def prepared_settings(corpus: Path, values: dict) -> dict:
     fixed = {name: encoded[name] for name in ENCODE_SETTINGS if encoded[name] is not None}
     for name, value in fixed.items():
         if name in values and values[name] != value:
-            flag = f"--{name.replace('_', '-')}"
+            flag = flag_of(name)
             raise ConfigError(f"{corpus} was encoded with {flag} {value}; drop {flag}, or "
                               "encode it again with it")
     return fixed

@@ -112,9 +112,7 @@ class CharLSTM(nn.Module):
         # weights its products use, one of config.INFERENCE_PRECISIONS ("auto":
         # inference.product_kind). Not saved: a setting of the commands.
         self.inference_precision = "fp32"
-        # The recurrence's reduced copies: of the LSTM's weights, or of the GRU's.
-        self._lstm_copies = inference.lstm_copies() if config.cell == "lstm" else None
-        self._gru_copies = inference.gru_copies() if config.cell == "gru" else None
+        self._rnn_copies = inference.rnn_copies(config.cell)  # of the LSTM's or the GRU's
         self._adaptive_copies = inference.adaptive_copies()
         self.attention = PoemAttention(self.output_size, config.attention) if config.attention else None
         self.cutoffs = [c for c in config.cutoffs if c < V - 1]
@@ -217,15 +215,12 @@ class CharLSTM(nn.Module):
     def _rnn(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         gru = self.config.cell == "gru"
         kind = self._reduced_kind(x, x.size(1))
-        if kind is not None and gru:
-            layers = self._gru_copies.get(self.gru, kind)
-            if layers is not None:  # None: copies that would not pay (inference._gru_layers)
+        layers = self._rnn_copies.get(self.rnn, kind) if kind is not None else None
+        if layers is not None:  # None: copies that would not pay (inference.rnn_copies)
+            if gru:
                 out, h = inference.gru_forward(layers, x, state[0])
                 return out, (h, state[1])
-        elif kind is not None:
-            layers = self._lstm_copies.get(self.lstm, kind)
-            if layers is not None:  # None: copies that would not pay (inference._lstm_layers)
-                return inference.lstm_forward(layers, x, state[:2])
+            return inference.lstm_forward(layers, x, state[:2])
         # oneDNN has no projection LSTM: PyTorch falls back to ATen's, but warns on every run.
         use_aten = stepwise() if self.config.proj_size and x.device.type == "cpu" else nullcontext()
         rnn_state = state[0] if gru else state
@@ -353,8 +348,7 @@ def sampling(model: CharLSTM) -> Iterator[CharLSTM]:
     """For a loop that feeds `model` one character at a time (sampling, beam search): evaluation
     mode, ATen's LSTM kernel (stepwise), and the reduced copies looked up once, the weights
     being assumed not to change in the middle of the loop (inference.Copies.held)."""
-    recurrent = model._lstm_copies or model._gru_copies
-    with evaluating(model), stepwise(), recurrent.held(), model._adaptive_copies.held():
+    with evaluating(model), stepwise(), model._rnn_copies.held(), model._adaptive_copies.held():
         yield model
 
 

@@ -754,7 +754,7 @@ class _Loop:
             run.peak_lr = peak
         run.lr = learning_rate(self.config, run.step, progress, peak)
         loss, run.state = optimizer_step(self.net, run.optimizer, x, y, run.state, run.lr,
-                                   self.config.clip, self.bf16)
+                                         self.config.clip, self.bf16)
         if not math.isfinite(loss):
             raise NonFiniteLossError(f"the training loss became {loss} at step {run.step + 1}; "
                                      f"nothing was saved after it: {self.checkpoints.kept()}. "

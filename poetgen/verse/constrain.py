@@ -40,7 +40,8 @@ from poetgen.errors import ConstraintError
 from poetgen.lm.model import CharLSTM, evaluating, sampling
 from poetgen.verse.prosody import (COMMA, PERIOD, PING, TONE_MODES, ZE, Form, Template,
                                    check_choice, free_positions, get_form, han_only, is_han,
-                                   line_end_mark, line_rhymes, scheme, split_verse, templates)
+                                   line_end_mark, line_rhymes, one_of, scheme, split_verse,
+                                   templates)
 from poetgen.lm.sample import (Sample, any_true, as_float, check_sampling_args, new_seed,
                                as_bool, prime_model, sample_next, uniforms, with_temperature)
 
@@ -523,20 +524,14 @@ def _looser_tones(spec: PoemSpec) -> str:
     return {"strict": "--tones loose or off", "loose": "--tones off"}.get(spec.tones, "")
 
 
-def _or(*options: str) -> str:
-    """'a, b or c' of the options given (empty ones left out)."""
-    options = tuple(o for o in options if o)
-    return ", ".join(options[:-1]) + " or " + options[-1] if len(options) > 1 else options[0]
-
-
 # What to change, for each kind of template conflict (_template_conflict), given the spec.
 _FIXES: dict[str, Callable[[PoemSpec], str]] = {
-    "tone": lambda spec: "use " + _or("another character", _looser_tones(spec)),
+    "tone": lambda spec: "use " + one_of(("another character", _looser_tones(spec))),
     "rhyme": lambda spec: ("give fixed characters that rhyme with each other and with the rhyme "
                            "group (`poetgen check` shows a character's groups)"),
-    "empty": lambda spec: _or("choose another rhyme group",
-                              "use " + _looser_tones(spec) if _looser_tones(spec) else "",
-                              "ban fewer characters" if _banned(spec) else ""),
+    "empty": lambda spec: one_of(("choose another rhyme group",
+                                  "use " + _looser_tones(spec) if _looser_tones(spec) else "",
+                                  "ban fewer characters" if _banned(spec) else "")),
     "small": lambda spec: "choose another rhyme group",
 }
 

@@ -35,7 +35,8 @@ READINGS = ("common", "all")
 
 
 def one_of(values: tuple[str, ...]) -> str:
-    """'a, b or c'."""
+    """'a, b or c' of the values (empty ones left out)."""
+    values = tuple(v for v in values if v)
     return ", ".join(values[:-1]) + " or " + values[-1] if len(values) > 1 else values[0]
 
 
