@@ -18,7 +18,7 @@ from poetgen.app.render import poem_rows, verse_rows, wrap_fields
 from poetgen.app.repl import COMMANDS, Session, read_pick_answer
 from poetgen.settings import GenerationSettings
 from poetgen.verse.check import check_poem
-from poetgen.verse.prosody import split_verse
+from poetgen.verse.prosody import FORMS, split_verse
 
 from test_constrain import synthetic_poems
 
@@ -483,29 +483,37 @@ def status_rows(term: Terminal) -> list[str]:
     return [row for row in term.rows[starts[-1]:] if row] if starts else []
 
 
+def wait_status(term: Terminal, **settings) -> list[str]:
+    """Wait until the whole status bar shows `settings`' summary (all its rows: a bar is drawn
+    row by row, so its first row alone can be on the screen before the rest); return its rows."""
+    summary = GenerationSettings(**settings).summary()
+    term.wait(lambda: " · ".join(status_rows(term)) == summary, f"the status bar {summary!r}")
+    return status_rows(term)
+
+
 def test_terminal_completion_status_bar_history(checkpoint, tmp_path):
     term = Terminal(checkpoint, tmp_path)
     term.prompt()
-    term.wait_for(r"^form 七绝 · rhyme pingshui")
+    wait_status(term, form="七绝")
     assert term.rows[-2].startswith("form 七绝 · rhyme pingshui")  # the status bar, at the bottom
     assert term.rows[-1].startswith("seed")  # 80 columns: the rest on the row below
     # Tab completes the command, then lists the values of the setting.
     term.child.send(":fo\t")
     term.prompt(":form")
     term.child.send("\t")
-    term.wait_for(r"^\s+五绝\s*$")
-    assert re.search(r"^\s+七律\s*$", term.text, re.M)
+    term.wait(lambda: all(re.search(rf"^\s+{form}\s*$", term.text, re.M) for form in FORMS),
+              "the four forms listed")
     term.child.send("五绝")
     term.prompt(":form 五绝")
     term.child.send("\r")
     term.prompt()
-    term.wait_for(r"^form 五绝 · rhyme")
+    wait_status(term, form="五绝")
     # A poem; the status bar changes in place, it is not printed among the output.
     term.run("春风")
     assert any(POEM.match(row) and row.startswith("春风") for row in term.rows)
     term.run(":temp 0.5")
-    term.wait_for(r"^form 五绝 · .* temp 0\.5")
-    assert len(status_rows(term)) == 2 and term.text.count("form 五绝 ·") == 1
+    assert len(wait_status(term, form="五绝", temperature=0.5)) == 2
+    assert term.text.count("form 五绝 ·") == 1
     # :pick's answers do not go into the history.
     term.child.send(":pick\r")
     term.wait_for("Pick the next character")
@@ -559,10 +567,8 @@ def test_terminal_keys_during_generation_and_ctrl_c_then_ctrl_d(checkpoint, tmp_
 def test_terminal_narrow_verse_per_row_and_ctrl_d_while_writing(checkpoint, tmp_path):
     term = Terminal(checkpoint, tmp_path, rows=30, cols=36)
     term.prompt()
-    term.wait_for(r"^form 七绝 · rhyme")
-    bar = status_rows(term)  # the whole summary, broken between fields to fit
+    bar = wait_status(term, form="七绝")  # the whole summary, broken between fields to fit
     assert all(len(row) <= 36 for row in bar) and len(bar) > 1
-    assert " · ".join(bar) == GenerationSettings(form="七绝").summary()
     term.run(":n 2")
     term.run("春风")
     rows = [row for row in term.rows if re.fullmatch(r"(\d\. |   )\S{7}[，。]", row)]
