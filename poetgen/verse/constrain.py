@@ -23,6 +23,10 @@ what the chosen character allows, so a step always has at least one allowed char
 can come only from --no-repeat exhausting a tiny vocabulary (or, in a vocabulary of a few dozen
 characters, from a first line ending on a character its rhyme group needed), and such poems are
 redone.
+
+The masks know a character's readings, not which one a line gives it. Under modern rhyme the
+checker reads a 多音字 by its neighbours (长 is cháng in 长城, zhǎng in 生长), so a finished
+candidate is kept only if the checker passes it under the same settings (_checker_passes).
 """
 
 from __future__ import annotations
@@ -789,15 +793,17 @@ def _by_logprob(poems: list[Poem]) -> list[float]:
 
 def _generate_poems(model, compiled, n, temperature, top_k, top_p, seed, best_of, beam, novel_lines,
                     penalty, rank, line_keep, max_rounds) -> list[Poem]:
+    passes = _checker_passes(compiled.spec)
     if beam:
         if n > beam:
             raise ConstraintError(f"--beam {beam} keeps {beam} candidates; ask for at most that many poems")
         with sampling(model):
             poems = _beam(model, compiled, beam, seed, penalty)
-        poems = [p for p in poems if not _copies(p.text, novel_lines)]
+        poems = [p for p in poems if not _copies(p.text, novel_lines) and passes(p.text)]
         if len(poems) < n:
-            raise ConstraintError("beam search found no poem that avoids the --novel corpus; "
-                                  "sample instead (drop --beam)")
+            raise ConstraintError(f"beam search found only {len(poems)} of the {n} poem(s) asked "
+                                  "for that avoid the --novel corpus and pass the checker; sample "
+                                  "instead (drop --beam)")
         return poems[:n]
     result: list[Poem | None] = [None] * n
     gen = torch.Generator(device=model.start_h.device).manual_seed(seed)
@@ -816,14 +822,34 @@ def _generate_poems(model, compiled, n, temperature, top_k, top_p, seed, best_of
                      if p is not None and not _copies(p.text, novel_lines)]
             if group:
                 scores = rank(group)
-                result[i] = group[max(range(len(group)), key=scores.__getitem__)]
+                # The best that the checker passes (ties: the first, as max takes it).
+                best = sorted(range(len(group)), key=scores.__getitem__, reverse=True)
+                result[i] = next((group[k] for k in best if passes(group[k].text)), None)
     missing = sum(p is None for p in result)
     if missing:
         why = "every try copied a line of the --novel corpus" if novel_lines else \
             "--no-repeat, or the rhyme group's unused characters (no 重韵), ran out"
+        if passes is not _always:
+            why += ("; or the checker read a 多音字 in its line with a tone or rhyme the template "
+                    "does not allow (modern rhyme reads characters in context)")
         raise ConstraintError(f"{missing} poem(s) could not be finished in {max_rounds} tries: {why}; "
                               "raise --temp or relax the constraints")
     return result  # type: ignore[return-value]
+
+
+def _always(text: str) -> bool:
+    return True
+
+
+def _checker_passes(spec: PoemSpec) -> Callable[[str], bool]:
+    """What a finished poem must pass besides the masks: where the scheme reads characters in
+    context (see the module's docstring), `check_poem` under the spec's settings; else nothing,
+    since the masks and the checker read each character alike."""
+    if not (spec.rhyme and scheme(spec.rhyme).reads_in_context):
+        return _always
+    from poetgen.verse.check import check_poem  # the checker imports the scorer, not the decoder
+
+    return lambda text: check_poem(text, spec.rhyme, spec.tones, spec.readings).ok
 
 
 def _copies(text: str, novel_lines: set[str] | None) -> bool:

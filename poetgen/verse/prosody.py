@@ -272,6 +272,9 @@ class RhymeScheme:
     group_names: list[str]
     level_groups: set[str]  # groups that rhyme in level tone (all of them for modern rhyme)
     mode: str = "all"
+    # Whether readings_in_context reads a 多音字 by its neighbours, so that which of its readings
+    # counts is known only once its line is written (modern: pypinyin's phrase data).
+    reads_in_context: bool = False
 
     def readings(self, ch: str) -> tuple[Reading, ...]:
         """Every reading of `ch`, each marked common or not."""
@@ -375,6 +378,7 @@ class Modern(RhymeScheme):
     name = "modern"
     group_names = list(_MODERN)
     level_groups = set(_MODERN)
+    reads_in_context = True
 
     def __init__(self, mode: str = "all"):
         self.mode = mode
