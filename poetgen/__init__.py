@@ -36,6 +36,8 @@ def check(poem: str, rhyme: str = "pingshui", tones: str = "loose", readings: st
     """
     from poetgen.verse.check import check_poem
 
+    if not isinstance(poem, str):
+        raise ConfigError(f"check needs the poem's text (a str), not {poem!r}")
     return check_poem(poem, rhyme=rhyme, tones=tones, readings=readings, sanzewei=sanzewei)
 
 

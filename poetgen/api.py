@@ -49,11 +49,17 @@ class Poet:
         (see `GenerationSettings` for every field, its default and meaning). Poems are `Poem`s
         (text, mean_logprob, seed, form, template, rhyme_group); free texts are `Sample`s.
         """
+        if settings is not None and not isinstance(settings, GenerationSettings):
+            raise ConfigError(f"write's first argument is a GenerationSettings, not "
+                              f"{type(settings).__name__}; give settings as keyword arguments, "
+                              "e.g. write(form=\"五绝\")")
         base = settings or GenerationSettings()
         unknown = sorted(set(changes) - set(GenerationSettings.options()))
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: "
                               f"{', '.join(GenerationSettings.options())}")
+        # Text reads as on the command line ("off", "0.5"); other values must have the type.
+        changes = {k: GenerationSettings.from_python(k, v) for k, v in changes.items()}
         from poetgen.verse.lexicon import lexicon_for
 
         # Corpus statistics for themes and ranking: the run directory's own, else the bundled ones.
@@ -63,12 +69,14 @@ class Poet:
     @torch.no_grad()
     def score(self, text: str) -> float:
         """Bits per character of `text` under the model, read from the poem-start state as
-        `poetgen eval` reads a file (each line alone for a model of one poem per line).
+        `poetgen eval` reads a file (each line alone for a model of one poem per line). Only the
+        characters given count: a file's lines end in a newline, which eval scores too (the
+        model's "the poem is over"), so `score(poem + "\n")` is eval's figure for that line.
 
         Characters the model never saw score as its unknown token; `vocab.unknown(text)` lists them.
         """
-        if not text:
-            raise ConfigError("score needs some text; got an empty string")
+        if not isinstance(text, str) or not text:
+            raise ConfigError(f"score needs some text (a str), not {text!r}")
         ids = torch.tensor(self.vocab.encode(text), dtype=torch.long)
         return evaluate_ids(self.model, self.vocab, [ids]).bpc
 
@@ -81,10 +89,12 @@ def load(checkpoint: str | Path | None = "default", device: str = "cpu",
     checkpoint under ./checkpoints, else the bundled model. `precision` is the CLI's --precision
     (config.INFERENCE_PRECISION_HELP: "auto", "fp32", "bf16", "int8" or "w8a8").
     """
+    from poetgen.lm.train import pick_device
+
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     ck = ckpt_mod.load_checkpoint(ckpt_mod.resolve(None if checkpoint is None else str(checkpoint)),
-                                  device=device)
+                                  device=pick_device(device, "device"))
     ck.model.inference_precision = precision
     return Poet(ck.model, ck.vocab, ck.path, ck.meta, ck.notes)
 

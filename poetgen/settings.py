@@ -290,16 +290,61 @@ class GenerationSettings:
     def parse(cls, name: str, text: str, side: Side) -> Any:
         """The value of field `name` from `text`, or a ConfigError that names it as `side` does."""
         option = cls.options()[name]
-        # Python callers get the command line's limits; the REPL may have its own.
-        low, high = option.limits.get(side) or option.limits.get("cli", (None, None))
-        expects = option.expects.format(low=low, high=high)
+        low, high = cls._limits(name, side)
         try:
             value = option.parse(text)
             if low is not None and not low <= value <= high:
                 raise ValueError
         except (ValueError, TypeError, OverflowError):
-            raise ConfigError(f"{cls.public(name, side)} needs {expects}, not {text!r}") from None
+            raise ConfigError(f"{cls.public(name, side)} needs {cls._expects(name, side)}, "
+                              f"not {text!r}") from None
         return value
+
+    @classmethod
+    def from_python(cls, name: str, value: Any) -> Any:
+        """A Python caller's value for field `name`, as the field holds it: text is read as the
+        command line reads it ("off", "qijue", "0.5"), None is off where a field can be off, and
+        anything else must be of the field's type (an int for a float; True is not a number)."""
+        if isinstance(value, str):
+            return cls.parse(name, value, "api")
+        default = cls.default(name)
+        if value is None and default in (None, ""):
+            return default
+        if cls._of_kind(name, value):
+            return float(value) if cls._kind(name) is float else value
+        raise cls._wrong_kind(name, value, "api")
+
+    @classmethod
+    def _limits(cls, name: str, side: Side) -> tuple[int | None, int | None]:
+        # Python callers get the command line's limits; the REPL may have its own.
+        limits = cls.options()[name].limits
+        return limits.get(side) or limits.get("cli", (None, None))
+
+    @classmethod
+    def _expects(cls, name: str, side: Side) -> str:
+        low, high = cls._limits(name, side)
+        return cls.options()[name].expects.format(low=low, high=high)
+
+    @classmethod
+    def _wrong_kind(cls, name: str, value: Any, side: Side) -> ConfigError:
+        expects = "True or False" if cls._kind(name) is bool else cls._expects(name, side)
+        return ConfigError(f"{cls.public(name, side)} needs {expects}, not {value!r}")
+
+    @classmethod
+    def _kind(cls, name: str) -> type:
+        """The type a field's value has when set (its annotation, less `| None`)."""
+        annotation = {f.name: f.type for f in dataclasses.fields(cls)}[name]
+        return {"float": float, "int": int, "bool": bool, "str": str, "Path": Path}[
+            str(annotation).split("|")[0].strip()]
+
+    @classmethod
+    def _of_kind(cls, name: str, value: Any) -> bool:
+        kind = cls._kind(name)
+        if kind is float:
+            kind = (int, float)
+        elif kind is Path:
+            kind = (str, Path)
+        return isinstance(value, kind) and (isinstance(value, bool) == (cls._kind(name) is bool))
 
     @classmethod
     def public(cls, name: str, side: Side) -> str:
@@ -344,7 +389,11 @@ class GenerationSettings:
         options = self.options()
         for name, option in options.items():
             value = getattr(self, name)
-            if value is None or isinstance(value, (bool, Path)) or value == self.default(name):
+            if value is None and self.default(name) is None:
+                continue
+            if not self._of_kind(name, value):  # GenerationSettings(n="2") from Python
+                raise self._wrong_kind(name, value, side)
+            if isinstance(value, (bool, Path)) or value == self.default(name):
                 continue
             self.parse(name, str(value), side)
         name = lambda key: self.public(key, side)  # noqa: E731

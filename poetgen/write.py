@@ -42,7 +42,7 @@ def write(model: CharLSTM, vocab: Vocab, settings: GenerationSettings, *, prime:
     """
     settings.validate(side)
     if prime is None:
-        prime = read_prime_file(settings.prime_file) if settings.prime_file else settings.prime
+        prime = read_prime_file(settings.prime_file, side) if settings.prime_file else settings.prime
     unknown = vocab.unknown(prime)
     if unknown:
         what = {"cli": "--prime", "repl": "the start"}.get(side, "prime")
@@ -144,13 +144,13 @@ def compare_generated(model: CharLSTM, vocab: Vocab, forms: list[str], n: int,
     return rows
 
 
-def read_prime_file(path: Path) -> str:
+def read_prime_file(path: Path, side: Side = "cli") -> str:
     """The start a --prime-file gives: its text, without the one newline that ends most files
     (an editor adds it; for a poem model it would mean "the poem is over")."""
     try:
         text = "".join(iter_text(path))
     except CorpusError as e:
-        raise ConfigError(f"--prime-file {e}") from None
+        raise ConfigError(f"{GenerationSettings.public('prime_file', side)} {e}") from None
     return text.removesuffix(NEWLINE)
 
 

@@ -64,6 +64,38 @@ def test_errors_are_poetgen_errors(checkpoint, changes, message):
         poetgen.load(checkpoint).write(**changes)
 
 
+@pytest.mark.parametrize("changes, same_as", [
+    (dict(n="2", temperature="0.5", seed="7"), dict(n=2, temperature=0.5, seed=7)),
+    (dict(no_repeat="off", theme="off", ban=None, acrostic=None), dict()),
+    (dict(temperature=1), dict(temperature=1.0)),
+])
+def test_text_reads_as_on_the_command_line_and_none_is_off(checkpoint, changes, same_as):
+    """Strings were checked by their text but then used raw (n="2" crashed deep in the decoder,
+    no_repeat="off" meant on); None crashed where a setting is text."""
+    poet = poetgen.load(checkpoint)
+    base = dict(form="五绝", seed=3)
+    assert [p.text for p in poet.write(**{**base, **changes})] == \
+        [p.text for p in poet.write(**{**base, **same_as})]
+    assert isinstance(poet.write(form="off", seed=1, max_chars=5)[0], poetgen.api.Sample)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda poet: poet.write(form="五绝", n=False), "n needs a whole number .* not False"),
+    (lambda poet: poet.write(form="五绝", n=2.5), "n needs a whole number"),
+    (lambda poet: poet.write(form="五绝", no_repeat=1), "no_repeat needs True or False"),
+    (lambda poet: poet.write(poetgen.GenerationSettings(form="五绝", n="2")), "n needs"),
+    (lambda poet: poet.write({"form": "五绝"}), "first argument is a GenerationSettings"),
+    (lambda poet: poet.write(form="五绝", prime_file="/no/such/file"), "^prime_file /no/such"),
+    (lambda poet: poet.score(5), "score needs some text"),
+    (lambda poet: poetgen.check(None), "check needs the poem's text"),
+    (lambda poet: poetgen.check("白日依山尽", rhyme="new"), "rhyme scheme must be"),
+    (lambda poet: poetgen.load("default", device="gpu"), "^device gpu: use auto"),
+])
+def test_wrong_values_from_python_are_config_errors(checkpoint, call, message):
+    with pytest.raises(poetgen.ConfigError, match=message):
+        call(poetgen.load(checkpoint))
+
+
 def test_check_returns_a_structured_report():
     report = poetgen.check("白日依山尽，黄河入海流。欲穷千里目，更上一层楼。")
     assert report.ok and report.form == "五绝" and report.to_dict()["ok"] is True

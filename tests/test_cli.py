@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -667,3 +668,46 @@ def test_ctrl_c_during_the_torch_import_is_held_until_it_is_done(tmp_path):
                        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), repo])},
                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert r.stdout.strip() == "interrupted after True", r.stdout + r.stderr
+
+
+def test_a_reader_that_stops_early_ends_the_output_quietly(tmp_path):
+    """`poetgen check poems.txt --json | head -1`: once the reader has gone, no error message and
+    no traceback, and the status a tool ended by SIGPIPE has (not 1, which says it failed)."""
+    poems = tmp_path / "poems.txt"
+    poems.write_text("白日依山尽，黄河入海流。欲穷千里目，更上一层楼。\n" * 300, encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, "-m", "poetgen", "check", str(poems), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()  # the reports are ~1 MB: far more than the pipe holds
+    proc.stdout.close()
+    rest = proc.stderr.read().decode()
+    assert json.loads(first)["ok"]
+    assert proc.wait(timeout=60) == 128 + signal.SIGPIPE and rest == ""
+
+
+def test_eval_checks_its_forms_before_loading_a_model(runner, tmp_path):
+    """A form list that cannot be measured is refused first, not after the model has loaded
+    (a missing checkpoint would otherwise be the error)."""
+    for forms in ("八绝", "五绝,off", ","):
+        r = runner.invoke(cli, ["eval", str(tmp_path / "none.safetensors"), "--generate", "1",
+                                "--form", forms])
+        assert r.exit_code == 1 and "--form needs" in r.output and "checkpoint" not in r.output
+
+
+def test_help_shows_each_commands_own_default_and_values_as_typed(runner):
+    def seed_help(command):  # the --seed entry of the options list, its lines joined
+        text = runner.invoke(cli, [command, "--help"]).output
+        return " ".join(re.search(r"^  --seed INTEGER(.*?)^  --", text, re.M | re.S)[1].split())
+
+    assert seed_help("eval").endswith("[default: 0]")  # eval's poems are the same each run
+    assert seed_help("sample").endswith("[default: random]")
+    sample_help = runner.invoke(cli, ["sample", "--help"]).output
+    assert "--rhyme pingshui|modern|off" in sample_help  # PINGSHUI would be refused as typed
+
+
+def test_a_default_checkpoint_is_named_with_how_each_command_chooses_another(runner, trained):
+    """info takes its checkpoint as an argument: its note must not offer sample's -c."""
+    info = runner.invoke(cli, ["info"])
+    assert info.exit_code == 0 and "checkpoints/poems/best.safetensors" in info.stderr
+    assert "`poetgen info PATH` shows another" in info.stderr and "-c" not in info.stderr
+    sample = runner.invoke(cli, ["sample", "--n", "1", "--max-chars", "5"])
+    assert sample.exit_code == 0 and "-c PATH chooses another" in sample.stderr

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from conftest import SHARED
 from gold_poems import RARE_RHYME
 from poetgen.app.cli import cli
-from poetgen.errors import ConstraintError
+from poetgen.errors import ConfigError, ConstraintError
 from poetgen.lm.corpus import Vocab
 from poetgen.verse.check import check_poem
 from poetgen.verse.constrain import PoemSpec, compile_spec
@@ -86,7 +86,7 @@ def test_generation_uses_only_common_readings_unless_told_otherwise():
     assert bool(lenient.tone_ok[1, kong])
     dong = common.group_names.index("上平一东")
     assert not bool(common.member[feng, dong]) and bool(lenient.member[feng, dong])
-    with pytest.raises(ConstraintError, match="readings must be common or all"):
+    with pytest.raises(ConfigError, match="readings must be common or all"):
         compile_spec(PoemSpec.make("五绝", readings="some"), vocab)
 
 

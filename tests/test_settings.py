@@ -162,7 +162,7 @@ def test_the_poem_settings_offer_what_the_checker_and_decoder_accept():
     """One tuple each (prosody): the settings' choices, `check`'s, and what the core refuses."""
     import dataclasses
 
-    from poetgen.errors import ConstraintError
+    from poetgen.errors import ConfigError
     from poetgen.verse.check import check_poem
     from poetgen.verse.prosody import READINGS, RHYME_SCHEMES, TONE_MODES, scheme
 
@@ -173,6 +173,6 @@ def test_the_poem_settings_offer_what_the_checker_and_decoder_accept():
     for tones in TONE_MODES:  # each is judged (strict finds 欲穷千里目's 拗)
         assert check_poem(poem, tones=tones).tones == tones
     for bad in (dict(tones="lose"), dict(readings="some"), dict(rhyme="new")):
-        with pytest.raises(ConstraintError, match="must be"):
+        with pytest.raises(ConfigError, match="must be"):
             check_poem(poem, **bad)
     assert {type(scheme(name)).__name__ for name in RHYME_SCHEMES} == {"Pingshui", "Modern"}

@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -45,6 +46,11 @@ class PoetgenGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            # Whoever read stdout stopped (`poetgen check poems.txt --json | head -1`): end
+            # quietly, with the status of a tool that SIGPIPE ended; what is left goes nowhere.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise click.exceptions.Exit(128 + signal.SIGPIPE) from None
         except (PoetgenError, OSError) as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -301,7 +307,9 @@ class Loaded:
     is named on stderr, and in any error about what the model can write."""
 
     def __init__(self, spec: str | None, device: str = "cpu", threads: int | None = None,
-                 precision: str = "auto"):
+                 precision: str = "auto",
+                 choosing: str = "-c PATH chooses another, -c default the bundled Tang model"):
+        """choosing: how to give the command another checkpoint, for the note on a default."""
         from poetgen.lm import checkpoint as ckpt_mod
         from poetgen.lm.train import pick_device
 
@@ -309,8 +317,8 @@ class Loaded:
         where = pick_device(device)
         self.path, self.why = ckpt_mod.choose(spec)
         if self.implicit:
-            err.print(f"[dim]using {self.path} ({self.why}); -c PATH chooses another, "
-                      "-c default the bundled Tang model, `poetgen checkpoints` lists them[/]")
+            err.print(f"[dim]using {self.path} ({self.why}); {choosing}, `poetgen checkpoints` "
+                      "lists them[/]")
         self.ck = ckpt_mod.load_checkpoint(self.path, device=where)
         self.ck.model.inference_precision = precision
         for note in self.ck.notes:  # e.g. an old checkpoint format
@@ -337,6 +345,9 @@ class SettingType(click.ParamType):
         self.name = self.option.metavar or (self.option.choices and "|".join(self.option.choices)) \
             or type(GenerationSettings.default(field_name)).__name__.upper()
 
+    def get_metavar(self, param, ctx=None) -> str:
+        return self.name  # as typed: pingshui|modern|off, not click's PINGSHUI|MODERN|OFF
+
     def convert(self, value, param, ctx):
         if not isinstance(value, str):
             return value
@@ -361,14 +372,16 @@ def generation_options(only: tuple[str, ...] | None = None, defaults: dict | Non
             if only is not None and name not in only:
                 continue
             default = defaults.get(name, GenerationSettings.default(name))
+            help = option.help
             if option.flag:
                 f = click.option(option.public("cli"), name, is_flag=True, default=None,
-                                 help=option.help)(f)
+                                 help=help)(f)
                 continue
-            shown = "" if default in (None, "") or "[default" in option.help else \
-                f" [default: {default}]"
+            if name in defaults:  # the table's "[default: ...]" is not this command's
+                help = re.sub(r"\s*\[default: [^]]*\]", "", help)
+            shown = "" if default in (None, "") or "[default" in help else f" [default: {default}]"
             f = click.option(option.public("cli"), name, type=SettingType(name), default=None,
-                             help=option.help + shown)(f)
+                             help=help + shown)(f)
         return f
     return decorate
 
@@ -452,6 +465,7 @@ EVAL_GENERATION = ("temperature", "top_k", "top_p", "seed", "rhyme", "tones", "r
                    "no_repeat", "ban", "repeat_penalty", "theme", "keywords", "best_of", "line_keep",
                    "coherence",
                    "parallelism", "beam", "novel")
+EVAL_DEFAULTS = {"seed": 0}  # the measured poems are the same poems each run unless --seed is given
 
 
 @cli.command("eval")
@@ -468,7 +482,7 @@ EVAL_GENERATION = ("temperature", "top_k", "top_p", "seed", "rhyme", "tones", "r
 @click.option("--real", "real_file", type=click.Path(path_type=Path), default=None,
               help="Real poems (one per line, e.g. tang_val.txt) measured the same way, side by side.")
 @device_options
-@generation_options(only=EVAL_GENERATION, defaults={"seed": 0})
+@generation_options(only=EVAL_GENERATION, defaults=EVAL_DEFAULTS)
 def eval_cmd(checkpoint, file, as_json, generate, forms, copy_corpus, real_file, device, threads,
              precision, **values):
     """Bits per character of CHECKPOINT on FILE, and/or metrics of generated poems.
@@ -485,7 +499,12 @@ def eval_cmd(checkpoint, file, as_json, generate, forms, copy_corpus, real_file,
     """
     if file is None and generate is None:
         raise ConfigError("give a FILE to score, or --generate N to measure generated poems")
-    settings = settings_from_options(values, defaults={"seed": 0, "form": "五绝"})
+    # A form for validate() to check the settings against; the poems take theirs from --form.
+    settings = settings_from_options(values, defaults={**EVAL_DEFAULTS, "form": "五绝"})
+    form_names = [GenerationSettings.parse("form", f.strip(), "cli") for f in forms.split(",")
+                  if f.strip()]  # checked before the model loads
+    if generate is not None and (not form_names or None in form_names):
+        raise ConfigError(f"--form needs the forms to measure, e.g. 五绝,七律, not {forms!r}")
     ck = Loaded(checkpoint, device, threads, precision).ck
     if file is not None:
         from poetgen.lm.corpus import iter_text
@@ -517,8 +536,7 @@ def eval_cmd(checkpoint, file, as_json, generate, forms, copy_corpus, real_file,
         from poetgen.verse.lexicon import lexicon_for
 
         rows = compare_generated(
-            ck.model, ck.vocab, [f.strip() for f in forms.split(",") if f.strip()], generate,
-            settings, copy_corpus=copy_corpus, real_file=real_file,
+            ck.model, ck.vocab, form_names, generate, settings, copy_corpus=copy_corpus, real_file=real_file,
             progress=lambda forms: progress_bar(forms, desc="forms", leave=False),
             lexicon=lexicon_for(ck.path))
         if as_json:
@@ -555,8 +573,18 @@ def metrics_table(rows) -> Table:
 @click.argument("checkpoint", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(checkpoint, as_json):
-    """What a checkpoint holds: config, size, vocabulary, training summary, checksum."""
-    ck = Loaded(checkpoint).ck
+    """What a checkpoint holds: config, size, vocabulary, training summary, checksum.
+
+    CHECKPOINT is a .safetensors file, a run directory (its best), or `default` (the bundled
+    Tang model); without it, the default that `poetgen checkpoints` names.
+
+    \b
+    Examples:
+      poetgen info checkpoints/tang10m
+      poetgen info default --json
+    """
+    ck = Loaded(checkpoint, choosing="`poetgen info PATH` shows another, `poetgen info default` "
+                                     "the bundled Tang model").ck
     training = ck.meta.get("training", {})
     summary = {"checkpoint": str(ck.path), "parameters": ck.model.num_parameters(),
                "vocab_size": len(ck.vocab), "file_bytes": ck.path.stat().st_size,
@@ -605,8 +633,14 @@ def _duration(seconds: float) -> str:
 def checkpoints_cmd(as_json):
     """List the checkpoints poetgen sees from here, and which one is the default.
 
-    The default (what sample, info and repl use without -c) is $POETGEN_CHECKPOINT, else the
-    newest best.safetensors under ./checkpoints, else the bundled Tang model (`-c default`).
+    The default (what sample and repl use without -c, info without a CHECKPOINT) is
+    $POETGEN_CHECKPOINT, else the newest best.safetensors under ./checkpoints, else the bundled
+    Tang model (`-c default`).
+
+    \b
+    Examples:
+      poetgen checkpoints
+      POETGEN_CHECKPOINT=checkpoints/tang10m poetgen checkpoints --json
     """
     from poetgen.lm import checkpoint as ckpt_mod
 
@@ -965,7 +999,13 @@ def corpus_encode(files, out_dir, val_path, vocab_from, as_json, text_kind, **fl
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def corpus_stats_cmd(file, as_json):
-    """Characters, lines, vocabulary, coverage, forms and quatrain rhyme rate of FILE."""
+    """Characters, lines, vocabulary, coverage, forms and quatrain rhyme rate of FILE.
+
+    \b
+    Examples:
+      poetgen corpus stats ../shared/corpora/tang_train.txt
+      poetgen corpus stats corpora/tang.txt --json
+    """
     from poetgen.verse.corpus_tools import corpus_stats
 
     stats = corpus_stats(file)
@@ -1028,6 +1068,11 @@ def corpus_fetch(name, url, sha256, dest, manifest_path, exclude):
     """Download a known source NAME (listed in poetgen/data/sources.toml) and build DEST/NAME.txt.
 
     Resumes an interrupted download (run it again), verifies the sha256, then builds the text.
+
+    \b
+    Examples:
+      poetgen corpus fetch tang          # corpora/tang.txt, simplified, one poem per line
+      poetgen corpus fetch tang --exclude ../shared/corpora/heldout_lines.sha256
     """
     from poetgen.verse.corpus_tools import (EXCLUDED, BuildOptions, build_corpus,
                                             check_build_tools, download, extract_members,
@@ -1073,7 +1118,12 @@ def plot(run_dirs, out_path):
     """Draw RUN_DIR/metrics.csv (train and val bits per character against steps) as a PNG.
 
     Several RUN_DIRs are drawn one after another, as the stages of one model (a run started
-    with `train --init` from the one before): `poetgen plot checkpoints/tang checkpoints/tang2`.
+    with `train --init` from the one before).
+
+    \b
+    Examples:
+      poetgen plot checkpoints/tang10m                  # checkpoints/tang10m/curve.png
+      poetgen plot checkpoints/tang checkpoints/tang2 -o curve.png
     """
     from poetgen.files import atomic_write_bytes
     from poetgen.app.plot import curve_png, read_metrics

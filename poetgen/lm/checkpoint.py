@@ -479,8 +479,9 @@ def _existing(path: str | Path) -> Path:
         raise CheckpointError(f"{p}: directory holds no best.safetensors or last.safetensors; "
                               "give a run directory or a .safetensors file (`poetgen "
                               "checkpoints` lists those it finds)")
-    return input_file(p, "no such checkpoint; train one with `poetgen train CORPUS` or pass "
-                         "--checkpoint PATH", CheckpointError)
+    return input_file(p, "no such checkpoint; check the path (`poetgen checkpoints` lists those "
+                         "poetgen finds), or train one with `poetgen train CORPUS`",
+                      CheckpointError)
 
 
 def resolve(spec: str | None, search_dir: str | Path = "checkpoints") -> Path:
@@ -511,7 +512,8 @@ def choose(spec: str | None, search_dir: str | Path = "checkpoints") -> tuple[Pa
     if BUNDLED.exists():
         return BUNDLED, "the bundled model"
     raise CheckpointError(f"no checkpoint found under {search_dir}/ and ${ENV_VAR} is not set; "
-                          "train one with `poetgen train CORPUS` or pass --checkpoint PATH")
+                          "train one with `poetgen train CORPUS`, or name one (`default` is the "
+                          "bundled Tang model)")
 
 
 def find_checkpoints(search_dir: str | Path = "checkpoints") -> list[Path]:

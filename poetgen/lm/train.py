@@ -108,13 +108,13 @@ class Callbacks:
     on_eval: Callable[[EvalInfo], None] = lambda info: None
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, setting: str = "--device") -> torch.device:
     """The torch device for auto | cpu | cuda | cuda:N | mps, or a ConfigError saying what this
-    machine has instead."""
+    machine has instead, naming the setting as the caller spells it (`device` in Python)."""
     from poetgen.lm.config import DEVICE_NAMES, is_device_name
 
-    if not is_device_name(name):
-        raise ConfigError(f"--device {name}: use {DEVICE_NAMES}")
+    if not isinstance(name, str) or not is_device_name(name):
+        raise ConfigError(f"{setting} {name}: use {DEVICE_NAMES}")
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
         if torch.cuda.is_available():
@@ -123,14 +123,15 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda"):
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if not count:
-            raise ConfigError(f"--device {name}: no CUDA GPU is available here; "
-                              "use --device auto or cpu")
+            raise ConfigError(f"{setting} {name}: no CUDA GPU is available here; "
+                              f"use {setting} auto or cpu")
         index = int(name.partition(":")[2] or 0)
         if index >= count:
-            raise ConfigError(f"--device {name}: this machine has {count} CUDA GPU(s), "
+            raise ConfigError(f"{setting} {name}: this machine has {count} CUDA GPU(s), "
                               f"cuda:0 to cuda:{count - 1}")
     if name == "mps" and not mps:
-        raise ConfigError("--device mps: Apple's MPS is not available here; use --device auto or cpu")
+        raise ConfigError(f"{setting} mps: Apple's MPS is not available here; use {setting} auto "
+                          "or cpu")
     return torch.device(name)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from poetgen.errors import ConstraintError
+from poetgen.errors import ConfigError, ConstraintError
 
 PING, ZE = "平", "仄"
 COMMA, PERIOD = "，", "。"
@@ -41,10 +41,10 @@ def one_of(values: tuple[str, ...]) -> str:
 
 
 def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    """ConstraintError unless `value` is one of `allowed` (a Python caller's typo; the front
-    ends offer only these)."""
+    """ConfigError unless `value` is one of `allowed` (a Python caller's typo; the front ends
+    offer only these)."""
     if value not in allowed:
-        raise ConstraintError(f"{name} must be {one_of(allowed)}, not {value!r}")
+        raise ConfigError(f"{name} must be {one_of(allowed)}, not {value!r}")
 
 
 # --------------------------------------------------------------------------------------------
