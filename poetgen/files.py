@@ -15,6 +15,7 @@ importing torch.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,15 +34,22 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
 
     `mode` is "w" (text; `encoding` and `newline` apply) or "wb" (bytes). On an exception the
     temporary file is removed and `path` is left as it was.
+
+    A symbolic link is written through (its target is replaced, the link stays a link), and a file
+    that exists keeps its permissions: a user's private poems.txt stays private.
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     except OSError as e:
         raise file_error(path, e, "write") from None
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        try:
+            permissions = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:  # a new file: the usual permissions (mkstemp makes 0600)
+            permissions = 0o666 & ~_umask()
+        os.fchmod(fd, permissions)
         text = "b" not in mode
         with os.fdopen(fd, mode, encoding=encoding if text else None,
                        newline=newline if text else None) as f:

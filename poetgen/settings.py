@@ -35,6 +35,9 @@ from poetgen.verse.prosody import READINGS, RHYME_SCHEMES, TONE_MODES, one_of
 Side = Literal["cli", "repl", "api"]
 OFF_WORDS = ("off", "none")
 SEED_LIMIT = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
+# Free text is sampled n rows at once into (max_chars, n) buffers of 16 bytes a character: n x
+# max_chars is held to 10 million characters (160 MB), ten novels in one command.
+FREE_TEXT_CHARS = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -186,7 +189,8 @@ class GenerationSettings:
     # -- free text --------------------------------------------------------------------------
     max_chars: int = setting(200, Option(
         "max-chars", "Stop free text after this many characters if it has not ended.", _whole(1),
-        "a whole number >= 1", aliases=("max",)))
+        "a whole number from {low} to {high}", aliases=("max",),
+        limits={"cli": (1, FREE_TEXT_CHARS)}))
     no_stop: bool = setting(False, Option(
         "no-stop", "Free text runs on past the end of a poem (newline). A model of running text "
         "(prose) always does.", _on_off, "on or off", sides=("cli",), flag=True))
@@ -406,6 +410,10 @@ class GenerationSettings:
         if self.prime and self.prime_file:
             raise ConfigError(f"{name('prime')} and {name('prime_file')} both give the start; "
                               "give one of them")
+        if not self.writes_poem and self.n * self.max_chars > FREE_TEXT_CHARS:
+            raise ConfigError(f"{name('n')} {self.n} x {name('max_chars')} {self.max_chars} is "
+                              f"{self.n * self.max_chars:,} characters in one batch, more than "
+                              f"{FREE_TEXT_CHARS:,}; ask for fewer texts or shorter ones")
         if self.beam and self.n > self.beam:
             raise ConfigError(f"{name('beam')} {self.beam} keeps {self.beam} candidates; ask for at "
                               f"most that many poems ({name('n')})")

@@ -300,3 +300,26 @@ def test_the_stepper_leaves_a_training_model_in_training_mode(vocab):
     stepper.push(first[0][0])
     stepper.finish(seed=0)
     assert model.training and check_poem(stepper.text, tones="loose").form == "五绝"
+
+
+def test_many_poems_go_in_batches_of_bounded_rows(random_model, vocab, monkeypatch):
+    """n x best_of rows were sampled at once: `sample --n 10000` asked for 160,000 rows of
+    (templates x vocabulary) masks. In batches of ROWS_PER_BATCH rows (whole poems each), every
+    poem is still written, correct, and a batch that fits is the same as before."""
+    import poetgen.verse.constrain as constrain
+
+    compiled = compile_spec(PoemSpec.make("五绝", tones="strict"), vocab)
+    whole = generate_poems(random_model, compiled, n=6, best_of=4, seed=5, line_keep=2)
+    seen = []
+    real_sample = constrain._sample
+    monkeypatch.setattr(constrain, "_sample", lambda model, c, n, *a, **k: seen.append(n) or
+                        real_sample(model, c, n, *a, **k))
+    monkeypatch.setattr(constrain, "ROWS_PER_BATCH", 10)  # two poems' candidates a batch
+    batched = generate_poems(random_model, compiled, n=6, best_of=4, seed=5, line_keep=2)
+    assert seen[:3] == [8, 8, 8] and max(seen) <= 10
+    assert len(batched) == 6 and all(check_poem(p.text, tones="strict").ok for p in batched)
+    monkeypatch.setattr(constrain, "ROWS_PER_BATCH", 24)  # all six poems' 24 rows: one batch
+    seen.clear()
+    assert [p.text for p in generate_poems(random_model, compiled, n=6, best_of=4, seed=5,
+                                           line_keep=2)] == [p.text for p in whole]
+    assert seen == [24]

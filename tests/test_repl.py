@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -312,11 +313,26 @@ def test_session_files_never_share_a_name(tmp_path, monkeypatch):
     assert first.parent == tmp_path / "poetgen" / "sessions" and first.exists()
 
 
+def test_no_home_folder_means_no_files_not_a_crash(monkeypatch):
+    """No $HOME, no XDG_DATA_HOME and a user the password database does not know: Path.home()
+    raised RuntimeError through the REPL's start; it is an OSError, which the start handles."""
+    from poetgen.app.repl import data_dir
+
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: (_ for _ in ()).throw(
+        RuntimeError("Could not determine home directory."))))
+    with pytest.raises(OSError, match="set XDG_DATA_HOME"):
+        data_dir()
+
+
 @pytest.mark.parametrize("answer, expected", [
     ("", ("push", "春")), ("2", ("push", "风")), ("春风", ("push", "春风")),
     ("春 风", ("push", "春风")), (":done", ("done", "")), ("：undo", ("undo", "")),
     (":cancel", ("cancel", "")), (":quit", ("cancel", "")), ("5", ("error", "")),
     (":x", ("error", "")),
+    ("③", ("push", "月")), ("２", ("push", "风")), ("²", ("push", "风")),  # ③ crashed :pick
+    ("⑤", ("error", "")),
 ])
 def test_read_pick_answer(answer, expected):
     step = read_pick_answer(answer, ["春", "风", "月"])
@@ -629,3 +645,25 @@ def test_line_rewrites_under_every_constraint_of_its_poem(checkpoint):
         if name not in ("pattern", "acrostic", "prime"):
             assert getattr(rewritten, name) == getattr(written, name), name
     assert (written.readings, written.tones, rewritten.temperature) == ("all", "strict", 0.5)
+
+
+def test_save_appends_through_a_link_and_refuses_a_fifo(checkpoint, tmp_path):
+    """:save wrote a new file over a symbolic link, and blocked for good reading a FIFO."""
+    target, link, fifo = tmp_path / "t.txt", tmp_path / "link.txt", tmp_path / "fifo"
+    target.write_text("old\n", encoding="utf-8")
+    link.symlink_to(target)
+    os.mkfifo(fifo)
+    r = repl(checkpoint, f"春风\n:save {link}\n:save {fifo}\n")
+    poem = poems_in(r.stdout)[0]
+    assert link.is_symlink() and target.read_text(encoding="utf-8") == f"old\n{poem}\n"
+    assert r.stderr.splitlines() == [f"error: {fifo} is not a regular file; give a file to "
+                                     "append to"]
+
+
+def test_what_a_user_typed_is_shown_as_typed_never_run_by_the_terminal(checkpoint):
+    """rich turned ':cat:' into 🐱, and a pasted escape sequence (ESC [8m conceals the rest)
+    went to the terminal as it was."""
+    r = repl(checkpoint, ":ban :cat:\n:ban \x1b[8m鹤\n:form :dog:\n")
+    assert "ban :cat:" in r.stdout and "🐱" not in r.stdout and "🐶" not in r.stderr
+    assert "\x1b" not in r.stdout and "ban \\x1b[8m鹤" in r.stdout
+    assert "not ':dog:'" in r.stderr

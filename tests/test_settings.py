@@ -176,3 +176,15 @@ def test_the_poem_settings_offer_what_the_checker_and_decoder_accept():
         with pytest.raises(ConfigError, match="must be"):
             check_poem(poem, **bad)
     assert {type(scheme(name)).__name__ for name in RHYME_SCHEMES} == {"Pingshui", "Modern"}
+
+
+def test_free_text_batches_are_bounded_where_the_setting_is_made():
+    """:max-chars 99999999999999999999 was accepted and crashed the next text with an overflow
+    and a C++ stack in the message; :n 100 with :max-chars 10^8 allocated 160 GB."""
+    with pytest.raises(ConfigError, match=":max-chars needs a whole number from 1 to 10000000"):
+        GenerationSettings.parse("max_chars", "99999999999999999999", "repl")
+    big = GenerationSettings(mode="free", n=100, max_chars=1_000_000)
+    with pytest.raises(ConfigError, match="--n 100 x --max-chars 1000000 is 100,000,000 characters"):
+        big.validate("cli")
+    GenerationSettings(mode="free", n=10, max_chars=1_000_000).validate("cli")  # 10 million: fine
+    GenerationSettings(form="七绝", n=100, max_chars=1_000_000).validate("cli")  # poems: no text buffer

@@ -34,9 +34,10 @@ from poetgen.verse.prosody import READINGS, RHYME_SCHEMES, TONE_MODES
 # Piped or redirected, stdout has no width of its own; rich would take 80 columns and cut the
 # cells of wide tables (eval --generate's) to "100.…". A file or a pipe gets whole rows.
 PIPED_WIDTH = 200
-out = Console(highlight=False, soft_wrap=True,
+# emoji=False: rich would turn a user's ':cat:' (`:ban :cat:` in the REPL) into 🐱.
+out = Console(highlight=False, soft_wrap=True, emoji=False,
               width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else PIPED_WIDTH)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 class PoetgenGroup(click.Group):

@@ -8,6 +8,7 @@ Shared by `poetgen check` and the REPL's `:check`, so both show the same thing.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from rich.cells import cell_len
 from rich.console import Group
@@ -24,6 +25,13 @@ PARALLEL_GOOD = 0.4  # shown in bold: about a real middle couplet
 
 
 VERSE_END = re.compile(r"([，。？！；])(?=[^\n])")  # a verse line's end, not already at a break
+
+
+def printable(text: str) -> str:
+    """`text` with control characters shown, not sent: a pasted escape sequence (\\x1b[8m
+    conceals what follows) would otherwise drive the terminal. Line breaks and tabs stay."""
+    return "".join(c if c in "\n\t" or unicodedata.category(c) != "Cc" else repr(c)[1:-1]
+                   for c in text)
 
 
 def verse_rows(text: str) -> str:

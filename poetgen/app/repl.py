@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import sys
+import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from poetgen.app.render import printable
 from poetgen.errors import ConfigError, FileSystemError, PoetgenError
 from poetgen.settings import SEED_LIMIT, GenerationSettings
 
@@ -353,6 +355,8 @@ class Session:
             if not path.parent.is_dir():
                 raise ConfigError(f"{path.parent} is a file, not a folder; give another path")
             existed = path.exists()
+            if existed and not path.is_file():  # a FIFO would block the read for good
+                raise ConfigError(f"{name} is not a regular file; give a file to append to")
             old = path.read_bytes() if existed else b""
             if old and not old.endswith(b"\n"):
                 old += b"\n"
@@ -510,6 +514,9 @@ class PickStep:
 def read_pick_answer(answer: str, choices: list[str]) -> PickStep:
     """'' -> the first choice, '3' -> the third, 春风 -> those characters, :done/:undo/:cancel."""
     answer = answer.strip()
+    digits = [unicodedata.digit(c, None) for c in answer]  # 3, ３ (full width), ③
+    if answer and None not in digits:
+        answer = "".join(map(str, digits))
     word = answer.lstrip(":：").lower() if answer.startswith((":", "：")) else None
     if word in ("done", "undo", "cancel"):
         return PickStep(word)
@@ -520,7 +527,7 @@ def read_pick_answer(answer: str, choices: list[str]) -> PickStep:
                                          ":undo or :cancel")
     if not answer:
         return PickStep("push", choices[0]) if choices else PickStep("done")
-    if answer.isdigit():
+    if answer.isdecimal():
         if 1 <= int(answer) <= len(choices):
             return PickStep("push", choices[int(answer) - 1])
         return PickStep("error", message=f"pick a number from 1 to {len(choices)}")
@@ -532,9 +539,17 @@ def read_pick_answer(answer: str, choices: list[str]) -> PickStep:
 
 
 def data_dir() -> Path:
+    """Where the history and the session files go; OSError if there is nowhere (no home)."""
+    import errno
     import os
 
-    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "poetgen"
+    if os.environ.get("XDG_DATA_HOME"):
+        return Path(os.environ["XDG_DATA_HOME"]) / "poetgen"
+    try:
+        home = Path.home()
+    except (RuntimeError, KeyError):  # no $HOME and a user the password database does not know
+        raise OSError(errno.ENOENT, "no home folder; set XDG_DATA_HOME") from None
+    return home / ".local" / "share" / "poetgen"
 
 
 def history_file() -> Path:
@@ -584,7 +599,8 @@ class ScriptUI:
         return self.read()
 
     def say(self, text: str, style: str = "") -> None:
-        self.out.print(f"[{style}]{escape(text)}[/]" if style else escape(text))
+        text = escape(printable(text))
+        self.out.print(f"[{style}]{text}[/]" if style else text)
 
     def show(self, renderable: RenderableType) -> None:
         self.out.print(renderable, soft_wrap=False)  # tables and help wrap by words
@@ -595,7 +611,7 @@ class ScriptUI:
             self.out.print(escape(label + text))
 
     def error(self, text: str) -> None:
-        self.err.print(f"error: {escape(text)}", style="red")
+        self.err.print(f"error: {escape(printable(text))}", style="red")
         self.failed = True
 
     @contextmanager
@@ -617,7 +633,11 @@ def run(model, vocab, console: Console, stdin: TextIO | None = None,
         except OSError as e:
             session_file, kept = None, (f"warning: no session file ({e.strerror or e}): keep "
                                         "poems with :save")
-        with TerminalUI(console, stdin, history_file()) as ui:
+        try:
+            history: Path | None = history_file()
+        except OSError:  # the session file's warning says why; Up still recalls this session
+            history = None
+        with TerminalUI(console, stdin, history) as ui:
             session = Session(model, vocab, ui, settings, session_file, load_lexicon)
             ui.attach(session)
             ui.say("poetgen REPL: type the start of a poem, or :help. Tab completes, Ctrl-D "
@@ -630,7 +650,7 @@ def run(model, vocab, console: Console, stdin: TextIO | None = None,
                     session.session_file.unlink(missing_ok=True)
         return 0
     ui = ScriptUI(stdin, console, err_console or Console(stderr=True, highlight=False,
-                                                         soft_wrap=True))
+                                                         emoji=False, soft_wrap=True))
     session = Session(model, vocab, ui, settings, load_lexicon=load_lexicon)
     ui.say(session.settings.summary(), "dim")
     try:

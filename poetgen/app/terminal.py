@@ -38,7 +38,7 @@ from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.text import Text
 
-from poetgen.app.render import poem_rows, wrap_fields
+from poetgen.app.render import poem_rows, printable, wrap_fields
 from poetgen.app.repl import EndSession, Session
 from poetgen.errors import FileSystemError
 
@@ -50,10 +50,13 @@ class TerminalUI:
 
     has_status_bar = True
 
-    def __init__(self, console: Console, stdin: TextIO, history_path: Path):
+    def __init__(self, console: Console, stdin: TextIO, history_path: Path | None):
+        """history_path: the file that keeps what was typed across sessions (None: this session
+        only)."""
         self.console = console
         self.session: Session | None = None
-        self.main = PromptSession(history=LineHistory(history_path),
+        history = LineHistory(history_path) if history_path else InMemoryHistory()
+        self.main = PromptSession(history=history,
                                   completer=SessionCompleter(self), complete_while_typing=False,
                                   bottom_toolbar=self._status)
         self.sub = PromptSession(history=InMemoryHistory())  # :pick's answers stay out of history
@@ -115,8 +118,8 @@ class TerminalUI:
         self.console.file.flush()
 
     def say(self, text: str, style: str = "") -> None:
-        self.console.print(f"[{style}]{escape(text)}[/]" if style else escape(text),
-                           soft_wrap=False)
+        text = escape(printable(text))
+        self.console.print(f"[{style}]{text}[/]" if style else text, soft_wrap=False)
 
     def show(self, renderable: RenderableType) -> None:
         self.console.print(renderable, soft_wrap=False)  # tables and help wrap by words
@@ -129,7 +132,7 @@ class TerminalUI:
                 self.console.print(Text(row, style="bold"), soft_wrap=False)  # prose: by words
 
     def error(self, text: str) -> None:
-        self.console.print(f"error: {escape(text)}", style="red", soft_wrap=False)
+        self.console.print(f"error: {escape(printable(text))}", style="red", soft_wrap=False)
 
 
 class SessionCompleter(Completer):

@@ -807,24 +807,25 @@ def _generate_poems(model, compiled, n, temperature, top_k, top_p, seed, best_of
         return poems[:n]
     result: list[Poem | None] = [None] * n
     gen = torch.Generator(device=model.start_h.device).manual_seed(seed)
+    poems_per_batch = max(1, ROWS_PER_BATCH // best_of)
     for _ in range(max_rounds):
         todo = [i for i, p in enumerate(result) if p is None]
-        if not todo:
-            break
-        # Candidate b of poem i follows plan (i * best_of + b) mod P, in every round.
-        plan = torch.tensor([(i * best_of + b) % compiled.plans for i in todo for b in range(best_of)],
-                            device=model.start_h.device)
-        with sampling(model):  # not around `rank`, which may read whole poems with the model
-            cands = _sample(model, compiled, len(todo) * best_of, temperature, top_k, top_p, gen,
-                            seed, penalty, plan, best_of, line_keep)
-        for slot, i in enumerate(todo):
-            group = [p for p in cands[slot * best_of:(slot + 1) * best_of]
-                     if p is not None and not _copies(p.text, novel_lines)]
-            if group:
-                scores = rank(group)
-                # The best that the checker passes (ties: the first, as max takes it).
-                best = sorted(range(len(group)), key=scores.__getitem__, reverse=True)
-                result[i] = next((group[k] for k in best if passes(group[k].text)), None)
+        for start in range(0, len(todo), poems_per_batch):
+            batch = todo[start:start + poems_per_batch]
+            # Candidate b of poem i follows plan (i * best_of + b) mod P, in every round.
+            plan = torch.tensor([(i * best_of + b) % compiled.plans
+                                 for i in batch for b in range(best_of)], device=model.start_h.device)
+            with sampling(model):  # not around `rank`, which may read whole poems with the model
+                cands = _sample(model, compiled, len(batch) * best_of, temperature, top_k, top_p,
+                                gen, seed, penalty, plan, best_of, line_keep)
+            for slot, i in enumerate(batch):
+                group = [p for p in cands[slot * best_of:(slot + 1) * best_of]
+                         if p is not None and not _copies(p.text, novel_lines)]
+                if group:
+                    scores = rank(group)
+                    # The best that the checker passes (ties: the first, as max takes it).
+                    best = sorted(range(len(group)), key=scores.__getitem__, reverse=True)
+                    result[i] = next((group[k] for k in best if passes(group[k].text)), None)
     missing = sum(p is None for p in result)
     if missing:
         why = "every try copied a line of the --novel corpus" if novel_lines else \
@@ -835,6 +836,11 @@ def _generate_poems(model, compiled, n, temperature, top_k, top_p, seed, best_of
         raise ConstraintError(f"{missing} poem(s) could not be finished in {max_rounds} tries: {why}; "
                               "raise --temp or relax the constraints")
     return result  # type: ignore[return-value]
+
+
+# Rows sampled together at most (poems x best_of): a batch's masks take (rows, templates,
+# vocabulary) booleans, so `sample --n 10000` goes in batches, not 160,000 rows at once.
+ROWS_PER_BATCH = 2048
 
 
 def _always(text: str) -> bool:
