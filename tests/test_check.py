@@ -49,7 +49,10 @@ def test_known_tonal_patterns():
 def test_violations_are_named():
     bad = check_poem("白日依山尽，黄河入海流。欲穷千里目，更上一层天。")
     assert any("'天'" in v and "does not rhyme" in v for v in bad.violations)
-    assert "wrong length" in check_poem("白日依山尽，黄河入海流。").violations[0]
+    half = check_poem("白日依山尽，黄河入海流。")
+    assert "wrong length: 2 lines of 5+5 characters" in half.violations[0]
+    # It said "0 lines of nothing characters".
+    assert "wrong length: no verse line;" in check_poem("，，，，").violations[0]
     gu = check_poem("白日依山尽，落河入海流。欲穷千里目，更上一层楼。", tones="loose")
     assert gu.violations == ["line 2, character 1 '落': 孤平 — with '落' 仄, only '河' is 平 among characters "
                              "1–4 (落河入海) besides the rhyme, and character 3 '入' is not 平 to rescue it "

@@ -323,3 +323,18 @@ def test_many_poems_go_in_batches_of_bounded_rows(random_model, vocab, monkeypat
     assert [p.text for p in generate_poems(random_model, compiled, n=6, best_of=4, seed=5,
                                            line_keep=2)] == [p.text for p in whole]
     assert seen == [24]
+
+
+def test_the_stepper_takes_typed_punctuation_and_heads_the_form_wrote_itself(random_model, vocab):
+    """:pick with a whole line typed, '，' included: the '，' the form had already written was
+    refused as 'not allowed here' and the rest of the line was dropped."""
+    from poetgen.verse.constrain import Stepper
+
+    spec = PoemSpec.make("五绝", rhyme=None, tones="off", acrostic="春江花月")
+    stepper = Stepper(random_model, vocab, compile_spec(spec, vocab))
+    assert stepper.text == "春"  # the head, written by the form
+    for ch in "春风千万里，江水自东流。":
+        stepper.push(ch)
+    assert stepper.text == "春风千万里，江水自东流。花"
+    with pytest.raises(ConstraintError, match="not allowed here"):
+        stepper.push("，")  # where the form has not written one, still refused

@@ -113,8 +113,7 @@ def test_constraints_no_poem_can_meet_are_refused_when_set(checkpoint):
     r = repl(checkpoint, ":acrostic 春江花月\n:ban 春\n:acrostic 鑫\n:no-repeat on\n"
                          ":acrostic 春春\n秋风\n:acrostic\n")
     assert r.stderr.splitlines() == [
-        "error: 春 is both required and banned; take it out of :ban, or out of what fixes it "
-        "(:acrostic, :pattern, :keywords)",
+        "error: 春 is both required and banned; take it out of :ban, or out of :acrostic",
         "error: '鑫' (line 1, character 1) is not in the model's vocabulary, so it cannot be "
         "written; choose another character",
         "error: :no-repeat, but the fixed characters repeat 春",
@@ -398,6 +397,34 @@ def test_held_keys_wait_unechoed_and_whole():
         os.close(slave)
 
 
+@pytest.mark.skipif(os.name != "posix", reason="needs a pseudo-terminal")
+def test_held_keys_are_held_again_after_ctrl_z_and_fg():
+    """Ctrl-Z then `fg` left the shell's mode (echo, lines) on the terminal for the rest of the
+    session: keys typed during a poem were echoed and Ctrl-D no longer quit."""
+    pytest.importorskip("prompt_toolkit")
+    import termios
+
+    from poetgen.app.terminal import HeldKeys
+
+    master, slave = os.openpty()
+    try:
+        cooked = termios.tcgetattr(slave)
+        with HeldKeys(slave) as held:
+            held.busy = True  # a poem is being written
+            termios.tcsetattr(slave, termios.TCSANOW, cooked)  # as the shell leaves it on fg
+            os.kill(os.getpid(), signal.SIGCONT)  # what `fg` sends; handled before kill returns
+            mode = termios.tcgetattr(slave)
+            assert not mode[3] & termios.ECHO and mode[6][termios.VQUIT] == b"\x04"
+            held.busy = False  # at a prompt, prompt_toolkit's mode is left alone
+            termios.tcsetattr(slave, termios.TCSANOW, cooked)
+            os.kill(os.getpid(), signal.SIGCONT)
+            assert termios.tcgetattr(slave)[3] & termios.ECHO
+        assert signal.getsignal(signal.SIGCONT) is signal.SIG_DFL  # put back
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
 def test_history_file_is_one_line_per_entry(tmp_path):
     pytest.importorskip("prompt_toolkit")
     from poetgen.app.terminal import LineHistory
@@ -667,3 +694,58 @@ def test_what_a_user_typed_is_shown_as_typed_never_run_by_the_terminal(checkpoin
     assert "ban :cat:" in r.stdout and "🐱" not in r.stdout and "🐶" not in r.stderr
     assert "\x1b" not in r.stdout and "ban \\x1b[8m鹤" in r.stdout
     assert "not ':dog:'" in r.stderr
+
+
+def test_line_rewrites_under_the_poems_own_constraints_only(verse_checkpoint, monkeypatch):
+    """:line on free text gave the rewritten line the heads of an acrostic set after it was
+    written, and a theme set since forced its keywords into the one free line."""
+    import poetgen.write
+    from poetgen.app.repl import SessionPoem
+    from poetgen.lm.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(verse_checkpoint)
+    used = []
+    real_write = poetgen.write.write
+    monkeypatch.setattr(poetgen.write, "write", lambda model, vocab, settings, **kw:
+                        used.append(settings) or real_write(model, vocab, settings, **kw))
+    session = Session(ck.model, ck.vocab, Recorder(), GenerationSettings(form="五绝", seed=1))
+    free = real_write(ck.model, ck.vocab, GenerationSettings(form="五绝", seed=2))[0].text
+    session._present([SessionPoem(free, GenerationSettings(mode="free"))])
+    for line in (":acrostic 春江花月", ":ban 雪", ":theme 秋", ":line 2"):
+        session.handle(line)
+    settings = used[-1]
+    assert settings.form == "五绝" and settings.pattern.split("/")[1] == "?????"  # no 江 head
+    assert settings.ban == "" and settings.theme == "" and settings.keywords == ""
+    session._present([SessionPoem(free, GenerationSettings(form="五绝", ban="月"))])
+    session.handle(":line 3")
+    assert used[-1].ban == "月" and used[-1].theme == ""  # its own ban, not today's theme
+
+
+def test_select_needs_one_poem_number(checkpoint):
+    """:select abc, :select -1 and :select 1 2 were accepted without a word."""
+    r = repl(checkpoint, "春风\n:select abc\n:select -1\n:select 1 2\n:select 1\n")
+    assert r.stderr.splitlines() == [f"error: :select needs a poem number, e.g. :select 2, not "
+                                     f"{bad!r}" for bad in ("abc", "-1", "1 2")]
+
+
+def test_a_banned_character_names_what_puts_it_there(checkpoint):
+    """:ban of a character the start puts in place named :pattern and :keywords, neither of
+    which did (and :pattern is no REPL command)."""
+    r = repl(checkpoint, ":ban 春\n春风\n")
+    assert r.stderr.splitlines() == ["error: 春 is both required and banned; take it out of "
+                                     ":ban, or out of the start"]
+
+
+def test_input_as_chinese_input_methods_and_editors_give_it(checkpoint):
+    """A full-width space after a command (an input method's 　), a script saved with a UTF-8
+    byte-order mark, and a start pasted on two lines (one input in a terminal): each was
+    refused or misread."""
+    r = repl(checkpoint, "\ufeff:form 五律\n：tones　strict\n")
+    assert r.exit_code == 0, r.stderr
+    assert "form 五律 · rhyme pingshui · tones strict" in r.stdout
+    from poetgen.lm.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(checkpoint)
+    session = Session(ck.model, ck.vocab, Recorder(), GenerationSettings(form="五律", seed=1))
+    session.handle("春风千万里，\n明月落江楼。")  # pasted: the lines joined as written
+    assert session.poems[-1].text.startswith("春风千万里，明月落江楼。")

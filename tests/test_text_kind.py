@@ -111,6 +111,13 @@ def test_repl_starts_in_free_mode_for_a_prose_model(prose_run, tiny_run):
     assert "KING HENRY:" in r.stdout
     verse = load_checkpoint(tiny_run / "best.safetensors")
     assert session_defaults(verse.model, verse.vocab) == {"form": "七绝"}
+    # --form with a model of running text was accepted and ignored (the session stayed free).
+    r = CliRunner().invoke(cli, ["repl", "-c", str(prose_run), "--form", "五绝"], input="春\n")
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1
+    assert "cannot write a 五绝" in r.output
+    # --form off with a verse model started on its default 七绝.
+    r = CliRunner().invoke(cli, ["repl", "-c", str(tiny_run), "--form", "off"], input="")
+    assert r.exit_code == 0 and r.stdout.startswith("free text") and "七绝" not in r.stdout
 
 
 def test_short_runs_are_evaluated_at_least_min_evals_times(tmp_path, tiny_text):

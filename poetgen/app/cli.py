@@ -388,8 +388,13 @@ def generation_options(only: tuple[str, ...] | None = None, defaults: dict | Non
 
 
 def settings_from_options(values: dict, defaults: dict | None = None) -> GenerationSettings:
-    """GenerationSettings from the options given (None = not given), checked as the CLI names them."""
-    given = {k: v for k, v in values.items() if v is not None}
+    """GenerationSettings from the options given, checked as the CLI names them. An option's
+    None is "not given", unless the command line gave it (`--form off`: off, not the default)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    typed = {k for k in values if ctx and ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
+    given = {k: v for k, v in values.items() if v is not None or k in typed}
     return GenerationSettings(**{**(defaults or {}), **given}).validate("cli")
 
 
@@ -831,6 +836,11 @@ def repl(ctx, checkpoint, device, threads, precision, **values):
     ck = loaded.ck
     try:
         settings = settings_from_options(values, defaults=session_defaults(ck.model, ck.vocab))
+        if values.get("form"):  # a form asked for is a poem to write, whatever the model learned
+            from poetgen.verse.constrain import compile_spec
+
+            settings = settings.replace(mode="poem")
+            compile_spec(settings.poem_spec(prime=""), ck.vocab)  # refused now, not at a poem
     except PoetgenError as e:
         raise loaded.blame(e) from None
     ctx.exit(run(ck.model, ck.vocab, out, sys.stdin, settings, err_console=err,

@@ -144,17 +144,20 @@ class Session:
     # -- input ----------------------------------------------------------------------------------
     def handle(self, line: str) -> None:
         """Run one line: a poem's start, or a :command (errors are raised as PoetgenError)."""
-        line = " ".join(line.split("\n")).strip()  # a pasted poem may span lines
+        # A pasted poem may span lines: Chinese verse joins them as written, a model that knows
+        # spaces (prose) with one. A script saved with a byte-order mark starts with one.
+        joint = " " if self.vocab is None or " " in self.vocab else ""
+        line = joint.join(part.strip() for part in line.lstrip("\ufeff").split("\n")).strip()
         if not line:
             return
         if not line.startswith((":", "：")):
             self.compose(line)
             return
-        name, _, arg = line[1:].partition(" ")
-        found = lookup(name.strip())
+        name, *arg = line[1:].split(None, 1) or [""]  # any space: 　 (U+3000) from an IME
+        found = lookup(name)
         if found is None:
-            raise ConfigError(f"unknown command :{name.strip()}; type :help for the list")
-        found.run(self, arg.strip())
+            raise ConfigError(f"unknown command :{name}; type :help for the list")
+        found.run(self, arg[0].strip() if arg else "")
 
     def completions(self, text: str) -> tuple[str, list[str] | None]:
         """What Tab offers for `text` typed so far: (the word being completed, its completions);
@@ -251,7 +254,11 @@ class Session:
             if form is None:
                 raise ConfigError(":line needs a poem of a regular form (4 or 8 lines of 5 or 7 "
                                   "characters)")
-            own = self.settings.replace(form=form.name, mode="poem")
+            # Its form, in today's rhyme scheme and tones; none of today's other constraints
+            # (an acrostic set since was never this text's).
+            unset = {name: GenerationSettings.default(name) for name in own.POEM_CONSTRAINTS
+                     if name not in ("rhyme", "tones", "readings")}
+            own = self.settings.replace(**{**unset, "form": form.name, "mode": "poem"})
         try:
             k = int(rest)
         except ValueError:
@@ -262,10 +269,13 @@ class Session:
         head = heads[k - 1] if k <= len(heads) else "?"
         pattern = "/".join(head + "?" * (len(x) - 1) if i == k - 1 else x
                            for i, x in enumerate(lines))
-        # The poem's own constraints (not today's settings); sampling knobs are today's.
+        # The poem's own constraints (not today's settings); sampling knobs are today's. No
+        # theme or keywords: the other lines carry the subject, and a keyword plan would have to
+        # put every keyword into the one line left free.
         constraints = {name: getattr(own, name) for name in own.POEM_CONSTRAINTS}
         settings = self._next_settings(**{**constraints, "pattern": pattern, "acrostic": "",
-                                          "prime": ""}, mode="poem", n=1, beam=0)
+                                          "prime": ""}, mode="poem", n=1, beam=0, theme="",
+                                       keywords="")
         with self.ui.busy():
             written = write(self.model, self.vocab, settings, prime="", side="repl",
                             lexicon=self.lexicon)[0]
@@ -312,6 +322,8 @@ class Session:
     @command("select", "N", "Make poem #N of those shown the one :line, :check and :save act on.",
              values=lambda s: [str(k) for k in range(1, len(s.shown) + 1)])
     def select(self, arg: str) -> None:
+        if not re.fullmatch(r"#?\d+", arg):
+            raise ConfigError(f":select needs a poem number, e.g. :select 2, not {arg!r}")
         _, poem = self._poem(arg if arg.startswith("#") else f"#{arg}")
         self.current = poem
         self.ui.poems([poem.text])

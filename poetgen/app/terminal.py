@@ -195,7 +195,8 @@ class HeldKeys:
     wait in the terminal as typed (an unfinished line, an arrow, Enter, all alike); ISIG stays,
     so Ctrl-C raises KeyboardInterrupt, and Ctrl-D is made the quit character, so it arrives as
     SIGQUIT rather than as an end-of-file mark that Linux drops when the mode changes; NOFLSH
-    keeps typed keys when either fires.
+    keeps typed keys when either fires. Ctrl-Z stops the process with the shell's mode set on
+    the terminal; `fg` (SIGCONT) sets this one again.
     """
 
     def __init__(self, fd: int):
@@ -212,15 +213,26 @@ class HeldKeys:
             | termios.ISIG | termios.NOFLSH
         held[6][termios.VMIN], held[6][termios.VTIME] = 1, 0
         held[6][termios.VQUIT] = b"\x04"
+        self.held = held
         termios.tcsetattr(self.fd, termios.TCSANOW, held)
         self.saved_quit = signal.signal(signal.SIGQUIT, self._ctrl_d)
+        self.saved_cont = signal.signal(signal.SIGCONT, self._continued)
         return self
 
     def __exit__(self, *exc) -> None:
         import termios
 
         signal.signal(signal.SIGQUIT, self.saved_quit)
+        signal.signal(signal.SIGCONT, self.saved_cont)
         termios.tcsetattr(self.fd, termios.TCSANOW, self.saved)
+
+    def _continued(self, signum, frame) -> None:
+        """Back from Ctrl-Z: while a poem is written, hold keys again (at a prompt,
+        prompt_toolkit keeps its own mode and restores this one after)."""
+        import termios
+
+        if self.busy:
+            termios.tcsetattr(self.fd, termios.TCSANOW, self.held)
 
     def _ctrl_d(self, signum, frame) -> None:
         self.quit_requested = True

@@ -117,9 +117,10 @@ def check_poem(text: str, rhyme: str = "pingshui", tones: str = "loose", reading
         report.reasons.append("not Chinese")
     form = detect_form(lines)
     if form is None:
-        shape = "+".join(str(len(x)) for x in lines) or "nothing"
-        report.violations.append(f"wrong length: {len(lines)} lines of {shape} characters; a Tang "
-                                 "poem has 4 or 8 lines of 5 or 7 characters")
+        shape = (f"{len(lines)} line{'s' * (len(lines) != 1)} of "
+                 f"{'+'.join(str(len(x)) for x in lines)} characters" if lines else "no verse line")
+        report.violations.append(f"wrong length: {shape}; a Tang poem has 4 or 8 lines of 5 or "
+                                 "7 characters")
         report.reasons.append("wrong length")
         return report
     report.form = form.name

@@ -335,8 +335,11 @@ def _check_fixed_chars(spec: PoemSpec, vocab: Vocab, fixed: dict[tuple[int, int]
                                   "vocabulary, so it cannot be written; choose another character")
     clash = sorted({ch for ch in fixed.values() if ch in _banned(spec)})
     if clash:
+        fixing = [flag for flag, value in (("--acrostic", spec.acrostic),
+                                           ("--pattern", spec.pattern), ("--prime", spec.prime))
+                  if value]  # what puts characters in place (_fixed_chars)
         raise ConstraintError(f"{' '.join(clash)} is both required and banned; take it out of "
-                              "--ban, or out of what fixes it (--acrostic, --pattern, --keywords)")
+                              f"--ban, or out of {one_of(fixing)}")
     if spec.no_repeat:
         values = list(fixed.values())
         twice = sorted({c for c in values if values.count(c) > 1})
@@ -993,6 +996,7 @@ class Stepper:
             self.out, self.state = prime_model(model, [], 1)
         self.tokens: list[int] = []
         self._undo: list[tuple] = []
+        self._written_for_user = ""  # what _skip_forced wrote since the last push
         self._skip_forced()
 
     @property
@@ -1031,6 +1035,13 @@ class Stepper:
 
     @torch.no_grad()
     def push(self, ch: str) -> None:
+        """Write `ch` next. A character the form just wrote itself (the ，after a line, an
+        acrostic head) may be typed too, as someone typing the whole line does: it is taken as
+        already written."""
+        if self._written_for_user.startswith(ch):
+            self._written_for_user = self._written_for_user[1:]
+            return
+        self._written_for_user = ""
         if self.done:
             raise ConstraintError("the poem is finished")
         allowed, per = self._allowed()
@@ -1045,6 +1056,7 @@ class Stepper:
         self._skip_forced()
 
     def undo(self) -> bool:
+        self._written_for_user = ""
         if not self._undo:
             return False
         self.out, self.state, self.tokens, saved = self._undo.pop()
@@ -1085,4 +1097,6 @@ class Stepper:
             allowed, per = self._allowed()
             if int(allowed.sum()) != 1:
                 return
-            self._step(int(allowed.nonzero()[0]), per)
+            v = int(allowed.nonzero()[0])
+            self._step(v, per)
+            self._written_for_user += self.vocab.chars[v]
