@@ -749,3 +749,14 @@ def test_input_as_chinese_input_methods_and_editors_give_it(checkpoint):
     session = Session(ck.model, ck.vocab, Recorder(), GenerationSettings(form="五律", seed=1))
     session.handle("春风千万里，\n明月落江楼。")  # pasted: the lines joined as written
     assert session.poems[-1].text.startswith("春风千万里，明月落江楼。")
+
+
+def test_terminal_narrower_than_the_busy_note_leaves_no_trace_of_it(checkpoint, tmp_path):
+    """Under 35 columns the "writing…" note wrapped, and clearing its last row left the first
+    above every poem."""
+    term = Terminal(checkpoint, tmp_path, rows=30, cols=24)
+    term.prompt()
+    term.run("春风")
+    assert not any("writing" in row for row in term.rows), term.text
+    term.child.sendeof()
+    assert term.exit_status() == 0

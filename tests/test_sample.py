@@ -170,6 +170,20 @@ def test_a_vanishing_temperature_is_greedy_over_what_is_allowed(temperature):
         assert torch.equal(draws, oracle)
 
 
+@pytest.mark.parametrize("temperature, top_p", [(1e300, 1.0), (1e39, 1.0), (1.0, 1e-300)])
+def test_extreme_settings_never_write_the_unknown_token(ck, temperature, top_p):
+    """--temp 1e300 is infinite in float32 (-inf / inf is NaN), and --top-p 1e-300 is 0, which
+    kept no character: both wrote the unknown token (�) at every step. A huge temperature is
+    uniform over the allowed characters; a tiny top-p keeps the likeliest."""
+    texts = generate(ck.model, ck.vocab, n=4, max_chars=40, temperature=temperature,
+                     top_p=top_p, seed=1, stop_at_newline=False)
+    assert all(s.num_chars == 40 and "�" not in s.text for s in texts)
+    if top_p < 1:  # the likeliest character each step: greedy
+        greedy = generate(ck.model, ck.vocab, n=4, max_chars=40, top_k=1, seed=1,
+                          stop_at_newline=False)
+        assert [s.text for s in texts] == [s.text for s in greedy]
+
+
 def test_a_vanishing_temperature_never_writes_the_unknown_token(ck):
     greedy = generate(ck.model, ck.vocab, n=2, max_chars=12, top_k=1, seed=1)
     tiny = generate(ck.model, ck.vocab, n=2, max_chars=12, temperature=1e-40, seed=1)

@@ -42,7 +42,7 @@ from poetgen.app.render import poem_rows, printable, wrap_fields
 from poetgen.app.repl import EndSession, Session
 from poetgen.errors import FileSystemError
 
-BUSY = "\x1b[2mwriting… Ctrl-C stops, Ctrl-D quits\x1b[0m"
+BUSY = "writing… Ctrl-C stops, Ctrl-D quits"  # shown dim while a poem is written
 
 
 class TerminalUI:
@@ -104,7 +104,9 @@ class TerminalUI:
             if self.held.quit_requested:  # Ctrl-D came just before: do not start
                 self.held.busy = False
                 raise EndSession
-        self._write(BUSY)  # after `busy`: once this shows, Ctrl-D stops the work at once
+        # After `busy`: once this shows, Ctrl-D stops the work at once. Cut to the width: a
+        # wrapped note leaves its first row behind when the last is cleared.
+        self._write(f"\x1b[2m{BUSY[:max(1, self.console.width - 1)]}\x1b[0m")
         try:
             yield
         finally:

@@ -57,6 +57,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
         drop = cum - torch.softmax(sorted_logits, dim=-1) >= top_p  # keep the token crossing top_p
+        drop[..., 0] = False  # and the likeliest always (top_p 1e-300 is 0 in float32: none kept)
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return logits
 
@@ -123,11 +124,14 @@ def forbid(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
 # unknown-character token). At it, log-probabilities a float32 step apart (2e-7 at -3) are 1e23
 # apart in logits, exp(-1e23) = 0: the draw is already greedy, as any lower temperature means.
 GREEDY_TEMPERATURE = 1e-30
+# And above this every allowed character is already equally likely (log-probabilities span a
+# few dozen nats): 1e300 is infinite in float32, and -inf / inf is NaN, which drew the unknown token.
+UNIFORM_TEMPERATURE = 1e30
 
 
 def with_temperature(logp: torch.Tensor, temperature: float) -> torch.Tensor:
     """The logits a draw at `temperature` samples from: logp / temperature (a new tensor)."""
-    return logp / max(temperature, GREEDY_TEMPERATURE)
+    return logp / min(max(temperature, GREEDY_TEMPERATURE), UNIFORM_TEMPERATURE)
 
 
 def sample_next(logp: torch.Tensor, temperature: float, generator: torch.Generator,
