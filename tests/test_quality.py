@@ -314,6 +314,9 @@ def test_metrics_count_repeats_and_score_poems():
     assert m.repeated_rhyme == 0.5 and m.repeated_char == 1.0
     assert m.coherence is not None and m.parallelism is None  # 对仗 is for 律诗
     assert poem_metrics(poems, "五绝", "test").coherence is None  # no lexicon, no score
+    # No poems (a --real file without this form): nothing measured, not 0% of everything.
+    none = poem_metrics([], "七律", "tang_val.txt", lexicon=bundled()).as_dict()
+    assert none["poems"] == 0 and none["form_ok"] is None and none["distinct_2"] is None
 
 
 # -- front ends -------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ and copying, so model and human poems can sit side by side in one table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -62,22 +62,25 @@ def mean_logprobs(model: CharLSTM, vocab: Vocab, poems: list[str]) -> list[float
 
 @dataclass
 class PoemMetrics:
+    """Figures of a set of poems of one form; with no poems (a --real file without that form)
+    every figure is None: nothing was measured, which 0% would misreport."""
+
     source: str  # "model" or a file name
     form: str
     poems: int
-    form_ok: float  # share with the right number of lines and characters
-    rhyme_pingshui: float  # share whose rhyme positions share a 平水韵 group
-    rhyme_modern: float  # ... a 中华新韵 group
-    tones_loose: float  # share with no tone violation against the best template (loose)
-    tones_strict: float
-    distinct_1: float
-    distinct_2: float
+    form_ok: float | None  # share with the right number of lines and characters
+    rhyme_pingshui: float | None  # share whose rhyme positions share a 平水韵 group
+    rhyme_modern: float | None  # ... a 中华新韵 group
+    tones_loose: float | None  # share with no tone violation against the best template (loose)
+    tones_strict: float | None
+    distinct_1: float | None
+    distinct_2: float | None
     copy_lines: float | None  # share of verse lines found verbatim in the training corpus
     copy_run4: float | None  # share of poems with a copied run of >= 4 characters
     longest_copy: int | None  # longest copied run over all poems
     mean_logprob: float | None  # nats per character under the model
-    repeated_rhyme: float = 0.0  # share with a rhyme character twice (重韵, as the checker finds it)
-    repeated_char: float = 0.0  # share with a character in two places, 叠字 aside (重字)
+    repeated_rhyme: float | None = 0.0  # share with a rhyme character twice (重韵, as the checker finds)
+    repeated_char: float | None = 0.0  # share with a character in two places, 叠字 aside (重字)
     coherence: float | None = None  # mean coherence score (verse.scores), None without a lexicon
     parallelism: float | None = None  # mean 对仗 score of 律诗 middle couplets (None for 绝句)
 
@@ -87,7 +90,10 @@ class PoemMetrics:
 
 def poem_metrics(poems: list[str], form: str, source: str, copy_index: CopyIndex | None = None,
                  logprobs: list[float] | None = None, lexicon: Lexicon | None = None) -> PoemMetrics:
-    n = max(1, len(poems))
+    if not poems:
+        figures = [f.name for f in fields(PoemMetrics)][3:]
+        return PoemMetrics(source, form, 0, **dict.fromkeys(figures))
+    n = len(poems)
     checked = [check_poem(p, "pingshui", "loose") for p in poems]
     share = lambda flags: sum(flags) / n  # noqa: E731
     lines = [line for p in poems for line in split_verse(p)]
