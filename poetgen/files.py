@@ -38,15 +38,16 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
     A symbolic link is written through (its target is replaced, the link stays a link), and a file
     that exists keeps its permissions: a user's private poems.txt stays private.
     """
-    path = Path(os.path.realpath(path))
+    path, target = Path(path), Path(os.path.realpath(path))  # messages name what was given
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX,
+                                   dir=target.parent)
     except OSError as e:
         raise file_error(path, e, "write") from None
     try:
         try:
-            permissions = stat.S_IMODE(os.stat(path).st_mode)
+            permissions = stat.S_IMODE(os.stat(target).st_mode)
         except OSError:  # a new file: the usual permissions (mkstemp makes 0600)
             permissions = 0o666 & ~_umask()
         os.fchmod(fd, permissions)
@@ -56,7 +57,7 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):  # ENOSPC, EROFS, EISDIR (a directory where `path` goes), ...

@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import os
 import re
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,7 +177,8 @@ class GenerationSettings:
         "top-p", "Sample from the smallest set of characters holding this much probability.",
         _probability, "a number in (0, 1]"))
     n: int = setting(1, Option(
-        "n", "Number of texts or poems (written together in one batch).", _whole(1),
+        "n", "Number of texts or poems (written together, in batches of up to 2,048 poem "
+        "candidates).", _whole(1),
         "a whole number from {low} to {high}", limits={"cli": (1, 10_000), "repl": (1, 100)}))
     seed: int | None = setting(None, Option(
         "seed", "Random seed; the same seed gives the same text. [default: random]", _seed,
@@ -307,15 +311,19 @@ class GenerationSettings:
     @classmethod
     def from_python(cls, name: str, value: Any) -> Any:
         """A Python caller's value for field `name`, as the field holds it: text is read as the
-        command line reads it ("off", "qijue", "0.5"), None is off where a field can be off, and
-        anything else must be of the field's type (an int for a float; True is not a number)."""
+        command line reads it ("off", "qijue", "0.5"); None turns off a field whose default is
+        off (None or ""); anything else must be of the field's type: any integer (numpy's too)
+        for an int, any real number for a float, never True for a number."""
         if isinstance(value, str):
             return cls.parse(name, value, "api")
         default = cls.default(name)
         if value is None and default in (None, ""):
             return default
         if cls._of_kind(name, value):
-            return float(value) if cls._kind(name) is float else value
+            try:
+                return {int: int, float: float}.get(cls._kind(name), lambda v: v)(value)
+            except OverflowError:  # temperature=10**400
+                pass
         raise cls._wrong_kind(name, value, "api")
 
     @classmethod
@@ -336,19 +344,16 @@ class GenerationSettings:
 
     @classmethod
     def _kind(cls, name: str) -> type:
-        """The type a field's value has when set (its annotation, less `| None`)."""
-        annotation = {f.name: f.type for f in dataclasses.fields(cls)}[name]
-        return {"float": float, "int": int, "bool": bool, "str": str, "Path": Path}[
-            str(annotation).split("|")[0].strip()]
+        """The type a field's value has when set: its annotation, less `| None`."""
+        kinds = typing.get_args(annotation := typing.get_type_hints(cls)[name]) or (annotation,)
+        return next(k for k in kinds if k is not type(None))
 
     @classmethod
     def _of_kind(cls, name: str, value: Any) -> bool:
         kind = cls._kind(name)
-        if kind is float:
-            kind = (int, float)
-        elif kind is Path:
-            kind = (str, Path)
-        return isinstance(value, kind) and (isinstance(value, bool) == (cls._kind(name) is bool))
+        accepted = {int: numbers.Integral, float: numbers.Real,
+                    Path: (str, os.PathLike)}.get(kind, kind)
+        return isinstance(value, accepted) and isinstance(value, bool) == (kind is bool)
 
     @classmethod
     def public(cls, name: str, side: Side) -> str:

@@ -79,6 +79,17 @@ def test_text_reads_as_on_the_command_line_and_none_is_off(checkpoint, changes, 
     assert isinstance(poet.write(form="off", seed=1, max_chars=5)[0], poetgen.api.Sample)
 
 
+def test_numbers_of_any_numeric_type_are_numbers(checkpoint):
+    """numpy's integers and floats (a sweep's np.arange) worked before the type check, and must."""
+    np = pytest.importorskip("numpy")
+    poet = poetgen.load(checkpoint)
+    assert [p.text for p in poet.write(form="五绝", n=np.int64(2), temperature=np.float32(0.5),
+                                       seed=np.int64(4))] == \
+        [p.text for p in poet.write(form="五绝", n=2, temperature=float(np.float32(0.5)), seed=4)]
+    with pytest.raises(poetgen.ConfigError, match="temperature needs a number > 0"):
+        poet.write(form="五绝", temperature=10**400)  # OverflowError in float()
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda poet: poet.write(form="五绝", n=False), "n needs a whole number .* not False"),
     (lambda poet: poet.write(form="五绝", n=2.5), "n needs a whole number"),

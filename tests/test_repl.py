@@ -4,6 +4,7 @@ screen a user sees. Every wait is for something to appear on screen, bounded by 
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
 from poetgen.app.cli import cli
 from poetgen.app.render import poem_rows, verse_rows, wrap_fields
@@ -248,13 +250,13 @@ class Recorder:
     has_status_bar, quit_requested = True, False
 
     def __init__(self):
-        self.said, self.shown_poems = [], []
+        self.said, self.shown_poems, self.shown = [], [], []
 
     def say(self, text, style=""):
         self.said.append(text)
 
     def show(self, renderable):
-        pass
+        self.shown.append(renderable)
 
     def poems(self, texts, all_numbered=False):
         self.shown_poems.append(texts)
@@ -674,6 +676,7 @@ def test_line_rewrites_under_every_constraint_of_its_poem(checkpoint):
     assert (written.readings, written.tones, rewritten.temperature) == ("all", "strict", 0.5)
 
 
+@pytest.mark.skipif(os.name != "posix", reason="symbolic links and FIFOs")
 def test_save_appends_through_a_link_and_refuses_a_fifo(checkpoint, tmp_path):
     """:save wrote a new file over a symbolic link, and blocked for good reading a FIFO."""
     target, link, fifo = tmp_path / "t.txt", tmp_path / "link.txt", tmp_path / "fifo"
@@ -690,9 +693,11 @@ def test_save_appends_through_a_link_and_refuses_a_fifo(checkpoint, tmp_path):
 def test_what_a_user_typed_is_shown_as_typed_never_run_by_the_terminal(checkpoint):
     """rich turned ':cat:' into 🐱, and a pasted escape sequence (ESC [8m conceals the rest)
     went to the terminal as it was."""
-    r = repl(checkpoint, ":ban :cat:\n:ban \x1b[8m鹤\n:form :dog:\n")
+    r = repl(checkpoint, ":ban :cat:\n:ban \x1b[8m鹤\n:form :dog:\n"
+                         ":check \x1b[8m白日依山尽，黄河入海流。欲穷千里目，更上一层楼。\n")
     assert "ban :cat:" in r.stdout and "🐱" not in r.stdout and "🐶" not in r.stderr
     assert "\x1b" not in r.stdout and "ban \\x1b[8m鹤" in r.stdout
+    assert "not Chinese characters: \\x1b [ 8 m" in r.stdout  # :check's report too
     assert "not ':dog:'" in r.stderr
 
 
@@ -749,6 +754,11 @@ def test_input_as_chinese_input_methods_and_editors_give_it(checkpoint):
     session = Session(ck.model, ck.vocab, Recorder(), GenerationSettings(form="五律", seed=1))
     session.handle("春风千万里，\n明月落江楼。")  # pasted: the lines joined as written
     assert session.poems[-1].text.startswith("春风千万里，明月落江楼。")
+    # Lines without punctuation stay lines (split_verse ends a line at a space).
+    session.handle(":check 白日依山尽\n黄河入海流\n欲穷千里目\n更上一层楼")
+    shown = Console(file=io.StringIO(), width=100)
+    shown.print(session.ui.shown[-1])
+    assert "近体" in shown.file.getvalue() and "wrong length" not in shown.file.getvalue()
 
 
 def test_terminal_narrower_than_the_busy_note_leaves_no_trace_of_it(checkpoint, tmp_path):

@@ -49,9 +49,15 @@ class PoetgenGroup(click.Group):
             return super().invoke(ctx)
         except BrokenPipeError:
             # Whoever read stdout stopped (`poetgen check poems.txt --json | head -1`): end
-            # quietly, with the status of a tool that SIGPIPE ended; what is left goes nowhere.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise click.exceptions.Exit(128 + signal.SIGPIPE) from None
+            # quietly, with the status of a tool that SIGPIPE ended (1 where there is no SIGPIPE,
+            # on Windows); what is left to write goes nowhere. stdout and stderr are the only
+            # pipes poetgen writes to.
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):  # stdout is no file (an embedding, pythonw)
+                pass
+            sigpipe = getattr(signal, "SIGPIPE", None)
+            raise click.exceptions.Exit(128 + sigpipe if sigpipe else 1) from None
         except (PoetgenError, OSError) as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -507,10 +513,14 @@ def eval_cmd(checkpoint, file, as_json, generate, forms, copy_corpus, real_file,
         raise ConfigError("give a FILE to score, or --generate N to measure generated poems")
     # A form for validate() to check the settings against; the poems take theirs from --form.
     settings = settings_from_options(values, defaults={**EVAL_DEFAULTS, "form": "五绝"})
-    form_names = [GenerationSettings.parse("form", f.strip(), "cli") for f in forms.split(",")
-                  if f.strip()]  # checked before the model loads
+    try:  # checked before the model loads
+        form_names = [GenerationSettings.parse("form", f.strip(), "cli")
+                      for f in forms.split(",") if f.strip()]
+    except ConfigError:
+        form_names = [None]
     if generate is not None and (not form_names or None in form_names):
-        raise ConfigError(f"--form needs the forms to measure, e.g. 五绝,七律, not {forms!r}")
+        raise ConfigError(f"--form needs the forms to measure, comma-separated (五绝, 五律, 七绝, "
+                          f"七律, or 5x4 5x8 7x4 7x8), not {forms!r}")
     ck = Loaded(checkpoint, device, threads, precision).ck
     if file is not None:
         from poetgen.lm.corpus import iter_text

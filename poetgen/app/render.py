@@ -50,7 +50,8 @@ def render_report(report: Report) -> Group:
         chars, pinyin, tones = [], [], []
         for info in line:
             bad = "bold red" if not info.ok else ""
-            chars.append(Text(info.char, style=bad or ("bold underline" if info.rhyme else "")))
+            chars.append(Text(printable(info.char),
+                              style=bad or ("bold underline" if info.rhyme else "")))
             pinyin.append(Text(info.pinyin, style="cyan"))
             mark = TONE_MARK[info.tone] + ("韵" if info.rhyme else "") + ("*" if info.rare else "")
             tones.append(Text(mark, style=bad or TONE_STYLE[info.tone]))
@@ -69,7 +70,8 @@ def render_report(report: Report) -> Group:
     verdict = Text(f"{report.verdict}: {VERDICTS[report.verdict]}", style="green" if report.ok else "red")
     if report.reasons:
         verdict.append(" — " + ", ".join(report.reasons))
-    findings = Text("\n".join([f"✗ {v}" for v in report.violations]), style="red")
+    # Violations quote the poem's characters: a pasted escape sequence is shown, not run.
+    findings = Text("\n".join([f"✗ {printable(v)}" for v in report.violations]), style="red")
     if report.ok:
         findings = Text("✓ no violations", style="green")
     for w in report.warnings:

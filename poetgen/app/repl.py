@@ -144,10 +144,10 @@ class Session:
     # -- input ----------------------------------------------------------------------------------
     def handle(self, line: str) -> None:
         """Run one line: a poem's start, or a :command (errors are raised as PoetgenError)."""
-        # A pasted poem may span lines: Chinese verse joins them as written, a model that knows
-        # spaces (prose) with one. A script saved with a byte-order mark starts with one.
-        joint = " " if self.vocab is None or " " in self.vocab else ""
-        line = joint.join(part.strip() for part in line.lstrip("\ufeff").split("\n")).strip()
+        # A pasted poem may span lines: after verse punctuation they join as written, else with
+        # a space (where split_verse ends a line). A script saved with a BOM starts with one.
+        line = re.sub(r"(?<=[，。？！；])\s*\n\s*", "", line.lstrip("\ufeff"))
+        line = " ".join(part.strip() for part in line.split("\n")).strip()
         if not line:
             return
         if not line.startswith((":", "：")):

@@ -233,7 +233,13 @@ class HeldKeys:
         prompt_toolkit keeps its own mode and restores this one after)."""
         import termios
 
-        if self.busy:
+        # Only in the foreground: `bg` sends SIGCONT too, and a background process that sets
+        # the terminal's mode is stopped again (SIGTTOU).
+        try:
+            foreground = os.tcgetpgrp(self.fd) == os.getpgrp()
+        except OSError:  # not this process's controlling terminal: no job control to mind
+            foreground = True
+        if self.busy and foreground:
             termios.tcsetattr(self.fd, termios.TCSANOW, self.held)
 
     def _ctrl_d(self, signum, frame) -> None:

@@ -337,7 +337,7 @@ def _check_fixed_chars(spec: PoemSpec, vocab: Vocab, fixed: dict[tuple[int, int]
     if clash:
         fixing = [flag for flag, value in (("--acrostic", spec.acrostic),
                                            ("--pattern", spec.pattern), ("--prime", spec.prime))
-                  if value]  # what puts characters in place (_fixed_chars)
+                  if any(ch in value for ch in clash)]  # what put them in place (_fixed_chars)
         raise ConstraintError(f"{' '.join(clash)} is both required and banned; take it out of "
                               f"--ban, or out of {one_of(fixing)}")
     if spec.no_repeat:
@@ -804,15 +804,20 @@ def _generate_poems(model, compiled, n, temperature, top_k, top_p, seed, best_of
             poems = _beam(model, compiled, beam, seed, penalty)
         poems = [p for p in poems if not _copies(p.text, novel_lines) and passes(p.text)]
         if len(poems) < n:
+            unmet = one_of(("avoid the --novel corpus" if novel_lines else "",
+                            "pass the checker" if passes is not _always else ""))
             raise ConstraintError(f"beam search found only {len(poems)} of the {n} poem(s) asked "
-                                  "for that avoid the --novel corpus and pass the checker; sample "
-                                  "instead (drop --beam)")
+                                  f"for that {unmet}; sample instead (drop --beam)")
         return poems[:n]
     result: list[Poem | None] = [None] * n
     gen = torch.Generator(device=model.start_h.device).manual_seed(seed)
     poems_per_batch = max(1, ROWS_PER_BATCH // best_of)
-    for _ in range(max_rounds):
+    stalled, why = 0, set()  # rounds in a row that finished no poem; what set poems aside
+    while stalled < max_rounds:
         todo = [i for i, p in enumerate(result) if p is None]
+        if not todo:
+            break
+        why.clear()
         for start in range(0, len(todo), poems_per_batch):
             batch = todo[start:start + poems_per_batch]
             # Candidate b of poem i follows plan (i * best_of + b) mod P, in every round.
@@ -822,23 +827,46 @@ def _generate_poems(model, compiled, n, temperature, top_k, top_p, seed, best_of
                 cands = _sample(model, compiled, len(batch) * best_of, temperature, top_k, top_p,
                                 gen, seed, penalty, plan, best_of, line_keep)
             for slot, i in enumerate(batch):
-                group = [p for p in cands[slot * best_of:(slot + 1) * best_of]
-                         if p is not None and not _copies(p.text, novel_lines)]
-                if group:
-                    scores = rank(group)
-                    # The best that the checker passes (ties: the first, as max takes it).
-                    best = sorted(range(len(group)), key=scores.__getitem__, reverse=True)
-                    result[i] = next((group[k] for k in best if passes(group[k].text)), None)
+                result[i], reason = _best(cands[slot * best_of:(slot + 1) * best_of], rank,
+                                          novel_lines, passes)
+                why.add(reason)
+        # A round that finishes some poem may be followed by any number more (the checker sets
+        # a third of modern 七律 aside: 10,000 poems take a dozen rounds); eight that finish
+        # none mean the constraints leave (almost) nothing.
+        stalled = stalled + 1 if all(result[i] is None for i in todo) else 0
     missing = sum(p is None for p in result)
     if missing:
-        why = "every try copied a line of the --novel corpus" if novel_lines else \
-            "--no-repeat, or the rhyme group's unused characters (no 重韵), ran out"
-        if passes is not _always:
-            why += ("; or the checker read a 多音字 in its line with a tone or rhyme the template "
-                    "does not allow (modern rhyme reads characters in context)")
-        raise ConstraintError(f"{missing} poem(s) could not be finished in {max_rounds} tries: {why}; "
-                              "raise --temp or relax the constraints")
+        reasons = "; or ".join(_SET_ASIDE[r] for r in sorted(why - {""}))
+        raise ConstraintError(f"{missing} poem(s) could not be finished in {max_rounds} tries in "
+                              f"a row: {reasons}")
     return result  # type: ignore[return-value]
+
+
+# Why a poem's candidates were all set aside, and what to change (_best's reasons).
+_SET_ASIDE = {
+    "dead end": "--no-repeat, or the rhyme group's unused characters (no 重韵), ran out; raise "
+                "--temp or relax the constraints",
+    "novel": "every try copied a line of the --novel corpus; raise --temp or use another corpus",
+    "checker": "the checker read a 多音字 in its line with a tone or rhyme the template does not "
+               "allow (modern rhyme reads characters in context); use --readings all or --rhyme "
+               "pingshui",
+}
+
+
+def _best(cands: list[Poem | None], rank: Rank, novel_lines: set[str] | None,
+          passes: Callable[[str], bool]) -> tuple[Poem | None, str]:
+    """One poem's best candidate by `rank` among those finished (not None) that copy no
+    `novel_lines` and that `passes`; ties go to the first, as max takes it. Else None and why
+    (a key of _SET_ASIDE); "" when a poem was found."""
+    finished = [p for p in cands if p is not None]
+    fresh = [p for p in finished if not _copies(p.text, novel_lines)]
+    if not fresh:
+        return None, "novel" if finished else "dead end"
+    scores = rank(fresh)
+    for k in sorted(range(len(fresh)), key=scores.__getitem__, reverse=True):
+        if passes(fresh[k].text):
+            return fresh[k], ""
+    return None, "checker"
 
 
 # Rows sampled together at most (poems x best_of): a batch's masks take (rows, templates,
@@ -1035,11 +1063,12 @@ class Stepper:
 
     @torch.no_grad()
     def push(self, ch: str) -> None:
-        """Write `ch` next. A character the form just wrote itself (the ，after a line, an
-        acrostic head) may be typed too, as someone typing the whole line does: it is taken as
-        already written."""
-        if self._written_for_user.startswith(ch):
-            self._written_for_user = self._written_for_user[1:]
+        """Write `ch` next. What the form just wrote itself (the ，after a line, an acrostic
+        head) may be typed too, as someone typing the whole line does: it is taken as already
+        written, and so is the punctuation before it (`江` after the form wrote `，江`)."""
+        written, k = self._written_for_user, self._written_for_user.find(ch)
+        if k >= 0 and not any(is_han(c) for c in written[:k]):
+            self._written_for_user = written[k + 1:]
             return
         self._written_for_user = ""
         if self.done:
