@@ -1,6 +1,7 @@
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from poetgen.app.cli import cli
+from poetgen.lm.checkpoint import load_checkpoint
 
 SMALL = ["--hidden-size", "32", "--embed-size", "16", "--num-layers", "1", "--batch-size", "4",
          "--bptt", "16", "--max-steps", "10", "--eval-every", "5", "--seed", "1"]
@@ -205,7 +207,11 @@ def test_resume_rejects_model_flags_and_missing_run(runner, corpus_file):
     assert r.exit_code == 1 and "nothing-here holds no run to resume (no last.safetensors); leave out --resume" in r.output
     runner.invoke(cli, ["train", str(corpus_file), *SMALL, "--max-steps", "2"])
     r = runner.invoke(cli, ["train", str(corpus_file), "--resume", "--hidden-size", "64"])
-    assert r.exit_code == 1 and "keeps the model as it was" in r.output
+    assert r.exit_code == 1 and "keeps the model as it was; drop --hidden-size" in r.output
+    # The same command with --resume (README: "continue any of them after Ctrl-C") was refused
+    # for giving the model's own values.
+    r = runner.invoke(cli, ["train", str(corpus_file), *SMALL, "--max-steps", "3", "--resume"])
+    assert r.exit_code == 0, r.output
 
 
 def test_init_runs_a_second_stage_and_rejects_shape_flags(runner, corpus_file):
@@ -244,14 +250,26 @@ def start_training(corpus_file, out_dir, *flags) -> subprocess.Popen:
     return proc
 
 
-def test_ctrl_c_saves_last_and_exits_130(tmp_path, corpus_file):
-    """A real SIGINT to a real process, as a user pressing Ctrl-C would send."""
-    proc = start_training(corpus_file, tmp_path / "run", "--eval-every", "100000")
+def test_ctrl_c_saves_last_and_exits_130_naming_the_command_that_continues(tmp_path,
+                                                                          corpus_file):
+    """A real SIGINT to a real process, as a user pressing Ctrl-C would send. The command it
+    names continues the run as it is (it left out --val: the resume was refused as "a different
+    corpus")."""
+    val = tmp_path / "val.txt"
+    val.write_text("".join(corpus_file.read_text(encoding="utf-8").splitlines(True)[:5]),
+                   encoding="utf-8")
+    proc = start_training(corpus_file, tmp_path / "run", "--eval-every", "100000", "--val",
+                          str(val))
     proc.send_signal(signal.SIGINT)
     _, rest = proc.communicate(timeout=60)
     assert proc.returncode == 130, rest
-    assert "Interrupted at step" in rest and "--resume" in rest
-    assert (tmp_path / "run" / "last.safetensors").exists()
+    assert "Interrupted at step" in rest and (tmp_path / "run" / "last.safetensors").exists()
+    again = shlex.split(re.search(r"Continue with: poetgen (.*)", rest)[1])
+    step = load_checkpoint(tmp_path / "run" / "last.safetensors").meta["training"]["step"]
+    r = subprocess.run([sys.executable, "-m", "poetgen", *again, "--max-steps", str(step + 1)],
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0 and f"Done: {step + 1} steps" in r.stderr, r.stderr
 
 
 def test_plot_writes_a_png(runner, trained, tmp_path):

@@ -423,13 +423,9 @@ def test_training_evaluates_in_float32_on_every_cpu(tmp_path, tiny_text, monkeyp
     assert seen and set(seen) == {"fp32"}
 
 
-def test_an_absurd_but_finite_validation_loss_saves_nothing(tmp_path, tiny_text, monkeypatch):
-    """Weights around 1e28 give a finite validation loss around 1e29 bits: as useless as NaN, and
-    stopped the same way (the limit is twice the bits of a uniform guess over the vocabulary)."""
+def _absurd_validation(monkeypatch):
     import poetgen.lm.train as train_mod
 
-    run(tmp_path, tiny_text, max_steps=4)
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     real = train_mod.evaluate_ids
 
     def absurd(*args, **kwargs):
@@ -438,11 +434,38 @@ def test_an_absurd_but_finite_validation_loss_saves_nothing(tmp_path, tiny_text,
         return result
 
     monkeypatch.setattr(train_mod, "evaluate_ids", absurd)
+
+
+def test_an_absurd_but_finite_validation_loss_saves_nothing(tmp_path, tiny_text, monkeypatch):
+    """Weights around 1e28 give finite losses around 1e29 bits: as useless as NaN, and stopped
+    the same way (the limit is twice the bits of a uniform guess over the vocabulary, with a
+    training loss no better than that guess)."""
+    import poetgen.lm.train as train_mod
+
+    run(tmp_path, tiny_text, max_steps=4)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    _absurd_validation(monkeypatch)
+    real_step = train_mod.optimizer_step
+    monkeypatch.setattr(train_mod, "optimizer_step", lambda *a, **k: (1e29, real_step(*a, **k)[1]))
     with pytest.raises(NonFiniteLossError, match=r"validation loss became 1\.443e\+29 bits per "
                                                  r"character \(over [0-9.]+, twice a uniform "
                                                  r"guess's\) at step 6; nothing was saved"):
         run(tmp_path, tiny_text, resume=True, max_steps=6)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_an_absurd_validation_loss_beside_a_low_training_loss_is_over_fitting(tmp_path,
+                                                                              tiny_text,
+                                                                              monkeypatch):
+    """A model of ten poems grows certain of them and its validation loss passes twice a
+    uniform guess's while its training loss still falls: that stopped a healthy run as
+    divergence, and --resume with a lower --lr stopped again. The run goes on; best is kept."""
+    run(tmp_path, tiny_text, max_steps=40)  # learned something: training loss under uniform's
+    best = (tmp_path / "best.safetensors").read_bytes()
+    _absurd_validation(monkeypatch)
+    result = run(tmp_path, tiny_text, resume=True, max_steps=48)
+    assert result.steps == 48 and (tmp_path / "best.safetensors").read_bytes() == best
+    assert load_checkpoint(tmp_path / "last.safetensors").meta["training"]["step"] == 48
 
 
 def test_ctrl_c_with_non_finite_weights_saves_nothing(tmp_path, tiny_text, monkeypatch):

@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -254,7 +255,10 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, thre
         except TrainingInterrupted as e:
             if progress:
                 progress.close()
-                again = f"poetgen train {corpus} --out {out_dir} --resume"
+                # What the run's data needs again (the model and settings are in `last`).
+                val = f" --val {shlex.quote(str(val_path))}" if val_path else ""
+                again = (f"poetgen train {shlex.quote(str(corpus))}{val} "
+                         f"--out {shlex.quote(str(out_dir))} --resume")
                 err.print(f"[yellow]Interrupted at step {e.step}: saved {e.checkpoint}.[/] "
                           "Continue with: " + (again if world.size == 1 else
                                                f"the same torchrun command, running -m {again}"))

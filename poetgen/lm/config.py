@@ -304,6 +304,10 @@ def split_fields(values: dict) -> tuple[dict, dict]:
             {k: v for k, v in values.items() if k in train_names})
 
 
+def _comparable(value):
+    return list(value) if isinstance(value, (list, tuple)) else value  # TOML lists, tuples
+
+
 def run_configs(values: dict, meta: dict | None = None,
                 keep: str = "all") -> tuple[ModelConfig, TrainConfig]:
     """The configs of a training run from flat settings (a TOML file merged with flags).
@@ -317,10 +321,13 @@ def run_configs(values: dict, meta: dict | None = None,
     if meta is None:
         model, train = ModelConfig(**model_values), TrainConfig(**train_values)
     elif keep == "all":
-        if model_values:
-            raise ConfigError(f"--resume keeps the model as it was; drop "
-                              f"{', '.join(sorted(model_values))} or start a new --out directory")
         model = model_config_from_dict(meta["config"])
+        # The same command again (its flags or config file give the model's own values) is fine.
+        changed = sorted(k for k, v in model_values.items()
+                         if _comparable(v) != _comparable(getattr(model, k)))
+        if changed:
+            raise ConfigError(f"--resume keeps the model as it was; drop {', '.join(changed)} "
+                              "or start a new --out directory")
         train = TrainConfig(**{**meta["train_config"], **train_values})
     else:
         regularization = {k: model_values.pop(k) for k in REGULARIZATION if k in model_values}

@@ -433,13 +433,17 @@ def evaluate_and_save(run: _Run, checkpoints: _Checkpoints, val_ids: Ids, burn_i
     with the streams' states and RNG states `snapshot` (distributed.gather_state).
 
     A validation loss that is not finite, or absurd (over twice the bits of a uniform guess over
-    the vocabulary: no model that learned anything is there), saves nothing: the weights diverged
-    in the last update.
+    the vocabulary) while the training loss since the last evaluation is no better than that
+    guess, saves nothing: the weights diverged in the last update. An absurd validation loss
+    beside a training loss that is still low is over-fitting (a model of a few poems grows
+    certain of them), which the run goes on through: `best` keeps the best.
     """
     burn_in_start_state(run.model, burn_ids)
     val_bpc = evaluate_ids(run.model, checkpoints.vocab, id_pieces(val_ids)).bpc
-    ceiling = 2 * math.log2(len(checkpoints.vocab))
-    if not math.isfinite(val_bpc) or val_bpc > ceiling:
+    uniform = math.log2(len(checkpoints.vocab))
+    train_bpc = run.loss_sum / run.loss_steps / LN2 if run.loss_steps else math.inf
+    ceiling = 2 * uniform
+    if not math.isfinite(val_bpc) or (val_bpc > ceiling and not train_bpc < uniform):
         what = (f"{val_bpc}" if not math.isfinite(val_bpc) else
                 f"{val_bpc:.4g} bits per character (over {ceiling:.1f}, twice a uniform guess's)")
         raise NonFiniteLossError(f"the validation loss became {what} at step {run.step}; "
