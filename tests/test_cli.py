@@ -283,6 +283,20 @@ def test_plot_writes_a_png(runner, trained, tmp_path):
     assert (tmp_path / "d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     r = runner.invoke(cli, ["plot", str(tmp_path)])
     assert r.exit_code == 1 and "metrics.csv: not found" in r.output
+    # A row cut short (a kill while appending) or garbled is left out; it was a traceback.
+    from poetgen.app.plot import read_metrics
+
+    metrics = trained.parent / "metrics.csv"
+    whole = read_metrics(trained.parent)
+    with metrics.open("a", encoding="utf-8") as f:
+        f.write("8,6.8269")
+    assert read_metrics(trained.parent) == whole
+    with metrics.open("a", encoding="utf-8") as f:
+        f.write("\nfoo,bar,baz,1,2,3,4\n")
+    assert read_metrics(trained.parent) == whole
+    metrics.write_bytes(b"step,train_loss\n\xff\xfe\n")
+    r = runner.invoke(cli, ["plot", str(trained.parent)])
+    assert r.exit_code == 1 and "not UTF-8 text" in r.output
 
 
 def test_export_half_precision(runner, trained, tmp_path):
@@ -294,6 +308,17 @@ def test_export_half_precision(runner, trained, tmp_path):
     assert info["training"]["step"] == 5
     r = runner.invoke(cli, ["sample", "--checkpoint", str(out), "--seed", "1"])
     assert r.exit_code == 0 and r.stdout.strip()
+
+
+def test_export_never_writes_over_a_runs_own_checkpoint(runner, trained):
+    """`export run/last.safetensors run/last.safetensors` wrote a file without training state
+    over it (exit 0), and the run's --resume failed after."""
+    last = trained.parent / "last.safetensors"
+    before = {p: p.read_bytes() for p in (trained, last)}
+    for source, target in ((last, last), (trained.parent, trained), (trained, last)):
+        r = runner.invoke(cli, ["export", str(source), str(target)])
+        assert r.exit_code == 1 and "is a training run's own checkpoint" in r.output
+    assert {p: p.read_bytes() for p in before} == before
 
 
 def test_no_command_shows_help_and_points_to_the_repl(runner):
@@ -729,3 +754,42 @@ def test_a_default_checkpoint_is_named_with_how_each_command_chooses_another(run
     assert "`poetgen info PATH` shows another" in info.stderr and "-c" not in info.stderr
     sample = runner.invoke(cli, ["sample", "--n", "1", "--max-chars", "5"])
     assert sample.exit_code == 0 and "-c PATH chooses another" in sample.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--attention", "99999999999999999999"], "--attention must be 0 (off) or a positive"),
+    (["--seed", "99999999999999999999"], "--seed must be between 0 and"),
+    (["--lr", "1e300"], "--lr must be at most 10"),
+    (["--weight-decay", "-1"], "--weight-decay must be 0 or more"),
+    (["--max-vocab", "-1"], "--max-vocab must be 0 (all characters) or more"),
+    (["--min-count", "100000"], "--min-count 100000 and --max-vocab 0 keep no character"),
+    (["--val-fraction", "1e-300"], "--val-fraction 1e-300 holds out no text"),
+])
+def test_training_settings_that_crashed_or_left_nothing_to_learn(runner, corpus_file, flags,
+                                                                 message):
+    """Each was a traceback (overflow in torch or AdamW) or a run that 'succeeded' with an
+    empty vocabulary or validation set (best val bpc 0.0000)."""
+    r = runner.invoke(cli, ["train", str(corpus_file), *SMALL, "--max-steps", "2", *flags])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert message in r.output
+
+
+def test_a_model_too_big_for_memory_is_one_line(runner, corpus_file, monkeypatch):
+    import poetgen.lm.train as train_mod
+
+    def no_memory(config):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 1125899906842624 bytes")
+
+    monkeypatch.setattr(train_mod, "CharLSTM", no_memory)
+    r = runner.invoke(cli, ["train", str(corpus_file), *SMALL, "--max-steps", "2"])
+    assert r.exit_code == 1 and "does not fit in this machine's memory" in r.output
+    assert "--hidden-size 32" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_a_rare_newline_stays_in_the_vocabulary():
+    """--min-count above the number of poems dropped the newline: sampling never ended."""
+    from poetgen.lm.corpus import Vocab
+
+    vocab = Vocab.build("春春春\n风风风\n", min_count=3)
+    assert vocab.newline_id is not None and "春" in vocab and "风" in vocab

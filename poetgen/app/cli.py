@@ -224,18 +224,22 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, thre
     use_threads(threads)
     if tie_weights is not None:
         flags["tie_weights"] = tie_weights
+    def in_users_words(e: ConfigError) -> ConfigError:
+        """`e` naming settings as the user gave them: flags as flags, a config file's fields."""
+        given = {name for name, value in {**flags, "time_budget": time_budget,
+                                            "device": device}.items() if value is not None}
+        from_file = set(load_toml(config_file)) - given if config_file is not None else set()
+        return ConfigError(_as_flags(str(e), from_file))
+
     try:
         plan = plan_training(corpus, {**flags, "device": device}, config_file=config_file,
                              time_budget=time_budget, out_dir=out_dir, resume=resume,
                              init=init_from,
                              notify=lambda note: err.print(f"[yellow]note:[/] {note}"))
-    except ConfigError as e:  # in the words the user typed: flags as flags, a file's fields
+    except ConfigError as e:
         if config_file is not None and str(config_file) in str(e):
             raise  # about the file itself
-        given = {name for name, value in {**flags, "time_budget": time_budget,
-                                            "device": device}.items() if value is not None}
-        from_file = set(load_toml(config_file)) - given if config_file is not None else set()
-        raise ConfigError(_as_flags(str(e), from_file)) from None
+        raise in_users_words(e) from None
     model_config, config, out_dir = plan.model_config, plan.config, plan.out_dir
     meta = plan.base_meta
 
@@ -243,15 +247,20 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, thre
 
     # One process, or one of several that torchrun started: then rank 0 alone prints.
     with distributed.session(pick_device(config.device).type) as world:
-        data = load_training_data(corpus, val_path, config,
-                                  Vocab.from_list(meta["vocab"]) if meta else None,
-                                  kind=model_config.text_kind)
+        try:
+            data = load_training_data(corpus, val_path, config,
+                                      Vocab.from_list(meta["vocab"]) if meta else None,
+                                      kind=model_config.text_kind)
+        except ConfigError as e:
+            raise in_users_words(e) from None
         model_config = replace(model_config, text_kind=data.text_kind)  # recorded in the checkpoint
         progress = TrainProgress(err, config) if world.is_main else None
         try:
             result = run_training(data.train_ids, data.val_ids, data.vocab, model_config, config,
                                   out_dir, resume=resume, init=plan.init, started=started,
                                   callbacks=progress.callbacks() if progress else None)
+        except ConfigError as e:
+            raise in_users_words(e) from None
         except TrainingInterrupted as e:
             if progress:
                 progress.close()
@@ -1182,6 +1191,13 @@ def export(checkpoint, out_path, half):
     from poetgen.lm import checkpoint as ckpt_mod
 
     ck = Loaded(checkpoint).ck
+    # An export holds no training state: written over a run's own checkpoint it would end the
+    # run's --resume (and over its input, the file it came from).
+    if out_path.resolve() == ck.path.resolve() or (
+            out_path.name in ("best.safetensors", "last.safetensors")
+            and (out_path.parent / "last.safetensors").exists()):
+        raise ConfigError(f"{out_path} is a training run's own checkpoint; export to another "
+                          "file, e.g. tang.safetensors")
     meta = {k: v for k, v in ck.meta.items() if k not in ("format", "config", "vocab", "sha256")}
     meta["exported_from"] = ck.path.name
     meta["dtype"] = "float16" if half else "float32"

@@ -25,6 +25,8 @@ from poetgen.errors import ConfigError
 # Upper bounds on the model's sizes. Far beyond anything that trains on one machine, they keep a
 # mistyped flag or a lying checkpoint header from asking for tensors whose size overflows.
 MAX_SIZE = 1 << 24
+MAX_LR = 10.0  # at 1e300 AdamW's arithmetic overflowed with a traceback
+SEED_MAX = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
 MAX_LAYERS = 256
 
 TEXT_KINDS = ("auto", "lines", "running")
@@ -89,7 +91,8 @@ class ModelConfig:
                "proj_size must be 0 or smaller than hidden_size")
         _check(self.cell in CELLS, "cell must be 'lstm' or 'gru'")
         _check(not (self.cell == "gru" and self.proj_size), "proj_size needs cell = 'lstm'")
-        _check(self.attention >= 0, "attention must be 0 (off) or a positive key width, e.g. 64")
+        _check(0 <= self.attention <= MAX_SIZE,
+               "attention must be 0 (off) or a positive key width, e.g. 64")
         _check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
         _check(0.0 <= self.weight_drop < 1.0, "weight_drop must be in [0, 1)")
         _check(self.softmax in SOFTMAXES, "softmax must be 'adaptive' or 'full'")
@@ -178,6 +181,13 @@ class TrainConfig:
         _check(self.batch_size >= 1, "batch_size must be at least 1")
         _check(self.bptt >= 1, "bptt must be at least 1")
         _check(self.lr >= 0, "lr must be positive, or 0 to choose it from the run's length")
+        _check(self.lr <= MAX_LR, f"lr must be at most {MAX_LR:g} (AdamW's steps are about lr "
+                                  "in size; the defaults are near 0.01)")
+        _check(self.weight_decay >= 0, "weight_decay must be 0 or more")
+        _check(0 <= self.seed <= SEED_MAX, f"seed must be between 0 and {SEED_MAX}")
+        _check(self.min_count >= 1, "min_count must be at least 1")
+        _check(self.max_vocab >= 0, "max_vocab must be 0 (all characters) or more")
+        _check(self.sample_chars >= 1, "sample_chars must be at least 1")
         _check(self.clip > 0, "clip must be positive")
         _check(self.warmup_steps >= 0, "warmup_steps must be 0 or more")
         _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]")

@@ -22,7 +22,7 @@ from typing import Union
 import numpy as np
 import torch
 
-from poetgen.errors import CorpusError, PoetgenError, file_error
+from poetgen.errors import ConfigError, CorpusError, PoetgenError, file_error
 from poetgen.lm.config import TrainConfig
 
 NEWLINE = "\n"
@@ -205,6 +205,8 @@ class Vocab:
         kept = [c for c, n in ranked if n >= min_count]
         if max_size:
             kept = kept[: max(1, max_size - 1)]  # one place is the unknown token's
+        if NEWLINE in counts and NEWLINE not in kept:  # however rare, it ends a poem
+            kept.append(NEWLINE)
         return cls(tuple(kept) + (UNK,))
 
     def __len__(self) -> int:
@@ -341,7 +343,13 @@ def prepare_text(train_text: str, val_text: str | None, config: TrainConfig,
         kind = text_kind_of(train_text)
     if val_text is None:
         train_text, val_text = split_text(train_text, config.val_fraction, kind)
+        if not val_text:
+            raise ConfigError(f"val_fraction {config.val_fraction:g} holds out no text of "
+                              f"{len(train_text):,} characters; raise it, or give --val FILE")
     vocab = vocab or Vocab.build(train_text, config.min_count, config.max_vocab)
+    if not any(c not in (UNK, NEWLINE) for c in vocab.chars):
+        raise ConfigError(f"min_count {config.min_count} and max_vocab {config.max_vocab} keep no "
+                          "character of the text to learn; lower min_count (1 keeps every one)")
     return TrainingData(vocab, encode_tensor(vocab, train_text), encode_tensor(vocab, val_text),
                         kind)
 

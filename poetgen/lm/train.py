@@ -433,17 +433,21 @@ def evaluate_and_save(run: _Run, checkpoints: _Checkpoints, val_ids: Ids, burn_i
     with the streams' states and RNG states `snapshot` (distributed.gather_state).
 
     A validation loss that is not finite, or absurd (over twice the bits of a uniform guess over
-    the vocabulary) while the training loss since the last evaluation is no better than that
-    guess, saves nothing: the weights diverged in the last update. An absurd validation loss
-    beside a training loss that is still low is over-fitting (a model of a few poems grows
-    certain of them), which the run goes on through: `best` keeps the best.
+    the vocabulary) while the model reads its own training text (`burn_ids`, its tail) no better
+    than that guess, saves nothing: the weights diverged in the last update. An absurd
+    validation loss beside training text still read well is over-fitting (a model of a few poems
+    grows certain of them), which the run goes on through: `best` keeps the best.
     """
     burn_in_start_state(run.model, burn_ids)
     val_bpc = evaluate_ids(run.model, checkpoints.vocab, id_pieces(val_ids)).bpc
     uniform = math.log2(len(checkpoints.vocab))
-    train_bpc = run.loss_sum / run.loss_steps / LN2 if run.loss_steps else math.inf
-    ceiling = 2 * uniform
-    if not math.isfinite(val_bpc) or (val_bpc > ceiling and not train_bpc < uniform):
+    if math.isfinite(val_bpc) and val_bpc > 2 * uniform:
+        seen_bpc = evaluate_ids(run.model, checkpoints.vocab, [burn_ids]).bpc
+        diverged = not seen_bpc < uniform  # NaN too
+    else:
+        diverged = not math.isfinite(val_bpc)
+    if diverged:
+        ceiling = 2 * uniform
         what = (f"{val_bpc}" if not math.isfinite(val_bpc) else
                 f"{val_bpc:.4g} bits per character (over {ceiling:.1f}, twice a uniform guess's)")
         raise NonFiniteLossError(f"the validation loss became {what} at step {run.step}; "
@@ -508,7 +512,14 @@ def _start_run(vocab: Vocab, model_config: ModelConfig, config: TrainConfig, las
             model, init_meta = _initial_model(init, vocab, model_config)
         else:
             newline = -1 if vocab.newline_id is None else vocab.newline_id
-            model = CharLSTM(replace(model_config, vocab_size=len(vocab), newline_id=newline))
+            try:
+                model = CharLSTM(replace(model_config, vocab_size=len(vocab), newline_id=newline))
+            except RuntimeError as e:  # a size within bounds, beyond this machine's memory
+                if "alloc" not in str(e):
+                    raise
+                raise ConfigError(f"a model of hidden_size {model_config.hidden_size} and "
+                                  f"embed_size {model_config.embed_size} does not fit in this "
+                                  "machine's memory; choose smaller ones") from None
         model = model.to(device)
         if world.size > 1:  # the same weights on every rank, but each its own dropout masks
             torch.manual_seed(config.seed + 1 + world.rank)
