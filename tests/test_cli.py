@@ -793,3 +793,24 @@ def test_a_rare_newline_stays_in_the_vocabulary():
 
     vocab = Vocab.build("春春春\n风风风\n", min_count=3)
     assert vocab.newline_id is not None and "春" in vocab and "风" in vocab
+
+
+def test_train_refuses_validating_on_its_corpus_and_a_folder_holding_only_a_best(runner,
+                                                                                 corpus_file,
+                                                                                 trained,
+                                                                                 tmp_path):
+    """--val CORPUS gave a val bpc of text the model trained on; a folder holding a best but no
+    last (a copy of a trained model) had its best written over."""
+    r = runner.invoke(cli, ["train", str(corpus_file), "--val", str(corpus_file), *SMALL])
+    assert r.exit_code == 1 and "--val" in r.output and "is the training corpus itself" in r.output
+    only_best = tmp_path / "copy"
+    only_best.mkdir()
+    (only_best / "best.safetensors").write_bytes(trained.read_bytes())
+    r = runner.invoke(cli, ["train", str(corpus_file), *SMALL, "--out", str(only_best)])
+    assert r.exit_code == 1 and "already holds a run" in r.output
+    assert (only_best / "best.safetensors").read_bytes() == trained.read_bytes()
+
+
+def test_fetch_refuses_an_address_that_is_no_url(runner, tmp_path):
+    r = runner.invoke(cli, ["corpus", "fetch", "tang", "--dest", str(tmp_path), "--url", "notaurl"])
+    assert r.exit_code == 1 and "no address to download from" in r.output  # was a traceback

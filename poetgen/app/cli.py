@@ -224,6 +224,13 @@ def train(ctx, corpus, val_path, out_dir, config_file, time_budget, device, thre
     use_threads(threads)
     if tie_weights is not None:
         flags["tie_weights"] = tie_weights
+    if val_path is not None and val_path.exists() and val_path.resolve() == corpus.resolve():
+        raise ConfigError(f"--val {val_path} is the training corpus itself: its bpc would say "
+                          "nothing of text the model has not seen; give held-out text, or leave "
+                          "out --val to hold out --val-fraction of the corpus")
+    if val_path is not None and flags.get("val_fraction") is not None:
+        err.print("[yellow]note:[/] --val-fraction is not used: --val gives the validation text")
+
     def in_users_words(e: ConfigError) -> ConfigError:
         """`e` naming settings as the user gave them: flags as flags, a config file's fields."""
         given = {name for name, value in {**flags, "time_budget": time_budget,

@@ -504,7 +504,7 @@ def _start_run(vocab: Vocab, model_config: ModelConfig, config: TrainConfig, las
     torch.manual_seed(config.seed)
     streams = world.streams(config.batch_size)
     if not resume:
-        if last_path.exists():
+        if last_path.exists() or (last_path.parent / "best.safetensors").exists():
             raise CheckpointError(f"{last_path.parent} already holds a run; pass --resume to "
                                   "continue it, or choose another --out directory")
         init_meta = None

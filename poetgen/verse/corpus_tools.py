@@ -418,8 +418,12 @@ def download(url: str, dest: Path, sha256: str | None, progress_factory=None,
              timeout: float = 30.0) -> Path:
     """Download `url` to `dest`, resuming a partial `dest.part`; verify sha256; atomic rename."""
     import urllib.error
+    import urllib.parse
     import urllib.request
 
+    if urllib.parse.urlparse(url).scheme not in ("http", "https", "file"):
+        raise CorpusError(f"--url {url!r} is no address to download from; give an http(s):// "
+                          "URL")
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(5):
