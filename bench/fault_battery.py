@@ -267,9 +267,16 @@ def divergence(t: Tally, corpus: Path, work: Path):
     runner.invoke(cli, ["train", str(corpus), *TRAIN, "--max-steps", "40", "--out", str(out)])
     before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
     # lr 1e38: the update at step 41 overflows float32 (1e30 leaves this model's weights at
-    # ~1e28 and its val bpc at ~1e29: absurd, but finite, so it is saved).
-    r = runner.invoke(cli, ["train", str(corpus), "--max-steps", "41", "--eval-every", "41",
-                            "--lr", "1e38", "--out", str(out), "--resume"])
+    # ~1e28 and its val bpc at ~1e29: absurd, but finite, so it is saved). The CLI refuses rates
+    # above config.MAX_LR; lifted here, in this process, to make the update diverge.
+    import poetgen.lm.config as config_mod
+
+    max_lr, config_mod.MAX_LR = config_mod.MAX_LR, 1e39
+    try:
+        r = runner.invoke(cli, ["train", str(corpus), "--max-steps", "41", "--eval-every", "41",
+                                "--lr", "1e38", "--out", str(out), "--resume"])
+    finally:
+        config_mod.MAX_LR = max_lr
     after = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
     t.add("non-finite loss at an evaluation step", one_line_refusal(r) and before == after
           and "(step 40) is left as it was" in r.output,

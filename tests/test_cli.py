@@ -78,6 +78,8 @@ def test_config_file_and_flags(runner, corpus_file, tmp_path):
     (b"", "empty"),
     (b"   \n\n", "empty or only whitespace"),
     ("好诗\n".encode("gb18030"), "not valid UTF-8 at byte 0 (line 1"),
+    ("好诗\n".encode("gb18030"), "iconv -f GB18030 -t UTF-8"),
+    ("好诗\n".encode("utf-16"), "iconv -f UTF-16 -t UTF-8"),  # GB18030 made garbage of it
 ])
 def test_bad_corpus_errors(runner, tmp_path, content, message):
     p = tmp_path / "c.txt"

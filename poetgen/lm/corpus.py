@@ -100,10 +100,14 @@ def _decode_chunks(p: Path, chunk_bytes: int) -> Iterator[str]:
                 column = start - (base + newline + 1 if newline >= 0 else line_start) + 1
                 where = f"line {at_line}, column {column}"  # a byte column, as the offset
                 reason = "the file ends inside a character" if not raw else e.reason
+                # A UTF-16 byte-order mark says what the file is; else Chinese text that is not
+                # UTF-8 is most often GB18030 (GBK).
+                source = "UTF-16" if offset == 0 and seen[:2] in (b"\xff\xfe", b"\xfe\xff") \
+                    else "GB18030"
                 raise CorpusError(
                     f"{p}: not valid UTF-8 at byte {start} ({where}): {reason} "
                     f"(byte 0x{seen[e.start]:02x}); re-save the file as UTF-8, e.g. "
-                    f"`iconv -f GB18030 -t UTF-8 {p.name} > fixed.txt`") from None
+                    f"`iconv -f {source} -t UTF-8 {p.name} > fixed.txt`") from None
             if (newline := raw.rfind(b"\n")) >= 0:
                 line_start = offset + newline + 1
             offset += len(raw)
