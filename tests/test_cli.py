@@ -816,3 +816,12 @@ def test_train_refuses_validating_on_its_corpus_and_a_folder_holding_only_a_best
 def test_fetch_refuses_an_address_that_is_no_url(runner, tmp_path):
     r = runner.invoke(cli, ["corpus", "fetch", "tang", "--dest", str(tmp_path), "--url", "notaurl"])
     assert r.exit_code == 1 and "no address to download from" in r.output  # was a traceback
+
+
+def test_eval_refuses_generation_options_without_generate(runner, trained, corpus_file):
+    """--form, --real or --best-of without --generate did nothing, without a word."""
+    r = runner.invoke(cli, ["eval", str(trained), str(corpus_file), "--form", "五绝",
+                            "--best-of", "4"])
+    assert r.exit_code == 1 and "--form, --best-of measure generated poems: add --generate N" \
+        in r.output
+    assert runner.invoke(cli, ["eval", str(trained), str(corpus_file)]).exit_code == 0

@@ -531,6 +531,16 @@ def eval_cmd(checkpoint, file, as_json, generate, forms, copy_corpus, real_file,
     """
     if file is None and generate is None:
         raise ConfigError("give a FILE to score, or --generate N to measure generated poems")
+    if generate is None:  # the options of generated poems would silently do nothing
+        from click.core import ParameterSource
+
+        ctx = click.get_current_context()
+        unused = [p.opts[0] for p in ctx.command.params if p.name in
+                  {"forms", "copy_corpus", "real_file", *values}
+                  and ctx.get_parameter_source(p.name) is ParameterSource.COMMANDLINE]
+        if unused:
+            raise ConfigError(f"{', '.join(unused)} measure generated poems: add --generate N, or "
+                              "leave them out to score FILE alone")
     # A form for validate() to check the settings against; the poems take theirs from --form.
     settings = settings_from_options(values, defaults={**EVAL_DEFAULTS, "form": "五绝"})
     try:  # checked before the model loads
