@@ -825,3 +825,17 @@ def test_eval_refuses_generation_options_without_generate(runner, trained, corpu
     assert r.exit_code == 1 and "--form, --best-of measure generated poems: add --generate N" \
         in r.output
     assert runner.invoke(cli, ["eval", str(trained), str(corpus_file)]).exit_code == 0
+
+
+def test_resume_refuses_another_validation_text(runner, corpus_file, tmp_path):
+    """--resume with another --val was accepted: `best` then compared bpcs of two texts."""
+    lines = corpus_file.read_text(encoding="utf-8").splitlines(True)
+    one, other = tmp_path / "one.txt", tmp_path / "other.txt"
+    one.write_text("".join(lines[:5]), encoding="utf-8")
+    other.write_text("".join(lines[5:10]), encoding="utf-8")
+    run = ["train", str(corpus_file), *SMALL, "--out", str(tmp_path / "run")]
+    assert runner.invoke(cli, [*run, "--val", str(one), "--max-steps", "2"]).exit_code == 0
+    r = runner.invoke(cli, [*run, "--val", str(other), "--max-steps", "3", "--resume"])
+    assert r.exit_code == 1 and "was validated on other text" in r.output
+    r = runner.invoke(cli, [*run, "--val", str(one), "--max-steps", "3", "--resume"])
+    assert r.exit_code == 0, r.output

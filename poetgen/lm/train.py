@@ -310,6 +310,7 @@ class _Checkpoints:
     corpus: str  # fingerprint of the training ids: a resume on another corpus is refused
     train_chars: int
     chunks_per_epoch: int
+    val: str = ""  # fingerprint of the validation ids: `best` is the best on one validation text
 
     @property
     def last(self) -> Path:
@@ -344,7 +345,8 @@ class _Checkpoints:
                              "peak_lr": run.peak_lr,
                              "chars_per_s": run.chars_per_s, "loss_sum": run.loss_sum,
                              "loss_steps": run.loss_steps,
-                             "corpus": self.corpus, "epochs": run.step / self.chunks_per_epoch,
+                             "corpus": self.corpus, "val": self.val,
+                             "epochs": run.step / self.chunks_per_epoch,
                              "train_chars": self.train_chars, "world_size": run.world_size}}
 
     def _refuse_non_finite(self, run: _Run) -> None:
@@ -498,7 +500,7 @@ def total_steps(config: TrainConfig, chunks_per_epoch: int) -> int | None:
 
 def _start_run(vocab: Vocab, model_config: ModelConfig, config: TrainConfig, last_path: Path,
                fingerprint: str, device: torch.device, resume: bool,
-               init: str | Path | None, world: World) -> _Run:
+               init: str | Path | None, world: World, val_fingerprint: str = "") -> _Run:
     """A new run (random or `init` weights), or the run saved in `last_path` (resume), with the
     state of this rank's streams."""
     torch.manual_seed(config.seed)
@@ -531,6 +533,10 @@ def _start_run(vocab: Vocab, model_config: ModelConfig, config: TrainConfig, las
     if training["corpus"] != fingerprint:
         raise CheckpointError(f"{last_path}: was trained on a different corpus or vocabulary; "
                               "resume with the same CORPUS, or start a new --out directory")
+    if training.get("val", val_fingerprint) != val_fingerprint:  # older runs did not record it
+        raise CheckpointError(f"{last_path}: was validated on other text, and `best` is the best "
+                              "on one text; resume with the same --val (or none, as before), or "
+                              "start a new --out directory")
     state = _carried_state(ckpt, config, last_path)
     optimizer = make_optimizer(ckpt.model, config)
     restore_optimizer(optimizer, {k: v.to(device) for k, v in ckpt.extra.items()}, last_path)
@@ -637,13 +643,13 @@ def train(train_ids: Ids, val_ids: Ids, vocab: Vocab, model_config: ModelConfig,
     chunks = len(Streams(train_ids, config.batch_size, config.bptt))  # any order: same count
     train_chars = len(as_array(train_ids))
     checkpoints = _Checkpoints(Path(run_dir), vocab, config, fingerprint(train_ids), train_chars,
-                               chunks)
+                               chunks, fingerprint(val_ids))
 
     # One trainer per directory (stale temp files go): the rank that writes, rank 0, holds it.
     with RunLock(checkpoints.run_dir) if world.is_main else nullcontext() as lock:
         # -- the model and optimizer: new, from --init, or where `last` left them --------------
         run = _start_run(vocab, model_config, config, checkpoints.last, checkpoints.corpus,
-                         device, resume, init, world)
+                         device, resume, init, world, checkpoints.val)
         note = resume_note(run.world_size, world, run.model.config) if resume else None
         run.world_size = world.size
         unknown = (check_init_coverage(train_ids, vocab, config, init) if init and not resume
