@@ -22,6 +22,7 @@ reads no data at import), so the CLI can build its options cheaply.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 import os
@@ -156,6 +157,17 @@ def _on_off(text: str) -> bool:
 
 def _path(text: str) -> Path | None:
     return None if text.strip().lower() in OFF_WORDS else Path(text).expanduser()
+
+
+@functools.cache
+def _field_kinds(cls: type) -> dict[str, type]:
+    """Each field's type, its annotation less `| None`: read once (get_type_hints evaluates
+    every annotation, ~0.2 ms, and validate() asks for each field on every write)."""
+    kinds = {}
+    for name, annotation in typing.get_type_hints(cls).items():
+        kinds[name] = next(k for k in typing.get_args(annotation) or (annotation,)
+                           if k is not type(None))
+    return kinds
 
 
 def setting(default: Any, option: Option) -> Any:
@@ -320,8 +332,9 @@ class GenerationSettings:
         if value is None and default in (None, ""):
             return default
         if cls._of_kind(name, value):
+            kind = cls._kind(name)
             try:
-                return {int: int, float: float}.get(cls._kind(name), lambda v: v)(value)
+                return kind(value) if kind in (int, float) else value  # numpy's become Python's
             except OverflowError:  # temperature=10**400
                 pass
         raise cls._wrong_kind(name, value, "api")
@@ -345,8 +358,7 @@ class GenerationSettings:
     @classmethod
     def _kind(cls, name: str) -> type:
         """The type a field's value has when set: its annotation, less `| None`."""
-        kinds = typing.get_args(annotation := typing.get_type_hints(cls)[name]) or (annotation,)
-        return next(k for k in kinds if k is not type(None))
+        return _field_kinds(cls)[name]
 
     @classmethod
     def _of_kind(cls, name: str, value: Any) -> bool:

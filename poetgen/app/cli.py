@@ -134,8 +134,6 @@ def _as_flags(message: str, from_file: set[str] = frozenset()) -> str:
     `time_budget` -> `--time-budget`), but for those a --config file set (`from_file`, not
     given again as flags), which keep the file's field names. A name inside a path or a flag
     is left alone."""
-    import re
-
     names = [name for name in train_flags() if name not in from_file]
     if not names:
         return message
@@ -413,13 +411,20 @@ def generation_options(only: tuple[str, ...] | None = None, defaults: dict | Non
     return decorate
 
 
-def settings_from_options(values: dict, defaults: dict | None = None) -> GenerationSettings:
-    """GenerationSettings from the options given, checked as the CLI names them. An option's
-    None is "not given", unless the command line gave it (`--form off`: off, not the default)."""
+def typed_options(names) -> set[str]:
+    """Those of the current command's parameters `names` given on its command line (whatever
+    their value: `--form off` is given, as None)."""
     from click.core import ParameterSource
 
     ctx = click.get_current_context(silent=True)
-    typed = {k for k in values if ctx and ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
+    return {name for name in names
+            if ctx and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
+
+
+def settings_from_options(values: dict, defaults: dict | None = None) -> GenerationSettings:
+    """GenerationSettings from the options given, checked as the CLI names them. An option's
+    None is "not given", unless the command line gave it (`--form off`: off, not the default)."""
+    typed = typed_options(values)
     given = {k: v for k, v in values.items() if v is not None or k in typed}
     return GenerationSettings(**{**(defaults or {}), **given}).validate("cli")
 
@@ -532,12 +537,9 @@ def eval_cmd(checkpoint, file, as_json, generate, forms, copy_corpus, real_file,
     if file is None and generate is None:
         raise ConfigError("give a FILE to score, or --generate N to measure generated poems")
     if generate is None:  # the options of generated poems would silently do nothing
-        from click.core import ParameterSource
-
-        ctx = click.get_current_context()
-        unused = [p.opts[0] for p in ctx.command.params if p.name in
-                  {"forms", "copy_corpus", "real_file", *values}
-                  and ctx.get_parameter_source(p.name) is ParameterSource.COMMANDLINE]
+        typed = typed_options(["forms", "copy_corpus", "real_file", *values])
+        unused = [p.opts[0] for p in click.get_current_context().command.params
+                  if p.name in typed]
         if unused:
             raise ConfigError(f"{', '.join(unused)} measure generated poems: add --generate N, or "
                               "leave them out to score FILE alone")
@@ -582,7 +584,8 @@ def eval_cmd(checkpoint, file, as_json, generate, forms, copy_corpus, real_file,
         from poetgen.verse.lexicon import lexicon_for
 
         rows = compare_generated(
-            ck.model, ck.vocab, form_names, generate, settings, copy_corpus=copy_corpus, real_file=real_file,
+            ck.model, ck.vocab, form_names, generate, settings, copy_corpus=copy_corpus,
+            real_file=real_file,
             progress=lambda forms: progress_bar(forms, desc="forms", leave=False),
             lexicon=lexicon_for(ck.path))
         if as_json:
