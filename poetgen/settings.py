@@ -16,7 +16,8 @@ on the command line, `:temp needs a number > 0, not 'abc'` in the REPL, and
 `temperature needs ...` from Python.
 
 This module imports neither torch nor the model (prosody, for the values the poem settings take,
-reads no data at import), so the CLI can build its options cheaply.
+reads no data at import; lm.config, for the seed bound, imports nothing heavy), so the CLI can
+build its options cheaply.
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from poetgen.errors import ConfigError, PoetgenError
+from poetgen.lm.config import SEED_LIMIT  # one bound for sampling's seeds and training's
 from poetgen.verse.prosody import READINGS, RHYME_SCHEMES, TONE_MODES, one_of
 
 Side = Literal["cli", "repl", "api"]
 OFF_WORDS = ("off", "none")
-SEED_LIMIT = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
 # Free text is sampled n rows at once into (max_chars, n) buffers of 16 bytes a character: n x
 # max_chars is held to 10 million characters (160 MB), ten novels in one command.
 FREE_TEXT_CHARS = 10_000_000

@@ -26,7 +26,7 @@ from poetgen.errors import ConfigError
 # mistyped flag or a lying checkpoint header from asking for tensors whose size overflows.
 MAX_SIZE = 1 << 24
 MAX_LR = 10.0  # at 1e300 AdamW's arithmetic overflowed with a traceback
-SEED_MAX = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
+SEED_LIMIT = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer (training, sampling)
 MAX_LAYERS = 256
 
 TEXT_KINDS = ("auto", "lines", "running")
@@ -184,7 +184,7 @@ class TrainConfig:
         _check(self.lr <= MAX_LR, f"lr must be at most {MAX_LR:g} (AdamW's steps are about lr "
                                   "in size; the defaults are near 0.01)")
         _check(self.weight_decay >= 0, "weight_decay must be 0 or more")
-        _check(0 <= self.seed <= SEED_MAX, f"seed must be between 0 and {SEED_MAX}")
+        _check(0 <= self.seed <= SEED_LIMIT, f"seed must be between 0 and {SEED_LIMIT}")
         _check(self.min_count >= 1, "min_count must be at least 1")
         _check(self.max_vocab >= 0, "max_vocab must be 0 (all characters) or more")
         _check(self.sample_chars >= 1, "sample_chars must be at least 1")

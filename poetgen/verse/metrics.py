@@ -91,7 +91,7 @@ class PoemMetrics:
 def poem_metrics(poems: list[str], form: str, source: str, copy_index: CopyIndex | None = None,
                  logprobs: list[float] | None = None, lexicon: Lexicon | None = None) -> PoemMetrics:
     if not poems:
-        figures = [f.name for f in fields(PoemMetrics)][3:]
+        figures = [f.name for f in fields(PoemMetrics) if f.name not in ("source", "form", "poems")]
         return PoemMetrics(source, form, 0, **dict.fromkeys(figures))
     n = len(poems)
     checked = [check_poem(p, "pingshui", "loose") for p in poems]
